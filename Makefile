@@ -1,0 +1,46 @@
+# llmrelease: every target here is what the README and CI call.  `make help` lists them.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[steps,ml,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP) ## create .venv and install the project with every extra
+
+render: setup ## render every pipeline module in workflows/ into argo/
+	$(BIN)/llmrelease render
+
+check-render: setup ## fail if argo/ differs from a fresh render
+	$(BIN)/llmrelease render --check
+
+lint: setup ## ruff + mypy + lint every rendered Argo manifest
+	$(BIN)/ruff check workflows steps registry tests benchmarks examples
+	$(BIN)/mypy
+	$(BIN)/llmrelease lint argo/*.yaml
+
+demo-models: setup ## build the small demo models once (examples/models/)
+	$(BIN)/python examples/build_demo_models.py --out examples/models
+
+demo: demo-models ## set up and run the golden delivery pipeline locally on the demo model
+	$(BIN)/llmrelease run golden-delivery -p release=releases/demo.yaml
+
+test: setup ## set up and run the test suite (GPU tests skip without a GPU)
+	$(BIN)/llmrelease render --check
+	$(BIN)/pytest
+
+bench: setup ## run the benchmarks under benchmarks/
+	$(BIN)/python benchmarks/runner_overhead.py
+
+.PHONY: help setup render check-render lint demo-models demo test bench
