@@ -1,0 +1,200 @@
+"""The local runner on real workflows of the shapes Argo's own examples have (our own YAML, not Argo's files).
+
+Every leaf runs as a real subprocess; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from steps.errors import WorkflowError
+from workflows.runner import RunOptions, RunResult, run_workflow
+
+HERE = Path(__file__).parent / "runner_workflows"
+
+
+def run(name: str, tmp_path: Path, **options: Any) -> RunResult:
+    opts = RunOptions(runs_dir=tmp_path / "runs", echo=False, **options)
+    return run_workflow(str(HERE / name), opts, argo_dir=tmp_path / "argo")
+
+
+def nodes(result: RunResult) -> dict[str, dict[str, Any]]:
+    return {n["displayName"]: n for n in result.status["status"]["nodes"].values()}
+
+
+def outputs(node: dict[str, Any]) -> dict[str, str]:
+    return {p["name"]: p["value"] for p in node.get("outputs", {}).get("parameters", [])}
+
+
+def test_diamond_dag_passes_results_between_tasks(tmp_path: Path) -> None:
+    """GIVEN a diamond DAG WHEN it runs THEN every task succeeds and D sees B's and C's stdout."""
+    result = run("dag-diamond.yaml", tmp_path)
+    assert result.phase == "Succeeded"
+    by_name = nodes(result)
+    assert {"A", "B", "C", "D"} <= by_name.keys()
+    assert by_name["D"]["outputs"]["result"] == "B+C"
+    assert by_name["D"]["startedAt"] >= by_name["B"]["finishedAt"]
+    stdout = result.run_dir / "nodes" / by_name["A"]["id"] / "stdout"
+    assert stdout.read_text() == "A\n"
+
+
+@pytest.mark.parametrize(("side", "ran", "skipped"), [("heads", "heads", "tails"), ("tails", "tails", "heads")])
+def test_conditionals_follow_the_coin(tmp_path: Path, side: str, ran: str, skipped: str) -> None:
+    """GIVEN a steps workflow with `when` conditions WHEN the coin says SIDE THEN only that branch runs."""
+    result = run("steps-conditionals.yaml", tmp_path, parameters={"side": side})
+    assert result.phase == "Succeeded"
+    by_name = nodes(result)
+    assert by_name[ran]["phase"] == "Succeeded"
+    assert by_name[skipped]["phase"] == "Skipped"
+    assert by_name["big"]["phase"] == ("Succeeded" if side == "heads" else "Skipped")
+
+
+def test_parameter_outside_enum_is_refused(tmp_path: Path) -> None:
+    """GIVEN an enum parameter WHEN given a value outside it THEN a clear error names the parameter."""
+    with pytest.raises(WorkflowError, match="workflow parameter 'side'.*'edge' is not one of heads, tails"):
+        run("steps-conditionals.yaml", tmp_path, parameters={"side": "edge"})
+
+
+def test_unknown_parameter_is_refused(tmp_path: Path) -> None:
+    """GIVEN a workflow WHEN given -p for a parameter it does not declare THEN the error lists what it takes."""
+    with pytest.raises(WorkflowError, match="unknown parameter.*colour.*takes side"):
+        run("steps-conditionals.yaml", tmp_path, parameters={"colour": "red"})
+
+
+def test_loops_over_items_params_and_sequences(tmp_path: Path) -> None:
+    """GIVEN withItems, withParam and withSequence WHEN the DAG runs THEN each fans out and aggregates."""
+    result = run("loops.yaml", tmp_path)
+    assert result.phase == "Succeeded"
+    by_name = nodes(result)
+    assert len(by_name["fan-out"]["children"]) == 4
+    assert json.loads(by_name["count"]["outputs"]["result"]) == ["n=1", "n=2", "n=3", "n=4"]
+    assert by_name["items(0:{\"os\": \"debian\", \"version\": 12})"]["outputs"]["result"] == "debian-12"
+    assert "seq(2:node-03)" in by_name
+
+
+def test_output_parameters_and_aggregation(tmp_path: Path) -> None:
+    """GIVEN outputs from valueFrom.path WHEN later steps use them THEN values, defaults and aggregates flow."""
+    result = run("output-parameters.yaml", tmp_path)
+    assert result.phase == "Succeeded"
+    by_name = nodes(result)
+    assert outputs(by_name["generate"]) == {"hello-param": "hello world", "absent": "fallback"}
+    assert by_name["consume"]["outputs"]["result"] == "hello world"
+    assert json.loads(by_name["summary"]["outputs"]["result"]) == ["odd", "even", "odd", "even"]
+
+
+def test_retries_with_backoff_finally_succeed(tmp_path: Path) -> None:
+    """GIVEN a step failing twice WHEN retried with backoff 0.2s x2 THEN attempt 2 succeeds after >= 0.6 s."""
+    started = time.monotonic()
+    result = run("retries.yaml", tmp_path, parameters={"succeed-on": "2"})
+    assert result.phase == "Succeeded"
+    by_name = nodes(result)
+    assert [by_name[f"flaky({i})"]["phase"] for i in range(3)] == ["Failed", "Failed", "Succeeded"]
+    assert "flaky(3)" not in by_name
+    assert time.monotonic() - started >= 0.6
+
+
+def test_retries_that_exhaust_fail_the_workflow(tmp_path: Path) -> None:
+    """GIVEN a step that never succeeds WHEN its 3 retries are used THEN 4 attempts ran and the workflow fails."""
+    result = run("retries.yaml", tmp_path, parameters={"succeed-on": "9"})
+    assert result.phase == "Failed"
+    by_name = nodes(result)
+    assert [by_name[f"flaky({i})"]["phase"] for i in range(4)] == ["Failed"] * 4
+    assert by_name["flaky"]["type"] == "Retry"
+
+
+def test_exit_handler_sees_failed_status_and_failures(tmp_path: Path) -> None:
+    """GIVEN a failing entrypoint WHEN the exit handler runs THEN it sees Failed and the failed node."""
+    out = tmp_path / "exit.txt"
+    result = run("exit-handler.yaml", tmp_path, parameters={"out": str(out)})
+    assert result.phase == "Failed"
+    text = out.read_text()
+    assert text.startswith("status=Failed")
+    failures = json.loads(text.split("failures=", 1)[1])
+    assert failures[0]["templateName"] == "intentional-fail"
+    by_name = nodes(result)
+    assert by_name["cry"]["phase"] == "Succeeded"
+    assert by_name["celebrate"]["phase"] == "Skipped"
+
+
+def test_suspend_without_resume_fails_clearly(tmp_path: Path) -> None:
+    """GIVEN a suspend step WHEN not resumed THEN the workflow fails saying how to resume."""
+    result = run("suspend.yaml", tmp_path)
+    assert result.phase == "Failed"
+    assert "--resume approve" in result.message
+    assert "release" not in nodes(result)
+
+
+def test_suspend_resumed_with_supplied_value(tmp_path: Path) -> None:
+    """GIVEN a suspend step with a supplied output WHEN resumed with it THEN the next step sees the value."""
+    result = run("suspend.yaml", tmp_path, resume=frozenset({"approve"}), supplied={"approve.approver": "alice"})
+    assert result.phase == "Succeeded"
+    assert nodes(result)["release"]["outputs"]["result"] == "approved by alice"
+
+
+def test_resume_without_required_supplied_value_fails(tmp_path: Path) -> None:
+    """GIVEN a resumed suspend WHEN its supplied output is missing THEN it fails naming the --supply flag."""
+    result = run("suspend.yaml", tmp_path, resume=frozenset({"approve"}))
+    assert result.phase == "Failed"
+    assert "--supply approve.approver=VALUE" in result.message
+
+
+def test_artifacts_pass_and_deadline_is_enforced(tmp_path: Path) -> None:
+    """GIVEN artifact passing and a 1 s deadline on a 30 s sleep WHEN run THEN the artifact arrives, the sleep
+    fails fast, and the task depending on slow.Failed handles it so the DAG succeeds."""
+    started = time.monotonic()
+    result = run("artifacts-deadline.yaml", tmp_path)
+    assert time.monotonic() - started < 10
+    by_name = nodes(result)
+    assert by_name["consume"]["outputs"]["result"] == "artifact body"
+    assert by_name["slow"]["phase"] == "Failed"
+    assert "deadline" in by_name["slow"]["message"]
+    assert by_name["after-slow"]["outputs"]["result"] == "raw data"
+    assert result.phase == "Succeeded"
+
+
+def test_cluster_only_fields_are_refused_up_front(tmp_path: Path) -> None:
+    """GIVEN a workflow with volumes WHEN run THEN it is refused before anything runs, naming the field."""
+    wf = tmp_path / "vol.yaml"
+    wf.write_text("""
+apiVersion: argoproj.io/v1alpha1
+kind: Workflow
+metadata: {generateName: vol-}
+spec:
+  entrypoint: main
+  volumes: [{name: data, emptyDir: {}}]
+  templates:
+  - name: main
+    container: {image: alpine, command: [sh, -c, "touch {{workflow.parameters.marker}}"]}
+  arguments: {parameters: [{name: marker, value: /nonexistent/marker}]}
+""")
+    with pytest.raises(WorkflowError, match="cannot run spec.volumes"):
+        run_workflow(str(wf), RunOptions(runs_dir=tmp_path / "runs", echo=False), argo_dir=tmp_path)
+
+
+def test_cli_exit_codes_and_json_status(tmp_path: Path) -> None:
+    """GIVEN the installed CLI WHEN a workflow fails THEN exit 1 and --json prints the Argo-shaped status."""
+    cmd = [sys.executable, "-m", "workflows.cli", "run", str(HERE / "retries.yaml"), "-p", "succeed-on=0",
+           "--json", "--runs-dir", str(tmp_path / "runs")]
+    ok = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["status"]["phase"] == "Succeeded"
+    cmd[5] = "succeed-on=7"
+    bad = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["status"]["phase"] == "Failed"
+
+
+def test_cli_error_is_one_line(tmp_path: Path) -> None:
+    """GIVEN a target that does not exist WHEN run from the CLI THEN one line on stderr and exit 2."""
+    proc = subprocess.run([sys.executable, "-m", "workflows.cli", "run", "no-such-template", "--argo-dir",
+                           str(tmp_path)], capture_output=True, text=True, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "no workflow by that name" in proc.stderr

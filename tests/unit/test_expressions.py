@@ -1,0 +1,52 @@
+"""Argo tag substitution and the govaluate-style `when` / `depends` grammar."""
+
+from __future__ import annotations
+
+import pytest
+
+from steps.errors import WorkflowError
+from workflows.runner.expressions import evaluate, evaluate_when, substitute
+
+
+@pytest.mark.parametrize(("expr", "expected"), [
+    ("heads == heads", True),
+    ("heads == tails", False),
+    ("'a b' == 'a b'", True),
+    ("5 > 3", True),
+    ("10 < 9", False),
+    ("2.5 >= 2.5", True),
+    ("true", True),
+    ("!false", True),
+    ("1 == 1 && (2 == 3 || abc != abd)", True),
+    ("'v1.2.3' =~ '^v[0-9]+'", True),
+    ("prod !~ 'dev|stage'", True),
+    ("Succeeded != Succeeded", False),
+])
+def test_when_expressions(expr: str, expected: bool) -> None:
+    """GIVEN a substituted `when` WHEN evaluated THEN it matches govaluate's answer."""
+    assert evaluate_when(expr) is expected
+
+
+@pytest.mark.parametrize("expr", ["heads ==", "(true", "1 2", "abc", "'x' < 3"])
+def test_bad_when_expressions_raise(expr: str) -> None:
+    """GIVEN a malformed or non-boolean condition WHEN evaluated THEN a WorkflowError names it."""
+    with pytest.raises(WorkflowError, match="when"):
+        evaluate_when(expr)
+
+
+def test_depends_uses_the_resolver() -> None:
+    """GIVEN task results WHEN a depends expression is evaluated THEN names resolve through the callback."""
+    phases = {"A": True, "B.Failed": False, "C.Succeeded": True}
+    assert evaluate("A && (B.Failed || C.Succeeded)", phases.__getitem__) is True
+    assert evaluate("A && B.Failed", phases.__getitem__) is False
+
+
+def test_substitute_strict_and_lenient() -> None:
+    """GIVEN a scope WHEN substituting THEN known tags resolve, unknown ones fail strictly or stay leniently."""
+    scope = {"inputs.parameters.x": "1", "workflow.name": "wf"}
+    assert substitute("{{inputs.parameters.x}}-{{ workflow.name }}", scope, where="t") == "1-wf"
+    assert substitute("{{nope}}", scope, where="t", strict=False) == "{{nope}}"
+    with pytest.raises(WorkflowError, match="t: unresolved reference '{{nope}}'"):
+        substitute("{{nope}}", scope, where="t")
+    with pytest.raises(WorkflowError, match="expression tag"):
+        substitute("{{=1+1}}", scope, where="t")

@@ -1,0 +1,300 @@
+"""The local runner: executes a rendered Argo Workflow spec on this machine with Argo's semantics.
+
+Covers dag (enhanced `depends` and legacy `dependencies`) and steps templates, nesting, container and script
+leaves, parameters and artifacts, `when`, withItems / withParam / withSequence, parallelism, retryStrategy,
+activeDeadlineSeconds, suspend, and onExit with `workflow.status` / `workflow.failures`. What needs a cluster
+is refused up front (see `unsupported`).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from steps.errors import WorkflowError
+from workflows.runner.expressions import substitute
+from workflows.runner.nodes import FAILED, Node, NodeBook, format_tree
+from workflows.runner.pods import PodSpec, backoff_delays, parse_duration, run_pod, sleep_until
+from workflows.runner.tasks import TaskContext, run_dag, run_steps
+
+__all__ = ["RunOptions", "RunResult", "Runner", "unsupported"]
+
+_REFUSED_TEMPLATE = ("resource", "http", "data", "containerSet", "plugin", "sidecars", "initContainers", "volumes")
+_RECORDED = ("resources", "affinity", "nodeSelector", "tolerations", "priorityClassName", "schedulerName",
+             "serviceAccountName", "securityContext", "podSpecPatch", "metadata", "metrics",
+             "automountServiceAccountToken", "retryStrategy")
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What the user gave `llmrelease run`."""
+
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    resume: frozenset[str] = frozenset()
+    supplied: Mapping[str, str] = field(default_factory=dict)
+    runs_dir: Path = Path(".llmrelease/runs")
+    echo: bool = True
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The outcome: Argo-shaped status and where the logs are."""
+
+    name: str
+    phase: str
+    message: str
+    run_dir: Path
+    status: dict[str, Any]
+    tree: str
+
+
+def unsupported(spec: Mapping[str, Any]) -> list[str]:
+    """Fields the local runner cannot honour, each as 'where: field', found before anything runs."""
+    found = [f"spec.{key}" for key in ("volumes", "volumeClaimTemplates", "hostNetwork") if spec.get(key)]
+    for tmpl in spec.get("templates", []):
+        where = f"template {tmpl.get('name')}"
+        found += [f"{where}: {key}" for key in _REFUSED_TEMPLATE if tmpl.get(key)]
+        if tmpl.get("daemon"):
+            found.append(f"{where}: daemon")
+        body = tmpl.get("container") or tmpl.get("script") or {}
+        found += [f"{where}: {key}" for key in ("volumeMounts", "volumeDevices") if body.get(key)]
+        for task in tmpl.get("dag", {}).get("tasks", []):
+            found += [f"{where}: task {task.get('name')}: {k}" for k in ("onExit", "hooks") if task.get(k)]
+    return found
+
+
+class Runner:
+    """Runs one workflow dict (from `resolve_workflow`) to completion."""
+
+    def __init__(self, workflow: Mapping[str, Any], options: RunOptions,
+                 templates_by_name: Mapping[str, Mapping[str, Any]]) -> None:
+        self.spec = workflow["spec"]
+        self.options = options
+        self.refs = templates_by_name
+        suffix = uuid.uuid4().hex[:5]
+        self.name = f"{workflow['stem']}-{suffix}"
+        self.uid = str(uuid.uuid4())
+        self.run_dir = options.runs_dir / self.name
+        self.book = NodeBook(self.name, echo=options.echo)
+        self.templates = {str(t["name"]): t for t in self.spec.get("templates", [])}
+        limit = self.spec.get("parallelism")
+        self.pod_slots = threading.BoundedSemaphore(int(limit)) if limit else None
+        timeout = self.spec.get("activeDeadlineSeconds")
+        self.deadline = time.monotonic() + float(timeout) if timeout else None
+        self.globals = self._globals()
+
+    def _globals(self) -> dict[str, str]:
+        given = dict(self.options.parameters)
+        scope = {"workflow.name": self.name, "workflow.uid": self.uid, "workflow.namespace": "local",
+                 "workflow.serviceAccountName": str(self.spec.get("serviceAccountName", "default")),
+                 "workflow.creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 "workflow.mainEntrypoint": str(self.spec.get("entrypoint", ""))}
+        declared = self.spec.get("arguments", {}).get("parameters", [])
+        for param in declared:
+            name = str(param["name"])
+            value = given.pop(name, None)
+            if value is None:
+                value = param.get("value", param.get("default"))
+            if value is None:
+                raise WorkflowError(f"workflow parameter {name!r} has no value; pass -p {name}=VALUE")
+            _check_enum(param, str(value), f"workflow parameter {name!r}")
+            scope[f"workflow.parameters.{name}"] = str(value)
+        if given:
+            known = ", ".join(str(p["name"]) for p in declared) or "none"
+            raise WorkflowError(f"unknown parameter(s) {', '.join(sorted(given))}: this workflow takes {known}")
+        scope["workflow.parameters"] = json.dumps(
+            [{"name": k.split(".", 2)[2], "value": v} for k, v in scope.items() if k.startswith("workflow.param")])
+        return scope
+
+    # ---- template resolution and inputs -------------------------------------------------------------------
+
+    def template(self, ref: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+        """The template a task/step/onExit names, locally or through templateRef."""
+        if "templateRef" in ref:
+            tref = ref["templateRef"]
+            owner = self.refs.get(str(tref.get("name")))
+            found = [t for t in (owner or {}).get("spec", {}).get("templates", []) if t["name"] == tref.get("template")]
+            if not found:
+                raise WorkflowError(f"{where}: templateRef {tref.get('name')}/{tref.get('template')} not found; "
+                                    "render it into argo/ or pass its file")
+            return found[0]
+        name = str(ref.get("template", ""))
+        if name not in self.templates:
+            raise WorkflowError(f"{where}: template {name!r} does not exist")
+        return self.templates[name]
+
+    def inputs(self, tmpl: Mapping[str, Any], args: Mapping[str, str]) -> dict[str, str]:
+        """The template's input parameters: arguments, else value/default; enums checked."""
+        values: dict[str, str] = {}
+        for param in tmpl.get("inputs", {}).get("parameters", []):
+            name = str(param["name"])
+            value = args.get(name, param.get("value", param.get("default")))
+            if value is None:
+                raise WorkflowError(f"template {tmpl['name']}: input parameter {name!r} has no value; "
+                                    "pass it as an argument or give it a default")
+            values[name] = str(value)
+            _check_enum(param, values[name], f"template {tmpl['name']}: input {name!r}")
+        return values
+
+    def scope_for(self, inputs: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Global variables + `inputs.parameters.*` (+ the JSON list Hera's runner reads)."""
+        scope = dict(self.globals)
+        scope.update({f"inputs.parameters.{k}": v for k, v in inputs.items()})
+        scope["inputs.parameters"] = json.dumps([{"name": k, "value": v} for k, v in inputs.items()])
+        scope.update(extra or {})
+        return scope
+
+    # ---- execution ----------------------------------------------------------------------------------------
+
+    def execute(self, tmpl: Mapping[str, Any], args: Mapping[str, str], parent: Node | None, display: str,
+                artifacts: Mapping[str, Path] | None = None, extra: Mapping[str, str] | None = None) -> Node:
+        """Run any template under `parent`; returns its (terminal) node."""
+        inputs = self.inputs(tmpl, args)
+        scope = self.scope_for(inputs, extra)
+        kind = "DAG" if "dag" in tmpl else "Steps" if "steps" in tmpl else "Suspend" if "suspend" in tmpl else "Pod"
+        if kind == "Pod" and "retryStrategy" in tmpl:
+            return self._retry(tmpl, scope, parent, display, artifacts or {})
+        node = self.book.new(parent, display, kind, str(tmpl["name"]))
+        self.book.start(node)
+        node.scheduling = {k: tmpl[k] for k in _RECORDED if k in tmpl}
+        try:
+            if kind == "Pod":
+                return self._pod(tmpl, scope, node, artifacts or {})
+            if kind == "Suspend":
+                return self._suspend(tmpl, node)
+            ctx = TaskContext(self, tmpl, node, scope)
+            phase, message = run_dag(ctx) if kind == "DAG" else run_steps(ctx)
+            _template_outputs(tmpl, node, ctx.scope)
+        except WorkflowError as e:
+            phase, message = "Error", str(e)
+        return self.book.finish(node, phase, message)
+
+    def _pod(self, tmpl: Mapping[str, Any], scope: Mapping[str, str], node: Node,
+             artifacts: Mapping[str, Path]) -> Node:
+        deadline = tmpl.get("activeDeadlineSeconds")
+        limit = parse_duration(deadline, f"template {tmpl['name']}") if deadline else None
+        if self.deadline is not None:
+            left = max(0.0, self.deadline - time.monotonic())
+            limit = left if limit is None else min(limit, left)
+        scope = {**scope, "pod.name": node.id, "node.name": node.name}
+        spec = PodSpec(tmpl, scope, self.run_dir / "nodes" / node.id, self.run_dir / "artifacts" / node.id,
+                       artifacts, limit)
+        try:
+            if self.pod_slots:
+                with self.pod_slots:
+                    phase, message = run_pod(spec, node)
+            else:
+                phase, message = run_pod(spec, node)
+        except WorkflowError as e:
+            phase, message = "Error", str(e)
+        return self.book.finish(node, phase, message)
+
+    def _retry(self, tmpl: Mapping[str, Any], scope: Mapping[str, str], parent: Node | None, display: str,
+               artifacts: Mapping[str, Path]) -> Node:
+        strategy = tmpl["retryStrategy"]
+        where = f"template {tmpl['name']}: retryStrategy"
+        limit = int(str(strategy.get("limit", "0")))
+        policy = str(strategy.get("retryPolicy", "OnFailure"))
+        delay, factor, max_total = backoff_delays(strategy, where)
+        cap = parse_duration(strategy["backoff"]["cap"], where) if (strategy.get("backoff") or {}).get("cap") else None
+        group = self.book.new(parent, display, "Retry", str(tmpl["name"]))
+        self.book.start(group)
+        first = time.monotonic()
+        attempt_node = group
+        for attempt in range(limit + 1):
+            attempt_node = self.book.new(group, f"{display}({attempt})", "Pod", str(tmpl["name"]))
+            self.book.start(attempt_node)
+            self._pod(tmpl, {**scope, "retries": str(attempt)}, attempt_node, artifacts)
+            if not _should_retry(attempt_node.phase, policy) or attempt == limit:
+                break
+            wait = min(delay * factor**attempt, cap) if cap else delay * factor**attempt
+            if max_total is not None and time.monotonic() + wait - first > max_total:
+                attempt_node.message += " (retry stopped: backoff.maxDuration reached)"
+                break
+            sleep_until(time.monotonic() + wait)
+        for attr in ("parameters", "result", "exit_code", "artifacts"):
+            setattr(group, attr, getattr(attempt_node, attr))
+        return self.book.finish(group, attempt_node.phase, attempt_node.message)
+
+    def _suspend(self, tmpl: Mapping[str, Any], node: Node) -> Node:
+        names = {node.display_name, node.name, str(tmpl["name"])}
+        duration = tmpl["suspend"].get("duration") if isinstance(tmpl["suspend"], Mapping) else None
+        if duration and not names & self.options.resume:
+            time.sleep(parse_duration(duration, f"template {tmpl['name']}: suspend.duration"))
+        elif not names & self.options.resume:
+            return self.book.finish(node, "Failed", f"suspended at {node.display_name}: the local runner cannot "
+                                    f"wait; rerun with --resume {node.display_name}")
+        for param in tmpl.get("outputs", {}).get("parameters", []):
+            key = f"{node.display_name}.{param['name']}"
+            source = param.get("valueFrom", {})
+            value = self.options.supplied.get(key, source.get("default"))
+            if value is None:
+                return self.book.finish(node, "Failed", f"{node.display_name}: output {param['name']!r} must be "
+                                        f"supplied on resume; pass --supply {key}=VALUE")
+            node.parameters[str(param["name"])] = str(value)
+        return self.book.finish(node, "Succeeded", "resumed")
+
+    def run(self) -> RunResult:
+        """Run entrypoint then onExit; returns the Argo-shaped outcome."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        refused = unsupported(self.spec)
+        if refused:
+            raise WorkflowError(f"the local runner cannot run {refused[0]} (needs a cluster); remove it or run on "
+                                f"Argo ({len(refused)} such field(s))")
+        started = time.time()
+        entry = self.template({"template": self.spec.get("entrypoint")}, "spec.entrypoint")
+        main = self.execute(entry, {}, None, self.name)
+        phase, message = ("Succeeded", "") if main.phase == "Succeeded" else ("Failed", main.message)
+        if self.spec.get("onExit"):
+            phase, message = self._on_exit(main, phase, message)
+        status = {"metadata": {"name": self.name, "uid": self.uid},
+                  "status": {"phase": phase, "message": message, "startedAt": _iso(started),
+                             "finishedAt": _iso(time.time()),
+                             "nodes": {n.id: n.to_status() for n in self.book.all()}}}
+        (self.run_dir / "status.json").write_text(json.dumps(status, indent=2))
+        return RunResult(self.name, phase, message, self.run_dir, status, format_tree(self.book, main))
+
+    def _on_exit(self, main: Node, phase: str, message: str) -> tuple[str, str]:
+        failures = [{"displayName": n.display_name, "message": n.message, "templateName": n.template_name,
+                     "phase": n.phase, "podName": n.id, "finishedAt": _iso(n.finished)}
+                    for n in self.book.all() if n.phase in FAILED and n.type == "Pod"]
+        self.globals.update({"workflow.status": phase, "workflow.failures": json.dumps(failures),
+                             "workflow.duration": f"{main.duration:.3f}"})
+        handler = self.template({"template": self.spec["onExit"]}, "spec.onExit")
+        exit_node = self.execute(handler, {}, None, f"{self.name}.onExit")
+        if exit_node.phase != "Succeeded" and phase == "Succeeded":
+            return "Failed", f"exit handler failed: {exit_node.message}"
+        return phase, message
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _check_enum(param: Mapping[str, Any], value: str, where: str) -> None:
+    allowed = [str(v) for v in param.get("enum", []) or []]
+    if allowed and value not in allowed:
+        raise WorkflowError(f"{where}: value {value!r} is not one of {', '.join(allowed)}")
+
+
+def _should_retry(phase: str, policy: str) -> bool:
+    if phase == "Succeeded":
+        return False
+    return {"Always": True, "OnFailure": phase == "Failed", "OnError": phase == "Error",
+            "OnTransientError": phase == "Error"}.get(policy, phase == "Failed")
+
+
+def _template_outputs(tmpl: Mapping[str, Any], node: Node, scope: Mapping[str, str]) -> None:
+    """dag/steps outputs: valueFrom.parameter references to their children's outputs."""
+    for param in tmpl.get("outputs", {}).get("parameters", []):
+        source = param.get("valueFrom", {})
+        if "parameter" in source:
+            value = substitute(str(source["parameter"]), scope, where=f"template {tmpl['name']}: outputs",
+                               strict="default" not in source)
+            node.parameters[str(param["name"])] = value if "{{" not in value else str(source["default"])

@@ -1,0 +1,199 @@
+"""Run one container or script template as a local subprocess, the way an Argo pod would run it.
+
+The image is recorded, not pulled: the command runs in the project's Python environment (`python` means this
+interpreter). Each node gets a private directory; the absolute paths a template declares for its outputs and
+input artifacts (and their parent folders, e.g. Hera's `/tmp/hera-outputs`) are mapped into it wherever they
+appear in the command, args, script source and env, so parallel pods never share a file as they would not in
+Argo.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from steps.errors import WorkflowError
+from workflows.runner.expressions import substitute
+from workflows.runner.nodes import Node
+
+__all__ = ["PodSpec", "run_pod", "parse_duration", "RESULT_CAP"]
+
+RESULT_CAP = 256 * 1024  # Argo caps `outputs.result` at 256 kB
+_PYTHONS = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """What a leaf needs: its template, its substitution scope, where it lives, and its deadline."""
+
+    template: Mapping[str, Any]
+    scope: Mapping[str, str]
+    node_dir: Path
+    artifact_dir: Path
+    input_artifacts: Mapping[str, Path]
+    deadline_s: float | None
+
+
+def parse_duration(value: object, where: str) -> float:
+    """Seconds from an Argo duration: an int, "30", "10s", "2m", "1h", "1h30m"."""
+    text = str(value).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise WorkflowError(f"{where}: duration {text!r} does not parse; write e.g. 30, '10s', '2m' or '1h'")
+    unit = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
+def _declared_paths(template: Mapping[str, Any]) -> list[str]:
+    paths = [p.get("valueFrom", {}).get("path") for p in template.get("outputs", {}).get("parameters", [])]
+    paths += [a.get("path") for a in template.get("outputs", {}).get("artifacts", [])]
+    paths += [a.get("path") for a in template.get("inputs", {}).get("artifacts", [])]
+    return [p for p in paths if p and str(p).startswith("/")]
+
+
+def _remap_table(template: Mapping[str, Any], root: Path) -> dict[str, str]:
+    """Container path -> node-private path, for declared paths and their parents (not / or /tmp)."""
+    table: dict[str, str] = {}
+    for declared in _declared_paths(template):
+        path = PurePosixPath(declared)
+        for candidate in (path, *path.parents):
+            if str(candidate) in ("/", "/tmp"):
+                break
+            table[str(candidate)] = str(root) + str(candidate)
+    return table
+
+
+def _remapper(table: Mapping[str, str]) -> Any:
+    if not table:
+        return lambda text: text
+    keys = sorted(table, key=len, reverse=True)
+    pattern = re.compile("|".join(re.escape(k) + r"(?![\w.-])" for k in keys))
+    return lambda text: pattern.sub(lambda m: table[m.group(0)], text)
+
+
+def _command(spec: PodSpec, remap: Any) -> list[str]:
+    tmpl, where = spec.template, f"template {spec.template.get('name')}"
+    body = tmpl.get("script") or tmpl.get("container") or {}
+    command = [str(c) for c in body.get("command", [])]
+    if not command:
+        raise WorkflowError(f"{where}: container.command is required by the local runner (it cannot read the "
+                            "image's entrypoint); set command explicitly")
+    args = [str(a) for a in body.get("args", [])]
+    words = [remap(substitute(w, spec.scope, where=where)) for w in command + args]
+    if "script" in tmpl:
+        source = remap(substitute(str(body.get("source", "")), spec.scope, where=where))
+        script = spec.node_dir / "script"
+        script.write_text(source)
+        words.append(str(script))
+    if words[0] in _PYTHONS:
+        words[0] = sys.executable
+    return words
+
+
+def _environment(spec: PodSpec, remap: Any) -> dict[str, str]:
+    env = dict(os.environ)
+    body = spec.template.get("script") or spec.template.get("container") or {}
+    for item in body.get("env", []):
+        name = str(item["name"])
+        if "value" in item:
+            env[name] = remap(substitute(str(item["value"]), spec.scope, where=f"env {name}"))
+        # valueFrom (secretKeyRef / configMapKeyRef): taken from this machine's environment when set there,
+        # which is how secrets reach steps locally without ever being written into a manifest.
+    return env
+
+
+def _stage_inputs(spec: PodSpec, remap: Any) -> None:
+    for art in spec.template.get("inputs", {}).get("artifacts", []):
+        target = Path(remap(str(art["path"])))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if "raw" in art:
+            target.write_text(substitute(str(art["raw"].get("data", "")), spec.scope, where="raw artifact"))
+        elif art["name"] in spec.input_artifacts:
+            source = spec.input_artifacts[art["name"]]
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
+        elif not art.get("optional"):
+            raise WorkflowError(f"template {spec.template.get('name')}: input artifact {art['name']!r} has no "
+                                "source; pass it with `from:` or give `raw.data`")
+
+
+def _collect_outputs(spec: PodSpec, node: Node, remap: Any) -> str:
+    """Fill node outputs; returns an error message, or "" when every required output was found."""
+    for param in spec.template.get("outputs", {}).get("parameters", []):
+        source = param.get("valueFrom", {})
+        if "path" in source:
+            path = Path(remap(str(source["path"])))
+            if path.is_file():
+                text = path.read_text()
+                node.parameters[param["name"]] = text[:-1] if text.endswith("\n") else text
+            elif "default" in source:
+                node.parameters[param["name"]] = str(source["default"])
+            else:
+                return f"output parameter {param['name']!r}: {source['path']} was not written"
+        elif "value" in param:
+            node.parameters[param["name"]] = substitute(str(param["value"]), spec.scope, where="output")
+    for art in spec.template.get("outputs", {}).get("artifacts", []):
+        path = Path(remap(str(art["path"])))
+        if not path.exists():
+            if art.get("optional"):
+                continue
+            return f"output artifact {art['name']!r}: {art['path']} was not written"
+        stored = spec.artifact_dir / str(art["name"])
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, stored)
+        node.artifacts[str(art["name"])] = str(stored)
+    return ""
+
+
+def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
+    """Run the leaf once; returns (phase, message) and fills node outputs, stdout and stderr files."""
+    spec.node_dir.mkdir(parents=True, exist_ok=True)
+    table = _remap_table(spec.template, spec.node_dir / "root")
+    remap = _remapper(table)
+    for declared in _declared_paths(spec.template):
+        Path(remap(declared)).parent.mkdir(parents=True, exist_ok=True)
+    _stage_inputs(spec, remap)
+    argv = _command(spec, remap)
+    (spec.node_dir / "command").write_text(" ".join(argv) + "\n")
+    stdout_path, stderr_path = spec.node_dir / "stdout", spec.node_dir / "stderr"
+    try:
+        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+            proc = subprocess.run(argv, stdout=out, stderr=err, env=_environment(spec, remap),
+                                  timeout=spec.deadline_s, check=False)
+    except subprocess.TimeoutExpired:
+        return "Failed", f"Pod was active on the node longer than the specified deadline ({spec.deadline_s:.0f}s)"
+    except OSError as e:
+        return "Error", f"cannot start {argv[0]}: {e.strerror}"
+    stdout = stdout_path.read_bytes()[:RESULT_CAP].decode(errors="replace")
+    node.result = stdout[:-1] if stdout.endswith("\n") else stdout
+    node.exit_code = proc.returncode
+    if proc.returncode != 0:
+        tail = stderr_path.read_text(errors="replace").strip().splitlines()
+        return "Failed", f"exit code {proc.returncode}" + (f": {tail[-1][:300]}" if tail else "")
+    problem = _collect_outputs(spec, node, remap)
+    return ("Error", problem) if problem else ("Succeeded", "")
+
+
+def backoff_delays(strategy: Mapping[str, Any], where: str) -> tuple[float, float, float | None]:
+    """(first delay, factor, maxDuration) of a retryStrategy.backoff."""
+    backoff = strategy.get("backoff") or {}
+    first = parse_duration(backoff["duration"], where) if "duration" in backoff else 0.0
+    factor = float(backoff.get("factor", 1) or 1)
+    limit = parse_duration(backoff["maxDuration"], where) if "maxDuration" in backoff else None
+    return first, factor, limit
+
+
+def sleep_until(deadline: float) -> None:
+    """Sleep until a time.monotonic() deadline."""
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        time.sleep(remaining)

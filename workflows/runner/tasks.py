@@ -1,0 +1,272 @@
+"""DAG and steps templates: scheduling, `depends`, `when`, loops, and how children's outputs reach siblings."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from steps.errors import WorkflowError
+from workflows.runner.expressions import Value, evaluate, evaluate_when, substitute
+from workflows.runner.nodes import FAILED, Node
+
+if TYPE_CHECKING:
+    from workflows.runner.engine import Runner
+
+__all__ = ["TaskContext", "run_dag", "run_steps"]
+
+_RESULTS = {"Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "AnySucceeded", "AllFailed"}
+
+
+class TaskContext:
+    """One invocation of a dag/steps template: its scope grows as its children finish."""
+
+    def __init__(self, runner: Runner, tmpl: Mapping[str, Any], node: Node, scope: Mapping[str, str]) -> None:
+        self.runner, self.tmpl, self.node = runner, tmpl, node
+        self.scope = dict(scope)
+        self.prefix = "tasks" if "dag" in tmpl else "steps"
+        self.results: dict[str, Node] = {}
+        self.cond = threading.Condition()
+        limit = tmpl.get("parallelism")
+        self.slots = threading.BoundedSemaphore(int(limit)) if limit else None
+
+    def where(self, task: Mapping[str, Any]) -> str:
+        """'template T: task N' for messages."""
+        return f"template {self.tmpl['name']}: {self.prefix[:-1]} {task.get('name')}"
+
+    def publish(self, name: str, node: Node) -> None:
+        """Expose a finished child's status and outputs as `tasks.<name>.*` / `steps.<name>.*`."""
+        base = f"{self.prefix}.{name}"
+        kids = [self.runner.book.get(c) for c in node.children] if node.type in ("TaskGroup", "StepGroup") else []
+        entries = {f"{base}.status": node.phase, f"{base}.id": node.id,
+                   f"{base}.startedAt": str(node.started), f"{base}.finishedAt": str(node.finished)}
+        if node.exit_code is not None:
+            entries[f"{base}.exitCode"] = entries[f"{base}.outputs.exitCode"] = str(node.exit_code)
+        if kids:
+            results = [_maybe_json(k.result) for k in kids if k.result is not None]
+            entries[f"{base}.outputs.result"] = json.dumps(results)
+            entries[f"{base}.outputs.parameters"] = json.dumps([k.parameters for k in kids if k.parameters])
+            for key in {p for k in kids for p in k.parameters}:
+                entries[f"{base}.outputs.parameters.{key}"] = json.dumps([k.parameters.get(key) for k in kids])
+        else:
+            if node.result is not None:
+                entries[f"{base}.outputs.result"] = node.result
+            entries.update({f"{base}.outputs.parameters.{k}": v for k, v in node.parameters.items()})
+            entries.update({f"{base}.outputs.artifacts.{k}": v for k, v in node.artifacts.items()})
+        with self.cond:
+            self.results[name] = node
+            self.scope.update(entries)
+            self.cond.notify_all()
+
+    def run_task(self, task: Mapping[str, Any]) -> Node:
+        """Run one task/step: expand its loop if any, else run it once."""
+        try:
+            items = _loop_items(task, dict(self.scope), self.where(task))
+        except WorkflowError as e:
+            return self._error(task, self.node, str(task["name"]), str(e))
+        if items is None:
+            return self._run_one(task, {}, self.node, str(task["name"]))
+        group = self.runner.book.new(self.node, str(task["name"]), "TaskGroup", str(task.get("template", "")))
+        self.runner.book.start(group)
+        children: list[Node] = []
+        threads = []
+        for i, item in enumerate(items):
+            label, extra = _item_scope(item)
+            display = f"{task['name']}({i}:{label})"
+            threads.append(threading.Thread(target=lambda e=extra, d=display: children.append(
+                self._run_one(task, e, group, d))))
+        _run_all(threads)
+        failed = [c for c in children if c.phase in FAILED and not _continues(task, c)]
+        phase = "Failed" if failed else "Succeeded"
+        return self.runner.book.finish(group, phase, f"child '{failed[0].display_name}' failed" if failed else "")
+
+    def _run_one(self, task: Mapping[str, Any], extra: Mapping[str, str], parent: Node, display: str) -> Node:
+        with self.cond:
+            local = {**self.scope, **extra}
+        where = self.where(task)
+        try:
+            if "when" in task:
+                condition = substitute(str(task["when"]), local, where=f"{where}: when")
+                if not evaluate_when(condition):
+                    node = self.runner.book.new(parent, display, "Skipped", str(task.get("template", "")))
+                    return self.runner.book.finish(node, "Skipped", f"when '{condition}' evaluated false")
+            args = {str(p["name"]): substitute(str(p.get("value", "")), local, where=f"{where}: argument {p['name']}")
+                    for p in task.get("arguments", {}).get("parameters", [])}
+            arts = {str(a["name"]): Path(substitute(str(a["from"]), local, where=f"{where}: artifact {a['name']}"))
+                    for a in task.get("arguments", {}).get("artifacts", []) if "from" in a}
+            tmpl = self.runner.template(task, where)
+            if self.slots:
+                with self.slots:
+                    return self.runner.execute(tmpl, args, parent, display, arts)
+            return self.runner.execute(tmpl, args, parent, display, arts)
+        except WorkflowError as e:
+            return self._error(task, parent, display, str(e))
+
+    def _error(self, task: Mapping[str, Any], parent: Node, display: str, message: str) -> Node:
+        node = self.runner.book.new(parent, display, "Pod", str(task.get("template", "")))
+        return self.runner.book.finish(node, "Error", message)
+
+
+def _maybe_json(text: str | None) -> object:
+    try:
+        return json.loads(text or "")
+    except ValueError:
+        return text
+
+
+def _continues(task: Mapping[str, Any], node: Node) -> bool:
+    cont = task.get("continueOn") or {}
+    return bool(cont.get("failed") if node.phase == "Failed" else cont.get("error"))
+
+
+def _loop_items(task: Mapping[str, Any], scope: Mapping[str, str], where: str) -> list[Any] | None:
+    if "withItems" in task:
+        return [substitute(i, scope, where=where) if isinstance(i, str) else i for i in task["withItems"]]
+    if "withParam" in task:
+        raw = substitute(str(task["withParam"]), scope, where=f"{where}: withParam")
+        try:
+            items = json.loads(raw)
+        except ValueError as e:
+            raise WorkflowError(f"{where}: withParam is not a JSON list: {raw[:80]!r}") from e
+        if not isinstance(items, list):
+            raise WorkflowError(f"{where}: withParam must be a JSON list, got {type(items).__name__}")
+        return items
+    if "withSequence" in task:
+        return _sequence(task["withSequence"], scope, where)
+    return None
+
+
+def _sequence(seq: Mapping[str, Any], scope: Mapping[str, str], where: str) -> list[str]:
+    def num(key: str, default: int) -> int:
+        return int(substitute(str(seq.get(key, default)), scope, where=f"{where}: withSequence.{key}"))
+
+    if "count" in seq:
+        start = num("start", 0)
+        values = list(range(start, start + num("count", 0)))
+    else:
+        start, end = num("start", 0), num("end", 0)
+        values = list(range(start, end + 1)) if end >= start else list(range(start, end - 1, -1))
+    fmt = seq.get("format")
+    return [str(fmt) % v if fmt else str(v) for v in values]
+
+
+def _item_scope(item: Any) -> tuple[str, dict[str, str]]:
+    text = item if isinstance(item, str) else json.dumps(item)
+    scope = {"item": text}
+    if isinstance(item, Mapping):
+        scope.update({f"item.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in item.items()})
+    return text, scope
+
+
+def _run_all(threads: list[threading.Thread]) -> None:
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+# ---- DAG ------------------------------------------------------------------------------------------------------
+
+def _depends_expr(task: Mapping[str, Any]) -> str:
+    if "depends" in task:
+        return str(task["depends"])
+    return " && ".join(str(d) for d in task.get("dependencies", []) or [])
+
+
+def _depends_names(expr: str) -> set[str]:
+    words = re.findall(r"[A-Za-z0-9_-]+(?:\.[A-Za-z]+)?", expr)
+    return {w.split(".")[0] for w in words}
+
+
+def _resolver(results: Mapping[str, Node], book_get: Callable[[str], Node]) -> Callable[[str], Value]:
+    def resolve(word: str) -> Value:
+        name, _, result = word.partition(".")
+        node = results[name]
+        if not result:
+            return node.phase in ("Succeeded", "Skipped")
+        if result not in _RESULTS:
+            raise WorkflowError(f"depends: unknown result {word!r}; use one of {', '.join(sorted(_RESULTS))}")
+        kids = [book_get(c) for c in node.children]
+        return {"Succeeded": node.phase == "Succeeded", "Failed": node.phase == "Failed",
+                "Errored": node.phase == "Error", "Skipped": node.phase == "Skipped",
+                "Omitted": node.phase == "Omitted", "Daemoned": False,
+                "AnySucceeded": any(k.phase == "Succeeded" for k in kids),
+                "AllFailed": bool(kids) and all(k.phase in FAILED for k in kids)}[result]
+    return resolve
+
+
+def run_dag(ctx: TaskContext) -> tuple[str, str]:
+    """Schedule the DAG's tasks as their dependencies finish; returns (phase, message)."""
+    tasks = {str(t["name"]): t for t in ctx.tmpl["dag"]["tasks"]}
+    exprs = {n: _depends_expr(t) for n, t in tasks.items()}
+    needs = {n: _depends_names(e) for n, e in exprs.items()}
+    for name, deps in needs.items():
+        unknown = deps - tasks.keys()
+        if unknown:
+            raise WorkflowError(f"template {ctx.tmpl['name']}: task {name} depends on unknown task(s) "
+                                f"{', '.join(sorted(unknown))}")
+    pending, running = set(tasks), set()
+
+    def work(name: str) -> None:
+        node = ctx.run_task(tasks[name])
+        with ctx.cond:
+            running.discard(name)
+        ctx.publish(name, node)
+
+    with ctx.cond:
+        while pending or running:
+            ready = sorted(n for n in pending if needs[n] <= ctx.results.keys())
+            for name in ready:
+                pending.discard(name)
+                if exprs[name] and not evaluate(exprs[name], _resolver(ctx.results, ctx.runner.book.get)):
+                    node = ctx.runner.book.new(ctx.node, name, "Skipped", str(tasks[name].get("template", "")))
+                    ctx.runner.book.finish(node, "Omitted", f"depends '{exprs[name]}' is false")
+                    ctx.results[name] = node
+                    continue
+                running.add(name)
+                threading.Thread(target=work, args=(name,), daemon=True).start()
+            if not ready:
+                if not running:
+                    raise WorkflowError(f"template {ctx.tmpl['name']}: tasks {sorted(pending)} can never start "
+                                        "(a dependency cycle)")
+                ctx.cond.wait()
+    return _dag_phase(ctx, tasks, needs)
+
+
+def _dag_phase(ctx: TaskContext, tasks: Mapping[str, Any], needs: Mapping[str, set[str]]) -> tuple[str, str]:
+    """Failed when a failure is neither continued-on nor handled by a task that ran because of it."""
+    for name, node in sorted(ctx.results.items(), key=lambda kv: kv[1].finished or 0):
+        if node.phase not in FAILED or _continues(tasks[name], node):
+            continue
+        handled = any(name in needs[other] and ctx.results[other].phase not in ("Omitted",)
+                      for other in tasks if other != name)
+        if not handled:
+            return "Failed", f"child '{node.display_name}' failed: {node.message}"
+    return "Succeeded", ""
+
+
+# ---- steps ----------------------------------------------------------------------------------------------------
+
+def run_steps(ctx: TaskContext) -> tuple[str, str]:
+    """Run step groups in order, the steps of a group in parallel; stop at a group with a failure."""
+    for index, group in enumerate(ctx.tmpl["steps"]):
+        group_node = ctx.runner.book.new(ctx.node, f"[{index}]", "StepGroup", str(ctx.tmpl["name"]))
+        ctx.runner.book.start(group_node)
+        saved, ctx.node = ctx.node, group_node
+        done: list[tuple[Mapping[str, Any], Node]] = []
+        threads = [threading.Thread(target=lambda s=step, out=done: out.append((s, ctx.run_task(s))))
+                   for step in group]
+        _run_all(threads)
+        ctx.node = saved
+        for step, node in done:
+            ctx.publish(str(step["name"]), node)
+        failed = [(s, n) for s, n in done if n.phase in FAILED and not _continues(s, n)]
+        if failed:
+            message = f"child '{failed[0][1].display_name}' failed: {failed[0][1].message}"
+            ctx.runner.book.finish(group_node, "Failed", message)
+            return "Failed", message
+        ctx.runner.book.finish(group_node, "Succeeded")
+    return "Succeeded", ""
