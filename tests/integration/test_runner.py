@@ -185,7 +185,7 @@ def test_cli_exit_codes_and_json_status(tmp_path: Path) -> None:
     ok = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["status"]["phase"] == "Succeeded"
-    cmd[5] = "succeed-on=7"
+    cmd[6] = "succeed-on=7"
     bad = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert bad.returncode == 1
     assert json.loads(bad.stdout)["status"]["phase"] == "Failed"
