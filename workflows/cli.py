@@ -77,7 +77,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    from registry.facade import ModelRegistry, format_history
+    from registry import ModelRegistry, format_history
 
     registry = ModelRegistry.from_env()
     print(format_history(registry.history(args.name)))

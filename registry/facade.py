@@ -1,0 +1,431 @@
+"""`ModelRegistry`: the one door to the MLflow model registry (versions, tags, aliases, alias history).
+
+Registration is idempotent, keyed by the weights' digest: a version whose tag `llmrelease.digest` equals the
+record's digest is returned as it is. Every alias move is recorded in the registry's own database (see
+`registry.history`). Calls to an unreachable tracking server are retried with exponential backoff for a
+bounded time, then fail with one `RegistryError` line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from registry.client import (
+    MlflowClientLike,
+    call_with_retry,
+    check_reachable,
+    error_code,
+    is_http,
+    short_error,
+)
+from registry.history import AliasMove, alias_at, history_tag_key, moves_from_tags
+from registry.record import (
+    OnboardingView,
+    S3ClientLike,
+    check_local_weights,
+    check_s3_weights,
+    parse_record,
+    version_source,
+)
+from steps.errors import RegistryError
+
+__all__ = [
+    "ALIAS_CANDIDATE",
+    "ALIAS_CHAMPION",
+    "ALIAS_PREVIOUS",
+    "DIGEST_TAG",
+    "EXPERIMENT_NAME",
+    "ModelRegistry",
+    "RegisteredVersion",
+]
+
+EXPERIMENT_NAME = "llmrelease-onboarding"
+DIGEST_TAG = "llmrelease.digest"
+ALIAS_CANDIDATE, ALIAS_CHAMPION, ALIAS_PREVIOUS = "candidate", "champion", "previous"
+_RUN_COMPLETE_TAG = "llmrelease.run_complete"
+_T = TypeVar("_T")
+
+
+class RegisteredVersion(BaseModel):
+    """The outcome of `ModelRegistry.register`: which version holds the digest, and whether it is new."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: str
+    digest: str
+    created: bool
+    run_id: str | None
+    source: str
+
+
+class ModelRegistry:
+    """The model-registry facade over an MLflow client (any backend: sqlite, PostgreSQL, `mlflow server`)."""
+
+    def __init__(
+        self,
+        client: MlflowClientLike,
+        *,
+        tracking_uri: str | None = None,
+        artifact_root: Path | None = None,
+        retry_seconds: float = 15.0,
+        clock: Callable[[], int] = time.time_ns,
+        s3_client: S3ClientLike | None = None,
+    ) -> None:
+        """Wrap `client`.
+
+        Args:
+            client: An `MlflowClient` (or anything with its methods).
+            tracking_uri: For messages and the reachability probe; read from the client if None.
+            artifact_root: Where the onboarding experiment keeps artifacts when the facade creates it;
+                None lets the tracking server decide.
+            retry_seconds: Total time to retry connection errors before giving up.
+            clock: Nanoseconds since the epoch; stamps history entries.
+            s3_client: A boto3 S3 client for checking s3:// weights; built from the environment if None.
+        """
+        self._client = client
+        self._uri = tracking_uri or str(getattr(client, "tracking_uri", "") or "")
+        self._artifact_root = artifact_root
+        self._retry_seconds = retry_seconds
+        self._clock = clock
+        self._s3 = s3_client
+
+    @classmethod
+    def from_uri(cls, uri: str, *, artifact_root: Path | None = None, retry_seconds: float = 15.0) -> ModelRegistry:
+        """A registry on the tracking (and registry) store at `uri`; creates a sqlite file's folder."""
+        from mlflow.tracking import MlflowClient
+
+        if uri.startswith("sqlite:///"):
+            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return cls(client, tracking_uri=uri, artifact_root=artifact_root, retry_seconds=retry_seconds)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, retry_seconds: float = 15.0) -> ModelRegistry:
+        """A registry on MLFLOW_TRACKING_URI, or on `<LLMRELEASE_HOME or .llmrelease>/mlflow.db` (sqlite).
+
+        Artifacts of a local store go under `<home>/mlartifacts`, never `./mlruns`.
+        """
+        env = os.environ if environ is None else environ
+        home = Path(env.get("LLMRELEASE_HOME") or ".llmrelease").resolve()
+        uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        root = None if is_http(uri) else home / "mlartifacts"
+        return cls.from_uri(uri, artifact_root=root, retry_seconds=retry_seconds)
+
+    # ---- registration ----
+
+    def register(
+        self, record: Mapping[str, Any] | BaseModel, *, workflow_name: str, workflow_uid: str, git_commit: str
+    ) -> RegisteredVersion:
+        """Register the model an onboarding record describes, once per digest, and point `candidate` at it.
+
+        Args:
+            record: The onboarding record, as its JSON object or a pydantic model.
+            workflow_name: The Argo workflow registering it (tagged, and the actor of the alias move).
+            workflow_uid: That workflow's uid.
+            git_commit: The commit of the release spec's repository.
+
+        Returns:
+            The version holding the digest; `created` is False when it existed before.
+
+        Raises:
+            SpecError: The record is malformed.
+            OnboardingError: The weights it names are missing.
+            RegistryError: MLflow refused or is unreachable.
+        """
+        from mlflow.exceptions import MlflowException
+
+        raw = record.model_dump(mode="json") if isinstance(record, BaseModel) else dict(record)
+        rec = parse_record(raw)
+        self._check_reachable()
+        tags = _version_tags(rec, git_commit=git_commit, workflow_name=workflow_name, workflow_uid=workflow_uid)
+        try:
+            existing = self._find_by_digest(rec.name, rec.digest)
+            result = _as_registered(existing, rec.digest, created=False) if existing else None
+            if result is None:
+                run_id, artifact_uri = self._onboarding_run(raw, rec, tags)
+                self._ensure_model(rec)
+                result = self._create_version(rec, version_source(rec, artifact_uri), run_id, tags)
+        except (MlflowException, OSError) as e:
+            raise RegistryError(
+                f"registering {rec.name!r} ({rec.digest[:19]}...) at {self._uri} failed: "
+                f"{short_error(e)}: fix the cause and re-run (registration is idempotent)"
+            ) from e
+        if self._aliases(rec.name).get(ALIAS_CANDIDATE) != result.version:
+            actor = "/".join(p for p in (workflow_name, workflow_uid) if p) or "llmrelease"
+            why = f"registered {rec.digest[:19]}..." + ("" if result.created else " (reused)")
+            self.move_alias(
+                rec.name, ALIAS_CANDIDATE, result.version, actor=actor, reason=why, workflow_uid=workflow_uid
+            )
+        return result
+
+    def _find_by_digest(self, name: str, digest: str) -> Any:
+        page_token: str | None = None
+        found: list[Any] = []
+        while True:
+            page = self._call(self._client.search_model_versions, f"name='{name}'", page_token=page_token)
+            found += [mv for mv in page if (mv.tags or {}).get(DIGEST_TAG) == digest]
+            page_token = getattr(page, "token", None)
+            if not page_token:
+                return min(found, key=lambda mv: int(mv.version)) if found else None
+
+    def _onboarding_run(self, raw: dict[str, Any], rec: OnboardingView, tags: dict[str, str]) -> tuple[str, str]:
+        """The run holding the record's artifacts: a complete one left by a crashed attempt, or a new one."""
+        experiment_id = self._experiment_id()
+        query = (
+            f"tags.`{DIGEST_TAG}` = '{rec.digest}' and tags.`llmrelease.model_name` = '{rec.name}'"
+            f" and tags.`{_RUN_COMPLETE_TAG}` = 'true'"
+        )
+        previous = self._call(self._client.search_runs, [experiment_id], query, max_results=1)
+        if previous:
+            return previous[0].info.run_id, previous[0].info.artifact_uri
+        if rec.in_s3:
+            self._s3 = check_s3_weights(rec, self._s3)
+        check_local_weights(rec)
+        run = self._call(
+            self._client.create_run,
+            experiment_id,
+            tags={**tags, "llmrelease.model_name": rec.name},
+            run_name=f"onboard-{rec.name}",
+        )
+        run_id = run.info.run_id
+        self._log_record(run_id, raw, rec)
+        if rec.copies_weights:
+            self._call(self._client.log_artifacts, run_id, str(rec.local_path), "model")
+        self._call(self._client.set_tag, run_id, _RUN_COMPLETE_TAG, "true")
+        self._call(self._client.set_terminated, run_id, "FINISHED")
+        return run_id, run.info.artifact_uri
+
+    def _log_record(self, run_id: str, raw: dict[str, Any], rec: OnboardingView) -> None:
+        from mlflow.entities import Param
+
+        self._call(self._client.log_dict, run_id, raw, "onboarding/record.json")
+        self._call(self._client.log_dict, run_id, rec.card.model_dump(), "onboarding/card.json")
+        manifest = {"digest": rec.digest, "files": [f.model_dump() for f in rec.files]}
+        self._call(self._client.log_dict, run_id, manifest, "onboarding/manifest.json")
+        params = {
+            "kind": rec.kind,
+            "environment": rec.environment,
+            "source_uri": rec.source_uri,
+            "policy_version": rec.policy_version,
+            "spec_path": rec.spec_path,
+            "spec_sha256": rec.spec_sha256,
+            "file_count": len(rec.files),
+            "total_bytes": sum(f.size for f in rec.files),
+            **{f"config.{k}": v for k, v in (rec.config or {}).items() if not isinstance(v, dict | list)},
+        }
+        batch = [Param(k, str(v)[:500]) for k, v in params.items()]
+        self._call(self._client.log_batch, run_id, params=batch)
+
+    def _experiment_id(self) -> str:
+        experiment = self._call(self._client.get_experiment_by_name, EXPERIMENT_NAME)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = self._artifact_root.resolve().as_uri() if self._artifact_root else None
+        try:
+            return str(self._call(self._client.create_experiment, EXPERIMENT_NAME, location))
+        except Exception as e:
+            if error_code(e) != "RESOURCE_ALREADY_EXISTS":
+                raise RegistryError(
+                    f"cannot create MLflow experiment {EXPERIMENT_NAME!r} at {self._uri}: "
+                    f"{short_error(e)}: check the tracking server's permissions"
+                ) from e
+            return str(self._call(self._client.get_experiment_by_name, EXPERIMENT_NAME).experiment_id)
+
+    def _ensure_model(self, rec: OnboardingView) -> None:
+        try:
+            self._call(
+                self._client.create_registered_model,
+                rec.name,
+                {"llmrelease.owner": rec.card.owner},
+                rec.card.intended_use or None,
+            )
+        except Exception as e:
+            if error_code(e) != "RESOURCE_ALREADY_EXISTS":
+                raise RegistryError(
+                    f"cannot create registered model {rec.name!r} at {self._uri}: "
+                    f"{short_error(e)}: check the name and the server's permissions"
+                ) from e
+
+    def _create_version(self, rec: OnboardingView, source: str, run_id: str, tags: dict[str, str]) -> RegisteredVersion:
+        def find_or_create() -> RegisteredVersion:
+            # Idempotent as a unit, so a retry after a lost response never makes a second version.
+            existing = self._find_by_digest(rec.name, rec.digest)
+            if existing is not None:
+                return _as_registered(existing, rec.digest, created=False)
+            mv = self._client.create_model_version(
+                rec.name, source, run_id=run_id, tags=tags, description=f"{rec.kind} from {rec.source_uri}"
+            )
+            return _as_registered(mv, rec.digest, created=True)
+
+        try:
+            return self._call(find_or_create)
+        except RegistryError:
+            raise
+        except Exception as e:
+            raise RegistryError(
+                f"MLflow refused a version of {rec.name!r} with source {source}: {short_error(e)}: "
+                "check the source URI and the server's artifact settings"
+            ) from e
+
+    # ---- aliases ----
+
+    def get_alias(self, name: str, alias: str) -> str | None:
+        """The version `alias` points at, or None if the alias (or the model) does not exist."""
+        self._check_reachable()
+        return self._aliases(name).get(alias)
+
+    def move_alias(
+        self, name: str, alias: str, version: str | int, *, actor: str, reason: str, workflow_uid: str = ""
+    ) -> AliasMove:
+        """Point `alias` at `version` and record the move in the history.
+
+        Raises:
+            RegistryError: The version does not exist (never registered, or deleted); nothing is recorded.
+        """
+        self._check_reachable()
+        version = str(version)
+        self._require_version(name, version, f"move alias {alias!r} of")
+        before = self._aliases(name).get(alias)
+        self._call(self._client.set_registered_model_alias, name, alias, version)
+        key, when = history_tag_key(self._clock())
+        move = AliasMove(
+            name=name,
+            alias=alias,
+            from_version=before,
+            to_version=version,
+            when=when,
+            actor=actor,
+            reason=reason,
+            workflow_uid=workflow_uid,
+        )
+        self._call(self._client.set_registered_model_tag, name, key, move.to_tag_value())
+        return move
+
+    def promote(
+        self, name: str, version: str | int, *, actor: str, reason: str, workflow_uid: str = ""
+    ) -> list[AliasMove]:
+        """Make `version` the champion; the old champion, if any, becomes `previous`.
+
+        Returns:
+            The moves made (previous first, then champion); empty if `version` already is the champion.
+        """
+        version = str(version)
+        self._require_version(name, version, f"move alias {ALIAS_CHAMPION!r} of")
+        old = self.get_alias(name, ALIAS_CHAMPION)
+        if old == version:
+            return []
+        moves = []
+        if old is not None:
+            moves.append(
+                self.move_alias(
+                    name,
+                    ALIAS_PREVIOUS,
+                    old,
+                    actor=actor,
+                    workflow_uid=workflow_uid,
+                    reason=f"champion before version {version}: {reason}",
+                )
+            )
+        moves.append(
+            self.move_alias(name, ALIAS_CHAMPION, version, actor=actor, reason=reason, workflow_uid=workflow_uid)
+        )
+        return moves
+
+    def rollback_target(self, name: str) -> str | None:
+        """The version to roll back to: the one `previous` points at, or None when there is none."""
+        return self.get_alias(name, ALIAS_PREVIOUS)
+
+    def tag_version(self, name: str, version: str | int, key: str, value: str) -> None:
+        """Set tag `key` = `value` on a version; RegistryError if the version does not exist."""
+        self._check_reachable()
+        self._require_version(name, str(version), f"tag {key!r} on")
+        self._call(self._client.set_model_version_tag, name, str(version), key, value)
+
+    # ---- history ----
+
+    def history(self, name: str) -> list[AliasMove]:
+        """Every recorded alias move of registered model `name`, oldest first."""
+        self._check_reachable()
+        model = self._model(name)
+        if model is None:
+            raise RegistryError(
+                f"registered model {name!r} not found at {self._uri}: check the name or MLFLOW_TRACKING_URI"
+            )
+        return moves_from_tags(name, dict(model.tags or {}))
+
+    def champion_at(self, name: str, when: datetime) -> AliasMove | None:
+        """The move that made the champion of `name` at time `when` (which version, who, why), or None."""
+        return alias_at(self.history(name), ALIAS_CHAMPION, when)
+
+    # ---- plumbing ----
+
+    def _model(self, name: str) -> Any:
+        """The registered model `name`, or None if it does not exist."""
+        try:
+            return self._call(self._client.get_registered_model, name)
+        except RegistryError:
+            raise
+        except Exception as e:
+            if error_code(e) == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise RegistryError(
+                f"cannot read registered model {name!r} at {self._uri}: {short_error(e)}: "
+                "check the name and MLFLOW_TRACKING_URI"
+            ) from e
+
+    def _aliases(self, name: str) -> dict[str, str]:
+        model = self._model(name)
+        return {} if model is None else {str(k): str(v) for k, v in (model.aliases or {}).items()}
+
+    def _require_version(self, name: str, version: str, action: str) -> None:
+        try:
+            self._call(self._client.get_model_version, name, version)
+        except RegistryError:
+            raise
+        except Exception as e:
+            if error_code(e) not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise RegistryError(
+                    f"cannot read version {version!r} of registered model {name!r} at {self._uri}: "
+                    f"{short_error(e)}: check the name and MLFLOW_TRACKING_URI"
+                ) from e
+            raise RegistryError(
+                f"cannot {action} registered model {name!r} to version {version!r}: no such version "
+                f"(never registered or deleted): pick an existing version of {name!r}"
+            ) from e
+
+    def _check_reachable(self) -> None:
+        check_reachable(self._uri, self._retry_seconds)
+
+    def _call(self, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+        return call_with_retry(fn, *args, uri=self._uri, retry_seconds=self._retry_seconds, **kwargs)
+
+
+def _version_tags(rec: OnboardingView, *, git_commit: str, workflow_name: str, workflow_uid: str) -> dict[str, str]:
+    return {
+        DIGEST_TAG: rec.digest,
+        "llmrelease.license": rec.card.license,
+        "llmrelease.source_uri": rec.source_uri,
+        "llmrelease.git_commit": git_commit,
+        "llmrelease.workflow_name": workflow_name,
+        "llmrelease.workflow_uid": workflow_uid,
+        "llmrelease.environment": rec.environment,
+    }
+
+
+def _as_registered(mv: Any, digest: str, *, created: bool) -> RegisteredVersion:
+    return RegisteredVersion(
+        name=mv.name,
+        version=str(mv.version),
+        digest=digest,
+        created=created,
+        run_id=mv.run_id or None,
+        source=mv.source,
+    )

@@ -1,0 +1,163 @@
+"""The register step: put an onboarded model into the MLflow registry, once per weights digest.
+
+Reads the onboarding record the onboard step wrote, registers it through `registry.ModelRegistry` (idempotent:
+a re-run with the same weights returns the existing version) and points the `candidate` alias at it.
+Publishes the model name, the version and whether it is new, as Argo output parameters.
+
+No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
+
+from hera.workflows import Input, Output, Parameter, script
+from pydantic import BaseModel, ConfigDict
+
+from steps.errors import ReleaseError, SpecError
+from steps.images import STEPS_IMAGE
+
+if TYPE_CHECKING:
+    from registry.facade import RegisteredVersion
+
+__all__ = [
+    "Inputs",
+    "Outputs",
+    "Registrar",
+    "RegisterParams",
+    "RegisterResult",
+    "describe",
+    "register_step",
+    "resolve_git_commit",
+    "run",
+]
+
+
+class Inputs(BaseModel):
+    """What the register step needs: the onboarding record and who is registering it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    record_path: str
+    workflow_name: str = ""
+    workflow_uid: str = ""
+    git_commit: str = ""
+
+
+class Outputs(BaseModel):
+    """What the register step publishes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: str
+    digest: str
+    created: bool
+
+
+class Registrar(Protocol):
+    """The registry operation the step needs (`registry.ModelRegistry` provides it)."""
+
+    def register(  # noqa: D102
+        self, record: dict[str, Any], *, workflow_name: str, workflow_uid: str, git_commit: str
+    ) -> "RegisteredVersion": ...
+
+
+def run(inputs: Inputs, registry: Registrar) -> Outputs:
+    """Register the model described by the record at `inputs.record_path`.
+
+    Args:
+        inputs: The step's inputs; `git_commit` is passed on as given.
+        registry: The model registry to register into.
+
+    Returns:
+        The registered name, version and digest, and whether the version is new.
+
+    Raises:
+        SpecError: The record file is missing or not a JSON object.
+        ReleaseError: Registration failed (see `ModelRegistry.register`).
+    """
+    record = _read_record(Path(inputs.record_path))
+    registered = registry.register(
+        record,
+        workflow_name=inputs.workflow_name,
+        workflow_uid=inputs.workflow_uid,
+        git_commit=inputs.git_commit,
+    )
+    return Outputs(
+        name=registered.name, version=registered.version, digest=registered.digest, created=registered.created
+    )
+
+
+def describe(outputs: Outputs) -> str:
+    """The one human line the step prints, e.g. `registered demo-qa version 3 (sha256:ab12..., new)`."""
+    how = "new" if outputs.created else "already registered, reused"
+    return f"registered {outputs.name} version {outputs.version} ({outputs.digest[:19]}..., {how})"
+
+
+def resolve_git_commit(given: str, cwd: Path | None = None) -> str:
+    """`given`, or the HEAD commit of the git repository at `cwd`, or "unknown" outside one."""
+    if given:
+        return given
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    commit = done.stdout.strip()
+    return commit if done.returncode == 0 and commit else "unknown"
+
+
+def _read_record(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise SpecError(f"onboarding record {path} not found: run the onboard step first or fix record_path") from e
+    except (OSError, ValueError) as e:
+        raise SpecError(f"onboarding record {path} is not readable JSON ({e}): re-run the onboard step") from e
+    if not isinstance(data, dict):
+        raise SpecError(f"onboarding record {path} is not a JSON object: re-run the onboard step")
+    return data
+
+
+class RegisterParams(Input):
+    """Argo input parameters of the register template."""
+
+    record_path: str
+    workflow_name: str = ""
+    workflow_uid: str = ""
+    git_commit: str = ""
+
+
+class RegisterResult(Output):
+    """Argo output parameters of the register template."""
+
+    model_name: Annotated[str, Parameter(name="model-name")]
+    version: Annotated[str, Parameter(name="version")]
+    created: Annotated[str, Parameter(name="created")]  # "true"/"false"
+
+
+@script(constructor="runner", image=STEPS_IMAGE, name="register")
+def register_step(params: RegisterParams) -> RegisterResult:
+    """Register the onboarded model in MLflow (MLFLOW_TRACKING_URI, or the local sqlite store)."""
+    from registry.facade import ModelRegistry
+
+    inputs = Inputs(
+        record_path=params.record_path,
+        workflow_name=params.workflow_name,
+        workflow_uid=params.workflow_uid,
+        git_commit=resolve_git_commit(params.git_commit),
+    )
+    try:
+        _read_record(Path(inputs.record_path))  # fail on a bad path before touching the registry's store
+        outputs = run(inputs, ModelRegistry.from_env())
+    except ReleaseError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(1) from None
+    print(describe(outputs))
+    return RegisterResult(
+        model_name=outputs.name, version=outputs.version, created="true" if outputs.created else "false"
+    )
