@@ -34,7 +34,7 @@ demo-models: setup ## build the small demo models once (examples/models/)
 	$(BIN)/python examples/build_demo_models.py --out examples/models
 
 demo: demo-models ## set up and run the golden delivery pipeline locally on the demo model
-	$(BIN)/llmrelease run golden-delivery -p release=releases/demo.yaml
+	$(BIN)/python examples/demo.py
 
 test: setup ## set up and run the test suite (GPU tests skip without a GPU)
 	$(BIN)/llmrelease render --check

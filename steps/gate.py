@@ -342,7 +342,7 @@ class Inputs(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    report_path: str
+    report_path: str  # one EvalReport JSON, or several joined by commas (quality and safety run in parallel)
     release: str = ""
     work_dir: str
 
@@ -357,6 +357,14 @@ class Outputs(BaseModel):
     thresholds_note: str
 
 
+def merge_reports(reports: list[EvalReport]) -> EvalReport:
+    """One report from several (e.g. the quality and the safety eval of the same candidate)."""
+    if not reports:
+        raise EvalError("gate: report_path names no report; pass the batch-eval step's report-path output(s)")
+    champions = [s for r in reports for s in (r.champion or [])]
+    return EvalReport(candidate=[s for r in reports for s in r.candidate], champion=champions or None)
+
+
 def run(inputs: Inputs) -> Outputs:
     """Load the gates and the report, decide, and write the decision to `<work_dir>/gate-decision.json`.
 
@@ -365,7 +373,7 @@ def run(inputs: Inputs) -> Outputs:
         EvalError: The report is missing or malformed, or candidate and champion results do not pair.
     """
     thresholds, note = load_thresholds(inputs.release)
-    report = EvalReport.load(inputs.report_path)
+    report = merge_reports([EvalReport.load(p.strip()) for p in inputs.report_path.split(",") if p.strip()])
     decision = decide(report, thresholds)
     path = write_json_atomic(Path(inputs.work_dir) / DECISION_FILE, decision.model_dump_json(indent=2))
     return Outputs(decision=decision, decision_path=str(path), thresholds_note=note)

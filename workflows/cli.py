@@ -84,6 +84,20 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from registry import ModelRegistry
+
+    if not args.actor.strip():
+        raise SpecError("registry promote --actor is empty: name the person or system promoting (e.g. --actor alice)")
+    registry = ModelRegistry.from_env()
+    moves = registry.promote(args.name, args.version, actor=args.actor, reason=args.reason)
+    for move in moves:
+        print(f"{args.name}: {move.alias} {move.from_version or '-'} -> {move.to_version} (by {move.actor})")
+    if not moves:
+        print(f"{args.name}: version {args.version} is already champion")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmrelease", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +129,12 @@ def _parser() -> argparse.ArgumentParser:
     history = reg_sub.add_parser("history", help="every alias move of a model: who, when, from, to, why")
     history.add_argument("name")
     history.set_defaults(func=_cmd_history)
+    promote = reg_sub.add_parser("promote", help="make VERSION champion (the old champion becomes previous)")
+    promote.add_argument("name")
+    promote.add_argument("version")
+    promote.add_argument("--actor", required=True, help="who promotes (recorded in the history)")
+    promote.add_argument("--reason", default="manual promotion", help="why (recorded in the history)")
+    promote.set_defaults(func=_cmd_promote)
     return parser
 
 

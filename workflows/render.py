@@ -36,14 +36,15 @@ def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
 _Dumper.add_representer(str, _str)
 
 
-def _as_dict(obj: Any) -> dict[str, Any]:
+def _to_yaml(obj: Any) -> str:
+    """Hera objects through Hera's own human-ordered YAML ("name" first); dicts in their own key order."""
     if isinstance(obj, Mapping):
-        return dict(obj)
-    to_dict = getattr(obj, "to_dict", None)
-    if to_dict is None:
+        return yaml.dump(dict(obj), Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
+    to_yaml = getattr(obj, "to_yaml", None)
+    if to_yaml is None:
         raise WorkflowError(f"pipeline object {obj!r} is neither a Hera object nor a dict; return one of those")
-    result: dict[str, Any] = to_dict()
-    return result
+    text: str = to_yaml()
+    return text
 
 
 def render_all() -> dict[str, str]:
@@ -57,7 +58,8 @@ def render_all() -> dict[str, str]:
         if build is None:
             continue
         for obj in build():
-            doc = _as_dict(obj)
+            text = _to_yaml(obj)
+            doc = yaml.safe_load(text)
             name = doc.get("metadata", {}).get("name")
             if not name:
                 raise WorkflowError(f"{module_name}: an object of kind {doc.get('kind')} has no metadata.name; "
@@ -65,7 +67,6 @@ def render_all() -> dict[str, str]:
             file = f"{name}.{str(doc['kind']).lower()}.yaml"
             if file in rendered:
                 raise WorkflowError(f"{module_name}: two objects render to argo/{file}; give them distinct names")
-            text = yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=True)
             rendered[file] = HEADER.format(module=module_name) + text
     _lint(rendered)
     return rendered

@@ -1,0 +1,180 @@
+"""The onboard step: establish what a release's model is, check it, and write the onboarding record.
+
+For a release spec and an environment: resolve `model.source` (a directory under the model root, s3://, or an
+OpenAI-compatible provider), hash every file into a manifest and one digest, check the weights without running
+them (safetensors only unless the policy allows pickle; headers and offsets checked; no custom code), read
+config.json and estimate the GPU memory at the serving precision, check the model card and the platform policy,
+validate the eval suites, and write `<work_dir>/onboarding-record.json` atomically, only once every check passed.
+The record has no timestamps: the same inputs give the same bytes.
+
+No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
+"""
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Annotated
+
+from hera.workflows import Input, Output, Parameter, script
+from pydantic import BaseModel, ConfigDict
+
+from steps._sources import S3Client, Source, resolve_source
+from steps._weights import check_weight_files, estimate_memory, read_config, safetensors_params, summarize_config
+from steps.datasets import check_datasets
+from steps.errors import OnboardingError, ReleaseError
+from steps.images import STEPS_IMAGE
+from steps.policy import DEFAULT_POLICY_PATH, PlatformPolicy, check_policy, load_policy
+from steps.records import ConfigSummary, MemoryEstimate, OnboardingRecord, write_record
+from steps.spec import ReleaseSpec, load_spec, resolve_spec_path
+
+__all__ = ["Inputs", "OnboardParams", "OnboardResult", "Outputs", "describe", "onboard_step", "run"]
+
+
+class Inputs(BaseModel):
+    """What the onboard step needs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    release: str
+    """The release spec: a path, or a bare name meaning releases/<name>.yaml (relative to the cwd)."""
+    environment: str = "dev"
+    """dev, stage or prod: selects the policy rules."""
+    work_dir: str
+    """Where the record (and the S3 download cache) is written."""
+    root: str = "."
+    """The model root: relative model.source and suite paths resolve under it and may not escape it."""
+    policy_path: str = DEFAULT_POLICY_PATH
+    """The platform policy file."""
+
+
+class Outputs(BaseModel):
+    """What the onboard step publishes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    record_path: str
+    digest: str
+    record: OnboardingRecord
+
+
+def run(inputs: Inputs, s3: S3Client | None = None) -> Outputs:
+    """Onboard the model of `inputs.release` for `inputs.environment`.
+
+    Args:
+        inputs: The step's inputs.
+        s3: A boto3 S3 client for s3:// sources; built from the environment (AWS_ENDPOINT_URL, ...) when None.
+
+    Returns:
+        The record's path, the model digest and the record.
+
+    Raises:
+        SpecError: The spec or the policy file is malformed, or the environment unknown.
+        PolicyError: The policy refuses the licence, the name, the provider or pickle weights.
+        OnboardingError: The source, the weights, config.json, the fit on the GPU or an eval suite failed.
+    """
+    spec_path = resolve_spec_path(inputs.release)
+    spec = load_spec(inputs.release)
+    policy = load_policy(inputs.policy_path)
+    rules = policy.environment(inputs.environment)
+    _check_card(spec)
+    check_policy(policy, inputs.environment, license=spec.model.card.license, model_name=spec.model.name)
+    root, work_dir = Path(inputs.root), Path(inputs.work_dir)
+    datasets = check_datasets(spec.evals, root)
+    source = resolve_source(spec.model.source, root=root, work_dir=work_dir, s3=s3)
+    if source.provider_key is not None:
+        check_policy(
+            policy,
+            inputs.environment,
+            license=spec.model.card.license,
+            model_name=spec.model.name,
+            provider=source.provider_key,
+        )
+    config, memory = (None, None)
+    if source.kind == "weights":
+        config, memory = _check_weights(source, spec, policy, inputs.environment, rules.allow_pickle)
+    record = OnboardingRecord(
+        name=spec.model.name,
+        release=spec.name,
+        environment=inputs.environment,
+        source_uri=spec.model.source,
+        kind=source.kind,
+        local_path=str(source.local_dir) if source.local_dir is not None else None,
+        provider=source.provider,
+        digest=source.digest,
+        files=source.files,
+        card=spec.model.card,
+        config=config,
+        memory=memory,
+        datasets=datasets,
+        spec_path=str(spec_path),
+        spec_sha256=hashlib.sha256(spec_path.read_bytes()).hexdigest(),
+        policy_version=policy.version,
+    )
+    path = write_record(record, work_dir)
+    return Outputs(record_path=str(path), digest=record.digest, record=record)
+
+
+def _check_card(spec: ReleaseSpec) -> None:
+    card = spec.model.card
+    if not card.license.strip():
+        raise OnboardingError("model.card.license is empty; add the SPDX licence id, e.g. apache-2.0")
+    if not card.intended_use.strip():
+        raise OnboardingError("model.card.intended_use is empty; say in one sentence what the model is for")
+
+
+def _check_weights(
+    source: Source, spec: ReleaseSpec, policy: PlatformPolicy, environment: str, allow_pickle: bool
+) -> tuple[ConfigSummary, MemoryEstimate]:
+    """Check the weight files and config.json; estimate the memory and refuse a model that does not fit."""
+    if source.local_dir is None:
+        raise OnboardingError(f"model.source {source.uri!r}: weights without a local directory; report this bug")
+    tensors = check_weight_files(
+        source.files, allow_pickle=allow_pickle, pickle_rule=policy.rule(environment, "allow_pickle")
+    )
+    params = sum(safetensors_params(source.local_dir / rel, rel) for rel in tensors)
+    summary = summarize_config(read_config(source.local_dir), params)
+    memory = estimate_memory(summary, spec.model.serving)
+    if not memory.fits:
+        raise OnboardingError(
+            f"model.serving: {spec.model.name} does not fit the target GPU: {memory.arithmetic}; fix: quantize "
+            "(model.serving.quantization), lower max_context/max_batch, or pick a larger target_gpu"
+        )
+    return summary, memory
+
+
+def describe(outputs: Outputs) -> str:
+    """The one human line the step prints, e.g. `onboarded demo-qa (sha256:ab12..., 9 files, ...)`."""
+    rec = outputs.record
+    if rec.memory is None:
+        what = f"provider {rec.provider.model if rec.provider else '?'}"
+    else:
+        need, usable = rec.memory.total_bytes / 1024**3, rec.memory.usable_bytes / 1024**3
+        what = f"{len(rec.files)} files, needs {need:.2f} GiB of {usable:.2f} GiB usable"
+    return f"onboarded {rec.name} for {rec.environment} ({rec.digest[:19]}..., {what}): {outputs.record_path}"
+
+
+class OnboardParams(Input):
+    """Argo input parameters of the onboard template."""
+
+    release: str
+    environment: str = "dev"
+    work_dir: str
+
+
+class OnboardResult(Output):
+    """Argo output parameters of the onboard template."""
+
+    record_path: Annotated[str, Parameter(name="record-path")]
+    digest: Annotated[str, Parameter(name="digest")]
+
+
+@script(constructor="runner", image=STEPS_IMAGE, name="onboard")
+def onboard_step(params: OnboardParams) -> OnboardResult:
+    """Onboard the release's model: resolve, hash, check and record it (see the module docs)."""
+    try:
+        outputs = run(Inputs(release=params.release, environment=params.environment, work_dir=params.work_dir))
+    except ReleaseError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(1) from None
+    print(describe(outputs))
+    return OnboardResult(record_path=outputs.record_path, digest=outputs.digest)
