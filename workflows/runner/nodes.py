@@ -114,6 +114,9 @@ class NodeBook:
             msg = f"  {node.message}" if node.message else ""
             print(f"{'  ' * depth}{icon} {node.display_name} ({node.template_name}) {phase} "
                   f"{node.duration:.1f}s{msg}", flush=True)
+            said = [line for line in (node.result or "").splitlines() if line.strip() not in ("", "null")]
+            if said:
+                print(f"{'  ' * depth}    {said[-1][:160]}", flush=True)
         return node
 
     def get(self, node_id: str) -> Node:
