@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hera.workflows import DAG, Parameter, WorkflowTemplate
+from hera.workflows import DAG, Parameter, Task, WorkflowTemplate
 
 from steps.batch_eval import batch_eval_step
 from steps.gate import gate_step
@@ -22,6 +22,12 @@ __all__ = ["build", "NAME", "WORK_DIR"]
 
 NAME = "golden-delivery"
 WORK_DIR = "/tmp/llmrelease/{{workflow.name}}"
+
+
+def _task(node: object) -> Task:
+    """Hera's script call returns Step | Task; inside a DAG it is always a Task."""
+    assert isinstance(node, Task), node
+    return node
 
 
 def build() -> list[Any]:
@@ -44,42 +50,45 @@ def build() -> list[Any]:
         ],
     ) as template:
         with DAG(name="deliver"):
-            onboard = onboard_step(
+            onboard = _task(onboard_step(
                 name="onboard",
                 arguments={"release": "{{workflow.parameters.release}}",
                            "environment": "{{workflow.parameters.environment}}",
                            "work_dir": f"{WORK_DIR}/onboard"},
-            )
-            register = register_step(
+            ))
+            register = _task(register_step(
                 name="register",
                 arguments={"record_path": onboard.get_parameter("record-path"),
                            "workflow_name": "{{workflow.name}}",
                            "workflow_uid": "{{workflow.uid}}",
                            "git_commit": "{{workflow.parameters.git-commit}}"},
-            )
+            ))
             evals = {
-                kind: batch_eval_step(
+                kind: _task(batch_eval_step(
                     name=name,
                     arguments={"release": "{{workflow.parameters.release}}",
                                "model_name": register.get_parameter("model-name"),
                                "version": register.get_parameter("version"),
                                "kind": kind, "work_dir": f"{WORK_DIR}/{name}",
                                "shards": "{{workflow.parameters.eval-shards}}"},
-                )
+                ))
                 for kind, name in (("quality", "batch-eval"), ("safety", "safety"))
             }
-            reports = ",".join(e.get_parameter("report-path").value for e in evals.values())
-            gate = gate_step(
+            reports = ",".join(str(e.get_parameter("report-path").value) for e in evals.values())
+            gate = _task(gate_step(
                 name="gate",
                 arguments={"report_path": reports, "release": "{{workflow.parameters.release}}",
                            "work_dir": f"{WORK_DIR}/gate"},
-            )
-            reject = reject_step(
+            ))
+            reject = _task(reject_step(
                 name="reject",
                 arguments={"model_name": register.get_parameter("model-name"),
                            "version": register.get_parameter("version"),
                            "reasons": gate.get_parameter("reasons")},
                 when=f"'{gate.get_parameter('decision').value}' == 'fail'",
-            )
-            onboard >> register >> list(evals.values()) >> gate >> reject
+            ))
+            onboard >> register
+            for evaluation in evals.values():
+                register >> evaluation >> gate
+            gate >> reject
     return [template]
