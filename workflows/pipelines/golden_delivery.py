@@ -89,6 +89,7 @@ def build() -> list[Any]:
             ))
             onboard >> register
             for evaluation in evals.values():
-                register >> evaluation >> gate
+                register >> evaluation
+                evaluation >> gate
             gate >> reject
     return [template]
