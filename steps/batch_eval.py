@@ -131,7 +131,7 @@ def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_
             the engine cannot run a task, or a shard failed.
     """
     spec = load_spec(inputs.release)
-    home = Path(inputs.home or os.environ.get("LLMRELEASE_HOME") or ".llmrelease")
+    home = Path(inputs.home or os.environ.get("LLMRELEASE_HOME") or ".llmrelease").resolve()
     suites = _suites(spec, inputs)
     max_new = int(getattr(spec.evals, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS)
     candidate = _resolve(client, inputs.model_name, inputs.version, home, max_new)
