@@ -36,6 +36,7 @@ from steps.evals.cache import GenerationSettings, ResultCache, default_cache_roo
 from steps.evals.results import EvalReport, SuiteResult
 from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, run_suite
 from steps.evals.suites import Suite, load_suite
+from steps.evals.tracking import experiment_id, mlflow_client
 from steps.images import STEPS_IMAGE
 from steps.spec import ReleaseSpec, load_spec
 
@@ -310,20 +311,14 @@ def describe(report: EvalReport) -> str:
 
 def _log_run(client: Any, report: EvalReport, path: Path, model: ModelUnderTest, kind: str, home: Path) -> str:
     """One MLflow run: tags, metrics `<side>.<suite>.<metric>`, a per-example table per suite, the report."""
-    experiment = client.get_experiment_by_name(EVAL_EXPERIMENT)
-    if experiment is None:
-        http = str(client.tracking_uri).startswith(("http://", "https://"))
-        location = None if http else (home / "mlartifacts").resolve().as_uri()
-        experiment_id = client.create_experiment(EVAL_EXPERIMENT, location)
-    else:
-        experiment_id = experiment.experiment_id
     tags = {
         "llmrelease.model_name": model.name,
         "llmrelease.model_version": model.version,
         _DIGEST_TAG: model.digest,
         "llmrelease.eval_kind": kind,
     }
-    run = client.create_run(experiment_id, tags=tags, run_name=f"eval-{kind}-{model.name}-v{model.version}")
+    name = f"eval-{kind}-{model.name}-v{model.version}"
+    run = client.create_run(experiment_id(client, EVAL_EXPERIMENT, home), tags=tags, run_name=name)
     run_id = run.info.run_id
     for side, results in (("candidate", report.candidate), ("champion", report.champion or [])):
         for result in results:
@@ -391,10 +386,6 @@ def _inputs(params: BatchEvalParams) -> Inputs:
 
 def _clients(environ: Mapping[str, str]) -> tuple[RegistryReader, VersionReader]:
     """The registry facade and an MLflow client on the same store (MLFLOW_TRACKING_URI or the local sqlite)."""
-    from mlflow.tracking import MlflowClient
-
     from registry.facade import ModelRegistry
 
-    home = Path(environ.get("LLMRELEASE_HOME") or ".llmrelease").resolve()
-    uri = environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"  # as ModelRegistry.from_env
-    return ModelRegistry.from_env(environ), MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return ModelRegistry.from_env(environ), mlflow_client(environ)

@@ -395,6 +395,28 @@ class GateResult(Output):
     reasons: Annotated[str, Parameter(name="reasons")]
 
 
+GATE_EXPERIMENT = "llmrelease-gates"
+
+
+def _log_decision(inputs: Inputs, out: Outputs) -> None:
+    """Log the decision to MLflow (a run with the decision file and one metric per check) and tag the version."""
+    from registry import ModelRegistry
+    from steps.evals.tracking import experiment_id, llmrelease_home, mlflow_client
+
+    report = EvalReport.load(inputs.report_path.split(",")[0].strip())
+    name, version = report.candidate[0].model_name, report.candidate[0].model_version
+    client = mlflow_client()
+    verdict = "pass" if out.decision.passed else "fail"
+    tags = {"llmrelease.model_name": name, "llmrelease.model_version": version, "llmrelease.gate": verdict}
+    run = client.create_run(experiment_id(client, GATE_EXPERIMENT, llmrelease_home()), tags=tags,
+                            run_name=f"gate-{name}-v{version}")
+    for reason in out.decision.reasons:
+        client.log_metric(run.info.run_id, f"{reason.suite}.{reason.metric}.passed", float(reason.passed))
+    client.log_artifact(run.info.run_id, out.decision_path, "gate")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    ModelRegistry.from_env().tag_version(name, version, "llmrelease.gate", verdict)
+
+
 @script(constructor="runner", image=STEPS_IMAGE, name="gate")
 def gate_step(params: GateParams) -> GateResult:
     """Gate the candidate on its eval report; exits 0 with decision=fail when a check fails."""
@@ -410,5 +432,10 @@ def gate_step(params: GateParams) -> GateResult:
         print(f"{'PASS' if reason.passed else 'FAIL'} {reason.message}")
     failed = len(decision.failed_reasons)
     verdict = "pass" if decision.passed else "fail"
+    try:
+        _log_decision(inputs, out)
+    except ReleaseError as e:
+        print(str(e), file=sys.stderr)
+        raise SystemExit(1) from None
     print(f"gate: {verdict} ({failed} of {len(decision.reasons)} checks failed); decision at {out.decision_path}")
     return GateResult(decision=verdict, decision_path=out.decision_path, reasons=decision.summary)

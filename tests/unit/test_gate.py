@@ -11,6 +11,7 @@ import pytest
 from steps.errors import SpecError
 from steps.evals.backends import EvalError
 from steps.evals.results import EvalReport, ExampleResult, SuiteResult
+from steps.evals.tracking import mlflow_client
 from steps.gate import GateParams, GateThresholds, decide, gate_step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -236,7 +237,8 @@ def _run_step(tmp_path: Path, report_path: Path, release: str = "") -> tuple[sub
     ]
     (tmp_path / "params.json").write_text(json.dumps(params))
     outputs = tmp_path / "outputs"
-    env = {**os.environ, "hera__outputs_directory": str(outputs)}
+    env = {**os.environ, "hera__outputs_directory": str(outputs), "LLMRELEASE_HOME": str(tmp_path / "home")}
+    env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "hera.workflows.runner", "-e", "steps.gate:gate_step", str(tmp_path / "params.json")]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
     return done, outputs
@@ -246,11 +248,17 @@ def test_gate_step_through_hera_runner_exits_zero_on_a_failing_decision(tmp_path
     """GIVEN an eval report whose candidate fails safety, and a missing report
     WHEN the gate step runs through Hera's runner (no release spec: default gates)
     THEN the first exits 0, writes decision=fail, the decision path and the failed reasons as output parameters,
-    the decision JSON and PASS/FAIL lines.
+    the decision JSON and PASS/FAIL lines, logs a gate run to MLflow and tags the version llmrelease.gate=fail.
     """
     report = EvalReport(candidate=[quality("c", 180), safety("c", attacks=45)])
+    client = mlflow_client({"LLMRELEASE_HOME": str(tmp_path / "home")})
+    client.create_registered_model("c")
+    client.create_model_version("c", source=(tmp_path / "weights").as_uri())
     done, outputs = _run_step(tmp_path, report.save(tmp_path / "report.json"))
     assert done.returncode == 0, done.stderr
+    assert client.get_model_version("c", "1").tags["llmrelease.gate"] == "fail"
+    gate_runs = client.search_runs([client.get_experiment_by_name("llmrelease-gates").experiment_id])
+    assert gate_runs[0].data.tags["llmrelease.gate"] == "fail"
     params = outputs / "parameters"
     assert (params / "decision").read_text() == "fail"
     decision_path = Path((params / "decision-path").read_text())
