@@ -36,11 +36,14 @@ demo-models: setup ## build the small demo models once (examples/models/)
 demo: demo-models ## set up and run the golden delivery pipeline locally on the demo model
 	$(BIN)/python examples/demo.py
 
-test: setup ## set up and run the test suite (GPU tests skip without a GPU)
+system-packages: ## install the Debian packages the tests use (haproxy), only where missing
+	bash .ci/install-system-packages.sh
+
+test: setup system-packages ## set up and run the test suite (GPU tests skip without a GPU)
 	$(BIN)/llmrelease render --check
 	$(BIN)/pytest
 
 bench: setup ## run the benchmarks under benchmarks/
 	$(BIN)/python benchmarks/runner_overhead.py
 
-.PHONY: help setup render check-render lint demo-models demo test bench
+.PHONY: help setup system-packages render check-render lint demo-models demo test bench

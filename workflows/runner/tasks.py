@@ -71,14 +71,16 @@ class TaskContext:
             return self._run_one(task, {}, self.node, str(task["name"]))
         group = self.runner.book.new(self.node, str(task["name"]), "TaskGroup", str(task.get("template", "")))
         self.runner.book.start(group)
-        children: list[Node] = []
+        slots: list[Node | None] = [None] * len(items)
         threads = []
         for i, item in enumerate(items):
             label, extra = _item_scope(item)
             display = f"{task['name']}({i}:{label})"
-            threads.append(threading.Thread(target=lambda e=extra, d=display: children.append(
-                self._run_one(task, e, group, d))))
+            threads.append(threading.Thread(target=lambda i=i, e=extra, d=display: slots.__setitem__(
+                i, self._run_one(task, e, group, d))))
         _run_all(threads)
+        children = [node for node in slots if node is not None]
+        group.children = [node.id for node in children]  # item order, as Argo aggregates them
         failed = [c for c in children if c.phase in FAILED and not _continues(task, c)]
         phase = "Failed" if failed else "Succeeded"
         return self.runner.book.finish(group, phase, f"child '{failed[0].display_name}' failed" if failed else "")

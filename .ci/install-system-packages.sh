@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite needs (haproxy for tests/integration/test_router_haproxy.py).
+# Idempotent and quiet: installs only what is missing; runs `apt-get update` only when an install is needed.
+# Needs root (CI runs it as root); elsewhere it uses sudo when available.
+set -euo pipefail
+
+PACKAGES=(haproxy)   # Debian package names; each provides a command of the same name
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    if ! command -v "$pkg" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$pkg" ]; then
+        missing+=("$pkg")
+    fi
+done
+
+if [ "${#missing[@]}" -eq 0 ]; then
+    exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO="sudo"
+    else
+        echo "install-system-packages: need root to install ${missing[*]} (run as root or install sudo)" >&2
+        exit 1
+    fi
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+# Wait for a concurrent apt/dpkg (unattended upgrades, another job) instead of failing on the lock.
+APT=(env DEBIAN_FRONTEND=noninteractive apt-get -qq -o DPkg::Lock::Timeout=300)
+if [ -n "$SUDO" ]; then
+    APT=("$SUDO" "${APT[@]}")
+fi
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+if ! { "${APT[@]}" update && "${APT[@]}" install -y --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    cat "$log" >&2
+    echo "install-system-packages: failed to install ${missing[*]}" >&2
+    exit 1
+fi
+echo "install-system-packages: installed ${missing[*]}"
