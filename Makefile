@@ -10,11 +10,12 @@ STAMP := $(VENV)/.installed
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every transitive version the suite was last green with (regenerate: pip freeze).
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[steps,ml,dev]"
+	$(BIN)/pip install -q -c constraints.txt "torch==2.13.0+cpu"
+	$(BIN)/pip install -q -c constraints.txt -e ".[steps,ml,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP) ## create .venv and install the project with every extra
