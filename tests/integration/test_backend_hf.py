@@ -9,6 +9,7 @@ import pytest
 
 from steps.evals.backend_hf import TransformersEngine, encode_pair
 from steps.evals.backends import EvalError, make_engine
+from tests.tiny_models import build_tiny_gpt2
 
 CORPUS = [
     "the cat sat on the mat",
@@ -23,31 +24,8 @@ CHAT_TEMPLATE = (
 
 
 def _build(directory: Path, chat_template: str | None = None) -> Path:
-    """Train a byte-level BPE tokenizer on CORPUS and save it with a 1-layer, 32-wide random GPT-2."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|user|>", "<|bot|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    raw.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    if chat_template:
-        tokenizer.chat_template = chat_template
-    torch.manual_seed(0)
-    eos = tokenizer.eos_token_id
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=64, n_embd=32, n_layer=1, n_head=2, bos_token_id=eos, eos_token_id=eos
-    )
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    """A 1-layer, 32-wide random GPT-2 with a BPE tokenizer trained on CORPUS."""
+    return build_tiny_gpt2(directory, CORPUS, chat_template=chat_template)
 
 
 @pytest.fixture(scope="module")

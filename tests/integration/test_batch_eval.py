@@ -22,6 +22,7 @@ from steps.evals.cache import GenerationSettings, ResultCache
 from steps.evals.results import EvalReport
 from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, evaluate_items, run_suite
 from steps.evals.suites import Suite, load_suite
+from tests.tiny_models import build_tiny_gpt2
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "tiny-qa"
@@ -34,29 +35,7 @@ CORPUS = ["the capital of zorvia is mora", "the blorp is yellow", "i cannot help
 
 def build_model(directory: Path, seed: int) -> Path:
     """A 1-layer, 32-wide random GPT-2 with a BPE tokenizer trained on CORPUS and a chat template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|user|>", "<|bot|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    raw.train_from_iterator(CORPUS, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    tok.chat_template = CHAT_TEMPLATE
-    torch.manual_seed(seed)
-    eos = tok.eos_token_id
-    config = GPT2Config(
-        vocab_size=len(tok), n_positions=96, n_embd=32, n_layer=1, n_head=2, bos_token_id=eos, eos_token_id=eos
-    )
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return directory
+    return build_tiny_gpt2(directory, CORPUS, seed=seed, n_positions=96, chat_template=CHAT_TEMPLATE)
 
 
 def write_suite(path: Path, n: int = 36, multiple_choice: bool = True) -> Path:
