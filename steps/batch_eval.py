@@ -27,9 +27,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
-from hera.workflows import Input, Output, Parameter, script
+from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field
 
+from steps.artifacts import REPORT_OUT
 from steps.errors import ReleaseError
 from steps.evals.backends import EvalError
 from steps.evals.cache import GenerationSettings, ResultCache, default_cache_root, short_hex
@@ -355,7 +356,7 @@ class BatchEvalResult(Output):
     summary: Annotated[str, Parameter(name="summary")]
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="batch-eval")
+@script(constructor="runner", image=STEPS_IMAGE, name="batch-eval", outputs=[Artifact(name="report", path=REPORT_OUT)])
 def batch_eval_step(params: BatchEvalParams) -> BatchEvalResult:
     """Evaluate a registered version (and the champion) on the release's suites; write the EvalReport."""
     try:

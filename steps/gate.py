@@ -25,9 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from hera.workflows import Input, Output, Parameter, script
+from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from steps.artifacts import QUALITY_REPORT_IN, SAFETY_REPORT_IN
 from steps.errors import ReleaseError, SpecError
 from steps.evals.backends import EvalError
 from steps.evals.results import EvalReport, MetricName, SuiteResult, write_json_atomic
@@ -417,7 +418,9 @@ def _log_decision(inputs: Inputs, out: Outputs) -> None:
     ModelRegistry.from_env().tag_version(name, version, "llmrelease.gate", verdict)
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="gate")
+@script(constructor="runner", image=STEPS_IMAGE, name="gate",
+        inputs=[Artifact(name="quality-report", path=QUALITY_REPORT_IN),
+                Artifact(name="safety-report", path=SAFETY_REPORT_IN)])
 def gate_step(params: GateParams) -> GateResult:
     """Gate the candidate on its eval report; exits 0 with decision=fail when a check fails."""
     inputs = Inputs(report_path=params.report_path, release=params.release, work_dir=params.work_dir)

@@ -15,16 +15,17 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-from hera.workflows import Input, Output, Parameter, script
+from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
 from steps._sources import S3Client, Source, resolve_source
 from steps._weights import check_weight_files, estimate_memory, read_config, safetensors_params, summarize_config
+from steps.artifacts import ONBOARD_DIR
 from steps.datasets import check_datasets
 from steps.errors import OnboardingError, ReleaseError
 from steps.images import STEPS_IMAGE
 from steps.policy import DEFAULT_POLICY_PATH, PlatformPolicy, check_policy, load_policy
-from steps.records import ConfigSummary, MemoryEstimate, OnboardingRecord, write_record
+from steps.records import RECORD_FILE, ConfigSummary, MemoryEstimate, OnboardingRecord, write_record
 from steps.spec import ReleaseSpec, load_spec, resolve_spec_path
 
 __all__ = ["Inputs", "OnboardParams", "OnboardResult", "Outputs", "describe", "onboard_step", "run"]
@@ -168,7 +169,8 @@ class OnboardResult(Output):
     digest: Annotated[str, Parameter(name="digest")]
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="onboard")
+@script(constructor="runner", image=STEPS_IMAGE, name="onboard",
+        outputs=[Artifact(name="record", path=f"{ONBOARD_DIR}/{RECORD_FILE}")])
 def onboard_step(params: OnboardParams) -> OnboardResult:
     """Onboard the release's model: resolve, hash, check and record it (see the module docs)."""
     try:

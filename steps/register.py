@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
-from hera.workflows import Input, Output, Parameter, script
+from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
+from steps.artifacts import RECORD_IN
 from steps.errors import ReleaseError, SpecError
 from steps.images import STEPS_IMAGE
 
@@ -140,7 +141,7 @@ class RegisterResult(Output):
     created: Annotated[str, Parameter(name="created")]  # "true"/"false"
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="register")
+@script(constructor="runner", image=STEPS_IMAGE, name="register", inputs=[Artifact(name="record", path=RECORD_IN)])
 def register_step(params: RegisterParams) -> RegisterResult:
     """Register the onboarded model in MLflow (MLFLOW_TRACKING_URI, or the local sqlite store)."""
     from registry.facade import ModelRegistry

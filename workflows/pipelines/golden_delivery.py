@@ -1,8 +1,8 @@
 """The golden delivery pipeline: onboard -> register -> batch-eval + safety (parallel) -> gate -> [reject].
 
 Rendered as the `golden-delivery` WorkflowTemplate. Its parameters carry descriptions, defaults and enums so a
-person can submit it from the Argo UI form. Steps exchange small values as parameters and large things by path
-or URI (the onboarding record and eval reports as files, the weights in the MLflow artifact store or S3).
+person can submit it from the Argo UI form. Steps exchange small values as parameters and files as Argo
+artifacts (the onboarding record, the eval reports); the weights travel by URI (MLflow artifact store or S3).
 A failing gate runs `reject`, which tags the version and fails the workflow with the gate's reasons.
 """
 
@@ -12,16 +12,16 @@ from typing import Any
 
 from hera.workflows import DAG, Parameter, Task, WorkflowTemplate
 
+from steps.artifacts import EVAL_DIR, GATE_DIR, ONBOARD_DIR, QUALITY_REPORT_IN, RECORD_IN, SAFETY_REPORT_IN
 from steps.batch_eval import batch_eval_step
 from steps.gate import gate_step
 from steps.onboard import onboard_step
 from steps.register import register_step
 from steps.reject import reject_step
 
-__all__ = ["build", "NAME", "WORK_DIR"]
+__all__ = ["build", "NAME"]
 
 NAME = "golden-delivery"
-WORK_DIR = "/tmp/llmrelease/{{workflow.name}}"
 
 
 def _task(node: object) -> Task:
@@ -54,14 +54,15 @@ def build() -> list[Any]:
                 name="onboard",
                 arguments={"release": "{{workflow.parameters.release}}",
                            "environment": "{{workflow.parameters.environment}}",
-                           "work_dir": f"{WORK_DIR}/onboard"},
+                           "work_dir": ONBOARD_DIR},
             ))
             register = _task(register_step(
                 name="register",
-                arguments={"record_path": onboard.get_parameter("record-path"),
-                           "workflow_name": "{{workflow.name}}",
-                           "workflow_uid": "{{workflow.uid}}",
-                           "git_commit": "{{workflow.parameters.git-commit}}"},
+                arguments=[onboard.get_artifact("record"),
+                           Parameter(name="record_path", value=RECORD_IN),
+                           Parameter(name="workflow_name", value="{{workflow.name}}"),
+                           Parameter(name="workflow_uid", value="{{workflow.uid}}"),
+                           Parameter(name="git_commit", value="{{workflow.parameters.git-commit}}")],
             ))
             evals = {
                 kind: _task(batch_eval_step(
@@ -69,16 +70,18 @@ def build() -> list[Any]:
                     arguments={"release": "{{workflow.parameters.release}}",
                                "model_name": register.get_parameter("model-name"),
                                "version": register.get_parameter("version"),
-                               "kind": kind, "work_dir": f"{WORK_DIR}/{name}",
+                               "kind": kind, "work_dir": EVAL_DIR,
                                "shards": "{{workflow.parameters.eval-shards}}"},
                 ))
                 for kind, name in (("quality", "batch-eval"), ("safety", "safety"))
             }
-            reports = ",".join(str(e.get_parameter("report-path").value) for e in evals.values())
             gate = _task(gate_step(
                 name="gate",
-                arguments={"report_path": reports, "release": "{{workflow.parameters.release}}",
-                           "work_dir": f"{WORK_DIR}/gate"},
+                arguments=[evals["quality"].get_artifact("report").with_name("quality-report"),
+                           evals["safety"].get_artifact("report").with_name("safety-report"),
+                           Parameter(name="report_path", value=f"{QUALITY_REPORT_IN},{SAFETY_REPORT_IN}"),
+                           Parameter(name="release", value="{{workflow.parameters.release}}"),
+                           Parameter(name="work_dir", value=GATE_DIR)],
             ))
             reject = _task(reject_step(
                 name="reject",

@@ -8,6 +8,7 @@ is refused up front (see `unsupported`).
 
 from __future__ import annotations
 
+import copy
 import json
 import threading
 import time
@@ -177,15 +178,10 @@ class Runner:
 
     def _pod(self, tmpl: Mapping[str, Any], scope: Mapping[str, str], node: Node,
              artifacts: Mapping[str, Path]) -> Node:
-        deadline = tmpl.get("activeDeadlineSeconds")
-        limit = parse_duration(deadline, f"template {tmpl['name']}") if deadline else None
-        if self.deadline is not None:
-            left = max(0.0, self.deadline - time.monotonic())
-            limit = left if limit is None else min(limit, left)
         scope = {**scope, "pod.name": node.id, "node.name": node.name}
-        spec = PodSpec(tmpl, scope, self.run_dir / "nodes" / node.id, self.run_dir / "artifacts" / node.id,
-                       artifacts, limit)
         try:
+            spec = PodSpec(_with_resolved_paths(tmpl, scope), scope, self.run_dir / "nodes" / node.id,
+                           self.run_dir / "artifacts" / node.id, artifacts, self._pod_deadline(tmpl))
             if self.pod_slots:
                 with self.pod_slots:
                     phase, message = run_pod(spec, node)
@@ -194,6 +190,15 @@ class Runner:
         except WorkflowError as e:
             phase, message = "Error", str(e)
         return self.book.finish(node, phase, message)
+
+    def _pod_deadline(self, tmpl: Mapping[str, Any]) -> float | None:
+        """Seconds a pod may run: its activeDeadlineSeconds, capped by what is left of the workflow's."""
+        deadline = tmpl.get("activeDeadlineSeconds")
+        limit = parse_duration(deadline, f"template {tmpl['name']}") if deadline else None
+        if self.deadline is not None:
+            left = max(0.0, self.deadline - time.monotonic())
+            limit = left if limit is None else min(limit, left)
+        return limit
 
     def _retry(self, tmpl: Mapping[str, Any], scope: Mapping[str, str], parent: Node | None, display: str,
                artifacts: Mapping[str, Path]) -> Node:
@@ -271,6 +276,20 @@ class Runner:
         if exit_node.phase != "Succeeded" and phase == "Succeeded":
             return "Failed", f"exit handler failed: {exit_node.message}"
         return phase, message
+
+
+def _with_resolved_paths(tmpl: Mapping[str, Any], scope: Mapping[str, str]) -> Mapping[str, Any]:
+    """The template with `{{...}}` substituted in its artifact and output-parameter paths, as Argo does."""
+    if "{{" not in json.dumps([tmpl.get("inputs", {}), tmpl.get("outputs", {})]):
+        return tmpl
+    where = f"template {tmpl['name']}: path"
+    resolved = copy.deepcopy(dict(tmpl))
+    for section, kind in (("inputs", "artifacts"), ("outputs", "artifacts"), ("outputs", "parameters")):
+        for item in resolved.get(section, {}).get(kind, []):
+            holder = item.get("valueFrom", {}) if kind == "parameters" else item
+            if "path" in holder:
+                holder["path"] = substitute(str(holder["path"]), scope, where=where)
+    return resolved
 
 
 def _iso(ts: float | None) -> str | None:
