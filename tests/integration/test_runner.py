@@ -198,3 +198,49 @@ def test_cli_error_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "no workflow by that name" in proc.stderr
+
+
+def test_artifact_paths_use_inputs_and_parallel_pods_do_not_share_files(tmp_path: Path) -> None:
+    """GIVEN two parallel pods writing the same declared path pattern /tmp/out/report-{{inputs.parameters.kind}}.txt
+    WHEN a consumer reads both as artifacts THEN each artifact holds its own pod's content, and nothing was written
+    to the real /tmp/out (each pod has a private root for its declared paths)."""
+    wf = tmp_path / "paths.yaml"
+    wf.write_text("""
+apiVersion: argoproj.io/v1alpha1
+kind: Workflow
+metadata: {generateName: paths-}
+spec:
+  entrypoint: main
+  templates:
+  - name: main
+    dag:
+      tasks:
+      - {name: a, template: write, arguments: {parameters: [{name: kind, value: quality}]}}
+      - {name: b, template: write, arguments: {parameters: [{name: kind, value: safety}]}}
+      - name: read
+        depends: a && b
+        template: read
+        arguments:
+          artifacts:
+          - {name: first, from: "{{tasks.a.outputs.artifacts.report}}"}
+          - {name: second, from: "{{tasks.b.outputs.artifacts.report}}"}
+  - name: write
+    inputs: {parameters: [{name: kind}]}
+    container:
+      image: alpine
+      command:
+      - sh
+      - -c
+      - "mkdir -p /tmp/llmr-test-out; echo {{inputs.parameters.kind}} > /tmp/llmr-test-out/r-{{inputs.parameters.kind}}.txt"
+    outputs: {artifacts: [{name: report, path: "/tmp/llmr-test-out/r-{{inputs.parameters.kind}}.txt"}]}
+  - name: read
+    inputs:
+      artifacts:
+      - {name: first, path: /tmp/llmr-test-in/first.txt}
+      - {name: second, path: /tmp/llmr-test-in/second.txt}
+    container: {image: alpine, command: [sh, -c, "cat /tmp/llmr-test-in/first.txt /tmp/llmr-test-in/second.txt"]}
+""")
+    result = run_workflow(str(wf), RunOptions(runs_dir=tmp_path / "runs", echo=False), argo_dir=tmp_path)
+    assert result.phase == "Succeeded", result.message
+    assert nodes(result)["read"]["outputs"]["result"] == "quality\nsafety"
+    assert not Path("/tmp/llmr-test-out").exists()
