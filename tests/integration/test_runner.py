@@ -231,8 +231,8 @@ spec:
       command:
       - sh
       - -c
-      - "mkdir -p /tmp/llmr-test-out; echo {{inputs.parameters.kind}} > /tmp/llmr-test-out/r-{{inputs.parameters.kind}}.txt"
-    outputs: {artifacts: [{name: report, path: "/tmp/llmr-test-out/r-{{inputs.parameters.kind}}.txt"}]}
+      - "mkdir -p /tmp/lt-out; echo {{inputs.parameters.kind}} > /tmp/lt-out/r-{{inputs.parameters.kind}}.txt"
+    outputs: {artifacts: [{name: report, path: "/tmp/lt-out/r-{{inputs.parameters.kind}}.txt"}]}
   - name: read
     inputs:
       artifacts:
@@ -243,4 +243,4 @@ spec:
     result = run_workflow(str(wf), RunOptions(runs_dir=tmp_path / "runs", echo=False), argo_dir=tmp_path)
     assert result.phase == "Succeeded", result.message
     assert nodes(result)["read"]["outputs"]["result"] == "quality\nsafety"
-    assert not Path("/tmp/llmr-test-out").exists()
+    assert not Path("/tmp/lt-out").exists()
