@@ -33,11 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from steps.artifacts import REPORT_OUT
 from steps.errors import ReleaseError
 from steps.evals.backends import EvalError
-from steps.evals.cache import GenerationSettings, ResultCache, default_cache_root, short_hex
+from steps.evals.cache import GenerationSettings, ResultCache, short_hex
 from steps.evals.results import EvalReport, SuiteResult
 from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, run_suite
 from steps.evals.suites import Suite, load_suite
-from steps.evals.tracking import experiment_id, mlflow_client
+from steps.evals.tracking import experiment_id, llmrelease_home, mlflow_client
 from steps.images import STEPS_IMAGE
 from steps.spec import ReleaseSpec, load_spec
 
@@ -133,7 +133,7 @@ def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_
             the engine cannot run a task, or a shard failed.
     """
     spec = load_spec(inputs.release)
-    home = Path(inputs.home or os.environ.get("LLMRELEASE_HOME") or ".llmrelease").resolve()
+    home = Path(inputs.home).resolve() if inputs.home else llmrelease_home()
     suites = _suites(spec, inputs)
     max_new = int(getattr(spec.evals, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS)
     candidate = _resolve(client, inputs.model_name, inputs.version, home, max_new)
@@ -141,7 +141,7 @@ def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_
     champion = None
     if champion_version is not None and champion_version != inputs.version:
         champion = _resolve(client, inputs.model_name, champion_version, home, max_new, alias="champion")
-    cache = ResultCache(default_cache_root({"LLMRELEASE_HOME": str(home)}))
+    cache = ResultCache(home / "eval-cache")
     options = ShardOptions(
         workers=inputs.shards, fault=FaultInjection.from_env(os.environ.get("LLMRELEASE_EVAL_KILL_SHARD"))
     )
