@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -98,6 +99,10 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     return 0
 
 
+# More commands live in modules of their own; each has `add_commands(subparsers)` and sets `func` on its parsers.
+_COMMAND_MODULES = ("workflows.cli_serving", "workflows.cli_triggers", "workflows.cli_evidence")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmrelease", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -135,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     promote.add_argument("--actor", required=True, help="who promotes (recorded in the history)")
     promote.add_argument("--reason", default="manual promotion", help="why (recorded in the history)")
     promote.set_defaults(func=_cmd_promote)
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 
