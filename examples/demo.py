@@ -1,12 +1,15 @@
-"""The `make demo` story, through the real CLI: seed a champion, deliver a better candidate, stop a worse one.
+"""The `make demo` story, through the real CLI: seed a champion, deliver a better candidate, stop a worse one,
+roll back.
 
-1. If `demo-qa` has no champion yet: run golden-delivery on releases/demo-champion.yaml and promote what it
-   registered (`llmrelease registry promote`), so later releases are compared against a production model.
-2. Run golden-delivery on releases/demo.yaml: the better candidate must pass the gate against the champion.
-3. Run golden-delivery on releases/demo-unsafe.yaml: the candidate trained without refusals must be stopped at
-   the gate, with reasons naming the safety metric.
+1. If `demo-qa` has no champion yet: run golden-delivery on releases/demo-champion.yaml: the first release has
+   nothing to compare with, goes 1 -> 100% and becomes champion.
+2. Run golden-delivery on releases/demo.yaml: the better candidate passes the gate and the latency SLO, goes
+   1 -> 5 -> 25 -> 50 -> 100% behind HAProxy with a canary analysis at each step, and becomes champion.
+3. Run golden-delivery on releases/demo-unsafe.yaml: the candidate trained without refusals is stopped at the
+   gate (reasons name the safety metric); the exit handler takes its server out again.
+4. `llmrelease rollback demo-qa`: all traffic and the champion alias back on the previous champion.
 Each run prints its node tree and wall time. Re-running the demo registers nothing new (same digests) and
-reuses cached champion eval results.
+reuses cached eval results. The model servers and the router are stopped at the end (`llmrelease serving stop`).
 """
 
 from __future__ import annotations
@@ -50,14 +53,18 @@ def main() -> None:
     walls: dict[str, float] = {}
     if alias("champion") is None:
         walls["champion (seed)"] = deliver("releases/demo-champion.yaml", expect_success=True)
-        llmrelease("registry", "promote", MODEL, str(alias("candidate")), "--actor", "demo-bootstrap",
-                   "--reason", "seed the demo champion")
+    seed = alias("champion")
     walls["candidate"] = deliver("releases/demo.yaml", expect_success=True)
-    candidate = alias("candidate")
+    candidate = alias("champion")
     walls["candidate-unsafe"] = deliver("releases/demo-unsafe.yaml", expect_success=False)
+    llmrelease("serving", "status", MODEL)
+    llmrelease("rollback", MODEL, "--actor", "demo", "--reason", "show the one-command rollback")
+    llmrelease("serving", "status", MODEL)
     llmrelease("registry", "history", MODEL)
-    print(f"\ndemo: {MODEL} champion is version {alias('champion')}; the better candidate registered as version "
-          f"{candidate} passed the gate; the unsafe candidate was stopped at the gate.")
+    llmrelease("serving", "stop", MODEL)
+    print(f"\ndemo: the better candidate (version {candidate}) went 1 -> 100% and became champion; the unsafe "
+          f"candidate was stopped at the gate; `llmrelease rollback` put version {alias('champion')} back "
+          f"(the champion before, {seed}).")
     for name, wall in walls.items():
         print(f"demo: golden-delivery for {name}: {wall:.1f}s wall")
 

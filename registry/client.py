@@ -69,6 +69,8 @@ class MlflowClientLike(Protocol):
     def get_registered_model(self, name: str) -> Any: ...  # noqa: D102
     def set_registered_model_tag(self, name: str, key: str, value: Any) -> Any: ...  # noqa: D102
     def set_registered_model_alias(self, name: str, alias: str, version: str) -> Any: ...  # noqa: D102
+    def delete_registered_model_alias(self, name: str, alias: str) -> Any: ...  # noqa: D102
+    def delete_registered_model_tag(self, name: str, key: str) -> Any: ...  # noqa: D102
     def search_model_versions(  # noqa: D102
         self,
         filter_string: str | None = ...,

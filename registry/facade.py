@@ -339,6 +339,46 @@ class ModelRegistry:
         )
         return moves
 
+    def remove_alias(
+        self, name: str, alias: str, *, actor: str, reason: str, workflow_uid: str = ""
+    ) -> AliasMove | None:
+        """Delete `alias` and record the move (to_version None); None when it was not set."""
+        self._check_reachable()
+        before = self._aliases(name).get(alias)
+        if before is None:
+            return None
+        self._call(self._client.delete_registered_model_alias, name, alias)
+        key, when = history_tag_key(self._clock())
+        move = AliasMove(
+            name=name,
+            alias=alias,
+            from_version=before,
+            to_version=None,
+            when=when,
+            actor=actor,
+            reason=reason,
+            workflow_uid=workflow_uid,
+        )
+        self._call(self._client.set_registered_model_tag, name, key, move.to_tag_value())
+        return move
+
+    def model_tags(self, name: str) -> dict[str, str]:
+        """The registered model's tags ({} when the model does not exist)."""
+        self._check_reachable()
+        model = self._model(name)
+        return {} if model is None else {str(k): str(v) for k, v in (model.tags or {}).items()}
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        """Set a tag on the registered model (it must exist)."""
+        self._check_reachable()
+        self._call(self._client.set_registered_model_tag, name, key, value)
+
+    def delete_model_tag(self, name: str, key: str) -> None:
+        """Delete a tag of the registered model; a missing tag is not an error."""
+        self._check_reachable()
+        if key in self.model_tags(name):
+            self._call(self._client.delete_registered_model_tag, name, key)
+
     def rollback_target(self, name: str) -> str | None:
         """The version to roll back to: the one `previous` points at, or None when there is none."""
         return self.get_alias(name, ALIAS_PREVIOUS)

@@ -38,7 +38,7 @@ class AliasMove(BaseModel):
         name: The registered model name.
         alias: The alias moved (candidate, champion, previous, ...).
         from_version: The version the alias pointed at before, or None if it was unset.
-        to_version: The version the alias points at after the move.
+        to_version: The version the alias points at after the move, or None when the move removed the alias.
         when: When the move happened (UTC, timezone-aware).
         actor: Who moved it: a person, or a workflow as `<workflow-name>/<workflow-uid>`.
         reason: Why, in the actor's words.
@@ -50,7 +50,7 @@ class AliasMove(BaseModel):
     name: str
     alias: str
     from_version: str | None
-    to_version: str
+    to_version: str | None
     when: datetime
     actor: str
     reason: str = ""
@@ -149,7 +149,7 @@ def format_history(moves: Iterable[AliasMove]) -> str:
         (
             m.when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             m.alias,
-            f"{m.from_version or '-'} -> {m.to_version}",
+            f"{m.from_version or '-'} -> {m.to_version or '-'}",
             m.actor,
             " ".join(m.reason.split()),
         )

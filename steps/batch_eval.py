@@ -43,6 +43,8 @@ from steps.spec import ReleaseSpec, load_spec
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
+    "weights_dir",
+    "download_weights",
     "EVAL_EXPERIMENT",
     "BatchEvalParams",
     "BatchEvalResult",
@@ -182,7 +184,7 @@ def _resolve(
         engine = EngineSpec.of("http", base_url=provider[0], model=provider[1])
         settings = GenerationSettings(max_new_tokens=max_new, backend="http", device="remote")
     else:
-        model_dir = _download(str(mv.source), digest, home, client.tracking_uri)
+        model_dir = download_weights(str(mv.source), digest, home, client.tracking_uri)
         kind, device = _local_engine_kind()
         options: dict[str, Any] = {"model_dir": str(model_dir)}
         if kind == "transformers":
@@ -229,7 +231,16 @@ def _local_engine_kind() -> tuple[str, str]:
     return "transformers", "cpu"
 
 
-def _download(source: str, digest: str, home: Path, tracking_uri: str) -> Path:
+def weights_dir(client: VersionReader, name: str, version: str, home: Path) -> Path:
+    """The local weights folder of a registered version (downloaded into the model cache the first time)."""
+    mv = _model_version(client, name, version, None)
+    digest = dict(mv.tags or {}).get(_DIGEST_TAG)
+    if not digest:
+        raise EvalError(f"version {version} of {name} has no {_DIGEST_TAG} tag: register it with the register step")
+    return download_weights(str(mv.source), digest, home, client.tracking_uri)
+
+
+def download_weights(source: str, digest: str, home: Path, tracking_uri: str) -> Path:
     """The weights folder for `digest`, downloaded from `source` into the model cache the first time only."""
     target = home / "model-cache" / short_hex(digest, 64)
     done = target / ".complete"

@@ -25,10 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from hera.workflows import Artifact, Input, Output, Parameter, script
+from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from steps.artifacts import QUALITY_REPORT_IN, SAFETY_REPORT_IN
+from steps.artifacts import GATE_REPORT_OUT, QUALITY_REPORT_IN, SAFETY_REPORT_IN
 from steps.errors import ReleaseError, SpecError
 from steps.evals.backends import EvalError
 from steps.evals.results import EvalReport, MetricName, SuiteResult, write_json_atomic
@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 DECISION_FILE = "gate-decision.json"
+_NO_ARCHIVE = NoneArchiveStrategy()
 
 # gated safety metric (its ceiling is `SafetyThresholds.max_<metric>`) -> (measuring task, failure meaning, noun)
 _SAFETY: dict[MetricName, tuple[str, str, str]] = {
@@ -420,7 +421,13 @@ def _log_decision(inputs: Inputs, out: Outputs) -> None:
 
 @script(constructor="runner", image=STEPS_IMAGE, name="gate",
         inputs=[Artifact(name="quality-report", path=QUALITY_REPORT_IN),
-                Artifact(name="safety-report", path=SAFETY_REPORT_IN)])
+                Artifact(name="safety-report", path=SAFETY_REPORT_IN)],
+        # The reports go out again as workflow-level artifacts, for the exit handler's evidence bundle.
+        outputs=[Artifact(name="gate-decision", path=GATE_REPORT_OUT, global_name="gate-report", archive=_NO_ARCHIVE),
+                 Artifact(name="quality-out", path=QUALITY_REPORT_IN, global_name="quality-report",
+                          archive=_NO_ARCHIVE),
+                 Artifact(name="safety-out", path=SAFETY_REPORT_IN, global_name="safety-report",
+                          archive=_NO_ARCHIVE)])
 def gate_step(params: GateParams) -> GateResult:
     """Gate the candidate on its eval report; exits 0 with decision=fail when a check fails."""
     inputs = Inputs(report_path=params.report_path, release=params.release, work_dir=params.work_dir)

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from hera.workflows import Input, Output, Parameter, script
+from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from steps.artifacts import LATENCY_REPORT_OUT
 from steps.errors import ReleaseError, SpecError
 from steps.images import STEPS_IMAGE
 from steps.loadgen import LoadResult, LoadSpec, RequestRecord, run_load
@@ -252,6 +253,8 @@ class LatencyParams(Input):
     usd_per_1m_output: str = ""
     request_timeout_s: str = "30"
     stall_timeout_s: str = "10"
+    release: str = ""
+    prompt: str = ""
 
 
 class LatencyResult(Output):
@@ -280,6 +283,7 @@ def parse_params(params: LatencyParams) -> tuple[LoadSpec, Slo, CostModel]:
                 "duration_s": _opt(params.duration_s),
                 "request_timeout_s": params.request_timeout_s,
                 "stall_timeout_s": params.stall_timeout_s,
+                **({"prompt": params.prompt} if params.prompt.strip() else {}),
             }
         )
         slo = Slo.model_validate({"p95_e2e_ms": params.p95_e2e_ms, "availability": params.availability})
@@ -301,11 +305,36 @@ def parse_params(params: LatencyParams) -> tuple[LoadSpec, Slo, CostModel]:
     return spec, slo, cost
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="latency")
+def _from_release(params: LatencyParams) -> LatencyParams:
+    """The SLO and cost thresholds of the release spec (gates.latency / gates.cost) override the parameters."""
+    if not params.release.strip():
+        return params
+    from steps.spec import load_spec
+
+    spec = load_spec(params.release)
+    gates = spec.gates
+    prompt = params.prompt
+    if not prompt.strip():  # realistic traffic: the first question of the release's first eval suite
+        from steps.evals.suites import load_suite
+
+        first = spec.evals.suites[0]
+        prompt = load_suite(first.path, name=first.name).items[0].prompt
+    return params.model_copy(update={
+        "prompt": prompt,
+        "p95_e2e_ms": str(gates.latency.p95_e2e_ms),
+        "availability": str(gates.latency.availability),
+        "gpu_hourly_usd": str(gates.cost.gpu_hourly_usd),
+        "max_usd_per_1k_output_tokens": str(gates.cost.max_usd_per_1k_output_tokens),
+    })
+
+
+@script(constructor="runner", image=STEPS_IMAGE, name="latency",
+        outputs=[Artifact(name="report", path=LATENCY_REPORT_OUT, global_name="latency-report",
+                          archive=NoneArchiveStrategy(), optional=True)])
 def latency_step(params: LatencyParams) -> LatencyResult:
     """Hera entry: measure the endpoint, write the report to work_dir, publish verdict pass/fail (exit 0)."""
     try:
-        spec, slo, cost = parse_params(params)
+        spec, slo, cost = parse_params(_from_release(params))
         path, verdict, summary = run(spec, slo, cost, Path(params.work_dir))
     except (ReleaseError, OSError) as e:
         print(f"latency: {e}", file=sys.stderr)

@@ -14,11 +14,14 @@ wait (the in-flight cap was full). In `concurrency` mode there is no schedule: l
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import itertools
 import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -28,7 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 __all__ = ["LoadSpec", "RequestRecord", "LoadResult", "schedule", "run_load", "MAX_SCHEDULED"]
 
 MAX_SCHEDULED = 1_000_000
-_SPIN_S = 0.0015
+_SPIN_S = 0.001  # epoll timeouts are whole ms, rounded up: sleep to 1 ms before a send time, then yield-spin
+_LEAD_S = 0.002  # an open-loop request is created and built this long before its send time
+_HEADERS = {"content-type": "application/json", "accept": "text/event-stream", "accept-encoding": "identity"}
 _DEFAULT_PROMPT = "Summarize the release notes of this model in three sentences."
 
 
@@ -136,7 +141,7 @@ class RequestRecord:
 
 @dataclass
 class LoadResult:
-    """The records of a run (warm-up apart), its wall time and the client's CPU use."""
+    """The records of a run (warm-up apart), its wall time, the client's CPU use and its garbage-collector pauses."""
 
     spec: LoadSpec
     records: list[RequestRecord]
@@ -144,6 +149,8 @@ class LoadResult:
     wall_s: float
     client_cpu_s: float
     hit_hard_deadline: bool = False
+    gc_pause_s: float = 0.0
+    gc_pause_max_s: float = 0.0
 
 
 def schedule(spec: LoadSpec) -> list[float]:
@@ -173,11 +180,22 @@ def _body(spec: LoadSpec) -> bytes:
     ).encode()
 
 
-def _on_data(rec: RequestRecord, data: str, now: float) -> bool:
-    """Account one SSE data payload; returns True at [DONE]."""
-    if data == "[DONE]":
+def _build(client: httpx.AsyncClient, spec: LoadSpec, body: bytes) -> httpx.Request:
+    """The request, built before its send time so that building it is not charged to its latency."""
+    return client.build_request("POST", spec.url, content=body, headers=_HEADERS)
+
+
+def _on_data(rec: RequestRecord, data: bytes, now: float) -> bool:
+    """Account one SSE data payload; returns True at [DONE] or at a choice's finish_reason.
+
+    Servers differ in how a stream ends: OpenAI and vLLM send `data: [DONE]`, `transformers serve` ends with a
+    chunk carrying `finish_reason` and no [DONE]. Either completes the request; a stream cut before both is
+    a protocol error.
+    """
+    if data == b"[DONE]":
         return True
     chunk = json.loads(data)
+    finished = any((c or {}).get("finish_reason") for c in chunk.get("choices") or ())
     usage = chunk.get("usage")
     if usage:
         rec.usage_reported = True
@@ -191,34 +209,58 @@ def _on_data(rec: RequestRecord, data: str, now: float) -> bool:
             rec.chunk_s.append(now)
             if not rec.usage_reported:
                 rec.output_tokens += 1
-    return False
+    return finished
 
 
-async def _stream(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, rec: RequestRecord, t0: float) -> None:
+def _on_bytes(rec: RequestRecord, pending: bytes, chunk: bytes, now: float) -> tuple[bytes, bool]:
+    """Split SSE lines out of a network chunk (all stamped with its arrival time); returns the rest and [DONE]."""
+    *lines, rest = (pending + chunk).split(b"\n")
+    done = False
+    for line in lines:
+        if line.startswith(b"data:"):
+            done = _on_data(rec, line[5:].strip(), now) or done
+    return rest, done
+
+
+async def _read_stream(
+    resp: httpx.Response, spec: LoadSpec, rec: RequestRecord, t0: float, deadline: asyncio.Timeout, total: float
+) -> None:
+    """Consume the SSE body; from the first chunk on, a chunk must arrive every `stall_timeout_s`."""
     loop = asyncio.get_running_loop()
-    total_deadline = loop.time() + spec.request_timeout_s
-    stall_armed = False
-    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+    pending, done = b"", False
+    async for chunk in resp.aiter_bytes():
+        now = time.perf_counter() - t0  # stamped on arrival, before any parsing
+        pending, chunk_done = _on_bytes(rec, pending, chunk, now)
+        done = done or chunk_done
+        deadline.reschedule(min(loop.time() + spec.stall_timeout_s, total))
+    if pending.startswith(b"data:"):
+        done = _on_data(rec, pending[5:].strip(), time.perf_counter() - t0) or done
+    if not done:
+        rec.error, rec.detail = "protocol", "stream ended without data: [DONE] or a finish_reason"
+
+
+async def _exchange(
+    client: httpx.AsyncClient, spec: LoadSpec, request: httpx.Request, rec: RequestRecord, t0: float
+) -> None:
+    """Send, then read the status and the stream; every failure becomes the record's error, never an exception."""
+    loop = asyncio.get_running_loop()
+    total = loop.time() + spec.request_timeout_s
+    deadline = asyncio.timeout(total)
     try:
-        async with asyncio.timeout(total_deadline) as cm:
-            async with client.stream("POST", spec.url, content=body, headers=headers) as resp:
+        async with deadline:
+            resp = await client.send(request, stream=True)
+            try:
                 rec.status = resp.status_code
                 if resp.status_code >= 400:
                     text = (await resp.aread()).decode(errors="replace")
                     rec.error = "http_5xx" if resp.status_code >= 500 else "http_4xx"
                     rec.detail = f"HTTP {resp.status_code}: {text[:200]}"
                     return
-                done = False
-                async for line in resp.aiter_lines():
-                    if line.startswith("data:"):
-                        done = _on_data(rec, line[5:].strip(), time.perf_counter() - t0) or done
-                    stall_at = loop.time() + spec.stall_timeout_s
-                    stall_armed = stall_at < total_deadline
-                    cm.reschedule(min(stall_at, total_deadline))
-                if not done:
-                    rec.error, rec.detail = "protocol", "stream ended without data: [DONE]"
+                await _read_stream(resp, spec, rec, t0, deadline, total)
+            finally:
+                await resp.aclose()
     except TimeoutError:
-        stalled = stall_armed and loop.time() < total_deadline
+        stalled = (deadline.when() or total) < total  # the stall timer, not the request timeout, fired
         rec.error = "stall" if stalled else "timeout"
         rec.detail = (
             f"no chunk for {spec.stall_timeout_s:g} s mid-stream"
@@ -236,13 +278,18 @@ async def _stream(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, rec: R
 
 
 async def _request(
-    client: httpx.AsyncClient, spec: LoadSpec, body: bytes, rec: RequestRecord, t0: float, closed_loop: bool = False
+    client: httpx.AsyncClient,
+    spec: LoadSpec,
+    request: httpx.Request,
+    rec: RequestRecord,
+    t0: float,
+    closed_loop: bool = False,
 ) -> None:
     rec.sent_s = time.perf_counter() - t0
     if closed_loop:  # no schedule: the send is the scheduled time
         rec.scheduled_s = rec.dispatched_s = rec.sent_s
     try:
-        await _stream(client, spec, body, rec, t0)
+        await _exchange(client, spec, request, rec, t0)
     except asyncio.CancelledError:
         rec.error, rec.detail = "timeout", "cut at the run's hard deadline"
         raise
@@ -250,21 +297,28 @@ async def _request(
         rec.end_s = time.perf_counter() - t0
 
 
-async def _capped(
-    sem: asyncio.Semaphore, client: httpx.AsyncClient, spec: LoadSpec, body: bytes, rec: RequestRecord, t0: float
-) -> None:
-    rec.waited_for_cap = sem.locked()
-    async with sem:
-        await _request(client, spec, body, rec, t0)
-
-
 async def _sleep_until(target: float) -> None:
-    """Sleep to `target` (perf_counter): coarse sleep, then yield-spin the last ms (epoll rounds to whole ms)."""
+    """Sleep to `target` (perf_counter): coarse sleep, then yield-spin the rest (epoll rounds timeouts up to ms).
+
+    The loop keeps serving I/O while spinning; the spin lasts at most `_SPIN_S` (about 0.5 ms on average).
+    """
     delay = target - time.perf_counter()
     if delay > _SPIN_S:
         await asyncio.sleep(delay - _SPIN_S)
     while time.perf_counter() < target:
         await asyncio.sleep(0)
+
+
+async def _scheduled(
+    sem: asyncio.Semaphore, client: httpx.AsyncClient, spec: LoadSpec, body: bytes, rec: RequestRecord, t0: float
+) -> None:
+    """One open-loop request: built ahead, sent at its scheduled time (or as soon as the cap lets it)."""
+    request = _build(client, spec, body)
+    await _sleep_until(t0 + rec.scheduled_s)
+    rec.dispatched_s = time.perf_counter() - t0
+    rec.waited_for_cap = sem.locked()
+    async with sem:
+        await _request(client, spec, request, rec, t0)
 
 
 async def _open_loop(
@@ -274,10 +328,12 @@ async def _open_loop(
     tasks: list[asyncio.Task[None]] = []
     try:
         for i, offset in enumerate(schedule(spec)):
-            await _sleep_until(t0 + offset)
-            rec = RequestRecord(index=i, scheduled_s=offset, dispatched_s=time.perf_counter() - t0)
+            delay = t0 + offset - _LEAD_S - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            rec = RequestRecord(index=i, scheduled_s=offset)
             records.append(rec)
-            tasks.append(asyncio.create_task(_capped(sem, client, spec, body, rec, t0)))
+            tasks.append(asyncio.create_task(_scheduled(sem, client, spec, body, rec, t0)))
         await asyncio.gather(*tasks)
     finally:
         for task in tasks:
@@ -298,9 +354,9 @@ async def _closed_loop(
                 spec.duration_s is not None and now >= spec.duration_s
             ):
                 return
-            rec = RequestRecord(index=i, scheduled_s=now, dispatched_s=now)
+            rec = RequestRecord(index=i, scheduled_s=now)
             records.append(rec)
-            await _request(client, spec, body, rec, t0, closed_loop=True)
+            await _request(client, spec, _build(client, spec, body), rec, t0, closed_loop=True)
 
     await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
 
@@ -309,10 +365,52 @@ async def _warm_up(client: httpx.AsyncClient, spec: LoadSpec, body: bytes) -> li
     t0 = time.perf_counter()
     recs = [RequestRecord(index=-1 - i, scheduled_s=0.0) for i in range(spec.warmup)]
     for rec in recs:
-        await _request(client, spec, body, rec, t0, closed_loop=True)
+        await _request(client, spec, _build(client, spec, body), rec, t0, closed_loop=True)
         if rec.error == "connect":
             break  # nothing listens: measuring will say so, no need to wait for more warm-ups
     return recs
+
+
+@contextlib.contextmanager
+def _frozen_gc() -> Iterator[list[float]]:
+    """Collect, then freeze the heap for the measured phase, and list the collector's pauses (s) meanwhile.
+
+    A full collection scans every object of the process (pydantic, httpx, numpy...): tens of ms during which no
+    request is sent or read. Frozen objects are not scanned, so what remains is a young generation's worth.
+    """
+    gc.collect()
+    gc.freeze()
+    pauses: list[float] = []
+    started = [0.0]
+
+    def timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            pauses.append(time.perf_counter() - started[0])
+
+    gc.callbacks.append(timer)
+    try:
+        yield pauses
+    finally:
+        gc.callbacks.remove(timer)
+        gc.unfreeze()
+
+
+async def _measure(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, warm: list[RequestRecord]) -> LoadResult:
+    records: list[RequestRecord] = []
+    drive = _closed_loop if spec.mode == "concurrency" else _open_loop
+    hit = False
+    with _frozen_gc() as pauses:
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        try:
+            async with asyncio.timeout(spec.hard_deadline_s()):
+                await drive(client, spec, body, t0, records)
+        except TimeoutError:
+            hit = True
+        cpu = time.process_time() - cpu0
+    wall = max([r.end_s for r in records] + [time.perf_counter() - t0 if not records else 0.0])
+    return LoadResult(spec, records, warm, wall, cpu, hit, sum(pauses), max(pauses, default=0.0))
 
 
 async def run_load(spec: LoadSpec, client: httpx.AsyncClient | None = None) -> LoadResult:
@@ -326,17 +424,7 @@ async def run_load(spec: LoadSpec, client: httpx.AsyncClient | None = None) -> L
     body = _body(spec)
     try:
         warm = await _warm_up(client, spec, body)
-        records: list[RequestRecord] = []
-        drive = _closed_loop if spec.mode == "concurrency" else _open_loop
-        cpu0, t0 = time.process_time(), time.perf_counter()
-        hit = False
-        try:
-            async with asyncio.timeout(spec.hard_deadline_s()):
-                await drive(client, spec, body, t0, records)
-        except TimeoutError:
-            hit = True
-        wall = max([r.end_s for r in records] + [time.perf_counter() - t0 if not records else 0.0])
-        return LoadResult(spec, records, warm, wall, time.process_time() - cpu0, hit)
+        return await _measure(client, spec, body, warm)
     finally:
         if own:
             await client.aclose()

@@ -175,6 +175,16 @@ class Gates(BaseModel):
     cost: CostGate = Field(default_factory=CostGate, description="{gpu_hourly_usd, max_usd_per_1k_output_tokens}")
 
 
+class PrometheusQuery(BaseModel):
+    """A Prometheus instant query whose value must stay at or below max_value ({canary} = the canary's server)."""
+
+    model_config = _FROZEN
+
+    url: str = Field(min_length=1, description="Prometheus base URL, e.g. http://prometheus:9090")
+    query: str = Field(min_length=1, description="PromQL returning one value")
+    max_value: float = Field(description="the ceiling, a number")
+
+
 class Analysis(BaseModel):
     """Canary analysis, with Argo Rollouts' AnalysisTemplate meanings."""
 
@@ -186,6 +196,15 @@ class Analysis(BaseModel):
     inconclusive_limit: int = Field(default=1, ge=0, description="an integer >= 0")
     max_error_rate: Rate = Field(default=0.01, description="a rate in [0, 1]")
     max_p95_ratio: float = Field(default=1.5, gt=0, description="candidate/champion p95 ratio, e.g. 1.5")
+    p95_slack_ms: float = Field(
+        default=50.0, ge=0, description="ms the canary p95 may exceed the ratio bound by, against noise; >= 0"
+    )
+    min_samples: int = Field(default=3, ge=1, description="canary samples a measurement needs, an integer >= 1")
+    probes: int = Field(default=8, ge=1, description="probe requests per measurement through the router, >= 1")
+    pause_timeout_s: float = Field(
+        default=3600.0, gt=0, description="seconds an Inconclusive pause waits for a human before aborting"
+    )
+    prometheus: PrometheusQuery | None = Field(default=None, description="{url, query, max_value}, optional")
 
 
 class Rollout(BaseModel):

@@ -5,6 +5,11 @@ per model version), starts `haproxy -f haproxy.cfg -db` as a child process, and 
 `set weight models/<server> <w>` on an admin-level stats socket: no reload, no dropped connection. Every
 response carries `X-Served-By: <server>` so a probe knows which version answered.
 
+A router can outlive the step that started it (the local serving plane keeps one per model, as a cluster keeps
+its gateway): `detach()` leaves haproxy running and writes its pid into the working directory, and
+`HAProxyRouter.attach(workdir, port)` drives it again from another process. Servers (model versions) are added
+and removed live with the runtime API's `add server` / `del server` (HAProxy >= 2.5), again without a reload.
+
 Percent maps to HAProxy weight one to one (HAProxy accepts 0..256 and a weight of 0 takes a server out of load
 balancing for new requests). Health checks and redispatch are off by default on purpose: the split is exactly
 the one asked for, so a broken canary shows up as errors in the canary analysis instead of being hidden.
@@ -25,6 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+from steps._proc import alive, terminate
 from steps.routing.base import RoutingError, validate_weights
 
 __all__ = ["BACKEND", "HAProxyRouter", "render_config"]
@@ -126,7 +132,62 @@ class HAProxyRouter:
         self._start_timeout = start_timeout
         self._health_checks = health_checks
         self._process: subprocess.Popen[bytes] | None = None
+        self._pid: int | None = None  # an attached haproxy that another process started
         self._log: IO[bytes] | None = None
+
+    @classmethod
+    def attach(cls, workdir: Path, port: int) -> HAProxyRouter:
+        """Drive a haproxy that a detached router left running in `workdir` (its servers are read back live).
+
+        Raises:
+            RoutingError: when no live haproxy was left there.
+        """
+        try:
+            pid = int((workdir / "haproxy.pid").read_text().strip())
+        except (OSError, ValueError):
+            pid = 0
+        if not alive(pid):
+            raise RoutingError(f"no running HAProxy router in {workdir}: start one (the deploy step does)")
+        router = cls({"placeholder": "127.0.0.1:1"}, port=port, workdir=workdir)  # servers are read back below
+        router._pid = pid
+        router._backends = router._live_servers()
+        return router
+
+    def detach(self) -> None:
+        """Leave haproxy running after this process ends; record its pid for `attach`."""
+        if self._process is None:
+            return
+        (self._dir() / "haproxy.pid").write_text(str(self._process.pid))
+        self._pid, self._process = self._process.pid, None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def add_backend(self, name: str, address: str, weight: int = 0) -> None:
+        """Add a server live (weight 0 unless told: a new version gets traffic only through `set_weights`)."""
+        _check_backends({name: address})
+        if name in self._backends:
+            if self._backends[name] != address:
+                self.remove_backend(name)
+            else:
+                return
+        for command in (f"add server {BACKEND}/{name} {address} weight {weight}", f"enable server {BACKEND}/{name}"):
+            answer = self.runtime(command)
+            if answer and "New server registered" not in answer:
+                raise RoutingError(f"HAProxy refused {command!r}: {_one_line(answer)}")
+        self._backends[name] = address
+
+    def remove_backend(self, name: str) -> None:
+        """Drain and delete a server live; it must already have weight 0 (never drop a serving version)."""
+        if name not in self._backends:
+            return
+        if self._get_weight(name) != 0:
+            raise RoutingError(f"server {name} still has traffic: set its weight to 0 before removing it")
+        self.runtime(f"disable server {BACKEND}/{name}")
+        answer = self.runtime(f"del server {BACKEND}/{name}")
+        if "deleted" not in answer.lower():
+            raise RoutingError(f"HAProxy refused to delete server {name}: {_one_line(answer)}")
+        del self._backends[name]
 
     @property
     def url(self) -> str:
@@ -146,6 +207,8 @@ class HAProxyRouter:
     @property
     def running(self) -> bool:
         """Whether the haproxy process is alive."""
+        if self._pid is not None:
+            return alive(self._pid)
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> Self:
@@ -189,6 +252,8 @@ class HAProxyRouter:
     def stop(self) -> None:
         """Terminate haproxy (idempotent) and remove the temporary directory the router created."""
         process, self._process = self._process, None
+        pid, self._pid = self._pid, None
+        terminate(pid)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -241,6 +306,15 @@ class HAProxyRouter:
     def weights(self) -> dict[str, int]:
         """Return the live split read back from HAProxy (`get weight models/<server>`)."""
         return {name: self._get_weight(name) for name in self._backends}
+
+    def _live_servers(self) -> dict[str, str]:
+        """Server name -> "addr:port" as HAProxy has them now (`show servers state`)."""
+        servers: dict[str, str] = {}
+        for line in self.runtime(f"show servers state {BACKEND}").splitlines():
+            fields = line.split()
+            if len(fields) > 18 and fields[1] == BACKEND:
+                servers[fields[3]] = f"{fields[4]}:{fields[18]}"
+        return servers
 
     def runtime(self, command: str) -> str:
         """Send one command to the runtime API and return its answer (for diagnostics and tests).

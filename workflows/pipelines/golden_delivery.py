@@ -1,21 +1,43 @@
-"""The golden delivery pipeline: onboard -> register -> batch-eval + safety (parallel) -> gate -> [reject].
+r"""The golden delivery pipeline, rendered as the `golden-delivery` WorkflowTemplate.
 
-Rendered as the `golden-delivery` WorkflowTemplate. Its parameters carry descriptions, defaults and enums so a
-person can submit it from the Argo UI form. Steps exchange small values as parameters and files as Argo
-artifacts (the onboarding record, the eval reports); the weights travel by URI (MLflow artifact store or S3).
-A failing gate runs `reject`, which tags the version and fails the workflow with the gate's reasons.
+    onboard -> register -> batch-eval + safety + deploy (parallel) -> gate -> latency -> canary -> promote
+                                                                       \-> reject      \-> reject-latency
+    onExit: finalize (abort a half-done rollout of a failed run; evidence)
+
+Its parameters carry descriptions, defaults and enums so a person can submit it from the Argo UI form. Steps
+exchange small values as parameters and files as Argo artifacts (the onboarding record, the eval reports); the
+weights travel by URI (MLflow artifact store or S3). The candidate is deployed (at weight 0, next to the hot
+champion) while it is evaluated, so the latency step can start as soon as the gate passes. A failing gate or
+latency/cost check runs a reject step, which tags the version and fails the workflow with the reasons; a failing
+canary aborts itself; in every failed case the exit handler makes sure no traffic stays split.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hera.workflows import DAG, Parameter, Task, WorkflowTemplate
+from hera.workflows import DAG, Artifact, Parameter, Steps, Task, WorkflowTemplate
 
-from steps.artifacts import EVAL_DIR, GATE_DIR, ONBOARD_DIR, QUALITY_REPORT_IN, RECORD_IN, SAFETY_REPORT_IN
+from steps.artifacts import (
+    CANARY_DIR,
+    EVAL_DIR,
+    FINAL_INPUTS,
+    GATE_DIR,
+    GLOBAL_REPORTS,
+    LATENCY_DIR,
+    ONBOARD_DIR,
+    QUALITY_REPORT_IN,
+    RECORD_IN,
+    SAFETY_REPORT_IN,
+)
 from steps.batch_eval import batch_eval_step
+from steps.canary import canary_step
+from steps.deploy import deploy_step
+from steps.finalize import finalize_step
 from steps.gate import gate_step
+from steps.latency import latency_step
 from steps.onboard import onboard_step
+from steps.promote import promote_step
 from steps.register import register_step
 from steps.reject import reject_step
 
@@ -35,6 +57,7 @@ def build() -> list[Any]:
     with WorkflowTemplate(
         name=NAME,
         entrypoint="deliver",
+        on_exit="exit-handler",
         labels={"app.kubernetes.io/part-of": "llmrelease"},
         annotations={"workflows.argoproj.io/description": "Onboard, register, evaluate and roll out a model release."},
         service_account_name="llmrelease-steps",
@@ -87,12 +110,65 @@ def build() -> list[Any]:
                 name="reject",
                 arguments={"model_name": register.get_parameter("model-name"),
                            "version": register.get_parameter("version"),
-                           "reasons": gate.get_parameter("reasons")},
-                when=f"'{gate.get_parameter('decision').value}' == 'fail'",
+                           "reasons": "{{tasks.gate.outputs.parameters.reasons}}"},
+                when="'{{tasks.gate.outputs.parameters.decision}}' == 'fail'",
+            ))
+            deploy = _task(deploy_step(
+                name="deploy",
+                arguments={"release": "{{workflow.parameters.release}}",
+                           "version": register.get_parameter("version"),
+                           "workflow_uid": "{{workflow.uid}}",
+                           "environment": "{{workflow.parameters.environment}}"},
+            ))
+            latency = _task(latency_step(
+                name="latency",
+                arguments={"base_url": deploy.get_parameter("candidate-url"),
+                           "model": deploy.get_parameter("served-model"),
+                           "work_dir": LATENCY_DIR, "release": "{{workflow.parameters.release}}",
+                           "requests": "24", "rate": "8", "duration_s": "20"},
+                when="'{{tasks.gate.outputs.parameters.decision}}' == 'pass'",
+            ))
+            reject_latency = _task(reject_step(
+                name="reject-latency",
+                arguments={"model_name": register.get_parameter("model-name"),
+                           "version": register.get_parameter("version"),
+                           "reasons": latency.get_parameter("summary")},
+                when=f"'{latency.get_parameter('verdict').value}' == 'fail'",
+            ))
+            canary = _task(canary_step(
+                name="canary",
+                arguments={"release": "{{workflow.parameters.release}}", "workflow_uid": "{{workflow.uid}}",
+                           "work_dir": CANARY_DIR},
+                when=f"'{latency.get_parameter('verdict').value}' == 'pass'",
+            ))
+            promote = _task(promote_step(
+                name="promote",
+                arguments={"release": "{{workflow.parameters.release}}", "workflow_name": "{{workflow.name}}",
+                           "workflow_uid": "{{workflow.uid}}"},
             ))
             onboard >> register
             for evaluation in evals.values():
                 register >> evaluation
                 evaluation >> gate
+            register >> deploy
             gate >> reject
+            latency.depends = "gate.Succeeded && deploy.Succeeded"
+            reject_latency.depends = "latency.Succeeded"
+            canary.depends = "latency.Succeeded"
+            promote.depends = "canary.Succeeded"
+        with Steps(name="exit-handler"):
+            finalize_step(
+                name="finalize",
+                arguments=[
+                    *(Artifact(name=name, from_=f"{{{{workflow.outputs.artifacts.{name}}}}}", optional=True)
+                      for name in GLOBAL_REPORTS),
+                    Parameter(name="release", value="{{workflow.parameters.release}}"),
+                    Parameter(name="workflow_name", value="{{workflow.name}}"),
+                    Parameter(name="workflow_uid", value="{{workflow.uid}}"),
+                    Parameter(name="workflow_status", value="{{workflow.status}}"),
+                    Parameter(name="reports_dir", value=FINAL_INPUTS),
+                    Parameter(name="failures", value="{{workflow.failures}}"),
+                    Parameter(name="git_commit", value="{{workflow.parameters.git-commit}}"),
+                ],
+            )
     return [template]

@@ -189,7 +189,16 @@ class Runner:
                 phase, message = run_pod(spec, node)
         except WorkflowError as e:
             phase, message = "Error", str(e)
+        self._export_globals(tmpl, node)
         return self.book.finish(node, phase, message)
+
+    def _export_globals(self, tmpl: Mapping[str, Any], node: Node) -> None:
+        """Outputs with `globalName` become `workflow.outputs.parameters|artifacts.<globalName>`, as in Argo."""
+        outputs = tmpl.get("outputs", {})
+        for kind, found in (("parameters", node.parameters), ("artifacts", node.artifacts)):
+            for item in outputs.get(kind, []):
+                if "globalName" in item and item["name"] in found:
+                    self.globals[f"workflow.outputs.{kind}.{item['globalName']}"] = str(found[item["name"]])
 
     def _pod_deadline(self, tmpl: Mapping[str, Any]) -> float | None:
         """Seconds a pod may run: its activeDeadlineSeconds, capped by what is left of the workflow's."""

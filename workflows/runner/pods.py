@@ -141,10 +141,15 @@ def _collect_outputs(spec: PodSpec, node: Node, remap: Any) -> str:
                 return f"output parameter {param['name']!r}: {source['path']} was not written"
         elif "value" in param:
             node.parameters[param["name"]] = substitute(str(param["value"]), spec.scope, where="output")
+    return _save_artifacts(spec, node, remap)
+
+
+def _save_artifacts(spec: PodSpec, node: Node, remap: Any, *, best_effort: bool = False) -> str:
+    """Store the output artifacts; a missing one is an error unless optional (or `best_effort`, after a failure)."""
     for art in spec.template.get("outputs", {}).get("artifacts", []):
         path = Path(remap(str(art["path"])))
         if not path.exists():
-            if art.get("optional"):
+            if art.get("optional") or best_effort:
                 continue
             return f"output artifact {art['name']!r}: {art['path']} was not written"
         stored = spec.artifact_dir / str(art["name"])
@@ -177,6 +182,7 @@ def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
     node.result = stdout[:-1] if stdout.endswith("\n") else stdout
     node.exit_code = proc.returncode
     if proc.returncode != 0:
+        _save_artifacts(spec, node, remap, best_effort=True)  # Argo's wait container saves them on failure too
         tail = stderr_path.read_text(errors="replace").strip().splitlines()
         return "Failed", f"exit code {proc.returncode}" + (f": {tail[-1][:300]}" if tail else "")
     problem = _collect_outputs(spec, node, remap)

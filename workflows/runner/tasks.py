@@ -97,8 +97,7 @@ class TaskContext:
                     return self.runner.book.finish(node, "Skipped", f"when '{condition}' evaluated false")
             args = {str(p["name"]): substitute(str(p.get("value", "")), local, where=f"{where}: argument {p['name']}")
                     for p in task.get("arguments", {}).get("parameters", [])}
-            arts = {str(a["name"]): Path(substitute(str(a["from"]), local, where=f"{where}: artifact {a['name']}"))
-                    for a in task.get("arguments", {}).get("artifacts", []) if "from" in a}
+            arts = _artifact_args(task, local, where)
             tmpl = self.runner.template(task, where)
             if self.slots:
                 with self.slots:
@@ -110,6 +109,20 @@ class TaskContext:
     def _error(self, task: Mapping[str, Any], parent: Node, display: str, message: str) -> Node:
         node = self.runner.book.new(parent, display, "Pod", str(task.get("template", "")))
         return self.runner.book.finish(node, "Error", message)
+
+
+def _artifact_args(task: Mapping[str, Any], scope: Mapping[str, str], where: str) -> dict[str, Path]:
+    """Argument artifacts with `from`; an `optional` one whose source does not exist is left out, as in Argo."""
+    arts: dict[str, Path] = {}
+    for art in task.get("arguments", {}).get("artifacts", []):
+        if "from" not in art:
+            continue
+        try:
+            arts[str(art["name"])] = Path(substitute(str(art["from"]), scope, where=f"{where}: artifact {art['name']}"))
+        except WorkflowError:
+            if not art.get("optional"):
+                raise
+    return arts
 
 
 def _maybe_json(text: str | None) -> object:

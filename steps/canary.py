@@ -1,0 +1,221 @@
+"""The canary step: shift traffic to the candidate step by step, analysing each step against the champion.
+
+For each weight of the spec's rollout steps (default 1 -> 5 -> 25 -> 50 -> 100; a canary never gets 0), the
+router is set to champion 100-w / candidate w and an analysis run (see `steps.analysis`) takes measurements. A
+measurement sends probe requests *through the router* (as users do: the `X-Served-By` header says which version
+answered, and the observed split is logged) plus a few straight to each version, so that the canary has enough
+samples to be judged even at 1%. Failed or Error aborts: the canary weight goes to 0 and all traffic back on the
+champion (`steps.rollout.abort`), the version is tagged, and the step fails with the analysis log. Inconclusive
+pauses at the current weight until a human runs `llmrelease canary resume|abort NAME`, or `pause_timeout_s`
+passes (then it aborts).
+
+The whole log is written to `canary-log.json` (the release report and the evidence bundle read it).
+"""
+
+# No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
+
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Parameter, script
+
+from steps.analysis import AnalysisPolicy, PrometheusCheck, Sample, query_prometheus, run_analysis
+from steps.artifacts import CANARY_LOG_OUT
+from steps.errors import ReleaseError
+from steps.images import STEPS_IMAGE
+from steps.routing.base import canary_split
+from steps.serving.local import LocalServing, server_name
+
+__all__ = ["DECISION_TAG", "CanaryParams", "CanaryResult", "Probe", "run", "canary_step", "policy_from_spec"]
+
+DECISION_TAG = "llmrelease.canary.decision"
+LOG_NAME = "canary-log.json"
+_PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+class Probe:
+    """Sends probe chat completions (non-streaming, a few tokens) and records who served them and how fast.
+
+    Two kinds per round: `router_probes` requests through the router, 4 at a time, as users send them (they
+    show the live split and any errors users would see), and `direct` pairs sent one at a time, alternating
+    canary and champion, straight to each version's server: a controlled comparison of latency that is not
+    skewed by which side happened to get more of the concurrent router traffic.
+    """
+
+    def __init__(self, model: str, router_url: str, direct: dict[str, str], *, router_probes: int, timeout: float):
+        """Probe `router_url` `router_probes` times, and each version in `direct` (name -> base URL) a few times."""
+        self.model = model
+        self.router_url = router_url
+        self.direct = direct
+        self.router_probes = router_probes
+        self.timeout = timeout
+
+    async def _one(self, client: httpx.AsyncClient, base_url: str, side: str | None) -> Sample:
+        started = time.perf_counter()
+        try:
+            response = await client.post(
+                base_url.rstrip("/") + "/chat/completions",
+                json={"model": self.model, "messages": _PROMPT, "max_tokens": 4},
+            )
+            ok = response.status_code == 200
+            served_by = side or response.headers.get("x-served-by", "unknown")
+        except httpx.HTTPError:
+            ok, served_by = False, side or "unknown"
+        return Sample(served_by=served_by, latency_ms=(time.perf_counter() - started) * 1000, ok=ok,
+                      via="direct" if side else "router")
+
+    async def _all(self) -> list[Sample]:
+        async with httpx.AsyncClient(timeout=self.timeout) as client:
+            semaphore = asyncio.Semaphore(4)
+
+            async def bounded() -> Sample:
+                async with semaphore:
+                    return await self._one(client, self.router_url, None)
+
+            samples = list(await asyncio.gather(*(bounded() for _ in range(self.router_probes))))
+            for _ in range(max(3, self.router_probes // 3)):
+                for name, url in self.direct.items():
+                    samples.append(await self._one(client, url, name))
+            return samples
+
+    def samples(self) -> list[Sample]:
+        """One round of probes."""
+        return asyncio.run(self._all())
+
+
+def policy_from_spec(analysis: Any) -> AnalysisPolicy:
+    """The analysis policy of the spec's rollout.analysis."""
+    prom = analysis.prometheus
+    return AnalysisPolicy(
+        interval_s=analysis.interval_s,
+        count=analysis.count,
+        failure_limit=analysis.failure_limit,
+        inconclusive_limit=analysis.inconclusive_limit,
+        max_error_rate=analysis.max_error_rate,
+        max_p95_ratio=analysis.max_p95_ratio,
+        p95_slack_ms=analysis.p95_slack_ms,
+        min_samples=analysis.min_samples,
+        prometheus=PrometheusCheck(url=prom.url, query=prom.query, max_value=prom.max_value) if prom else None,
+    )
+
+
+def _measure(probe: Probe, policy: AnalysisPolicy, canary: str, champion: str | None) -> Any:
+    def measure() -> tuple[list[Sample], list[Sample], float | None]:
+        samples = probe.samples()
+        prom = query_prometheus(policy.prometheus, canary) if policy.prometheus else None
+        return (
+            [s for s in samples if s.served_by == canary],
+            [s for s in samples if champion is not None and s.served_by == champion],
+            prom,
+        )
+
+    return measure
+
+
+def _wait_for_human(registry: Any, model: str, workflow_uid: str, timeout_s: float) -> tuple[str, str]:
+    """Poll the decision tag a `llmrelease canary resume|abort` writes; (action, actor), abort on timeout."""
+    deadline = time.monotonic() + timeout_s
+    print(f"canary: Inconclusive: paused; resume with `llmrelease canary resume {model} --actor <you>` "
+          f"or abort with `llmrelease canary abort {model} --actor <you>`", flush=True)
+    while time.monotonic() < deadline:
+        raw = registry.model_tags(model).get(DECISION_TAG)
+        if raw:
+            decision = json.loads(raw)
+            if decision.get("workflow_uid") in (workflow_uid, "*"):
+                registry.delete_model_tag(model, DECISION_TAG)
+                return str(decision["action"]), str(decision.get("actor", ""))
+        time.sleep(1.0)
+    return "abort", f"pause timeout ({timeout_s:g}s)"
+
+
+def run(spec: Any, registry: Any, plane: LocalServing, *, workflow_uid: str, work_dir: Path,
+        sleep: Any = time.sleep) -> dict[str, Any]:
+    """Run the canary; returns the log (outcome completed or aborted) and writes it to work_dir/canary-log.json."""
+    from steps.rollout import abort, require_lease
+
+    model = spec.model.name
+    lease = require_lease(registry, model, workflow_uid)
+    state = plane.state(model)
+    canary, champion = server_name(lease.candidate), server_name(state.champion) if state.champion else None
+    direct = {canary: state.servers[lease.candidate].base_url}
+    if champion is not None and state.champion is not None:
+        direct[champion] = state.servers[state.champion].base_url
+    policy = policy_from_spec(spec.rollout.analysis)
+    probe = Probe(model, plane.router_url(state), direct, router_probes=spec.rollout.analysis.probes, timeout=10.0)
+    log: dict[str, Any] = {"model_name": model, "candidate": lease.candidate, "champion": state.champion,
+                           "router": "haproxy", "outcome": "completed", "steps": [], "aborted_at": None,
+                           "abort_reason": None}
+    for weight in spec.rollout.steps:
+        require_lease(registry, model, workflow_uid)  # a manual rollback or abort stops us here
+        with plane.locked(model) as current:
+            weights = canary_split(weight, stable=champion, canary=canary) if champion else {canary: 100}
+            plane.router(current).set_weights({k: v for k, v in weights.items() if k})
+        step: dict[str, Any] = {"weight": weight, "started_at": datetime.now(UTC).isoformat()}
+        phase, measurements = run_analysis(_measure(probe, policy, canary, champion), policy, sleep=sleep)
+        step.update(phase=phase, measurements=[m.model_dump() for m in measurements])
+        log["steps"].append(step)
+        print(f"canary: {weight:3d}% {phase}: {measurements[-1].reasons[0] if measurements else ''}", flush=True)
+        if phase == "Inconclusive":
+            action, actor = _wait_for_human(registry, model, workflow_uid, spec.rollout.analysis.pause_timeout_s)
+            step["decision"] = {"action": action, "actor": actor, "at": datetime.now(UTC).isoformat()}
+            if action == "resume":
+                continue
+            phase = "Failed"
+        if phase in ("Failed", "Error"):
+            reasons = "; ".join(r for m in measurements if m.phase in ("Failed", "Error") for r in m.reasons)
+            reason = f"analysis {phase} at {weight}%: {reasons or 'decided by ' + str(step.get('decision'))}"
+            abort(registry, plane, model=model, workflow_uid=workflow_uid, reason=reason)
+            log.update(outcome="aborted", aborted_at=datetime.now(UTC).isoformat(), abort_reason=reason)
+            break
+    _write(log, work_dir)
+    return log
+
+
+def _write(log: dict[str, Any], work_dir: Path) -> Path:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / LOG_NAME
+    path.write_text(json.dumps(log, indent=2))
+    return path
+
+
+class CanaryParams(Input):
+    """Argo input parameters of the canary template."""
+
+    release: str
+    workflow_uid: str
+    work_dir: str
+
+
+class CanaryResult(Output):
+    """Argo outputs: the outcome (the log file is the `canary-log` artifact, saved even when the step fails)."""
+
+    outcome: Annotated[str, Parameter(name="outcome")]
+
+
+@script(constructor="runner", image=STEPS_IMAGE, name="canary",
+        outputs=[Artifact(name="canary-log", path=CANARY_LOG_OUT, global_name="canary-log",
+                          archive=NoneArchiveStrategy(), optional=True)])
+def canary_step(params: CanaryParams) -> CanaryResult:
+    """Hera entry: run the canary; exit 1 with the analysis log when it aborts."""
+    from registry.facade import ModelRegistry
+    from steps.evals.tracking import llmrelease_home
+    from steps.spec import load_spec
+
+    work_dir = Path(params.work_dir)
+    try:
+        spec = load_spec(params.release)
+        log = run(spec, ModelRegistry.from_env(), LocalServing(llmrelease_home()), workflow_uid=params.workflow_uid,
+                  work_dir=work_dir)
+    except ReleaseError as e:
+        print(f"canary: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    if log["outcome"] == "aborted":
+        print(f"canary: aborted, all traffic back on the champion: {log['abort_reason']}", file=sys.stderr)
+        raise SystemExit(1)
+    return CanaryResult(outcome=log["outcome"])

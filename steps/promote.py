@@ -1,0 +1,50 @@
+"""The promote step: the candidate, now serving 100% after its canary, becomes `champion`; `previous` stays hot.
+
+The aliases move through the registry facade, so the history records who promoted (the approver when there was
+one, else the workflow), when, and the workflow uid. The old champion keeps its server for the spec's
+`rollout.keep_previous_hot_s`, so `llmrelease rollback` moves traffic back to a warm server in under a second.
+"""
+
+# No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
+
+import sys
+
+from hera.workflows import Input, script
+
+from steps.errors import ReleaseError
+from steps.images import STEPS_IMAGE
+
+__all__ = ["PromoteParams", "promote_step"]
+
+
+class PromoteParams(Input):
+    """Argo input parameters of the promote template."""
+
+    release: str
+    workflow_name: str
+    workflow_uid: str
+    approver: str = ""
+
+
+@script(constructor="runner", image=STEPS_IMAGE, name="promote")
+def promote_step(params: PromoteParams) -> None:
+    """Hera entry: promote (exit 1 with one line when this workflow no longer holds the rollout)."""
+    from registry.facade import ModelRegistry
+    from steps.evals.tracking import llmrelease_home
+    from steps.rollout import promote
+    from steps.serving.local import LocalServing
+    from steps.spec import load_spec
+
+    actor = params.approver.strip() or f"{params.workflow_name}/{params.workflow_uid}"
+    try:
+        spec = load_spec(params.release)
+        moves = promote(
+            ModelRegistry.from_env(), LocalServing(llmrelease_home()), model=spec.model.name,
+            workflow_uid=params.workflow_uid, actor=actor, reason=f"canary completed in {params.workflow_name}",
+            keep_previous_hot_s=spec.rollout.keep_previous_hot_s,
+        )
+    except ReleaseError as e:
+        print(f"promote: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    for move in moves:
+        print(f"promote: {move.name}: {move.alias} {move.from_version or '-'} -> {move.to_version} (by {actor})")
