@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -260,7 +262,7 @@ class LocalServing:
         """The model's running router (call inside `locked`)."""
         if state.router_port is None:
             raise ServingError(f"{state.model} has no router: deploy a version first (the deploy step does)")
-        return HAProxyRouter.attach(self.model_dir(state.model) / "router", state.router_port)
+        return HAProxyRouter.attach(self._router_dir(state.model), state.router_port)
 
     def ensure_router(self, state: PlaneState, first: ServerState) -> HAProxyRouter:
         """Attach to the model's router, or start it with `first` taking all traffic (call inside `locked`)."""
@@ -271,11 +273,16 @@ class LocalServing:
                 pass  # it died (machine restart): start a fresh one below
         port = _free_port()
         router = HAProxyRouter(
-            {server_name(first.version): first.address}, port=port, workdir=self.model_dir(state.model) / "router"
+            {server_name(first.version): first.address}, port=port, workdir=self._router_dir(state.model)
         ).start()
         router.detach()
         state.router_port = port
         return router
+
+    def _router_dir(self, model: str) -> Path:
+        """The router's folder: short and fixed per model folder (a unix socket path must stay under ~100 bytes)."""
+        key = hashlib.sha256(str(self.model_dir(model).resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"llmrelease-router-{key}"
 
     def router_url(self, state: PlaneState) -> str:
         """The OpenAI-compatible base URL clients call (…/v1)."""
