@@ -8,7 +8,6 @@ bounded time, then fail with one `RegistryError` line.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
@@ -35,6 +34,7 @@ from registry.record import (
     version_source,
 )
 from steps.errors import RegistryError
+from steps.home import llmrelease_home, tracking_uri
 
 __all__ = [
     "ALIAS_CANDIDATE",
@@ -113,9 +113,7 @@ class ModelRegistry:
 
         Artifacts of a local store go under `<home>/mlartifacts`, never `./mlruns`.
         """
-        env = os.environ if environ is None else environ
-        home = Path(env.get("LLMRELEASE_HOME") or ".llmrelease").resolve()
-        uri = env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{home / 'mlflow.db'}"
+        home, uri = llmrelease_home(environ), tracking_uri(environ)
         root = None if is_http(uri) else home / "mlartifacts"
         return cls.from_uri(uri, artifact_root=root, retry_seconds=retry_seconds)
 

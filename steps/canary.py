@@ -204,7 +204,7 @@ class CanaryResult(Output):
 def canary_step(params: CanaryParams) -> CanaryResult:
     """Hera entry: run the canary; exit 1 with the analysis log when it aborts."""
     from registry.facade import ModelRegistry
-    from steps.evals.tracking import llmrelease_home
+    from steps.home import llmrelease_home
     from steps.spec import load_spec
 
     work_dir = Path(params.work_dir)

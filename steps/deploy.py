@@ -41,7 +41,8 @@ class DeployResult(Output):
 def deploy_step(params: DeployParams) -> DeployResult:
     """Hera entry: deploy the candidate (exit 1 with one line when refused or when a server does not come up)."""
     from registry.facade import ModelRegistry
-    from steps.evals.tracking import llmrelease_home, mlflow_client
+    from steps.evals.tracking import mlflow_client
+    from steps.home import llmrelease_home
     from steps.rollout import deploy
     from steps.serving.local import LocalServing
     from steps.spec import load_spec

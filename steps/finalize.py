@@ -50,7 +50,7 @@ def report_paths(reports_dir: str) -> list[Path]:
 def finalize_step(params: FinalizeParams) -> FinalizeResult:
     """Hera entry: abort a half-done rollout of a failed run, then write the evidence (see the module docs)."""
     from registry.facade import ModelRegistry
-    from steps.evals.tracking import llmrelease_home
+    from steps.home import llmrelease_home
     from steps.rollout import abort
     from steps.serving.local import LocalServing
     from steps.spec import load_spec

@@ -30,7 +30,7 @@ class PromoteParams(Input):
 def promote_step(params: PromoteParams) -> None:
     """Hera entry: promote (exit 1 with one line when this workflow no longer holds the rollout)."""
     from registry.facade import ModelRegistry
-    from steps.evals.tracking import llmrelease_home
+    from steps.home import llmrelease_home
     from steps.rollout import promote
     from steps.serving.local import LocalServing
     from steps.spec import load_spec

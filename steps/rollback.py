@@ -31,7 +31,7 @@ class RollbackParams(Input):
 def run(model: str, *, actor: str, reason: str, workflow_uid: str = "") -> dict[str, object]:
     """Roll `model` back on this machine's serving plane and in the registry (see the module docstring)."""
     from steps.errors import SpecError
-    from steps.evals.tracking import llmrelease_home
+    from steps.home import llmrelease_home
     from steps.rollout import rollback
     from steps.serving.local import LocalServing
 

@@ -259,7 +259,8 @@ def rollback(
         )
     if fast_target != target:
         from steps.batch_eval import weights_dir
-        from steps.evals.tracking import llmrelease_home, mlflow_client
+        from steps.evals.tracking import mlflow_client
+        from steps.home import llmrelease_home
 
         client = versions_factory() if versions_factory else mlflow_client()
         model_dir = weights_dir(client, model, target, home or llmrelease_home())

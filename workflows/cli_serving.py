@@ -15,10 +15,16 @@ __all__ = ["add_commands"]
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from steps.rollback import run
+    # Only what moves traffic is imported before the switch (not Hera, not MLflow): see `steps.rollout.rollback`.
+    from steps.errors import SpecError
+    from steps.home import llmrelease_home
+    from steps.rollout import rollback
+    from steps.serving.local import LocalServing
 
     started = time.perf_counter()
-    result = run(args.name, actor=args.actor, reason=args.reason)
+    if not args.actor.strip():
+        raise SpecError("--actor is empty: say who rolls back, it goes into the registry history")
+    result = rollback(LocalServing(llmrelease_home()), args.name, actor=args.actor, reason=args.reason)
     path = "hot previous" if result["fast"] else "previous started cold, then switched"
     print(f"{args.name}: rolled back: champion {result['from']} -> {result['to']}; all traffic on {result['to']} "
           f"{result['switched_s']:.3f}s after the command started ({path}); "
@@ -28,7 +34,7 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_rollout_abort(args: argparse.Namespace) -> int:
     from registry.facade import ModelRegistry
-    from steps.evals.tracking import llmrelease_home
+    from steps.home import llmrelease_home
     from steps.rollout import abort
     from steps.serving.local import LocalServing
 
@@ -59,7 +65,7 @@ def _cmd_canary_decide(args: argparse.Namespace) -> int:
 
 
 def _cmd_serving_status(args: argparse.Namespace) -> int:
-    from steps.evals.tracking import llmrelease_home
+    from steps.home import llmrelease_home
     from steps.serving.local import LocalServing, server_name
 
     plane = LocalServing(llmrelease_home())
@@ -83,7 +89,7 @@ def _cmd_serving_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_serving_stop(args: argparse.Namespace) -> int:
-    from steps.evals.tracking import llmrelease_home
+    from steps.home import llmrelease_home
     from steps.serving.local import LocalServing
 
     LocalServing(llmrelease_home()).shutdown(args.name)

@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from steps.home import llmrelease_home, tracking_uri
+
 __all__ = ["llmrelease_home", "tracking_uri", "mlflow_client", "experiment_id"]
-
-
-def llmrelease_home(environ: Mapping[str, str] | None = None) -> Path:
-    """$LLMRELEASE_HOME (absolute), default ./.llmrelease: local stores and caches live there."""
-    env = os.environ if environ is None else environ
-    return Path(env.get("LLMRELEASE_HOME") or ".llmrelease").resolve()
-
-
-def tracking_uri(environ: Mapping[str, str] | None = None) -> str:
-    """MLFLOW_TRACKING_URI, else the local sqlite store `ModelRegistry.from_env` uses too."""
-    env = os.environ if environ is None else environ
-    return env.get("MLFLOW_TRACKING_URI") or f"sqlite:///{llmrelease_home(env) / 'mlflow.db'}"
 
 
 def mlflow_client(environ: Mapping[str, str] | None = None) -> Any:

@@ -75,6 +75,9 @@ defaults
     timeout server 300s
     timeout http-request 30s
     retries 3
+    # One request per server connection (clients keep theirs): a drained server has no idle pooled connection
+    # left, so `del server` succeeds as soon as its last request has finished.
+    option http-server-close
 
 frontend llmrelease
     bind 127.0.0.1:{port}
@@ -177,17 +180,27 @@ class HAProxyRouter:
                 raise RoutingError(f"HAProxy refused {command!r}: {_one_line(answer)}")
         self._backends[name] = address
 
-    def remove_backend(self, name: str) -> None:
-        """Drain and delete a server live; it must already have weight 0 (never drop a serving version)."""
+    def remove_backend(self, name: str, drain_timeout: float = 5.0) -> bool:
+        """Drain and delete a server live; it must already have weight 0 (never drop a serving version).
+
+        Returns:
+            True when deleted; False when requests were still attached after `drain_timeout` seconds (the server
+            then stays disabled, in maintenance, with weight 0: it gets no new request).
+        """
         if name not in self._backends:
-            return
+            return True
         if self._get_weight(name) != 0:
             raise RoutingError(f"server {name} still has traffic: set its weight to 0 before removing it")
-        self.runtime(f"disable server {BACKEND}/{name}")
-        answer = self.runtime(f"del server {BACKEND}/{name}")
-        if "deleted" not in answer.lower():
-            raise RoutingError(f"HAProxy refused to delete server {name}: {_one_line(answer)}")
-        del self._backends[name]
+        self.runtime(f"disable server {BACKEND}/{name}")  # maintenance: no new request reaches it from here on
+        deadline = time.monotonic() + drain_timeout
+        while True:  # requests in flight finish first: `del server` is refused while connections are attached
+            answer = self.runtime(f"del server {BACKEND}/{name}")
+            if "deleted" in answer.lower():
+                del self._backends[name]
+                return True
+            if time.monotonic() > deadline:
+                return False  # still draining: it stays in maintenance with weight 0, which is just as safe
+            time.sleep(0.05)
 
     @property
     def url(self) -> str:
