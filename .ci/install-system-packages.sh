@@ -1,14 +1,22 @@
 #!/usr/bin/env bash
-# Install the Debian packages the test suite needs (haproxy for tests/integration/test_router_haproxy.py).
+# Install the Debian packages the test suite needs: haproxy (the local traffic router), chromium + chromium-driver
+# (the HTML release report is tested in headless Chromium), prometheus-pushgateway (step metrics are pushed to it).
 # Idempotent and quiet: installs only what is missing; runs `apt-get update` only when an install is needed.
 # Needs root (CI runs it as root); elsewhere it uses sudo when available.
 set -euo pipefail
 
-PACKAGES=(haproxy)   # Debian package names; each provides a command of the same name
+# Debian package name -> the command it provides (checked to decide whether to install).
+declare -A PACKAGES=(
+    [haproxy]=haproxy
+    [chromium]=chromium
+    [chromium-driver]=chromedriver
+    [prometheus-pushgateway]=prometheus-pushgateway
+)
 
 missing=()
-for pkg in "${PACKAGES[@]}"; do
-    if ! command -v "$pkg" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$pkg" ]; then
+for pkg in "${!PACKAGES[@]}"; do
+    cmd="${PACKAGES[$pkg]}"
+    if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/usr/bin/$cmd" ]; then
         missing+=("$pkg")
     fi
 done

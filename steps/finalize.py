@@ -10,7 +10,7 @@ reports the run produced (they arrive as optional workflow-level artifacts).
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from hera.workflows import Artifact, Input, Output, Parameter, script
 
@@ -31,13 +31,38 @@ class FinalizeParams(Input):
     reports_dir: str = FINAL_INPUTS
     failures: str = "[]"
     git_commit: str = ""
+    environment: str = ""
     approver: str = ""
+    started_at: str = ""
 
 
 class FinalizeResult(Output):
     """What the exit handler did."""
 
     aborted: Annotated[str, Parameter(name="aborted")]
+    evidence_digest: Annotated[str, Parameter(name="evidence-digest")]
+    report_path: Annotated[str, Parameter(name="report-path")]
+
+
+def _version(registry: Any, model: str, workflow_uid: str, aborted: str | None) -> str:
+    """The version this run released: the one it aborted, else `candidate` when this workflow registered it."""
+    if aborted:
+        return aborted
+    candidate = registry.get_alias(model, "candidate")
+    return candidate or ""
+
+
+def _evidence(params: FinalizeParams, registry: Any, model: str, version: str) -> Any:
+    from steps.evidence import Inputs, run
+
+    return run(Inputs(
+        model_name=model, version=version, release=params.release, workflow_name=params.workflow_name,
+        workflow_uid=params.workflow_uid, workflow_status=params.workflow_status, git_commit=params.git_commit,
+        workflow_parameters={"release": params.release, "environment": params.environment,
+                             "git-commit": params.git_commit},
+        report_paths=[str(p) for p in report_paths(params.reports_dir)], approver=params.approver,
+        started_at=params.started_at,
+    ))
 
 
 def report_paths(reports_dir: str) -> list[Path]:
@@ -58,18 +83,19 @@ def finalize_step(params: FinalizeParams) -> FinalizeResult:
     aborted = None
     try:
         model = load_spec(params.release).model.name
+        registry = ModelRegistry.from_env()
         if params.workflow_status != "Succeeded":
             aborted = abort(
-                ModelRegistry.from_env(), LocalServing(llmrelease_home()), model=model,
-                workflow_uid=params.workflow_uid,
+                registry, LocalServing(llmrelease_home()), model=model, workflow_uid=params.workflow_uid,
                 reason=f"workflow {params.workflow_name} {params.workflow_status}: {params.failures[:500]}",
             )
+            if aborted:
+                print(f"finalize: rollout of version {aborted} aborted: all traffic on the champion", flush=True)
+        evidence = _evidence(params, registry, model, _version(registry, model, params.workflow_uid, aborted))
     except ReleaseError as e:
         print(f"finalize: {e}", file=sys.stderr)
         raise SystemExit(1) from None
-    if aborted:
-        print(f"finalize: run {params.workflow_status}: rolled out version {aborted} aborted, all traffic on the "
-              "champion")
     found = report_paths(params.reports_dir)
-    print(f"finalize: {params.workflow_status}; reports: {', '.join(p.stem for p in found) or 'none'}")
-    return FinalizeResult(aborted=aborted or "")
+    print(f"finalize: {params.workflow_status}; evidence {evidence.digest[:19]}... from "
+          f"{', '.join(p.stem for p in found) or 'no reports'}; report {evidence.report_path}")
+    return FinalizeResult(aborted=aborted or "", evidence_digest=evidence.digest, report_path=evidence.report_path)

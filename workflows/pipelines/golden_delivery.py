@@ -169,6 +169,8 @@ def build() -> list[Any]:
                     Parameter(name="reports_dir", value=FINAL_INPUTS),
                     Parameter(name="failures", value="{{workflow.failures}}"),
                     Parameter(name="git_commit", value="{{workflow.parameters.git-commit}}"),
+                    Parameter(name="environment", value="{{workflow.parameters.environment}}"),
+                    Parameter(name="started_at", value="{{workflow.creationTimestamp}}"),
                 ],
             )
     return [template]

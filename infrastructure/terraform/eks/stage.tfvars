@@ -1,0 +1,2 @@
+environment = "stage"
+region      = "us-east-1"

@@ -1,0 +1,364 @@
+"""`llmrelease status NAME`: where a model's releases stand, read from the registry and MLflow only.
+
+What it reads:
+
+* aliases `champion`, `previous`, `candidate` and the alias history (`registry.history`);
+* the registered-model tag `llmrelease.rollout` = {"candidate", "workflow_uid", "started_at"}, set while a canary
+  runs;
+* version tags `llmrelease.gate` (pass/fail), `llmrelease.rejected` (the reasons), `llmrelease.digest`, and
+  `llmrelease.approval.<env>` = {"approver", "approved_at", ...} (steps/approval.py; also read: "time", "at");
+* the latest run of experiment `llmrelease-nightly` tagged `llmrelease.model_name` = NAME; its verdict is the tag
+  `llmrelease.nightly.verdict` (steps/nightly.py; also read: `llmrelease.verdict`, `llmrelease.gate`) and the
+  version the tag `llmrelease.model_version`.
+
+`status_at(NAME, T)` answers "what was champion at T, who promoted it, who approved it" from the history.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "NIGHTLY_EXPERIMENT",
+    "ROLLOUT_TAG",
+    "Approval",
+    "InFlight",
+    "Nightly",
+    "ReleaseStatus",
+    "StatusAt",
+    "VersionLine",
+    "format_at",
+    "format_status",
+    "release_status",
+    "status_at",
+]
+
+NIGHTLY_EXPERIMENT = "llmrelease-nightly"
+ROLLOUT_TAG = "llmrelease.rollout"
+APPROVAL_PREFIX = "llmrelease.approval."
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class Approval(BaseModel):
+    """One approval tag of a version."""
+
+    model_config = _FROZEN
+
+    environment: str
+    approver: str
+    at: str | None = None
+
+
+class VersionLine(BaseModel):
+    """One version and how its release went."""
+
+    model_config = _FROZEN
+
+    version: str
+    registered_at: datetime | None = None
+    gate: str | None = None
+    rejected: str | None = None
+    outcome: str
+    promoted_at: datetime | None = None
+    promoted_by: str | None = None
+    approvals: list[Approval] = Field(default_factory=list)
+
+
+class InFlight(BaseModel):
+    """A candidate on its way: alias `candidate` and/or a canary in progress."""
+
+    model_config = _FROZEN
+
+    version: str
+    via: list[str]
+
+
+class Nightly(BaseModel):
+    """The last nightly regression run of the model."""
+
+    model_config = _FROZEN
+
+    run_id: str
+    run_name: str
+    started_at: datetime
+    status: str
+    verdict: str | None = None
+    version: str | None = None
+
+
+class ReleaseStatus(BaseModel):
+    """What `llmrelease status NAME` prints."""
+
+    model_config = _FROZEN
+
+    name: str
+    champion: VersionLine | None
+    previous: VersionLine | None
+    in_flight: list[InFlight]
+    last_nightly: Nightly | None
+    releases: list[VersionLine]
+
+
+class StatusAt(BaseModel):
+    """What `llmrelease status NAME --at T` prints."""
+
+    model_config = _FROZEN
+
+    name: str
+    at: datetime
+    champion: str | None
+    since: datetime | None = None
+    promoted_by: str | None = None
+    reason: str = ""
+    workflow_uid: str = ""
+    previous: str | None = None
+    approvals: list[Approval] = Field(default_factory=list)
+
+
+def _approvals(tags: Mapping[str, str]) -> list[Approval]:
+    out = []
+    for key, raw in sorted(tags.items()):
+        if not key.startswith(APPROVAL_PREFIX):
+            continue
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = {"approver": raw}
+        value = value if isinstance(value, dict) else {"approver": str(value)}
+        at = value.get("approved_at") or value.get("time") or value.get("at")
+        out.append(
+            Approval(
+                environment=key.removeprefix(APPROVAL_PREFIX),
+                approver=str(value.get("approver", "?")),
+                at=None if at is None else str(at),
+            )
+        )
+    return out
+
+
+def _outcome(
+    version: str, tags: Mapping[str, str], moves: list[Any], aliases: Mapping[str, str], flying: set[str]
+) -> str:
+    if aliases.get("champion") == version:
+        return "champion"
+    if version in flying:
+        return "in flight"
+    if tags.get("llmrelease.rejected") or tags.get("llmrelease.gate") == "fail":
+        return "rejected"
+    champ = [m for m in moves if m.alias == "champion"]
+    if any(m.to_version == version for m in champ):
+        away = [m for m in champ if m.from_version == version]
+        back = away and away[-1].to_version.isdigit() and int(away[-1].to_version) < int(version)
+        return "rolled back" if back else "superseded"
+    if aliases.get("previous") == version:
+        return "previous"
+    return "gate passed, not promoted" if tags.get("llmrelease.gate") == "pass" else "registered"
+
+
+def _line(mv: Any, moves: list[Any], aliases: Mapping[str, str], flying: set[str]) -> VersionLine:
+    tags = dict(mv.tags or {})
+    version = str(mv.version)
+    promo = [m for m in moves if m.alias == "champion" and m.to_version == version]
+    created = getattr(mv, "creation_timestamp", None)
+    return VersionLine(
+        version=version,
+        registered_at=datetime.fromtimestamp(created / 1000, UTC) if created else None,
+        gate=tags.get("llmrelease.gate"),
+        rejected=tags.get("llmrelease.rejected"),
+        outcome=_outcome(version, tags, moves, aliases, flying),
+        promoted_at=promo[-1].when if promo else None,
+        promoted_by=promo[-1].actor if promo else None,
+        approvals=_approvals(tags),
+    )
+
+
+def _in_flight(model_tags: Mapping[str, str], aliases: Mapping[str, str]) -> list[InFlight]:
+    via: dict[str, list[str]] = {}
+    if aliases.get("candidate") and aliases.get("candidate") != aliases.get("champion"):
+        via.setdefault(aliases["candidate"], []).append("alias candidate")
+    raw = model_tags.get(ROLLOUT_TAG)
+    if raw:
+        try:
+            rollout = json.loads(raw)
+            if isinstance(rollout, dict) and rollout.get("candidate"):
+                how = (
+                    f"canary by workflow {rollout.get('workflow_uid') or '?'} since {rollout.get('started_at') or '?'}"
+                )
+                via.setdefault(str(rollout["candidate"]), []).append(how)
+        except ValueError:
+            via.setdefault("?", []).append(f"unreadable {ROLLOUT_TAG} tag: {raw[:60]}")
+    return [InFlight(version=v, via=how) for v, how in sorted(via.items())]
+
+
+def _nightly(client: Any, name: str) -> Nightly | None:
+    experiment = client.get_experiment_by_name(NIGHTLY_EXPERIMENT)
+    if experiment is None:
+        return None
+    runs = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`llmrelease.model_name` = '{name}'",
+        max_results=1,
+        order_by=["attributes.start_time DESC"],
+    )
+    if not runs:
+        return None
+    run = runs[0]
+    tags = run.data.tags
+    return Nightly(
+        run_id=run.info.run_id,
+        run_name=run.info.run_name or "",
+        status=run.info.status,
+        started_at=datetime.fromtimestamp(run.info.start_time / 1000, UTC),
+        verdict=tags.get("llmrelease.nightly.verdict") or tags.get("llmrelease.verdict") or tags.get("llmrelease.gate"),
+        version=tags.get("llmrelease.model_version"),
+    )
+
+
+def _versions(client: Any, name: str) -> list[Any]:
+    found: list[Any] = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"name='{name}'", page_token=token)
+        found += list(page)
+        token = getattr(page, "token", None)
+        if not token:
+            return sorted(found, key=lambda mv: int(mv.version), reverse=True)
+
+
+def release_status(name: str, *, client: Any = None, registry: Any = None, last: int = 5) -> ReleaseStatus:
+    """The status of registered model `name` (see the module docstring for what is read).
+
+    Raises:
+        RegistryError: The model does not exist, or the registry is unreachable.
+    """
+    from registry import ModelRegistry
+    from steps.evals.tracking import mlflow_client
+
+    registry = registry or ModelRegistry.from_env()
+    client = client or mlflow_client()
+    moves = registry.history(name)  # raises RegistryError naming the model when it does not exist
+    model = client.get_registered_model(name)
+    aliases = {str(k): str(v) for k, v in (model.aliases or {}).items()}
+    flying = _in_flight(dict(model.tags or {}), aliases)
+    in_flight = {f.version for f in flying}
+    lines = {str(mv.version): _line(mv, moves, aliases, in_flight) for mv in _versions(client, name)}
+    return ReleaseStatus(
+        name=name,
+        champion=lines.get(aliases.get("champion", "")),
+        previous=lines.get(aliases.get("previous", "")),
+        in_flight=flying,
+        last_nightly=_nightly(client, name),
+        releases=list(lines.values())[:last],
+    )
+
+
+def status_at(name: str, when: datetime, *, client: Any = None, registry: Any = None) -> StatusAt:
+    """Who was champion of `name` at `when`, who promoted it and why, and who approved it.
+
+    Raises:
+        RegistryError: The model does not exist, or the registry is unreachable.
+    """
+    from registry import ModelRegistry
+    from registry.history import alias_at
+    from steps.evals.tracking import mlflow_client
+
+    registry = registry or ModelRegistry.from_env()
+    at = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    moves = registry.history(name)
+    move = alias_at(moves, "champion", at)
+    previous = alias_at(moves, "previous", at)
+    if move is None:
+        return StatusAt(name=name, at=at, champion=None, previous=previous.to_version if previous else None)
+    tags = dict((client or mlflow_client()).get_model_version(name, move.to_version).tags or {})
+    approvals = [a for a in _approvals(tags) if _before(a.at, at)]
+    return StatusAt(
+        name=name,
+        at=at,
+        champion=move.to_version,
+        since=move.when,
+        promoted_by=move.actor,
+        reason=move.reason,
+        workflow_uid=move.workflow_uid,
+        previous=previous.to_version if previous else None,
+        approvals=approvals,
+    )
+
+
+def _before(text: str | None, at: datetime) -> bool:
+    """Whether an approval time is at or before `at` (an unreadable or absent time counts as before)."""
+    try:
+        t = datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
+    except ValueError:
+        return True
+    return t is None or (t if t.tzinfo else t.replace(tzinfo=UTC)) <= at
+
+
+def _z(t: datetime | None) -> str:
+    return "-" if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _approved(approvals: list[Approval]) -> str:
+    return "; ".join(f"{a.environment} by {a.approver}" + (f" at {a.at}" if a.at else "") for a in approvals) or "-"
+
+
+def _describe(line: VersionLine | None) -> str:
+    if line is None:
+        return "none"
+    promo = f", promoted {_z(line.promoted_at)} by {line.promoted_by}" if line.promoted_by else ""
+    return f"v{line.version}{promo}; approved: {_approved(line.approvals)}"
+
+
+def format_status(s: ReleaseStatus) -> str:
+    """The status as the plain text `llmrelease status NAME` prints."""
+    flying = "; ".join(f"v{f.version} ({', '.join(f.via)})" for f in s.in_flight) or "none"
+    n = s.last_nightly
+    nightly = (
+        "none"
+        if n is None
+        else (f"{_z(n.started_at)} {n.run_name or n.run_id} v{n.version or '?'} {n.status}, verdict {n.verdict or '-'}")
+    )
+    lines = [
+        f"{s.name}",
+        f"  champion:   {_describe(s.champion)}",
+        f"  previous:   {_describe(s.previous)}",
+        f"  in flight:  {flying}",
+        f"  nightly:    {nightly}",
+        f"  last {len(s.releases)} releases:",
+    ]
+    rows = [("VERSION", "REGISTERED", "GATE", "OUTCOME", "PROMOTED", "APPROVED")] + [
+        (
+            f"v{r.version}",
+            _z(r.registered_at),
+            r.gate or "-",
+            r.outcome,
+            f"{_z(r.promoted_at)} by {r.promoted_by}" if r.promoted_by else "-",
+            _approved(r.approvals),
+        )
+        for r in s.releases
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines += ["    " + "  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]) for r in rows]
+    lines += [f"    v{r.version} rejected: {' '.join(r.rejected.split())[:200]}" for r in s.releases if r.rejected]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def format_at(s: StatusAt) -> str:
+    """The answer of `llmrelease status NAME --at T` as plain text."""
+    head = f"{s.name} at {_z(s.at)}:"
+    if s.champion is None:
+        return f"{head}\n  champion:  none (no champion had been promoted yet)"
+    uid = f" (workflow {s.workflow_uid})" if s.workflow_uid else ""
+    return "\n".join(
+        [
+            head,
+            f"  champion:  v{s.champion} since {_z(s.since)}",
+            f"  promoted:  by {s.promoted_by}{uid}: {s.reason or '-'}",
+            f"  approved:  {_approved(s.approvals)}",
+            f"  previous:  {'v' + s.previous if s.previous else 'none'}",
+        ]
+    )
