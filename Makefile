@@ -35,9 +35,10 @@ demo-models: setup ## build the small demo models once (examples/models/)
 	$(BIN)/python examples/build_demo_models.py --out examples/models
 
 demo: demo-models ## set up and run the golden delivery pipeline locally on the demo model
+	bash .ci/install-system-packages.sh haproxy
 	$(BIN)/python examples/demo.py
 
-system-packages: ## install the Debian packages the tests use (haproxy), only where missing
+system-packages: ## install the Debian packages the tests use (haproxy, chromium, pushgateway), only where missing
 	bash .ci/install-system-packages.sh
 
 test: setup system-packages ## set up and run the test suite (GPU tests skip without a GPU)

@@ -13,8 +13,14 @@ declare -A PACKAGES=(
     [prometheus-pushgateway]=prometheus-pushgateway
 )
 
+# With arguments, only those packages (e.g. `install-system-packages.sh haproxy` for the demo).
+wanted=("$@")
+if [ "${#wanted[@]}" -eq 0 ]; then
+    wanted=("${!PACKAGES[@]}")
+fi
+
 missing=()
-for pkg in "${!PACKAGES[@]}"; do
+for pkg in "${wanted[@]}"; do
     cmd="${PACKAGES[$pkg]}"
     if ! command -v "$cmd" >/dev/null 2>&1 && [ ! -x "/usr/sbin/$cmd" ] && [ ! -x "/usr/bin/$cmd" ]; then
         missing+=("$pkg")
