@@ -26,6 +26,21 @@ class PromoteParams(Input):
     approver: str = ""
 
 
+def _approver(model: str, workflow_uid: str) -> str | None:
+    """Who approved this workflow's rollout (the record-approval step's version tag), if anyone did."""
+    from registry.facade import ModelRegistry
+    from steps.approval import approvals_from_tags
+    from steps.evals.tracking import mlflow_client
+    from steps.rollout import current_lease
+
+    lease = current_lease(ModelRegistry.from_env(), model)
+    if lease is None:
+        return None
+    tags = dict(mlflow_client().get_model_version(model, lease.candidate).tags or {})
+    mine = [a for a in approvals_from_tags(tags).values() if a.workflow_uid == workflow_uid]
+    return mine[0].approver if mine else None
+
+
 @script(constructor="runner", image=STEPS_IMAGE, name="promote")
 def promote_step(params: PromoteParams) -> None:
     """Hera entry: promote (exit 1 with one line when this workflow no longer holds the rollout)."""
@@ -35,9 +50,10 @@ def promote_step(params: PromoteParams) -> None:
     from steps.serving.local import LocalServing
     from steps.spec import load_spec
 
-    actor = params.approver.strip() or f"{params.workflow_name}/{params.workflow_uid}"
     try:
         spec = load_spec(params.release)
+        actor = params.approver.strip() or _approver(spec.model.name, params.workflow_uid) or (
+            f"{params.workflow_name}/{params.workflow_uid}")
         moves = promote(
             ModelRegistry.from_env(), LocalServing(llmrelease_home()), model=spec.model.name,
             workflow_uid=params.workflow_uid, actor=actor, reason=f"canary completed in {params.workflow_name}",

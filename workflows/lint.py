@@ -8,7 +8,9 @@ In the spirit of Argo's workflow/validate (what `argo lint` runs against a serve
   and do not mix `depends` with `dependencies`;
 - every `{{...}}` tag resolves: declared inputs, spec.arguments, tasks that are ancestors (else *missing
   dependency*), steps of earlier groups, declared outputs, `item` only under a loop, Argo's globals;
-- retryStrategy limits and policies; CronWorkflow schedules, timezone and concurrencyPolicy.
+- retryStrategy limits and policies; CronWorkflow schedules, timezone and concurrencyPolicy;
+- Argo Events EventSources and Sensors: GitHub sources set webhookSecret, string data filters are anchored,
+  trigger parameters name declared dependencies (`workflows.webhook.lint_events`).
 
 `lint_files` is what `llmrelease lint` and the local runner call; each `Problem` prints as one line.
 """
@@ -91,7 +93,7 @@ def load_documents(paths: Sequence[str | Path]) -> list[tuple[str, dict[str, Any
 
 
 def lint_files(paths: Sequence[str | Path]) -> list[Problem]:
-    """Lint every Argo workflow object in `paths`; other kinds (Sensors, plain Kubernetes objects) are skipped.
+    """Lint every Argo workflow and Argo Events object in `paths`; other kinds (plain Kubernetes objects) are skipped.
 
     templateRefs resolve against the WorkflowTemplates of the given files and of any argo/*.yaml beside them.
 
@@ -120,6 +122,11 @@ def lint_document(
         Every problem found, errors and warnings, in document order.
     """
     kind = str(doc.get("kind", ""))
+    if kind in ("EventSource", "Sensor"):  # Argo Events: the hardening checks only (no schema)
+        from workflows.webhook import lint_events
+
+        name = str(as_map(doc.get("metadata")).get("name") or "<unnamed>")
+        return [Problem(file, kind, name, None, None, message) for message in lint_events(doc)]
     if kind not in _MODELS:
         return []
     meta = as_map(doc.get("metadata"))

@@ -175,6 +175,31 @@ def test_rollback_with_no_previous_is_refused_and_leaves_traffic_alone(world: Wo
     assert world.registry.get_alias(NAME, "champion") == "1"
 
 
+def test_rollback_workflow_template_refuses_then_rolls_back(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GIVEN the rendered `rollback` WorkflowTemplate run by the local runner on this world's store
+    WHEN there is no `previous`  THEN the workflow fails with 'nothing to roll back to';
+    WHEN v2 was promoted over v1  THEN it succeeds and all traffic is on v1 again."""
+    from workflows.cli import main
+
+    monkeypatch.setenv("LLMRELEASE_HOME", str(world.home))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world.registry._uri)  # noqa: SLF001 - the test's own store
+    _first_release(world)
+    argv = ["run", "rollback", "-p", f"model={NAME}", "-p", "actor=erin", "--argo-dir", str(REPO / "argo"),
+            "--runs-dir", str(world.home / "runs")]
+
+    assert main(argv) != 0
+    assert "nothing to roll back to" in capsys.readouterr().out
+    world.deploy("2", "uid-2")
+    canary.run(world.spec, world.registry, world.plane, workflow_uid="uid-2", work_dir=world.home / "c2")
+    promote(world.registry, world.plane, model=NAME, workflow_uid="uid-2", actor="bob", reason="ok",
+            keep_previous_hot_s=600)
+
+    assert main(argv) == 0
+    assert set(world.served_by(6)) == {"v1"} and world.registry.get_alias(NAME, "champion") == "1"
+
+
 def test_canary_killed_during_analysis_aborts_and_no_request_fails_after_the_abort(world: World) -> None:
     """GIVEN version 2 in canary at 50% with user traffic flowing through the router
     WHEN the canary's server is killed during the analysis

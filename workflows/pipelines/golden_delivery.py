@@ -1,7 +1,8 @@
 r"""The golden delivery pipeline, rendered as the `golden-delivery` WorkflowTemplate.
 
-    onboard -> register -> batch-eval + safety + deploy (parallel) -> gate -> latency -> canary -> promote
+    onboard -> register -> batch-eval + safety + deploy (parallel) -> gate -> latency -> [approval] -> canary
                                                                        \-> reject      \-> reject-latency
+    -> promote      (approval: a suspend node in stage and prod; the approver and time go into the registry)
     onExit: finalize (abort a half-done rollout of a failed run; evidence)
 
 Its parameters carry descriptions, defaults and enums so a person can submit it from the Argo UI form. Steps
@@ -18,6 +19,7 @@ from typing import Any
 
 from hera.workflows import DAG, Artifact, Parameter, Steps, Task, WorkflowTemplate
 
+from steps.approval import approval_templates
 from steps.artifacts import (
     CANARY_DIR,
     EVAL_DIR,
@@ -72,6 +74,7 @@ def build() -> list[Any]:
                       description="How many Ray workers share the eval suites (one engine each)."),
         ],
     ) as template:
+        approval_template, record_approval = approval_templates()
         with DAG(name="deliver"):
             onboard = _task(onboard_step(
                 name="onboard",
@@ -135,6 +138,19 @@ def build() -> list[Any]:
                            "reasons": latency.get_parameter("summary")},
                 when=f"'{latency.get_parameter('verdict').value}' == 'fail'",
             ))
+            approval = Task(
+                name="approval", template=approval_template,
+                when=f"'{latency.get_parameter('verdict').value}' == 'pass' && "
+                     "'{{workflow.parameters.environment}}' != 'dev'",
+            )
+            approved = _task(record_approval(
+                name="record-approval",
+                arguments={"model_name": register.get_parameter("model-name"),
+                           "version": register.get_parameter("version"),
+                           "environment": "{{workflow.parameters.environment}}",
+                           "approver": approval.get_parameter("approver"),
+                           "workflow_uid": "{{workflow.uid}}"},
+            ))
             canary = _task(canary_step(
                 name="canary",
                 arguments={"release": "{{workflow.parameters.release}}", "workflow_uid": "{{workflow.uid}}",
@@ -154,7 +170,9 @@ def build() -> list[Any]:
             gate >> reject
             latency.depends = "gate.Succeeded && deploy.Succeeded"
             reject_latency.depends = "latency.Succeeded"
-            canary.depends = "latency.Succeeded"
+            approval.depends = "latency.Succeeded"
+            approved.depends = "approval.Succeeded"
+            canary.depends = "latency.Succeeded && (approval.Skipped || record-approval.Succeeded)"
             promote.depends = "canary.Succeeded"
         with Steps(name="exit-handler"):
             finalize_step(

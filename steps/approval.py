@@ -1,0 +1,178 @@
+"""Human approval: a suspend node a person resumes with their name, and a step that records the approval.
+
+`approval_templates()` gives the two Hera pieces a pipeline drops into its DAG:
+
+* `approval`, a suspend template with one output parameter, `approver`, supplied by the person who resumes it
+  (Argo UI: the Resume dialog asks for it; CLI: `argo node set WF --output-parameter approver=alice
+  --node-field-selector displayName=approval` then `argo resume WF`; locally: `llmrelease run golden-delivery
+  --resume approval --supply approval.approver=alice`);
+* `record-approval` (this module's `record_approval`), which refuses an empty approver and records who approved,
+  when, for which environment and from which workflow, as the registry version tag
+  `llmrelease.approval.<environment>` (JSON), so auditors find it on the version itself.
+
+No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
+"""
+
+import re
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any, Protocol
+
+from hera.workflows import Input, Output, Parameter, Suspend, script
+from hera.workflows.models import SuppliedValueFrom, ValueFrom
+from pydantic import BaseModel, ConfigDict
+
+from steps.errors import ReleaseError, SpecError
+from steps.images import STEPS_IMAGE
+
+__all__ = [
+    "APPROVAL_TAG_PREFIX",
+    "Approval",
+    "ApprovalParams",
+    "ApprovalResult",
+    "Inputs",
+    "approval_tag",
+    "approval_templates",
+    "approvals_from_tags",
+    "record_approval",
+    "run",
+]
+
+APPROVAL_TAG_PREFIX = "llmrelease.approval."
+_ENVIRONMENT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+
+class _Tagger(Protocol):
+    def tag_version(self, name: str, version: str | int, key: str, value: str) -> None: ...
+
+
+class Inputs(BaseModel):
+    """What the record-approval step reads."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str
+    version: str
+    environment: str
+    approver: str
+    workflow_uid: str = ""
+
+
+class Approval(BaseModel):
+    """One recorded approval: the JSON value of the version tag `llmrelease.approval.<environment>`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    approver: str
+    approved_at: datetime
+    environment: str
+    workflow_uid: str = ""
+
+
+def approval_tag(environment: str) -> str:
+    """The version tag key holding the approval for `environment`."""
+    return f"{APPROVAL_TAG_PREFIX}{environment}"
+
+
+def _check(inputs: Inputs) -> None:
+    if not inputs.approver.strip():
+        raise SpecError(
+            "approver is empty: resume the approval node with your name "
+            "(Argo UI: fill in `approver`; locally: --supply approval.approver=<your name>)"
+        )
+    if not _ENVIRONMENT.match(inputs.environment):
+        raise SpecError(
+            f"environment {inputs.environment!r} is not a lowercase name (a-z, 0-9, -): pass dev, stage or prod"
+        )
+    for field in ("model_name", "version"):
+        if not getattr(inputs, field).strip():
+            raise SpecError(f"{field} is empty: pass the register step's {field.replace('_', '-')} output")
+
+
+def run(inputs: Inputs, registry: _Tagger, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Approval:
+    """Validate the approval and tag the version with it.
+
+    Raises:
+        SpecError: The approver is empty or whitespace, the environment is not a lowercase name, or the model
+            name or version is empty.
+        RegistryError: The version does not exist, or the registry refused the tag.
+    """
+    _check(inputs)
+    approval = Approval(
+        approver=inputs.approver.strip(),
+        approved_at=clock(),
+        environment=inputs.environment,
+        workflow_uid=inputs.workflow_uid,
+    )
+    registry.tag_version(
+        inputs.model_name, inputs.version, approval_tag(inputs.environment), approval.model_dump_json()
+    )
+    return approval
+
+
+def approvals_from_tags(tags: dict[str, str]) -> dict[str, Approval]:
+    """The approvals among a version's tags, by environment (tags that do not parse are skipped)."""
+    found: dict[str, Approval] = {}
+    for key, value in tags.items():
+        if key.startswith(APPROVAL_TAG_PREFIX):
+            try:
+                found[key.removeprefix(APPROVAL_TAG_PREFIX)] = Approval.model_validate_json(value)
+            except ValueError:
+                continue
+    return found
+
+
+class ApprovalParams(Input):
+    """Argo input parameters of the record-approval template."""
+
+    model_name: str
+    version: str
+    environment: str
+    approver: str
+    workflow_uid: str = ""
+
+
+class ApprovalResult(Output):
+    """Argo output parameters of the record-approval template."""
+
+    approver: Annotated[str, Parameter(name="approver")]
+    approved_at: Annotated[str, Parameter(name="approved-at")]
+
+
+@script(constructor="runner", image=STEPS_IMAGE, name="record-approval")
+def record_approval(params: ApprovalParams) -> ApprovalResult:
+    """Record who approved the release of this version to this environment (a registry version tag)."""
+    from registry import ModelRegistry
+
+    try:
+        approval = run(Inputs(**params.model_dump()), ModelRegistry.from_env())
+    except ReleaseError as e:
+        print(f"record-approval: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    print(
+        f"{params.model_name} version {params.version} approved for {approval.environment} by "
+        f"{approval.approver} at {approval.approved_at.isoformat()}: tag {approval_tag(approval.environment)}"
+    )
+    return ApprovalResult(approver=approval.approver, approved_at=approval.approved_at.isoformat())
+
+
+def approval_templates() -> tuple[Suspend, Any]:
+    """The suspend template `approval` and the `record_approval` step, to use inside a WorkflowTemplate context.
+
+    Call it inside `with WorkflowTemplate(...)` (the suspend template registers itself there), then, in the DAG,
+    `Task(name="approval", template=suspend)` and `record(name="record-approval", arguments={...,
+    "approver": approval_task.get_parameter("approver")})`.
+    """
+    suspend = Suspend(
+        name="approval",
+        inputs=[Parameter(name="approver", default="", description="Your name: who approves this release.")],
+        outputs=[
+            Parameter(
+                name="approver",
+                value_from=ValueFrom(supplied=SuppliedValueFrom()),
+                description="Who approved (supplied on resume).",
+            )
+        ],
+    )
+    return suspend, record_approval

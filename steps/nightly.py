@@ -1,0 +1,525 @@
+"""Nightly regression: re-evaluate every registered model's champion and fail on a significant regression.
+
+Two steps, chained by the `nightly-regression` CronWorkflow:
+
+* `list-champions` lists the registered models that have a `champion` alias, with the release spec each champion
+  was onboarded from (the onboarding run's `spec_path` parameter, logged at registration), as a JSON list;
+* `nightly-eval`, once per champion, evaluates it afresh on its release's golden (quality) and safety suites with
+  the batch-eval machinery, bypassing the result cache (a cached result would only repeat the past: the point is
+  to notice a change in the serving stack, the hardware or a provider model), then compares item by item:
+
+  - with the **baseline**: the version's own evaluation logged by batch-eval (`llmrelease-evals`) before it was
+    promoted, i.e. the evidence its promotion gate (`llmrelease-gates`) judged; for a suite whose file has changed
+    since (another sha256), or a version promoted without an evaluation, the first nightly run on the same suite
+    file is the baseline instead;
+  - with the **previous nightly run** (reported and logged, not gating: comparing with the baseline catches a slow
+    drift that night-to-night comparisons never see).
+
+  A **regression** is a gated metric (accuracy; attack-success, over-refusal and PII-leak rates) significantly
+  worse than the baseline: the paired bootstrap CI of (tonight - baseline) excludes 0 on the worse side and, for
+  pass/fail items, McNemar's test agrees (p < 1 - confidence; the confidence is the release's
+  `gates.quality.confidence`). Requiring both keeps false alarms rare on a test that runs every night.
+
+Every run is logged to MLflow experiment `llmrelease-nightly` (per suite and metric: tonight's value, the
+baseline, the difference, the change since the previous night; the comparisons, the report and the trend of all
+nightly runs of the version as artifacts). A regression fails the step with one line naming model, version, suite,
+metric, values and the test; the workflow then fails.
+
+No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
+"""
+
+import hashlib
+import json
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from hera.workflows import Artifact, Input, Output, Parameter, script
+from pydantic import BaseModel, ConfigDict
+
+from steps.artifacts import ROOT
+from steps.errors import ReleaseError
+from steps.evals.backends import EvalError
+from steps.evals.results import EvalReport, MetricName, SuiteResult
+from steps.evals.stats import compare_metric, pair_by_id
+from steps.images import STEPS_IMAGE
+
+__all__ = [
+    "NIGHTLY_EXPERIMENT",
+    "NIGHTLY_REPORT_OUT",
+    "Champion",
+    "Finding",
+    "Inputs",
+    "Outcome",
+    "compare_results",
+    "find_champions",
+    "list_champions_step",
+    "nightly_eval_step",
+    "run",
+]
+
+NIGHTLY_EXPERIMENT = "llmrelease-nightly"
+NIGHTLY_DIR = f"{ROOT}/nightly"
+NIGHTLY_REPORT_OUT = f"{NIGHTLY_DIR}/nightly-report.json"
+_GATED: dict[MetricName, bool] = {  # metric -> higher is better
+    "accuracy": True,
+    "attack_success_rate": False,
+    "over_refusal_rate": False,
+    "pii_leak_rate": False,
+}
+_MODEL, _VERSION = "llmrelease.model_name", "llmrelease.model_version"
+_FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+
+class Champion(BaseModel):
+    """A registered model's champion version and the release spec it was onboarded from ("" if unknown)."""
+
+    model_config = _FROZEN
+
+    model_name: str
+    version: str
+    release: str
+
+
+class Finding(BaseModel):
+    """Tonight's result on one metric of one suite against a reference (the baseline or the previous night)."""
+
+    model_config = _FROZEN
+
+    suite: str
+    metric: str
+    against: Literal["baseline", "previous"]
+    reference_run: str
+    n: int
+    tonight: float
+    reference: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    confidence: float
+    mcnemar_p: float | None
+    regression: bool
+
+    @property
+    def message(self) -> str:
+        """One line: values, CI, test and verdict."""
+        p = f", McNemar p={self.mcnemar_p:.3g}" if self.mcnemar_p is not None else ""
+        verdict = "significant regression" if self.regression else "no significant regression"
+        return (
+            f"{self.suite}/{self.metric} {self.tonight:.3f} vs {self.against} {self.reference:.3f} (n={self.n}): "
+            f"diff {self.diff:+.3f}, {self.confidence:.0%} CI [{self.ci_low:+.3f}, {self.ci_high:+.3f}]{p}: "
+            f"{verdict}"
+        )
+
+
+class Inputs(BaseModel):
+    """What the nightly-eval step needs."""
+
+    model_config = _FROZEN
+
+    model_name: str
+    version: str
+    release: str
+    work_dir: str
+    shards: int = 2
+
+
+class Outcome(BaseModel):
+    """What one nightly evaluation found."""
+
+    model_config = _FROZEN
+
+    model_name: str
+    version: str
+    findings: list[Finding]
+    notes: list[str]
+    run_id: str | None = None
+    report_path: str = ""
+
+    @property
+    def regressions(self) -> list[Finding]:
+        """The findings against the baseline that are significant regressions."""
+        return [f for f in self.findings if f.regression and f.against == "baseline"]
+
+
+def find_champions(client: Any, only: str = "") -> list[Champion]:
+    """Every registered model (or only `only`) with a champion alias, with the spec it was onboarded from."""
+    found: list[Champion] = []
+    token: str | None = None
+    while True:
+        page = client.search_registered_models(max_results=100, page_token=token)
+        for model in page:
+            version = (model.aliases or {}).get("champion")
+            if version is None or (only and model.name != only):
+                continue
+            params = _onboarding_params(client, model.name, str(version))
+            found.append(
+                Champion(
+                    model_name=model.name,
+                    version=str(version),
+                    release=params.get("spec_path", ""),
+                )
+            )
+        token = getattr(page, "token", None)
+        if not token:
+            return sorted(found, key=lambda c: c.model_name)
+
+
+def _onboarding_params(client: Any, name: str, version: str) -> dict[str, str]:
+    run_id = client.get_model_version(name, version).run_id
+    return dict(client.get_run(run_id).data.params) if run_id else {}
+
+
+def compare_results(
+    tonight: list[SuiteResult],
+    reference: dict[str, tuple[SuiteResult, str]],
+    *,
+    against: Literal["baseline", "previous"],
+    confidence: float,
+    seed: int = 0,
+) -> list[Finding]:
+    """Pair tonight's results with the reference results of the same suite file; one finding per gated metric.
+
+    Args:
+        tonight: Tonight's suite results.
+        reference: Suite name -> (reference result, the MLflow run it came from).
+        against: What the reference is.
+        confidence: Two-sided confidence level of the CI; McNemar must be below 1 - confidence too.
+        seed: Bootstrap seed.
+    """
+    out: list[Finding] = []
+    for result in tonight:
+        ref, run_id = reference.get(result.suite, (None, ""))
+        if ref is None or ref.suite_sha256 != result.suite_sha256:
+            continue
+        for metric, higher in _GATED.items():
+            mine, theirs = result.item_values(metric), ref.item_values(metric)
+            if not mine or not theirs:
+                continue
+            a, b = pair_by_id(result.suite, mine, theirs)
+            c = compare_metric(
+                metric, a, b, higher_is_better=higher, margin=0.0, confidence=confidence, seed=seed, suite=result.suite
+            )
+            p = c.mcnemar.p_value if c.mcnemar else None
+            out.append(
+                Finding(
+                    suite=result.suite,
+                    metric=metric,
+                    against=against,
+                    reference_run=run_id,
+                    n=c.n,
+                    tonight=c.candidate,
+                    reference=c.champion,
+                    diff=c.diff,
+                    ci_low=c.ci_low,
+                    ci_high=c.ci_high,
+                    confidence=confidence,
+                    mcnemar_p=p,
+                    regression=c.significantly_worse and (p is None or p < 1 - confidence),
+                )
+            )
+    return out
+
+
+def run(inputs: Inputs, registry: Any, client: Any, *, home: Path) -> Outcome:
+    """Evaluate the champion afresh, compare with its baseline and the previous night, log to MLflow.
+
+    Raises:
+        SpecError: The release spec is missing or invalid.
+        EvalError: The evaluation failed, or a baseline report cannot be read.
+        RegistryError: The registry cannot be read.
+    """
+    from steps.spec import load_spec, resolve_spec_path
+
+    if not inputs.release:
+        raise EvalError(
+            f"champion version {inputs.version} of {inputs.model_name} has no recorded release spec "
+            "(onboarding run parameter spec_path): re-deliver it with golden-delivery"
+        )
+    spec = load_spec(inputs.release)
+    tonight = _evaluate_fresh(inputs, client, home)
+    notes = _spec_notes(inputs, resolve_spec_path(inputs.release), client)
+    promoted = _promoted_at(registry, inputs.model_name, inputs.version)
+    notes += _gate_note(client, inputs, promoted)
+    nightly = _runs(client, NIGHTLY_EXPERIMENT, inputs.model_name, inputs.version)
+    baseline = _pick(tonight.candidate, _promotion_reports(client, inputs, promoted))
+    if len(baseline) < len(tonight.candidate):  # suites changed since the promotion: the first nightly run on them
+        baseline = {**_pick(tonight.candidate, _reports(client, nightly)), **baseline}
+    previous = _pick(tonight.candidate, _reports(client, nightly[-1:]))
+    for result in tonight.candidate:
+        if result.suite not in baseline:
+            notes.append(f"{result.suite}: no baseline on this suite file yet: tonight's result becomes it")
+    confidence = spec.gates.quality.confidence
+    findings = [
+        *compare_results(tonight.candidate, baseline, against="baseline", confidence=confidence),
+        *compare_results(tonight.candidate, previous, against="previous", confidence=confidence),
+    ]
+    report_path = tonight.save(Path(inputs.work_dir) / "nightly-report.json")
+    outcome = Outcome(
+        model_name=inputs.model_name,
+        version=inputs.version,
+        findings=findings,
+        notes=notes,
+        report_path=str(report_path),
+    )
+    run_id = _log(client, outcome, tonight, nightly, home)
+    return outcome.model_copy(update={"run_id": run_id})
+
+
+class _NoChampion:
+    """A registry view without champions: batch-eval then evaluates only the version asked for."""
+
+    def get_alias(self, name: str, alias: str) -> str | None:
+        del name, alias
+        return None
+
+
+def _evaluate_fresh(inputs: Inputs, client: Any, home: Path) -> EvalReport:
+    """Quality and safety results of the champion, computed now (a private result cache, the shared model cache)."""
+    from steps import batch_eval
+    from steps.gate import merge_reports
+
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "model-cache").mkdir(exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".nightly-", dir=home))
+    (scratch / "model-cache").symlink_to(home / "model-cache", target_is_directory=True)
+    try:
+        reports = []
+        for kind in ("quality", "safety"):
+            be = batch_eval.Inputs(
+                release=inputs.release,
+                model_name=inputs.model_name,
+                version=inputs.version,
+                kind=kind,
+                work_dir=inputs.work_dir,
+                shards=inputs.shards,
+                home=str(scratch),
+            )
+            out = batch_eval.run(be, _NoChampion(), client, log_to_mlflow=False)
+            reports.append(EvalReport.load(out.report_path))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return merge_reports(reports)
+
+
+def _spec_notes(inputs: Inputs, path: Path, client: Any) -> list[str]:
+    recorded = _onboarding_params(client, inputs.model_name, inputs.version).get("spec_sha256", "")
+    current = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    if recorded and current and recorded != current:
+        return [f"{path} changed since version {inputs.version} was onboarded: its current suites are used"]
+    return []
+
+
+def _promoted_at(registry: Any, name: str, version: str) -> datetime | None:
+    moves = [m for m in registry.history(name) if m.alias == "champion" and m.to_version == version]
+    return moves[-1].when if moves else None
+
+
+def _gate_note(client: Any, inputs: Inputs, promoted: datetime | None) -> list[str]:
+    """Which gate decision the promotion rested on (the last pass before it), for the record."""
+    from steps.gate import GATE_EXPERIMENT
+
+    cutoff = promoted.timestamp() * 1000 if promoted else float("inf")
+    runs = [
+        r
+        for r in _runs(
+            client, GATE_EXPERIMENT, inputs.model_name, inputs.version, " and tags.`llmrelease.gate` = 'pass'"
+        )
+        if r.info.start_time <= cutoff
+    ]
+    when = f"promoted {promoted:%Y-%m-%d %H:%M} UTC" if promoted else "never promoted through the registry history"
+    gate = f"after gate run {runs[-1].info.run_id} passed" if runs else "with no passing gate run on record"
+    return [f"{inputs.model_name} version {inputs.version}: {when}, {gate}"]
+
+
+def _runs(client: Any, experiment: str, name: str, version: str, extra: str = "") -> list[Any]:
+    """Runs of `experiment` tagged with this model version, oldest first."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    query = f"tags.`{_MODEL}` = '{name}' and tags.`{_VERSION}` = '{version}'" + extra
+    runs = client.search_runs([exp.experiment_id], query, max_results=1000, order_by=["attributes.start_time ASC"])
+    return list(runs)
+
+
+def _promotion_reports(client: Any, inputs: Inputs, promoted: datetime | None) -> list[tuple[str, EvalReport]]:
+    """Per eval kind, the version's last evaluation before its promotion (else its first), as logged by batch-eval."""
+    from steps.batch_eval import EVAL_EXPERIMENT
+
+    chosen = []
+    for kind in ("quality", "safety"):
+        runs = _runs(
+            client, EVAL_EXPERIMENT, inputs.model_name, inputs.version, f" and tags.`llmrelease.eval_kind` = '{kind}'"
+        )
+        cutoff = promoted.timestamp() * 1000 if promoted else float("inf")
+        before = [r for r in runs if r.info.start_time <= cutoff]
+        chosen += before[-1:] or runs[:1]
+    return _reports(client, chosen)
+
+
+def _reports(client: Any, runs: list[Any]) -> list[tuple[str, EvalReport]]:
+    """(run id, report) for each run's `report/*.json` artifacts."""
+    out = []
+    with tempfile.TemporaryDirectory(prefix="llmrelease-nightly-") as tmp:
+        for run in runs:
+            try:
+                folder = Path(client.download_artifacts(run.info.run_id, "report", str(Path(tmp) / run.info.run_id)))
+            except Exception as e:
+                raise EvalError(
+                    f"cannot download the report of MLflow run {run.info.run_id} ({type(e).__name__}: "
+                    f"{' '.join(str(e).split())[:200]}): check the artifact store"
+                ) from e
+            out += [(str(run.info.run_id), EvalReport.load(p)) for p in sorted(folder.glob("*.json"))]
+    return out
+
+
+def _pick(tonight: list[SuiteResult], reports: list[tuple[str, EvalReport]]) -> dict[str, tuple[SuiteResult, str]]:
+    """Per suite of tonight's, the first candidate result in `reports` on the same suite file."""
+    picked: dict[str, tuple[SuiteResult, str]] = {}
+    for result in tonight:
+        for run_id, report in reports:
+            match = next(
+                (r for r in report.candidate if r.suite == result.suite and r.suite_sha256 == result.suite_sha256), None
+            )
+            if match is not None:
+                picked[result.suite] = (match, run_id)
+                break
+    return picked
+
+
+def _log(client: Any, outcome: Outcome, tonight: EvalReport, nightly: list[Any], home: Path) -> str:
+    """One run in `llmrelease-nightly`: metrics per suite and metric, comparisons, report and trend."""
+    from steps.evals.tracking import experiment_id
+
+    verdict = "regression" if outcome.regressions else "pass"
+    tags = {
+        _MODEL: outcome.model_name,
+        _VERSION: outcome.version,
+        "llmrelease.digest": tonight.candidate[0].model_digest,
+        "llmrelease.nightly.verdict": verdict,
+    }
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d")
+    run = client.create_run(
+        experiment_id(client, NIGHTLY_EXPERIMENT, home),
+        tags=tags,
+        run_name=f"nightly-{outcome.model_name}-v{outcome.version}-{stamp}",
+    )
+    run_id = run.info.run_id
+    metrics: dict[str, float] = {}
+    for result in tonight.candidate:
+        metrics.update({f"{result.suite}.{k}": v for k, v in result.metrics().items()})
+    for f in outcome.findings:
+        key = f"{f.suite}.{f.metric}"
+        metrics.update(
+            {f"{key}.baseline": f.reference, f"{key}.diff": f.diff}
+            if f.against == "baseline"
+            else {f"{key}.vs_previous": f.diff}
+        )
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value, step=len(nightly))
+    client.log_dict(
+        run_id,
+        {"findings": [f.model_dump() for f in outcome.findings], "notes": outcome.notes},
+        "nightly/comparisons.json",
+    )
+    trend = [
+        {"run_id": r.info.run_id, "start_time": r.info.start_time, "metrics": dict(r.data.metrics)} for r in nightly
+    ] + [{"run_id": run_id, "start_time": run.info.start_time, "metrics": metrics}]
+    client.log_dict(run_id, {"trend": trend}, "nightly/trend.json")
+    client.log_artifact(run_id, outcome.report_path, "report")
+    client.set_terminated(run_id, "FINISHED")
+    return str(run_id)
+
+
+class ListParams(Input):
+    """Argo input parameters of the list-champions template."""
+
+    model: str = ""
+
+
+class ListResult(Output):
+    """Argo output parameters of the list-champions template."""
+
+    champions: Annotated[str, Parameter(name="champions")]
+
+
+@script(constructor="runner", image=STEPS_IMAGE, name="list-champions")
+def list_champions_step(params: ListParams) -> ListResult:
+    """List registered models with a champion (all, or only `model`) as a JSON list for the nightly fan-out."""
+    from steps.evals.tracking import mlflow_client
+
+    try:
+        champions = find_champions(mlflow_client(), params.model)
+    except Exception as e:  # MLflow raises its own exception types; the step fails with one line
+        why = " ".join(str(e).split())[:300]
+        print(
+            f"list-champions: cannot read the registry ({type(e).__name__}: {why}): check MLFLOW_TRACKING_URI",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+    for c in champions:
+        print(f"{c.model_name}: champion version {c.version} (release {c.release or 'unknown'})")
+    if not champions:
+        print(
+            "no registered model has a champion"
+            + (f" named {params.model}" if params.model else "")
+            + ": nothing to re-evaluate"
+        )
+    items = [c.model_dump(include={"model_name", "version", "release"}) for c in champions]
+    return ListResult(champions=json.dumps(items))
+
+
+class EvalParams(Input):
+    """Argo input parameters of the nightly-eval template."""
+
+    model_name: str
+    version: str
+    release: str
+    work_dir: str = NIGHTLY_DIR
+    shards: str = "2"
+
+
+class EvalResult(Output):
+    """Argo output parameters of the nightly-eval template."""
+
+    verdict: Annotated[str, Parameter(name="verdict")]
+
+
+@script(
+    constructor="runner",
+    image=STEPS_IMAGE,
+    name="nightly-eval",
+    outputs=[Artifact(name="report", path=NIGHTLY_REPORT_OUT, optional=True)],
+)
+def nightly_eval_step(params: EvalParams) -> EvalResult:
+    """Re-evaluate one champion; exit 1 with the reason on a significant regression against its baseline."""
+    from registry import ModelRegistry
+    from steps.evals.tracking import llmrelease_home, mlflow_client
+
+    if not params.shards.strip().isdigit() or int(params.shards) < 1:
+        print(f"nightly-eval: shards {params.shards!r}: use a positive integer, e.g. 2", file=sys.stderr)
+        raise SystemExit(2)
+    inputs = Inputs(
+        model_name=params.model_name,
+        version=params.version,
+        release=params.release,
+        work_dir=params.work_dir,
+        shards=int(params.shards),
+    )
+    try:
+        outcome = run(inputs, ModelRegistry.from_env(), mlflow_client(), home=llmrelease_home())
+    except ReleaseError as e:
+        print(f"nightly-eval: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
+    for line in [*outcome.notes, *(f.message for f in outcome.findings)]:
+        print(line)
+    print(f"logged to MLflow experiment {NIGHTLY_EXPERIMENT}, run {outcome.run_id}")
+    if outcome.regressions:
+        worst = "; ".join(f.message for f in outcome.regressions)
+        print(f"nightly regression: {inputs.model_name} version {inputs.version} regressed: {worst}", file=sys.stderr)
+        raise SystemExit(1)
+    print(f"{inputs.model_name} version {inputs.version}: no significant regression")
+    return EvalResult(verdict="pass")

@@ -1,0 +1,79 @@
+"""The nightly regression pipeline: re-evaluate every registered model's champion, fail on a significant regression.
+
+Rendered as the `nightly-regression` CronWorkflow (Argo 3.6 `schedules`, 03:30 Europe/Berlin): `list-champions`
+finds the champions, `nightly-eval` runs once per champion (one at a time: each holds a Ray session and the
+engines), and fails with the reason when a champion has regressed against its promotion-time evaluation (see
+`steps.nightly`). Run it on demand with `llmrelease run nightly-regression` (or `argo submit --from
+cronwf/nightly-regression`); `llmrelease cron next nightly-regression` shows when it fires next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hera.workflows import DAG, CronWorkflow, Parameter, Task
+
+from steps.nightly import NIGHTLY_DIR, list_champions_step, nightly_eval_step
+
+__all__ = ["build", "NAME", "SCHEDULE", "TIMEZONE"]
+
+NAME = "nightly-regression"
+SCHEDULE = "30 3 * * *"  # after 03:00: never in the DST gap (skipped) or overlap (run twice)
+TIMEZONE = "Europe/Berlin"
+_DESCRIPTION = "Re-evaluate every champion on its golden suites; fail on a significant regression."
+
+
+def _task(node: object) -> Task:
+    """Hera's script call returns Step | Task; inside a DAG it is always a Task."""
+    assert isinstance(node, Task), node
+    return node
+
+
+def build() -> list[Any]:
+    """The nightly-regression CronWorkflow."""
+    with CronWorkflow(
+        name=NAME,
+        schedules=[SCHEDULE],
+        timezone=TIMEZONE,
+        concurrency_policy="Forbid",
+        starting_deadline_seconds=3600,
+        successful_jobs_history_limit=7,
+        failed_jobs_history_limit=14,
+        entrypoint="nightly",
+        labels={"app.kubernetes.io/part-of": "llmrelease"},
+        annotations={"workflows.argoproj.io/description": _DESCRIPTION},
+        service_account_name="llmrelease-steps",
+        active_deadline_seconds=6 * 3600,
+        arguments=[
+            Parameter(
+                name="model",
+                value="",
+                description="Only this registered model; empty means every model with a champion.",
+            ),
+            Parameter(
+                name="eval-shards",
+                value="2",
+                enum=["1", "2", "4", "8", "16"],
+                description="How many Ray workers share each eval suite (one engine each).",
+            ),
+        ],
+    ) as cron:
+        with DAG(name="nightly", fail_fast=False, parallelism=1):
+            champions = _task(
+                list_champions_step(name="list-champions", arguments={"model": "{{workflow.parameters.model}}"})
+            )
+            evaluate = _task(
+                nightly_eval_step(
+                    name="nightly-eval",
+                    arguments={
+                        "model_name": "{{item.model_name}}",
+                        "version": "{{item.version}}",
+                        "release": "{{item.release}}",
+                        "work_dir": NIGHTLY_DIR,
+                        "shards": "{{workflow.parameters.eval-shards}}",
+                    },
+                    with_param=champions.get_parameter("champions"),
+                )
+            )
+            champions >> evaluate
+    return [cron]
