@@ -1,15 +1,14 @@
-"""Evidence bundles (statement, manifest, signing, verification), the HTML report, the step and the CLI.
+"""Evidence bundles (statement, manifest, missing reports, result kinds) and the HTML report.
 
 The builders at the top make a realistic run's result files (eval reports, gate decision, latency report with
-per-request records, an aborted canary log); tests/integration/test_report_chromium.py imports them.
+per-request records, an aborted canary log); test_evidence_verify.py, test_evidence_step.py, test_metrics.py and
+tests/integration/test_report_chromium.py import them. Verification and signing are in test_evidence_verify.py,
+the step and the CLI in test_evidence_step.py.
 """
 
 import hashlib
 import json
-import os
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,7 @@ import pytest
 from steps.evals.results import EvalReport, ExampleResult, SuiteResult
 from steps.evidence import (
     BUILD_TYPE,
-    EvidenceError,
-    EvidenceParams,
     Inputs,
-    build_statement,
     classify,
     verify_bundle,
     write_bundle,
@@ -29,7 +25,6 @@ from steps.gate import GateThresholds, decide
 from steps.latency import CostModel, Slo, judge, summarize
 from steps.loadgen import LoadResult, LoadSpec, RequestRecord
 from steps.report import render_report, write_report
-from workflows.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "demo-qa"
@@ -226,12 +221,17 @@ def run_inputs(files: dict[str, Path], release: str = "releases/demo.yaml", **ex
     return Inputs.model_validate(fields)
 
 
-@pytest.fixture
-def bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def write_full_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The bundle of a full run (every result file) under `tmp_path`, written from the repo as a step would."""
     monkeypatch.chdir(REPO)  # the release spec and suites are read relative to the repo, as in a step
     out = tmp_path / "bundle"
     write_bundle(run_inputs(write_run_files(tmp_path / "run")), out)
     return out
+
+
+@pytest.fixture
+def bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return write_full_bundle(tmp_path, monkeypatch)
 
 
 def test_statement_is_an_in_toto_slsa_provenance_of_the_run(bundle: Path) -> None:
@@ -331,67 +331,6 @@ def test_a_failed_run_records_missing_reports_instead_of_failing(tmp_path: Path)
     assert verify_bundle(tmp_path / "b").files == 2
 
 
-@pytest.mark.parametrize(
-    ("change", "named"),
-    [
-        (
-            lambda b: (b / "results/gate-decision.json").write_text('{"passed": true, "reasons": []}'),
-            "results/gate-decision.json changed",
-        ),
-        (lambda b: (b / "results/latency-report.json").unlink(), "results/latency-report.json is missing"),
-        (lambda b: (b / "results/extra.json").write_text("{}"), "results/extra.json is not in manifest.json"),
-        (
-            lambda b: (b / "statement.json").write_text((b / "statement.json").read_text().replace("alice", "mallory")),
-            "statement.json changed",
-        ),
-        (lambda b: (b / "manifest.json").write_text((b / "manifest.json").read_text() + " "), "manifest.json changed"),
-    ],
-)
-def test_verify_names_the_file_that_changed(bundle: Path, change: object, named: str) -> None:
-    """GIVEN a verified bundle
-    WHEN one file is edited, removed or added (the report is free to change: it is outside the manifest)
-    THEN verification fails naming that file."""
-    (bundle / "report.html").write_text("re-rendered")
-    verify_bundle(bundle)
-    change(bundle)  # type: ignore[operator]
-    with pytest.raises(EvidenceError, match=named.replace(".", r"\.")) as err:
-        verify_bundle(bundle)
-    assert "\n" not in str(err.value)
-
-
-def test_verify_refuses_a_digest_other_than_the_recorded_one(bundle: Path) -> None:
-    """GIVEN a bundle consistent in itself WHEN verified against another recorded digest THEN it fails."""
-    with pytest.raises(EvidenceError, match="the registry recorded sha256:0000"):
-        verify_bundle(bundle, expected_digest="sha256:" + "0" * 64)
-
-
-def _keygen(path: Path) -> None:
-    assert main(["evidence", "keygen", str(path)]) == 0
-
-
-def test_signed_bundle_verifies_with_its_public_key_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """GIVEN an Ed25519 key from `llmrelease evidence keygen` and a bundle signed with it
-    WHEN verified with its public key, another key, and without a key
-    THEN valid; refused naming manifest.sig; and 'not checked'. An unsigned bundle fails when a key is given."""
-    monkeypatch.chdir(REPO)
-    _keygen(tmp_path / "keys/release.pem")
-    _keygen(tmp_path / "keys/other.pem")
-    assert oct((tmp_path / "keys/release.pem").stat().st_mode & 0o777) == "0o600"
-    files = write_run_files(tmp_path / "run")
-    digest = write_bundle(run_inputs(files), tmp_path / "b", key_path=str(tmp_path / "keys/release.pem"))
-    sig = json.loads((tmp_path / "b/manifest.sig").read_text())
-    assert sig["signed"] == digest and sig["algorithm"] == "ed25519"
-    assert verify_bundle(tmp_path / "b", public_key=tmp_path / "keys/release.pem.pub").signature.startswith("valid")
-    with pytest.raises(EvidenceError, match="manifest.sig does not verify"):
-        verify_bundle(tmp_path / "b", public_key=tmp_path / "keys/other.pem.pub")
-    assert verify_bundle(tmp_path / "b").signature.startswith("present, not checked")
-    write_bundle(run_inputs(files), tmp_path / "unsigned")
-    with pytest.raises(EvidenceError, match="manifest.sig is missing"):
-        verify_bundle(tmp_path / "unsigned", public_key=tmp_path / "keys/release.pem.pub")
-    with pytest.raises(EvidenceError, match="not an Ed25519 key|cannot read it"):
-        write_bundle(run_inputs(files), tmp_path / "bad", key_path=str(tmp_path / "keys/release.pem.pub"))
-
-
 def test_classify_recognises_each_report() -> None:
     """GIVEN the JSON of each report kind WHEN classified THEN each gets its kind; anything else is other."""
     q = EvalReport(candidate=[quality_result("3", 5, n=10)]).model_dump(mode="json")
@@ -431,162 +370,3 @@ def test_report_of_a_failed_run_and_of_percentiles_only(tmp_path: Path) -> None:
     html = write_report(tmp_path / "b").read_text()
     assert 'id="plot-latency"' in html and 'id="plot-canary"' not in html
     assert "The gate did not run." in html and "No canary in this run." in html
-
-
-# ---- the step and the CLI, with a real MLflow store ----
-
-
-def _store(home: Path) -> object:
-    from steps.evals.tracking import mlflow_client
-
-    client = mlflow_client({"LLMRELEASE_HOME": str(home)})
-    client.create_registered_model(NAME)
-    for v in ("1", "2", "3"):
-        tags = {"llmrelease.digest": "sha256:" + hashlib.sha256(v.encode()).hexdigest()}
-        if v == "3":
-            approval = {
-                "approver": "alice",
-                "approved_at": "2026-11-23T11:58:00Z",
-                "environment": "prod",
-                "workflow_uid": UID,
-            }
-            tags["llmrelease.approval.prod"] = json.dumps(approval)
-        client.create_model_version(NAME, source=(home / f"w{v}").as_uri(), tags=tags)
-    return client
-
-
-def _run_step(tmp_path: Path, files: dict[str, Path]) -> tuple[subprocess.CompletedProcess[str], Path]:
-    params = {
-        "model_name": NAME,
-        "version": "3",
-        "release": "releases/demo.yaml",
-        "workflow_name": "golden-delivery-a",
-        "workflow_uid": UID,
-        "workflow_status": "Succeeded",
-        "git_commit": "",
-        "report_paths": ",".join(str(p) for p in files.values()) + f",{tmp_path}/missing.json",
-        "approver": "alice",
-        "started_at": "2026-11-23T11:40:00Z",
-        "workflow_parameters": json.dumps([{"name": "environment", "value": "prod"}]),
-        "pipeline": "golden-delivery",
-        "work_dir": str(tmp_path / "work"),
-    }
-    (tmp_path / "params.json").write_text(json.dumps([{"name": k, "value": v} for k, v in params.items()]))
-    outputs = tmp_path / "outputs"
-    env = {**os.environ, "hera__outputs_directory": str(outputs), "LLMRELEASE_HOME": str(tmp_path / "home")}
-    for var in ("MLFLOW_TRACKING_URI", "LLMRELEASE_PUSHGATEWAY", "LLMRELEASE_EVIDENCE_KEY"):
-        env.pop(var, None)
-    cmd = [
-        sys.executable,
-        "-m",
-        "hera.workflows.runner",
-        "-e",
-        "steps.evidence:evidence_step",
-        str(tmp_path / "params.json"),
-    ]
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
-    return done, outputs
-
-
-def test_evidence_step_stores_the_bundle_locally_and_in_mlflow_and_tags_the_version(tmp_path: Path) -> None:
-    """GIVEN a registered v3 (digest and prod approval tags) and the run's result files, one path missing
-    WHEN the evidence step runs through Hera's runner
-    THEN it publishes the digest, the report path and the bundle path; the bundle is in the local store; an MLflow
-    run in llmrelease-evidence holds it; v3 is tagged llmrelease.evidence with that run and digest; the subject
-    digest, git commit (HEAD) and approval time come from the registry and the checkout."""
-    client = _store(tmp_path / "home")
-    done, outputs = _run_step(tmp_path, write_run_files(tmp_path / "run"))
-    assert done.returncode == 0, done.stderr
-    digest = (outputs / "parameters/digest").read_text()
-    bundle = Path((outputs / "parameters/bundle-path").read_text())
-    assert bundle == (tmp_path / "home/evidence" / NAME / "3" / UID).resolve()
-    assert Path((outputs / "parameters/report-path").read_text()) == bundle / "report.html"
-    assert (tmp_path / "work/release-report.html").is_file() and (tmp_path / "work/bundle/statement.json").is_file()
-    assert verify_bundle(bundle).digest == digest
-    tag = json.loads(client.get_model_version(NAME, "3").tags["llmrelease.evidence"])  # type: ignore[attr-defined]
-    assert tag["digest"] == digest and tag["workflow_uid"] == UID
-    artifacts = Path(client.download_artifacts(tag["run_id"], "evidence", str(tmp_path / "dl")))  # type: ignore[attr-defined]
-    assert verify_bundle(artifacts, expected_digest=digest).files == 7
-    st = json.loads((bundle / "statement.json").read_text())
-    assert st["subject"][0]["digest"]["sha256"] == hashlib.sha256(b"3").hexdigest()
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    assert st["predicate"]["buildDefinition"]["externalParameters"]["gitCommit"] == head
-    assert st["predicate"]["buildDefinition"]["externalParameters"]["workflow"]["parameters"] == {"environment": "prod"}
-    res = st["predicate"]["runDetails"]["llmrelease_results"]
-    assert res["approval"]["approved_at"] == "2026-11-23T11:58:00Z"
-    assert [m["reason"] for m in res["missing"]] == ["file not found"]
-    assert f"evidence: {digest}" in done.stdout
-
-
-def test_cli_show_verify_and_report(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """GIVEN the evidence of v3 stored by the step
-    WHEN `evidence show`, `evidence verify` (store and MLflow copies), `report` run, and then a result is altered
-    THEN show prints the digest and outcomes, verify passes on both copies, and after the change verify exits 1
-    naming the file; with the local copy gone, verify still checks the MLflow copy."""
-    _store(tmp_path / "home")
-    done, outputs = _run_step(tmp_path, write_run_files(tmp_path / "run"))
-    assert done.returncode == 0, done.stderr
-    digest = (outputs / "parameters/digest").read_text()
-    bundle = Path((outputs / "parameters/bundle-path").read_text())
-    monkeypatch.setenv("LLMRELEASE_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["evidence", "show", NAME, "3"]) == 0
-    out = capsys.readouterr().out
-    assert f"digest:    {digest}" in out and "canary:    aborted" in out and "results/canary-log.json" in out
-    assert main(["evidence", "show", NAME, "3", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["predicate"]["runDetails"]["metadata"]["invocationId"] == UID
-    assert main(["evidence", "verify", NAME, "3"]) == 0
-    out = capsys.readouterr().out
-    assert out.count(f": {digest} (7 files") == 2 and "OK MLflow" in out and "OK artifact store" in out
-    assert main(["report", NAME, "3", "--out", str(tmp_path / "r.html")]) == 0
-    assert "<svg" in (tmp_path / "r.html").read_text()
-    capsys.readouterr()
-    (bundle / "results/latency-report.json").write_text("{}")
-    assert main(["evidence", "verify", NAME, "3"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "results/latency-report.json changed" in err
-    assert main(["evidence", "verify", "--dir", str(bundle)]) == 1
-    capsys.readouterr()
-    import shutil
-
-    shutil.rmtree(bundle)
-    assert main(["evidence", "verify", NAME, "3"]) == 0
-    assert "OK MLflow" in capsys.readouterr().out
-    assert main(["evidence", "show", NAME, "9"]) == 1
-    assert "no evidence for 'demo-qa' version 9" in capsys.readouterr().err
-
-
-def test_step_params_have_defaults_for_everything_but_the_model() -> None:
-    """GIVEN the Argo parameters WHEN only model_name is given THEN the rest default (a failed run has little)."""
-    params = EvidenceParams(model_name=NAME)
-    assert params.version == "" and params.report_paths == "" and params.work_dir.startswith("/tmp/llmrelease")
-    statement = build_statement(run_inputs({}, release=""), None, [], {})
-    assert statement["predicate"]["buildDefinition"]["externalParameters"]["release"]["content"] is None
-
-
-def test_mlflow_down_fails_the_step_in_one_line_and_keeps_the_bundle(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """GIVEN a tracking server nobody listens on
-    WHEN the evidence is stored
-    THEN a RegistryError of one line names the local bundle, which is complete and verifies."""
-    import socket
-
-    from steps.errors import RegistryError
-    from steps.evidence import run
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.chdir(REPO)
-    monkeypatch.setenv("LLMRELEASE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    with pytest.raises(RegistryError, match="the bundle is kept at") as err:
-        run(run_inputs(write_run_files(tmp_path / "run")))
-    assert "\n" not in str(err.value)
-    kept = tmp_path / "home/evidence" / NAME / "3" / UID
-    assert verify_bundle(kept).files == 7 and (kept / "report.html").is_file()

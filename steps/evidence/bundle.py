@@ -1,0 +1,118 @@
+"""Writing an evidence bundle: the spec and result copies, the statement, the manifest, its digest and signature."""
+
+import base64
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from steps.evidence.layout import (
+    DIGEST_FILE,
+    EXPECTED_KINDS,
+    MANIFEST,
+    OUTSIDE_MANIFEST,
+    RESULT_FILES,
+    SIGNATURE,
+    STATEMENT,
+    EvidenceError,
+    sha256_file,
+)
+from steps.evidence.statement import Inputs, build_statement, load_result
+
+__all__ = ["sign_digest", "write_bundle"]
+
+
+def _copy_results(inputs: Inputs, bundle: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    results: list[dict[str, Any]] = []
+    found: dict[str, Any] = {}
+    for raw in inputs.report_paths:
+        source = Path(raw)
+        if not source.is_file():
+            kind = next((k for k in EXPECTED_KINDS if k in source.name), "unknown")
+            results.append({"kind": kind, "path": raw, "reason": "file not found"})
+            continue
+        kind, data = load_result(source)
+        name = RESULT_FILES.get(kind, source.name)
+        target = bundle / "results" / name
+        n = 2
+        while target.exists():
+            target, n = bundle / "results" / f"{Path(name).stem}-{n}.json", n + 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        uri = target.relative_to(bundle).as_posix()
+        results.append(
+            {
+                "name": kind,
+                "kind": kind,
+                "uri": uri,
+                "digest": {"sha256": sha256_file(target)},
+                "mediaType": "application/json",
+                "annotations": {"source": raw},
+            }
+        )
+        if kind != "other":
+            found.setdefault(kind, data)
+    return results, found
+
+
+def _write_manifest(bundle: Path) -> str:
+    files = sorted(
+        p for p in bundle.rglob("*") if p.is_file() and p.relative_to(bundle).as_posix() not in OUTSIDE_MANIFEST
+    )
+    entries = [
+        {"path": p.relative_to(bundle).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size} for p in files
+    ]
+    text = json.dumps({"version": 1, "algorithm": "sha256", "files": entries}, indent=2, sort_keys=True) + "\n"
+    (bundle / MANIFEST).write_text(text, encoding="utf-8")
+    digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    (bundle / DIGEST_FILE).write_text(digest + "\n", encoding="utf-8")
+    return digest
+
+
+def write_bundle(inputs: Inputs, bundle: Path, *, key_path: str | None = None) -> str:
+    """Write the bundle for `inputs` into `bundle` (emptied first); returns the evidence digest.
+
+    Raises:
+        EvidenceError: The signing key cannot be read or is not an Ed25519 private key.
+    """
+    if bundle.exists():
+        shutil.rmtree(bundle)
+    bundle.mkdir(parents=True)
+    spec_copy = None
+    if inputs.release and Path(inputs.release).is_file():
+        spec_copy = bundle / "inputs" / Path(inputs.release).name
+        spec_copy.parent.mkdir()
+        shutil.copyfile(inputs.release, spec_copy)
+    results, found = _copy_results(inputs, bundle)
+    if inputs.release and spec_copy is None:
+        results.append({"kind": "release", "path": inputs.release, "reason": "release spec not found"})
+    statement = build_statement(inputs, spec_copy, results, found)
+    (bundle / STATEMENT).write_text(json.dumps(statement, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    digest = _write_manifest(bundle)
+    if key_path:
+        sign_digest(bundle, digest, Path(key_path))
+    return digest
+
+
+def sign_digest(bundle: Path, digest: str, key_path: Path) -> None:
+    """Sign the evidence digest with the Ed25519 private key (PEM, unencrypted) at `key_path`."""
+    try:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except ImportError as e:
+        raise EvidenceError("signing evidence needs the `cryptography` package: pip install cryptography") from e
+    except (OSError, ValueError, TypeError) as e:
+        raise EvidenceError(f"signing key {key_path}: cannot read it ({e}); give an unencrypted PEM key") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise EvidenceError(f"signing key {key_path}: not an Ed25519 key; create one with `llmrelease evidence keygen`")
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    signature = {
+        "algorithm": "ed25519",
+        "keyid": "sha256:" + hashlib.sha256(raw).hexdigest(),
+        "signed": digest,
+        "signature": base64.b64encode(key.sign(digest.encode())).decode(),
+    }
+    (bundle / SIGNATURE).write_text(json.dumps(signature, indent=2) + "\n", encoding="utf-8")
