@@ -190,6 +190,7 @@ class CanaryParams(Input):
     release: str
     workflow_uid: str
     work_dir: str
+    environment: str = ""
 
 
 class CanaryResult(Output):
@@ -209,7 +210,9 @@ def canary_step(params: CanaryParams) -> CanaryResult:
 
     work_dir = Path(params.work_dir)
     try:
-        spec = load_spec(params.release)
+        from steps.policy import apply_environment
+
+        spec = apply_environment(load_spec(params.release), params.environment)
         log = run(spec, ModelRegistry.from_env(), LocalServing(llmrelease_home()), workflow_uid=params.workflow_uid,
                   work_dir=work_dir)
     except ReleaseError as e:

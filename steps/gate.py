@@ -321,7 +321,7 @@ def decide(report: EvalReport, gates: GateThresholds, *, seed: int = 0) -> GateD
     )
 
 
-def load_thresholds(release: str) -> tuple[GateThresholds, str]:
+def load_thresholds(release: str, environment: str = "") -> tuple[GateThresholds, str]:
     """The gates of the release spec at `release`, and a note saying where they came from.
 
     An empty `release`, or a checkout without `steps.spec`, gives the default gates (the note says so).
@@ -335,8 +335,11 @@ def load_thresholds(release: str) -> tuple[GateThresholds, str]:
         from steps.spec import load_spec
     except ImportError:
         return GateThresholds(), "steps.spec is not importable: default gates"
-    gates = load_spec(release).gates
-    return GateThresholds.from_gates(gates.model_dump()), f"gates from {release}"
+    from steps.policy import apply_environment
+
+    gates = apply_environment(load_spec(release), environment).gates
+    where = f" with the {environment} floors of the platform policy" if environment else ""
+    return GateThresholds.from_gates(gates.model_dump()), f"gates from {release}{where}"
 
 
 class Inputs(BaseModel):
@@ -347,6 +350,7 @@ class Inputs(BaseModel):
     report_path: str  # one EvalReport JSON, or several joined by commas (quality and safety run in parallel)
     release: str = ""
     work_dir: str
+    environment: str = ""
 
 
 class Outputs(BaseModel):
@@ -374,7 +378,7 @@ def run(inputs: Inputs) -> Outputs:
         SpecError: The release spec is bad or a gate is out of range.
         EvalError: The report is missing or malformed, or candidate and champion results do not pair.
     """
-    thresholds, note = load_thresholds(inputs.release)
+    thresholds, note = load_thresholds(inputs.release, inputs.environment)
     report = merge_reports([EvalReport.load(p.strip()) for p in inputs.report_path.split(",") if p.strip()])
     decision = decide(report, thresholds)
     path = write_json_atomic(Path(inputs.work_dir) / DECISION_FILE, decision.model_dump_json(indent=2))
@@ -387,6 +391,7 @@ class GateParams(Input):
     report_path: str
     release: str
     work_dir: str
+    environment: str = ""
 
 
 class GateResult(Output):
@@ -430,7 +435,8 @@ def _log_decision(inputs: Inputs, out: Outputs) -> None:
                           archive=_NO_ARCHIVE)])
 def gate_step(params: GateParams) -> GateResult:
     """Gate the candidate on its eval report; exits 0 with decision=fail when a check fails."""
-    inputs = Inputs(report_path=params.report_path, release=params.release, work_dir=params.work_dir)
+    inputs = Inputs(report_path=params.report_path, release=params.release, work_dir=params.work_dir,
+                    environment=params.environment)
     try:
         out = run(inputs)
     except ReleaseError as e:

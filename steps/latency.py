@@ -254,6 +254,7 @@ class LatencyParams(Input):
     request_timeout_s: str = "30"
     stall_timeout_s: str = "10"
     release: str = ""
+    environment: str = ""
     prompt: str = ""
 
 
@@ -309,9 +310,10 @@ def _from_release(params: LatencyParams) -> LatencyParams:
     """The SLO and cost thresholds of the release spec (gates.latency / gates.cost) override the parameters."""
     if not params.release.strip():
         return params
+    from steps.policy import apply_environment
     from steps.spec import load_spec
 
-    spec = load_spec(params.release)
+    spec = apply_environment(load_spec(params.release), params.environment)
     gates = spec.gates
     prompt = params.prompt
     if not prompt.strip():  # realistic traffic: the first question of the release's first eval suite

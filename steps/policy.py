@@ -11,19 +11,40 @@ from __future__ import annotations
 
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from steps.errors import PolicyError, SpecError
 
-__all__ = ["DEFAULT_POLICY_PATH", "EnvironmentPolicy", "PlatformPolicy", "check_policy", "load_policy"]
+__all__ = [
+    "DEFAULT_POLICY_PATH",
+    "EnvironmentPolicy",
+    "Floors",
+    "PlatformPolicy",
+    "apply_environment",
+    "check_policy",
+    "load_policy",
+]
 
 DEFAULT_POLICY_PATH = "policy/platform-policy.yaml"
 
 
+class Floors(BaseModel):
+    """An environment's minimum bar: a release spec can be stricter, never looser (unset: the spec decides)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_quality_score: float | None = Field(default=None, ge=0, le=1, description="gates.quality.min_score at least")
+    max_attack_success_rate: float | None = Field(default=None, ge=0, le=1, description="safety ceiling at most")
+    max_p95_e2e_ms: float | None = Field(default=None, gt=0, description="gates.latency.p95_e2e_ms at most")
+    min_availability: float | None = Field(default=None, ge=0, le=1, description="gates.latency.availability")
+    max_usd_per_1k_output_tokens: float | None = Field(default=None, gt=0, description="cost ceiling at most")
+
+
 class EnvironmentPolicy(BaseModel):
-    """What one environment (dev, stage, prod) accepts."""
+    """What one environment (dev, stage, prod) accepts, its minimum gates and its router."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -31,6 +52,8 @@ class EnvironmentPolicy(BaseModel):
     models: list[str] = Field(min_length=1, description="fnmatch patterns of allowed registered model names")
     providers: list[str] = Field(default_factory=list, description="fnmatch patterns of '<host>/<model>'")
     allow_pickle: bool = Field(default=False, description="whether pickle weights (.bin, .pt, ...) are accepted")
+    floors: Floors = Field(default_factory=Floors, description="minimum gates every release in it must meet")
+    router: Literal["haproxy", "gateway"] | None = Field(default=None, description="overrides rollout.router")
 
 
 class PlatformPolicy(BaseModel):
@@ -122,3 +145,50 @@ def check_policy(
             f"{policy.rule(environment, 'providers')} does not allow provider model {provider!r} "
             f"(allowed patterns: {allowed}); change model.source or ask the platform team"
         )
+
+
+def _stricter(spec_value: float, floor: float | None, *, lower_is_stricter: bool) -> float:
+    if floor is None:
+        return spec_value
+    return min(spec_value, floor) if lower_is_stricter else max(spec_value, floor)
+
+
+def apply_environment(spec: Any, environment: str, policy: PlatformPolicy | None = None) -> Any:
+    """The release spec as it applies in `environment`.
+
+    Each gate is the stricter of the spec's and the environment's floor; the environment's router replaces the
+    spec's when it sets one. An empty `environment` returns the spec unchanged.
+    """
+    if not environment:
+        return spec
+    env = (policy or load_policy()).environment(environment)
+    f, g = env.floors, spec.gates
+    gates = g.model_copy(
+        update={
+            "quality": g.quality.model_copy(
+                update={"min_score": _stricter(g.quality.min_score, f.min_quality_score, lower_is_stricter=False)}
+            ),
+            "safety": g.safety.model_copy(
+                update={
+                    "max_attack_success_rate": _stricter(
+                        g.safety.max_attack_success_rate, f.max_attack_success_rate, lower_is_stricter=True
+                    )
+                }
+            ),
+            "latency": g.latency.model_copy(
+                update={
+                    "p95_e2e_ms": _stricter(g.latency.p95_e2e_ms, f.max_p95_e2e_ms, lower_is_stricter=True),
+                    "availability": _stricter(g.latency.availability, f.min_availability, lower_is_stricter=False),
+                }
+            ),
+            "cost": g.cost.model_copy(
+                update={
+                    "max_usd_per_1k_output_tokens": _stricter(
+                        g.cost.max_usd_per_1k_output_tokens, f.max_usd_per_1k_output_tokens, lower_is_stricter=True
+                    )
+                }
+            ),
+        }
+    )
+    rollout = spec.rollout.model_copy(update={"router": env.router}) if env.router else spec.rollout
+    return spec.model_copy(update={"gates": gates, "rollout": rollout})

@@ -234,6 +234,7 @@ def _run_step(tmp_path: Path, report_path: Path, release: str = "") -> tuple[sub
         {"name": "report_path", "value": str(report_path)},
         {"name": "release", "value": release},
         {"name": "work_dir", "value": str(tmp_path / "work")},
+        {"name": "environment", "value": ""},
     ]
     (tmp_path / "params.json").write_text(json.dumps(params))
     outputs = tmp_path / "outputs"

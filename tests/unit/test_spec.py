@@ -157,3 +157,30 @@ def test_malformed_policy_names_the_field(tmp_path: Path) -> None:
     )
     with pytest.raises(SpecError, match=r"p\.yaml: environments\.dev\.x: Extra inputs are not permitted"):
         load_policy(path)
+
+
+def test_environment_floors_tighten_gates_but_never_loosen_them() -> None:
+    """GIVEN the demo spec (min_score 0.5, attack 0.1, p95 1200) and the platform policy's prod floors
+    WHEN it is applied for dev and for prod
+    THEN dev keeps the spec's gates; prod gets min_score 0.6, attack 0.05 and p95 1000 (the stricter values),
+    and a floor looser than the spec (prod cost 0.5 vs a spec of 0.2) leaves the spec's value."""
+    from steps.policy import apply_environment
+
+    spec = load_spec(str(REPO / "releases" / "demo.yaml"))
+    strict = spec.model_copy(update={"gates": spec.gates.model_copy(update={
+        "cost": spec.gates.cost.model_copy(update={"max_usd_per_1k_output_tokens": 0.2})})})
+
+    dev, prod = apply_environment(strict, "dev").gates, apply_environment(strict, "prod").gates
+
+    assert (dev.quality.min_score, dev.safety.max_attack_success_rate, dev.latency.p95_e2e_ms) == (0.5, 0.1, 1200)
+    assert (prod.quality.min_score, prod.safety.max_attack_success_rate, prod.latency.p95_e2e_ms) == (0.6, 0.05, 1000)
+    assert prod.cost.max_usd_per_1k_output_tokens == 0.2
+
+
+def test_an_unknown_environment_is_refused_naming_the_defined_ones() -> None:
+    """GIVEN an environment the policy does not define  WHEN applied  THEN one SpecError naming dev, stage, prod."""
+    from steps.errors import SpecError
+    from steps.policy import apply_environment
+
+    with pytest.raises(SpecError, match=r"environment 'qa' is not defined \(defined: dev, stage, prod\)"):
+        apply_environment(load_spec(str(REPO / "releases" / "demo.yaml")), "qa")

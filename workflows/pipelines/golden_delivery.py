@@ -107,7 +107,8 @@ def build() -> list[Any]:
                            evals["safety"].get_artifact("report").with_name("safety-report"),
                            Parameter(name="report_path", value=f"{QUALITY_REPORT_IN},{SAFETY_REPORT_IN}"),
                            Parameter(name="release", value="{{workflow.parameters.release}}"),
-                           Parameter(name="work_dir", value=GATE_DIR)],
+                           Parameter(name="work_dir", value=GATE_DIR),
+                           Parameter(name="environment", value="{{workflow.parameters.environment}}")],
             ))
             reject = _task(reject_step(
                 name="reject",
@@ -128,6 +129,7 @@ def build() -> list[Any]:
                 arguments={"base_url": deploy.get_parameter("candidate-url"),
                            "model": deploy.get_parameter("served-model"),
                            "work_dir": LATENCY_DIR, "release": "{{workflow.parameters.release}}",
+                           "environment": "{{workflow.parameters.environment}}",
                            "requests": "24", "rate": "8", "duration_s": "20"},
                 when="'{{tasks.gate.outputs.parameters.decision}}' == 'pass'",
             ))
@@ -154,7 +156,7 @@ def build() -> list[Any]:
             canary = _task(canary_step(
                 name="canary",
                 arguments={"release": "{{workflow.parameters.release}}", "workflow_uid": "{{workflow.uid}}",
-                           "work_dir": CANARY_DIR},
+                           "work_dir": CANARY_DIR, "environment": "{{workflow.parameters.environment}}"},
                 when=f"'{latency.get_parameter('verdict').value}' == 'pass'",
             ))
             promote = _task(promote_step(
