@@ -136,16 +136,18 @@ class LocalServing:
 
     @contextlib.contextmanager
     def locked(self, model: str) -> Iterator[PlaneState]:
-        """Hold the model's lock; yield its state and write it back when the block succeeds."""
+        """Hold the model's lock; yield its state and write it back when the block ends (even by an error)."""
         folder = self.model_dir(model)
         folder.mkdir(parents=True, exist_ok=True)
         with (folder / ".lock").open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = self.state(model)
-            yield state
-            tmp = folder / "plane.json.tmp"
-            tmp.write_text(state.model_dump_json(indent=2))
-            os.replace(tmp, folder / "plane.json")
+            try:
+                yield state
+            finally:  # also after an error: the file must name every process the block started
+                tmp = folder / "plane.json.tmp"
+                tmp.write_text(state.model_dump_json(indent=2))
+                os.replace(tmp, folder / "plane.json")
 
     def state(self, model: str) -> PlaneState:
         """The model's recorded state (empty when nothing was ever served)."""
