@@ -9,6 +9,12 @@ before the run; TTFT and E2E are measured from that scheduled time, so a request
 (the client's loop fell behind, or the in-flight cap was full) is charged for its wait. The send lag (actual send
 minus scheduled) is recorded per request, split into dispatch lag (the client's event loop was late) and queue
 wait (the in-flight cap was full). In `concurrency` mode there is no schedule: latency counts from the send.
+
+Keeping the client's own share of the latency small (see benchmarks/latency_client.py for the measurements):
+a request is built `_LEAD_S` before its send time and sent on time to within tens of µs (a coarse sleep, then a
+yield-spin over the last ms, since epoll rounds timeouts up to whole ms); network chunks are stamped on arrival,
+before parsing, and a response ends at its last chunk, not after the pool's bookkeeping; the heap is frozen for
+the measured phase, so that no full collection (tens of ms) pauses the loop mid-run.
 """
 
 from __future__ import annotations
@@ -70,12 +76,10 @@ class LoadSpec(BaseModel):
 
     def hard_deadline_s(self) -> float:
         """The longest the measured phase may take: the schedule's horizon plus one request timeout."""
-        if self.mode == "concurrency":
-            if self.duration_s is not None:
-                return self.duration_s + self.request_timeout_s + 1.0
+        if self.mode == "concurrency" and self.duration_s is None:
             return math.ceil((self.requests or 1) / self.concurrency) * self.request_timeout_s + 1.0
-        offsets = schedule(self)
-        return (offsets[-1] if offsets else 0.0) + self.request_timeout_s + 1.0
+        horizon = self.duration_s if self.mode == "concurrency" else (schedule(self) or [0.0])[-1]
+        return (horizon or 0.0) + self.request_timeout_s + 1.0
 
 
 @dataclass
@@ -129,14 +133,8 @@ class RequestRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record with its derived latencies, for the report."""
-        out = asdict(self)
-        out.update(
-            ttft_ms=self.ttft_ms,
-            e2e_ms=self.e2e_ms,
-            e2e_from_send_ms=self.e2e_from_send_ms,
-            send_lag_ms=self.send_lag_ms,
-        )
-        return out
+        derived = {"ttft_ms": self.ttft_ms, "e2e_ms": self.e2e_ms, "e2e_from_send_ms": self.e2e_from_send_ms}
+        return {**asdict(self), **derived, "send_lag_ms": self.send_lag_ms}
 
 
 @dataclass
@@ -169,15 +167,9 @@ def schedule(spec: LoadSpec) -> list[float]:
 
 
 def _body(spec: LoadSpec) -> bytes:
-    return json.dumps(
-        {
-            "model": spec.model,
-            "stream": True,
-            "max_tokens": spec.max_tokens,
-            "messages": [{"role": "user", "content": spec.prompt}],
-            "stream_options": {"include_usage": True},
-        }
-    ).encode()
+    messages = [{"role": "user", "content": spec.prompt}]
+    body = {"model": spec.model, "stream": True, "max_tokens": spec.max_tokens, "messages": messages}
+    return json.dumps({**body, "stream_options": {"include_usage": True}}).encode()
 
 
 def _build(client: httpx.AsyncClient, spec: LoadSpec, body: bytes) -> httpx.Request:
@@ -212,43 +204,36 @@ def _on_data(rec: RequestRecord, data: bytes, now: float) -> bool:
     return finished
 
 
-def _on_bytes(rec: RequestRecord, pending: bytes, chunk: bytes, now: float) -> tuple[bytes, bool]:
-    """Split SSE lines out of a network chunk (all stamped with its arrival time); returns the rest and [DONE]."""
-    *lines, rest = (pending + chunk).split(b"\n")
-    done = False
-    for line in lines:
-        if line.startswith(b"data:"):
-            done = _on_data(rec, line[5:].strip(), now) or done
-    return rest, done
-
-
 async def _read_stream(
     resp: httpx.Response, spec: LoadSpec, rec: RequestRecord, t0: float, deadline: asyncio.Timeout, total: float
 ) -> None:
-    """Consume the SSE body; from the first chunk on, a chunk must arrive every `stall_timeout_s`."""
+    """Consume the SSE body, stamping chunks on arrival; after the first, one must come every `stall_timeout_s`."""
     loop = asyncio.get_running_loop()
-    pending, done = b"", False
+    pending, done, now = b"", False, 0.0
     async for chunk in resp.aiter_bytes():
-        now = time.perf_counter() - t0  # stamped on arrival, before any parsing
-        pending, chunk_done = _on_bytes(rec, pending, chunk, now)
-        done = done or chunk_done
+        now = time.perf_counter() - t0
+        *lines, pending = (pending + chunk).split(b"\n")  # an SSE line may span network chunks
+        for line in lines:
+            if line.startswith(b"data:"):
+                done = _on_data(rec, line[5:].strip(), now) or done
         deadline.reschedule(min(loop.time() + spec.stall_timeout_s, total))
     if pending.startswith(b"data:"):
-        done = _on_data(rec, pending[5:].strip(), time.perf_counter() - t0) or done
+        done = _on_data(rec, pending[5:].strip(), now) or done
+    rec.end_s = now or time.perf_counter() - t0
     if not done:
         rec.error, rec.detail = "protocol", "stream ended without data: [DONE] or a finish_reason"
 
 
 async def _exchange(
-    client: httpx.AsyncClient, spec: LoadSpec, request: httpx.Request, rec: RequestRecord, t0: float
+    client: httpx.AsyncClient, spec: LoadSpec, req: httpx.Request, rec: RequestRecord, t0: float
 ) -> None:
     """Send, then read the status and the stream; every failure becomes the record's error, never an exception."""
     loop = asyncio.get_running_loop()
     total = loop.time() + spec.request_timeout_s
-    deadline = asyncio.timeout(total)
+    deadline = asyncio.timeout_at(total)
     try:
         async with deadline:
-            resp = await client.send(request, stream=True)
+            resp = await client.send(req, stream=True)
             try:
                 rec.status = resp.status_code
                 if resp.status_code >= 400:
@@ -260,13 +245,10 @@ async def _exchange(
             finally:
                 await resp.aclose()
     except TimeoutError:
-        stalled = (deadline.when() or total) < total  # the stall timer, not the request timeout, fired
-        rec.error = "stall" if stalled else "timeout"
-        rec.detail = (
-            f"no chunk for {spec.stall_timeout_s:g} s mid-stream"
-            if stalled
-            else f"no complete response within {spec.request_timeout_s:g} s"
-        )
+        if (deadline.when() or total) < total:  # the stall timer fired, not the request timeout
+            rec.error, rec.detail = "stall", f"no chunk for {spec.stall_timeout_s:g} s mid-stream"
+        else:
+            rec.error, rec.detail = "timeout", f"no complete response within {spec.request_timeout_s:g} s"
     except httpx.ConnectError as e:
         rec.error, rec.detail = "connect", f"cannot connect to {spec.url}: {e}"
     except httpx.TimeoutException as e:
@@ -278,43 +260,33 @@ async def _exchange(
 
 
 async def _request(
-    client: httpx.AsyncClient,
-    spec: LoadSpec,
-    request: httpx.Request,
-    rec: RequestRecord,
-    t0: float,
-    closed_loop: bool = False,
+    client: httpx.AsyncClient, spec: LoadSpec, req: httpx.Request, rec: RequestRecord, t0: float, closed: bool = False
 ) -> None:
     rec.sent_s = time.perf_counter() - t0
-    if closed_loop:  # no schedule: the send is the scheduled time
+    if closed:  # closed loop, no schedule: the send is the scheduled time
         rec.scheduled_s = rec.dispatched_s = rec.sent_s
     try:
-        await _exchange(client, spec, request, rec, t0)
+        await _exchange(client, spec, req, rec, t0)
     except asyncio.CancelledError:
         rec.error, rec.detail = "timeout", "cut at the run's hard deadline"
         raise
     finally:
-        rec.end_s = time.perf_counter() - t0
-
-
-async def _sleep_until(target: float) -> None:
-    """Sleep to `target` (perf_counter): coarse sleep, then yield-spin the rest (epoll rounds timeouts up to ms).
-
-    The loop keeps serving I/O while spinning; the spin lasts at most `_SPIN_S` (about 0.5 ms on average).
-    """
-    delay = target - time.perf_counter()
-    if delay > _SPIN_S:
-        await asyncio.sleep(delay - _SPIN_S)
-    while time.perf_counter() < target:
-        await asyncio.sleep(0)
+        rec.end_s = rec.end_s or time.perf_counter() - t0  # set at the last chunk when the stream was read
 
 
 async def _scheduled(
     sem: asyncio.Semaphore, client: httpx.AsyncClient, spec: LoadSpec, body: bytes, rec: RequestRecord, t0: float
 ) -> None:
-    """One open-loop request: built ahead, sent at its scheduled time (or as soon as the cap lets it)."""
+    """One open-loop request: built ahead, sent at its scheduled time (or as soon as the cap lets it).
+
+    A coarse sleep to `_SPIN_S` before the send time, then a yield-spin: the loop keeps serving I/O meanwhile.
+    """
     request = _build(client, spec, body)
-    await _sleep_until(t0 + rec.scheduled_s)
+    target = t0 + rec.scheduled_s
+    if (delay := target - time.perf_counter()) > _SPIN_S:
+        await asyncio.sleep(delay - _SPIN_S)
+    while time.perf_counter() < target:
+        await asyncio.sleep(0)
     rec.dispatched_s = time.perf_counter() - t0
     rec.waited_for_cap = sem.locked()
     async with sem:
@@ -348,15 +320,12 @@ async def _closed_loop(
 
     async def worker() -> None:
         while True:
-            i = next(counter)
-            now = time.perf_counter() - t0
-            if (spec.requests is not None and i >= spec.requests) or (
-                spec.duration_s is not None and now >= spec.duration_s
-            ):
+            i, now = next(counter), time.perf_counter() - t0
+            if i >= (spec.requests or math.inf) or now >= (spec.duration_s or math.inf):
                 return
             rec = RequestRecord(index=i, scheduled_s=now)
             records.append(rec)
-            await _request(client, spec, _build(client, spec, body), rec, t0, closed_loop=True)
+            await _request(client, spec, _build(client, spec, body), rec, t0, closed=True)
 
     await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
 
@@ -365,7 +334,7 @@ async def _warm_up(client: httpx.AsyncClient, spec: LoadSpec, body: bytes) -> li
     t0 = time.perf_counter()
     recs = [RequestRecord(index=-1 - i, scheduled_s=0.0) for i in range(spec.warmup)]
     for rec in recs:
-        await _request(client, spec, _build(client, spec, body), rec, t0, closed_loop=True)
+        await _request(client, spec, _build(client, spec, body), rec, t0, closed=True)
         if rec.error == "connect":
             break  # nothing listens: measuring will say so, no need to wait for more warm-ups
     return recs
@@ -381,13 +350,12 @@ def _frozen_gc() -> Iterator[list[float]]:
     gc.collect()
     gc.freeze()
     pauses: list[float] = []
-    started = [0.0]
 
     def timer(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            started[0] = time.perf_counter()
+            pauses.append(-time.perf_counter())  # completed at "stop": minus the start plus the stop
         else:
-            pauses.append(time.perf_counter() - started[0])
+            pauses[-1] += time.perf_counter()
 
     gc.callbacks.append(timer)
     try:
@@ -417,10 +385,8 @@ async def run_load(spec: LoadSpec, client: httpx.AsyncClient | None = None) -> L
     """Warm up (excluded), then offer the load; returns every request's record. Never runs past its bound."""
     cap = spec.concurrency if spec.mode == "concurrency" else spec.max_in_flight
     own = client is None
-    client = client or httpx.AsyncClient(
-        timeout=httpx.Timeout(spec.request_timeout_s),
-        limits=httpx.Limits(max_connections=cap, max_keepalive_connections=cap),
-    )
+    limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
+    client = client or httpx.AsyncClient(timeout=httpx.Timeout(spec.request_timeout_s), limits=limits)
     body = _body(spec)
     try:
         warm = await _warm_up(client, spec, body)

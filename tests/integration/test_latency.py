@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from steps.latency import CostModel, Slo, gpu_cost, judge, provider_cost, run, summarize
+from steps.latency import CostModel, LatencyParams, Slo, gpu_cost, judge, provider_cost, run, summarize
 from steps.loadgen import LoadResult, LoadSpec, run_load, schedule
 from tests.fake_openai_server import FakeConfig, FakeServer, unused_port
 
@@ -107,6 +107,7 @@ def test_a_stream_stalling_mid_way_is_a_stall_error_and_the_run_ends(server: Fak
     result = load(server.base_url, rate=50, requests=6, stall_timeout_s=0.3, request_timeout_s=20)
     stalls = [r for r in result.records if r.error]
     assert [r.error for r in stalls] == ["stall", "stall"]
+    assert {r.detail for r in stalls} == {"no chunk for 0.3 s mid-stream"}
     assert all(len(r.chunk_s) == 2 for r in stalls)
     assert summarize(result, Slo())["completed"] == 4
     assert not result.hit_hard_deadline
@@ -148,12 +149,13 @@ def test_latency_counts_from_the_scheduled_time_behind_a_slow_request(server: Fa
 def test_the_run_ends_within_its_bound_when_nothing_answers(server: FakeServer) -> None:
     """GIVEN a server that never sends a token
     WHEN a duration-bounded constant run (1 s, no request count) and a concurrency run (0.5 s) are measured
-    THEN both end by themselves within their hard deadlines, every request a timeout.
+    THEN both end by themselves within their hard deadlines, every request a timeout naming the request timeout.
     """
     started = time.perf_counter()
     result = load(server.base_url, rate=5, requests=None, duration_s=1.0, request_timeout_s=0.5)
     assert time.perf_counter() - started < result.spec.hard_deadline_s() + 5
     assert len(result.records) == 5 and {r.error for r in result.records} == {"timeout"}
+    assert {r.detail for r in result.records} == {"no complete response within 0.5 s"}
     started = time.perf_counter()
     closed = load(
         server.base_url, mode="concurrency", concurrency=2, requests=None, duration_s=0.5, request_timeout_s=0.3
@@ -242,23 +244,15 @@ def test_latency_step_through_heras_runner_writes_its_outputs(tmp_path: Path) ->
     )
     try:
         assert proc.stdout is not None and "fake OpenAI server" in proc.stdout.readline()
+        defaults = {k: f.default for k, f in LatencyParams.model_fields.items() if isinstance(f.default, str)}
         values = {
+            **defaults,  # every input in the list, as Argo passes them
             "base_url": f"http://127.0.0.1:{port}/v1",
             "model": "fake",
             "work_dir": str(tmp_path / "work"),
-            "mode": "constant",
             "rate": "20",
-            "concurrency": "4",
             "requests": "10",
             "duration_s": "10",
-            "p95_e2e_ms": "1200",
-            "availability": "0.999",
-            "gpu_hourly_usd": "0.8",
-            "max_usd_per_1k_output_tokens": "0.5",
-            "usd_per_1m_input": "",
-            "usd_per_1m_output": "",
-            "request_timeout_s": "30",
-            "stall_timeout_s": "10",
         }
         done = _runner(tmp_path, values)
         assert done.returncode == 0, done.stderr[-2000:]
