@@ -52,22 +52,25 @@ def _version(registry: Any, model: str, workflow_uid: str, aborted: str | None) 
     return candidate or ""
 
 
-def _evidence(params: FinalizeParams, registry: Any, model: str, version: str) -> Any:
-    from steps.evidence import Inputs, run
-
-    return run(Inputs(
-        model_name=model, version=version, release=params.release, workflow_name=params.workflow_name,
-        workflow_uid=params.workflow_uid, workflow_status=params.workflow_status, git_commit=params.git_commit,
-        workflow_parameters={"release": params.release, "environment": params.environment,
-                             "git-commit": params.git_commit},
-        report_paths=[str(p) for p in report_paths(params.reports_dir)], approver=params.approver,
-        started_at=params.started_at,
-    ))
-
-
 def report_paths(reports_dir: str) -> list[Path]:
     """The report files this run produced (those the exit handler received)."""
     return [p for name in GLOBAL_REPORTS if (p := Path(reports_dir) / f"{name}.json").is_file()]
+
+
+def _evidence(params: FinalizeParams, model: str, version: str) -> Any:
+    """Write the evidence bundle and the release report (the registry gives the digest and the approvals)."""
+    import json
+
+    from steps.evidence import EvidenceParams, inputs_from_params, run
+
+    return run(inputs_from_params(EvidenceParams(
+        model_name=model, version=version, release=params.release, workflow_name=params.workflow_name,
+        workflow_uid=params.workflow_uid, workflow_status=params.workflow_status, git_commit=params.git_commit,
+        report_paths=",".join(str(p) for p in report_paths(params.reports_dir)), approver=params.approver,
+        started_at=params.started_at,
+        workflow_parameters=json.dumps({"release": params.release, "environment": params.environment,
+                                        "git-commit": params.git_commit}),
+    )))
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="finalize",
@@ -91,7 +94,7 @@ def finalize_step(params: FinalizeParams) -> FinalizeResult:
             )
             if aborted:
                 print(f"finalize: rollout of version {aborted} aborted: all traffic on the champion", flush=True)
-        evidence = _evidence(params, registry, model, _version(registry, model, params.workflow_uid, aborted))
+        evidence = _evidence(params, model, _version(registry, model, params.workflow_uid, aborted))
     except ReleaseError as e:
         print(f"finalize: {e}", file=sys.stderr)
         raise SystemExit(1) from None
