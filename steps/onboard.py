@@ -167,6 +167,7 @@ class OnboardResult(Output):
 
     record_path: Annotated[str, Parameter(name="record-path")]
     digest: Annotated[str, Parameter(name="digest")]
+    approval_required: Annotated[str, Parameter(name="approval-required")]  # "true" in rollout.approval_required_in
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="onboard",
@@ -179,4 +180,6 @@ def onboard_step(params: OnboardParams) -> OnboardResult:
         print(str(e), file=sys.stderr)
         raise SystemExit(1) from None
     print(describe(outputs))
-    return OnboardResult(record_path=outputs.record_path, digest=outputs.digest)
+    required = params.environment in load_spec(params.release).rollout.approval_required_in
+    return OnboardResult(record_path=outputs.record_path, digest=outputs.digest,
+                         approval_required="true" if required else "false")

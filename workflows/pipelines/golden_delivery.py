@@ -2,7 +2,8 @@ r"""The golden delivery pipeline, rendered as the `golden-delivery` WorkflowTemp
 
     onboard -> register -> batch-eval + safety + deploy (parallel) -> gate -> latency -> [approval] -> canary
                                                                        \-> reject      \-> reject-latency
-    -> promote      (approval: a suspend node in stage and prod; the approver and time go into the registry)
+    -> promote      (approval: a suspend node in the spec's rollout.approval_required_in environments, stage and
+                     prod by default; the approver and time go into the registry)
     onExit: finalize (abort a half-done rollout of a failed run; evidence)
 
 Its parameters carry descriptions, defaults and enums so a person can submit it from the Argo UI form. Steps
@@ -143,7 +144,7 @@ def build() -> list[Any]:
             approval = Task(
                 name="approval", template=approval_template,
                 when=f"'{latency.get_parameter('verdict').value}' == 'pass' && "
-                     "'{{workflow.parameters.environment}}' != 'dev'",
+                     "'{{tasks.onboard.outputs.parameters.approval-required}}' == 'true'",
             )
             approved = _task(record_approval(
                 name="record-approval",
