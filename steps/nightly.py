@@ -8,10 +8,8 @@ Two steps, chained by the `nightly-regression` CronWorkflow:
   the batch-eval machinery, bypassing the result cache (a cached result would only repeat the past: the point is
   to notice a change in the serving stack, the hardware or a provider model), then compares item by item:
 
-  - with the **baseline**: the version's own evaluation logged by batch-eval (`llmrelease-evals`) before it was
-    promoted, i.e. the evidence its promotion gate (`llmrelease-gates`) judged; for a suite whose file has changed
-    since (another sha256), or a version promoted without an evaluation, the first nightly run on the same suite
-    file is the baseline instead;
+  - with the **baseline**: the version's own evaluation before it was promoted (the evidence its gate judged) or,
+    for a suite file changed since, the first nightly run on it (found by `steps.nightly_baseline`);
   - with the **previous nightly run** (reported and logged, not gating: comparing with the baseline catches a slow
     drift that night-to-night comparisons never see).
 
@@ -28,7 +26,6 @@ metric, values and the test; the workflow then fails.
 No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
 """
 
-import hashlib
 import json
 import shutil
 import sys
@@ -46,8 +43,10 @@ from steps.evals.backends import EvalError
 from steps.evals.results import EvalReport, MetricName, SuiteResult
 from steps.evals.stats import compare_metric, pair_by_id
 from steps.images import STEPS_IMAGE
+from steps.nightly_baseline import MODEL_TAG, VERSION_TAG, Champion, find_champions, find_references
 
 __all__ = [
+    "NIGHTLY_DIR",
     "NIGHTLY_EXPERIMENT",
     "NIGHTLY_REPORT_OUT",
     "Champion",
@@ -70,18 +69,7 @@ _GATED: dict[MetricName, bool] = {  # metric -> higher is better
     "over_refusal_rate": False,
     "pii_leak_rate": False,
 }
-_MODEL, _VERSION = "llmrelease.model_name", "llmrelease.model_version"
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
-
-
-class Champion(BaseModel):
-    """A registered model's champion version and the release spec it was onboarded from ("" if unknown)."""
-
-    model_config = _FROZEN
-
-    model_name: str
-    version: str
-    release: str
 
 
 class Finding(BaseModel):
@@ -143,34 +131,6 @@ class Outcome(BaseModel):
     def regressions(self) -> list[Finding]:
         """The findings against the baseline that are significant regressions."""
         return [f for f in self.findings if f.regression and f.against == "baseline"]
-
-
-def find_champions(client: Any, only: str = "") -> list[Champion]:
-    """Every registered model (or only `only`) with a champion alias, with the spec it was onboarded from."""
-    found: list[Champion] = []
-    token: str | None = None
-    while True:
-        page = client.search_registered_models(max_results=100, page_token=token)
-        for model in page:
-            version = (model.aliases or {}).get("champion")
-            if version is None or (only and model.name != only):
-                continue
-            params = _onboarding_params(client, model.name, str(version))
-            found.append(
-                Champion(
-                    model_name=model.name,
-                    version=str(version),
-                    release=params.get("spec_path", ""),
-                )
-            )
-        token = getattr(page, "token", None)
-        if not token:
-            return sorted(found, key=lambda c: c.model_name)
-
-
-def _onboarding_params(client: Any, name: str, version: str) -> dict[str, str]:
-    run_id = client.get_model_version(name, version).run_id
-    return dict(client.get_run(run_id).data.params) if run_id else {}
 
 
 def compare_results(
@@ -241,31 +201,29 @@ def run(inputs: Inputs, registry: Any, client: Any, *, home: Path) -> Outcome:
         )
     spec = load_spec(inputs.release)
     tonight = _evaluate_fresh(inputs, client, home)
-    notes = _spec_notes(inputs, resolve_spec_path(inputs.release), client)
-    promoted = _promoted_at(registry, inputs.model_name, inputs.version)
-    notes += _gate_note(client, inputs, promoted)
-    nightly = _runs(client, NIGHTLY_EXPERIMENT, inputs.model_name, inputs.version)
-    baseline = _pick(tonight.candidate, _promotion_reports(client, inputs, promoted))
-    if len(baseline) < len(tonight.candidate):  # suites changed since the promotion: the first nightly run on them
-        baseline = {**_pick(tonight.candidate, _reports(client, nightly)), **baseline}
-    previous = _pick(tonight.candidate, _reports(client, nightly[-1:]))
-    for result in tonight.candidate:
-        if result.suite not in baseline:
-            notes.append(f"{result.suite}: no baseline on this suite file yet: tonight's result becomes it")
+    refs = find_references(
+        client,
+        registry,
+        inputs.model_name,
+        inputs.version,
+        tonight=tonight.candidate,
+        spec_path=resolve_spec_path(inputs.release),
+        nightly_experiment=NIGHTLY_EXPERIMENT,
+    )
     confidence = spec.gates.quality.confidence
     findings = [
-        *compare_results(tonight.candidate, baseline, against="baseline", confidence=confidence),
-        *compare_results(tonight.candidate, previous, against="previous", confidence=confidence),
+        *compare_results(tonight.candidate, refs.baseline, against="baseline", confidence=confidence),
+        *compare_results(tonight.candidate, refs.previous, against="previous", confidence=confidence),
     ]
     report_path = tonight.save(Path(inputs.work_dir) / "nightly-report.json")
     outcome = Outcome(
         model_name=inputs.model_name,
         version=inputs.version,
         findings=findings,
-        notes=notes,
+        notes=refs.notes,
         report_path=str(report_path),
     )
-    run_id = _log(client, outcome, tonight, nightly, home)
+    run_id = _log(client, outcome, tonight, refs.nightly, home)
     return outcome.model_copy(update={"run_id": run_id})
 
 
@@ -305,99 +263,14 @@ def _evaluate_fresh(inputs: Inputs, client: Any, home: Path) -> EvalReport:
     return merge_reports(reports)
 
 
-def _spec_notes(inputs: Inputs, path: Path, client: Any) -> list[str]:
-    recorded = _onboarding_params(client, inputs.model_name, inputs.version).get("spec_sha256", "")
-    current = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
-    if recorded and current and recorded != current:
-        return [f"{path} changed since version {inputs.version} was onboarded: its current suites are used"]
-    return []
-
-
-def _promoted_at(registry: Any, name: str, version: str) -> datetime | None:
-    moves = [m for m in registry.history(name) if m.alias == "champion" and m.to_version == version]
-    return moves[-1].when if moves else None
-
-
-def _gate_note(client: Any, inputs: Inputs, promoted: datetime | None) -> list[str]:
-    """Which gate decision the promotion rested on (the last pass before it), for the record."""
-    from steps.gate import GATE_EXPERIMENT
-
-    cutoff = promoted.timestamp() * 1000 if promoted else float("inf")
-    runs = [
-        r
-        for r in _runs(
-            client, GATE_EXPERIMENT, inputs.model_name, inputs.version, " and tags.`llmrelease.gate` = 'pass'"
-        )
-        if r.info.start_time <= cutoff
-    ]
-    when = f"promoted {promoted:%Y-%m-%d %H:%M} UTC" if promoted else "never promoted through the registry history"
-    gate = f"after gate run {runs[-1].info.run_id} passed" if runs else "with no passing gate run on record"
-    return [f"{inputs.model_name} version {inputs.version}: {when}, {gate}"]
-
-
-def _runs(client: Any, experiment: str, name: str, version: str, extra: str = "") -> list[Any]:
-    """Runs of `experiment` tagged with this model version, oldest first."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return []
-    query = f"tags.`{_MODEL}` = '{name}' and tags.`{_VERSION}` = '{version}'" + extra
-    runs = client.search_runs([exp.experiment_id], query, max_results=1000, order_by=["attributes.start_time ASC"])
-    return list(runs)
-
-
-def _promotion_reports(client: Any, inputs: Inputs, promoted: datetime | None) -> list[tuple[str, EvalReport]]:
-    """Per eval kind, the version's last evaluation before its promotion (else its first), as logged by batch-eval."""
-    from steps.batch_eval import EVAL_EXPERIMENT
-
-    chosen = []
-    for kind in ("quality", "safety"):
-        runs = _runs(
-            client, EVAL_EXPERIMENT, inputs.model_name, inputs.version, f" and tags.`llmrelease.eval_kind` = '{kind}'"
-        )
-        cutoff = promoted.timestamp() * 1000 if promoted else float("inf")
-        before = [r for r in runs if r.info.start_time <= cutoff]
-        chosen += before[-1:] or runs[:1]
-    return _reports(client, chosen)
-
-
-def _reports(client: Any, runs: list[Any]) -> list[tuple[str, EvalReport]]:
-    """(run id, report) for each run's `report/*.json` artifacts."""
-    out = []
-    with tempfile.TemporaryDirectory(prefix="llmrelease-nightly-") as tmp:
-        for run in runs:
-            try:
-                folder = Path(client.download_artifacts(run.info.run_id, "report", str(Path(tmp) / run.info.run_id)))
-            except Exception as e:
-                raise EvalError(
-                    f"cannot download the report of MLflow run {run.info.run_id} ({type(e).__name__}: "
-                    f"{' '.join(str(e).split())[:200]}): check the artifact store"
-                ) from e
-            out += [(str(run.info.run_id), EvalReport.load(p)) for p in sorted(folder.glob("*.json"))]
-    return out
-
-
-def _pick(tonight: list[SuiteResult], reports: list[tuple[str, EvalReport]]) -> dict[str, tuple[SuiteResult, str]]:
-    """Per suite of tonight's, the first candidate result in `reports` on the same suite file."""
-    picked: dict[str, tuple[SuiteResult, str]] = {}
-    for result in tonight:
-        for run_id, report in reports:
-            match = next(
-                (r for r in report.candidate if r.suite == result.suite and r.suite_sha256 == result.suite_sha256), None
-            )
-            if match is not None:
-                picked[result.suite] = (match, run_id)
-                break
-    return picked
-
-
 def _log(client: Any, outcome: Outcome, tonight: EvalReport, nightly: list[Any], home: Path) -> str:
     """One run in `llmrelease-nightly`: metrics per suite and metric, comparisons, report and trend."""
     from steps.evals.tracking import experiment_id
 
     verdict = "regression" if outcome.regressions else "pass"
     tags = {
-        _MODEL: outcome.model_name,
-        _VERSION: outcome.version,
+        MODEL_TAG: outcome.model_name,
+        VERSION_TAG: outcome.version,
         "llmrelease.digest": tonight.candidate[0].model_digest,
         "llmrelease.nightly.verdict": verdict,
     }

@@ -123,7 +123,7 @@ def lint_document(
     """
     kind = str(doc.get("kind", ""))
     if kind in ("EventSource", "Sensor"):  # Argo Events: the hardening checks only (no schema)
-        from workflows.webhook import lint_events
+        from workflows.webhook_sensor import lint_events
 
         name = str(as_map(doc.get("metadata")).get("name") or "<unnamed>")
         return [Problem(file, kind, name, None, None, message) for message in lint_events(doc)]
