@@ -227,9 +227,10 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
 
     def work(name: str) -> None:
         node = ctx.run_task(tasks[name])
-        with ctx.cond:
-            running.discard(name)
         ctx.publish(name, node)
+        with ctx.cond:  # only after its result is published: the loop must never see it neither running nor done
+            running.discard(name)
+            ctx.cond.notify_all()
 
     with ctx.cond:
         while pending or running:
