@@ -172,6 +172,9 @@ def abort(
             if state.champion is not None:
                 router.set_weights({server_name(state.champion): 100})  # traffic first, everything else after
                 router.remove_backend(server_name(canary))
+            else:  # a first release: nothing served before it, so nothing serves after it
+                router.stop()
+                state.router_port = None
         if canary not in (state.champion, state.previous):
             plane.stop_server(state, canary)
         state.canary = None

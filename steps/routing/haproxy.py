@@ -170,10 +170,13 @@ class HAProxyRouter:
         """Add a server live (weight 0 unless told: a new version gets traffic only through `set_weights`)."""
         _check_backends({name: address})
         if name in self._backends:
-            if self._backends[name] != address:
-                self.remove_backend(name)
-            else:
-                return
+            if self._backends[name] != address:  # the version's server restarted on another port: move it live
+                host, _, port = address.rpartition(":")
+                answer = self.runtime(f"set server {BACKEND}/{name} addr {host} port {port}")
+                if "changed" not in answer.lower() and answer:
+                    raise RoutingError(f"HAProxy refused the new address {address} of {name}: {_one_line(answer)}")
+                self._backends[name] = address
+            return
         for command in (f"add server {BACKEND}/{name} {address} weight {weight}", f"enable server {BACKEND}/{name}"):
             answer = self.runtime(command)
             if answer and "New server registered" not in answer:

@@ -267,6 +267,23 @@ def test_exit_handler_abort_restores_the_champion_only_for_its_own_workflow(worl
     assert LEASE_TAG not in world.registry.model_tags(NAME)
 
 
+def test_an_aborted_first_release_leaves_nothing_serving_and_deploys_again(world: World) -> None:
+    """GIVEN a first release (no champion) deployed and taking all router traffic
+    WHEN its workflow fails and the exit handler aborts it
+    THEN the router and the server are stopped (nothing served before it, nothing after), the lease is released,
+    and a new deploy of the same version starts cleanly with a fresh router."""
+    world.deploy("1", "uid-1")
+    assert world.weights() == {"v1": 100}
+
+    assert abort(world.registry, world.plane, model=NAME, workflow_uid="uid-1", reason="workflow Failed") == "1"
+
+    state = world.plane.state(NAME)
+    assert (state.router_port, state.servers, state.canary) == (None, {}, None)
+    assert current_lease(world.registry, NAME) is None
+    world.deploy("1", "uid-2")
+    assert world.weights() == {"v1": 100} and set(world.served_by(4)) == {"v1"}
+
+
 def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
