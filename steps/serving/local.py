@@ -200,7 +200,10 @@ class LocalServing:
             link.unlink()
         link.symlink_to(model_dir.resolve(), target_is_directory=True)
         port = _free_port()
-        env = {**os.environ, "HF_HUB_CACHE": str(folder / "hf-cache"), "HF_HUB_OFFLINE": "1"}
+        # One compute thread per server: on a small machine the servers share the cores with the eval workers,
+        # and oversubscribed threads made both slower than running them one after the other.
+        env = {**os.environ, "HF_HUB_CACHE": str(folder / "hf-cache"), "HF_HUB_OFFLINE": "1",
+               "OMP_NUM_THREADS": os.environ.get("LLMRELEASE_SERVER_THREADS", "1")}
         command = [executable, "serve", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), model]
         with (folder / "server.log").open("wb") as log:
             process = subprocess.Popen(
