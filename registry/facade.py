@@ -293,15 +293,16 @@ class ModelRegistry:
         self._require_version(name, version, f"move alias {alias!r} of")
         before = self._aliases(name).get(alias)
         self._call(self._client.set_registered_model_alias, name, alias, version)
+        return self._record(name, alias, before, version, actor=actor, reason=reason, workflow_uid=workflow_uid)
+
+    def _record(
+        self, name: str, alias: str, before: str | None, after: str | None, *, actor: str, reason: str,
+        workflow_uid: str,
+    ) -> AliasMove:
+        """Write one alias move into the history (a registered-model tag) and return it."""
         key, when = history_tag_key(self._clock())
         move = AliasMove(
-            name=name,
-            alias=alias,
-            from_version=before,
-            to_version=version,
-            when=when,
-            actor=actor,
-            reason=reason,
+            name=name, alias=alias, from_version=before, to_version=after, when=when, actor=actor, reason=reason,
             workflow_uid=workflow_uid,
         )
         self._call(self._client.set_registered_model_tag, name, key, move.to_tag_value())
@@ -346,19 +347,7 @@ class ModelRegistry:
         if before is None:
             return None
         self._call(self._client.delete_registered_model_alias, name, alias)
-        key, when = history_tag_key(self._clock())
-        move = AliasMove(
-            name=name,
-            alias=alias,
-            from_version=before,
-            to_version=None,
-            when=when,
-            actor=actor,
-            reason=reason,
-            workflow_uid=workflow_uid,
-        )
-        self._call(self._client.set_registered_model_tag, name, key, move.to_tag_value())
-        return move
+        return self._record(name, alias, before, None, actor=actor, reason=reason, workflow_uid=workflow_uid)
 
     def model_tags(self, name: str) -> dict[str, str]:
         """The registered model's tags ({} when the model does not exist)."""
