@@ -64,19 +64,9 @@ class GatewayRouter:
         Raises:
             RoutingError: when the `kubernetes` package is missing or no configuration can be loaded.
         """
-        try:
-            from kubernetes import client, config  # heavy and optional: only where a cluster is driven
-        except ImportError as e:
-            raise RoutingError("kubernetes client not installed: pip install 'llmrelease[steps]'") from e
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, OSError) as e:
-                raise RoutingError(
-                    f"no Kubernetes configuration for HTTPRoute {namespace}/{name}: run in a pod or set KUBECONFIG"
-                ) from e
+        from steps.kube import kube_client
+
+        client = kube_client(RoutingError, f"HTTPRoute {namespace}/{name}")
         return cls(client.CustomObjectsApi(), namespace=namespace, name=name, rule=rule)
 
     @property

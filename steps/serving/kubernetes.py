@@ -108,17 +108,9 @@ class ClusterApi:
         Raises:
             ServingError: the `kubernetes` package is missing or no configuration can be loaded.
         """
-        try:
-            from kubernetes import client, config  # heavy and optional: only where a cluster is driven
-        except ImportError as e:
-            raise ServingError("kubernetes client not installed: pip install 'llmrelease[steps]'") from e
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            try:
-                config.load_kube_config()
-            except (config.ConfigException, OSError) as e:
-                raise ServingError("no Kubernetes configuration: run in a pod or set KUBECONFIG") from e
+        from steps.kube import kube_client
+
+        client = kube_client(ServingError, "vLLM serving")
         return cls(apps=client.AppsV1Api(), core=client.CoreV1Api())
 
 
