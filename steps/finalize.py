@@ -44,8 +44,12 @@ class FinalizeResult(Output):
     report_path: Annotated[str, Parameter(name="report-path")]
 
 
-def _version(registry: Any, model: str, workflow_uid: str, aborted: str | None) -> str:
-    """The version this run released: the one it aborted, else `candidate` when this workflow registered it."""
+def _version(registry: Any, model: str, aborted: str | None) -> str:
+    """The version this run released: the one it aborted, else where `candidate` points (the last registration).
+
+    A concurrent registration of the same model can move `candidate` in between; the lease prevents a concurrent
+    rollout, not a concurrent registration.
+    """
     if aborted:
         return aborted
     candidate = registry.get_alias(model, "candidate")
@@ -94,7 +98,7 @@ def finalize_step(params: FinalizeParams) -> FinalizeResult:
             )
             if aborted:
                 print(f"finalize: rollout of version {aborted} aborted: all traffic on the champion", flush=True)
-        evidence = _evidence(params, model, _version(registry, model, params.workflow_uid, aborted))
+        evidence = _evidence(params, model, _version(registry, model, aborted))
     except ReleaseError as e:
         print(f"finalize: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -8,6 +8,7 @@ one, else the workflow), when, and the workflow uid. The old champion keeps its 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
 
 import sys
+from typing import Any
 
 from hera.workflows import Input, script
 
@@ -26,7 +27,7 @@ class PromoteParams(Input):
     approver: str = ""
 
 
-def _approver(model: str, workflow_uid: str) -> str | None:
+def _approver(registry: Any, model: str, workflow_uid: str) -> str | None:
     """Who approved this workflow's rollout (the record-approval step's version tag), if anyone did."""
     from registry.facade import ModelRegistry
     from steps.approval import approvals_from_tags
@@ -52,10 +53,11 @@ def promote_step(params: PromoteParams) -> None:
 
     try:
         spec = load_spec(params.release)
-        actor = params.approver.strip() or _approver(spec.model.name, params.workflow_uid) or (
+        registry = ModelRegistry.from_env()
+        actor = params.approver.strip() or _approver(registry, spec.model.name, params.workflow_uid) or (
             f"{params.workflow_name}/{params.workflow_uid}")
         moves = promote(
-            ModelRegistry.from_env(), LocalServing(llmrelease_home()), model=spec.model.name,
+            registry, LocalServing(llmrelease_home()), model=spec.model.name,
             workflow_uid=params.workflow_uid, actor=actor, reason=f"canary completed in {params.workflow_name}",
             keep_previous_hot_s=spec.rollout.keep_previous_hot_s,
         )

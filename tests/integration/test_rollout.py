@@ -21,6 +21,7 @@ from mlflow import MlflowClient
 
 from registry.facade import ModelRegistry
 from steps import canary
+from steps._proc import alive
 from steps.rollout import (
     CANARY_TAG,
     LEASE_TAG,
@@ -226,7 +227,7 @@ def test_canary_killed_during_analysis_aborts_and_no_request_fails_after_the_abo
                 results.append((sent, ok))
 
     def kill_then_sleep(seconds: float) -> None:
-        if canary_pid and _running(canary_pid):
+        if alive(canary_pid):
             os.killpg(canary_pid, signal.SIGKILL)
         time.sleep(seconds)
 
@@ -282,11 +283,3 @@ def test_an_aborted_first_release_leaves_nothing_serving_and_deploys_again(world
     assert current_lease(world.registry, NAME) is None
     world.deploy("1", "uid-2")
     assert world.weights() == {"v1": 100} and set(world.served_by(4)) == {"v1"}
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
