@@ -80,7 +80,7 @@ def build_model(directory: Path) -> Path:
 
 
 def bench_plain(model: Path, suite: Suite, one: Suite, settings: GenerationSettings, cores: int) -> dict[str, Any]:
-    from steps.evals.backend_hf import TransformersEngine
+    from steps.evals.engines.transformers_engine import TransformersEngine
 
     began = time.perf_counter()
     engine = TransformersEngine(model, num_threads=cores)

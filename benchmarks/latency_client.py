@@ -47,7 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from steps.latency import Slo, summarize  # noqa: E402
-from steps.loadgen import LoadSpec, run_load  # noqa: E402
+from steps.rollout.loadgen import LoadSpec, run_load  # noqa: E402
 
 RATES = (50, 100, 200, 300, 400, 500, 600, 800, 1000)
 CLIENT_CPU, SERVER_CPU = 0, 1

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from registry.facade import ModelRegistry  # noqa: E402
-from steps.serving.local import LocalServing, server_name  # noqa: E402
+from steps.rollout.serving.local import LocalServing, server_name  # noqa: E402
 
 NAME = "bench-qa"
 MODELS = REPO / "examples" / "models"

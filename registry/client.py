@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from steps.errors import RegistryError
+from registry.errors import RegistryError
 
 __all__ = [
     "MlflowClientLike",

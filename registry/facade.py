@@ -24,6 +24,7 @@ from registry.client import (
     is_http,
     short_error,
 )
+from registry.errors import RegistryError
 from registry.history import AliasMove, alias_at, history_tag_key, moves_from_tags
 from registry.record import (
     OnboardingView,
@@ -33,8 +34,7 @@ from registry.record import (
     parse_record,
     version_source,
 )
-from steps.errors import RegistryError
-from steps.home import llmrelease_home, tracking_uri
+from registry.settings import llmrelease_home, tracking_uri
 
 __all__ = [
     "ALIAS_CANDIDATE",

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from steps.errors import RegistryError
+from registry.errors import RegistryError
 
 __all__ = [
     "HISTORY_TAG_PREFIX",

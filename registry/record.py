@@ -1,6 +1,6 @@
 """The registry's view of an onboarding record, and the checks on the weights it names.
 
-The onboard step writes the record (steps/records.py: `OnboardingRecord`); registration reads it as plain JSON
+The onboard step writes the record (steps/release/records.py: `OnboardingRecord`); registration reads it as plain JSON
 and validates only the fields it uses, so the two modules can change at their own pace.
 """
 
@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from steps.errors import OnboardingError, SpecError
+from registry.errors import OnboardingError, SpecError
 
 __all__ = [
     "OnboardingView",

@@ -23,8 +23,8 @@ from hera.workflows import Input, Output, Parameter, Suspend, script
 from hera.workflows.models import SuppliedValueFrom, ValueFrom
 from pydantic import BaseModel, ConfigDict
 
-from steps.errors import ReleaseError, SpecError
-from steps.images import STEPS_IMAGE
+from registry.errors import ReleaseError, SpecError
+from steps.core.images import STEPS_IMAGE
 
 __all__ = [
     "APPROVAL_TAG_PREFIX",

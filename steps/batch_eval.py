@@ -30,21 +30,20 @@ from typing import Annotated, Any, Literal, Protocol
 from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field
 
-from steps.artifacts import REPORT_OUT
-from steps.errors import ReleaseError
-from steps.evals.backends import EvalError
+from registry.errors import ReleaseError
+from steps.core.artifacts import REPORT_OUT
+from steps.core.images import STEPS_IMAGE
 from steps.evals.cache import GenerationSettings, ResultCache, short_hex
+from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, SuiteResult
 from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, run_suite
 from steps.evals.suites import Suite, load_suite
 from steps.evals.tracking import experiment_id, llmrelease_home, mlflow_client
-from steps.images import STEPS_IMAGE
-from steps.spec import ReleaseSpec, load_spec
+from steps.evals.weights import VersionReader, download_weights, model_version
+from steps.release.spec import ReleaseSpec, load_spec
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
-    "weights_dir",
-    "download_weights",
     "EVAL_EXPERIMENT",
     "BatchEvalParams",
     "BatchEvalResult",
@@ -52,7 +51,6 @@ __all__ = [
     "ModelUnderTest",
     "Outputs",
     "RegistryReader",
-    "VersionReader",
     "batch_eval_step",
     "describe",
     "run",
@@ -100,17 +98,6 @@ class RegistryReader(Protocol):
     """The registry operation the step needs (`registry.ModelRegistry` provides it)."""
 
     def get_alias(self, name: str, alias: str) -> str | None:  # noqa: D102
-        ...
-
-
-class VersionReader(Protocol):
-    """The MLflow client calls the step needs (`mlflow.tracking.MlflowClient` provides them)."""
-
-    @property
-    def tracking_uri(self) -> str:  # noqa: D102
-        ...
-
-    def get_model_version(self, name: str, version: str) -> Any:  # noqa: D102
         ...
 
 
@@ -173,7 +160,7 @@ def _resolve(
     client: VersionReader, name: str, version: str, home: Path, max_new: int, alias: str | None = None
 ) -> ModelUnderTest:
     """The version's digest and an engine spec for its weights (downloaded once) or its provider endpoint."""
-    mv = _model_version(client, name, version, alias)
+    mv = model_version(client, name, version, alias)
     tags = dict(mv.tags or {})
     digest = tags.get(_DIGEST_TAG)
     if not digest:
@@ -192,22 +179,6 @@ def _resolve(
         engine = EngineSpec.of(kind, **options)
         settings = GenerationSettings(max_new_tokens=max_new, backend=kind, device=device)
     return ModelUnderTest(name=name, version=version, digest=digest, engine=engine, settings=settings)
-
-
-def _model_version(client: VersionReader, name: str, version: str, alias: str | None) -> Any:
-    try:
-        return client.get_model_version(name, version)
-    except Exception as e:
-        if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(e, "error_code", "")) + str(e):
-            raise EvalError(
-                f"cannot read version {version} of {name}: {str(e)[:200]}: check MLFLOW_TRACKING_URI"
-            ) from e
-        if alias:
-            raise EvalError(
-                f"alias {alias} of {name} points at version {version}, which does not exist: move it with "
-                f"llmrelease registry promote {name} <version> (or set-alias), or delete the alias"
-            ) from e
-        raise EvalError(f"version {version} of {name} does not exist: pass a registered version") from e
 
 
 def _provider(source: str) -> tuple[str, str]:
@@ -229,47 +200,6 @@ def _local_engine_kind() -> tuple[str, str]:
     if torch.cuda.is_available():
         return ("vllm" if importlib.util.find_spec("vllm") else "transformers"), "cuda"
     return "transformers", "cpu"
-
-
-def weights_dir(client: VersionReader, name: str, version: str, home: Path) -> Path:
-    """The local weights folder of a registered version (downloaded into the model cache the first time)."""
-    mv = _model_version(client, name, version, None)
-    digest = dict(mv.tags or {}).get(_DIGEST_TAG)
-    if not digest:
-        raise EvalError(f"version {version} of {name} has no {_DIGEST_TAG} tag: register it with the register step")
-    return download_weights(str(mv.source), digest, home, client.tracking_uri)
-
-
-def download_weights(source: str, digest: str, home: Path, tracking_uri: str) -> Path:
-    """The weights folder for `digest`, downloaded from `source` into the model cache the first time only."""
-    target = home / "model-cache" / short_hex(digest, 64)
-    done = target / ".complete"
-    if done.is_file():
-        return target / done.read_text(encoding="utf-8").strip()
-    if Path(source).is_dir():  # a plain local path (registered in place)
-        return Path(source)
-    import mlflow.artifacts
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}.", dir=target.parent))
-    try:
-        got = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri)
-        )
-        relative = got.relative_to(staging)
-        (staging / ".complete").write_text(str(relative), encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(staging, target)
-    except ReleaseError:
-        raise
-    except Exception as e:
-        raise EvalError(
-            f"cannot download weights {source} ({type(e).__name__}: {str(e)[:200]}): "
-            "check the artifact store and its credentials"
-        ) from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target / relative
 
 
 def _evaluate(

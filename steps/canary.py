@@ -1,11 +1,11 @@
 """The canary step: shift traffic to the candidate step by step, analysing each step against the champion.
 
 For each weight of the spec's rollout steps (default 1 -> 5 -> 25 -> 50 -> 100; a canary never gets 0), the
-router is set to champion 100-w / candidate w and an analysis run (see `steps.analysis`) takes measurements. A
+router is set to champion 100-w / candidate w and an analysis run (see `steps.rollout.analysis`) takes measurements. A
 measurement sends probe requests *through the router* (as users do: the `X-Served-By` header says which version
 answered, and the observed split is logged) plus a few straight to each version, so that the canary has enough
 samples to be judged even at 1%. Failed or Error aborts: the canary weight goes to 0 and all traffic back on the
-champion (`steps.rollout.abort`), the version is tagged, and the step fails with the analysis log. Inconclusive
+champion (`steps.rollout.operations.abort`), the version is tagged, and the step fails with the analysis log. Inconclusive
 pauses at the current weight until a human runs `llmrelease canary resume|abort NAME`, or `pause_timeout_s`
 passes (then it aborts).
 
@@ -25,12 +25,12 @@ from typing import Annotated, Any
 import httpx
 from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Parameter, script
 
-from steps.analysis import AnalysisPolicy, PrometheusCheck, Sample, query_prometheus, run_analysis
-from steps.artifacts import CANARY_LOG_OUT
-from steps.errors import ReleaseError
-from steps.images import STEPS_IMAGE
-from steps.routing.base import canary_split
-from steps.serving.local import LocalServing, server_name
+from registry.errors import ReleaseError
+from steps.core.artifacts import CANARY_LOG_OUT
+from steps.core.images import STEPS_IMAGE
+from steps.rollout.analysis import AnalysisPolicy, PrometheusCheck, Sample, query_prometheus, run_analysis
+from steps.rollout.routing.base import canary_split
+from steps.rollout.serving.local import LocalServing, server_name
 
 __all__ = ["DECISION_TAG", "CanaryParams", "CanaryResult", "Probe", "run", "canary_step", "policy_from_spec"]
 
@@ -137,7 +137,7 @@ def _wait_for_human(registry: Any, model: str, workflow_uid: str, timeout_s: flo
 def run(spec: Any, registry: Any, plane: LocalServing, *, workflow_uid: str, work_dir: Path,
         sleep: Any = time.sleep) -> dict[str, Any]:
     """Run the canary; returns the log (outcome completed or aborted) and writes it to work_dir/canary-log.json."""
-    from steps.rollout import abort, require_lease
+    from steps.rollout.operations import abort, require_lease
 
     model = spec.model.name
     lease = require_lease(registry, model, workflow_uid)
@@ -205,12 +205,12 @@ class CanaryResult(Output):
 def canary_step(params: CanaryParams) -> CanaryResult:
     """Hera entry: run the canary; exit 1 with the analysis log when it aborts."""
     from registry.facade import ModelRegistry
-    from steps.home import llmrelease_home
-    from steps.spec import load_spec
+    from registry.settings import llmrelease_home
+    from steps.release.spec import load_spec
 
     work_dir = Path(params.work_dir)
     try:
-        from steps.policy import apply_environment
+        from steps.release.policy import apply_environment
 
         spec = apply_environment(load_spec(params.release), params.environment)
         log = run(spec, ModelRegistry.from_env(), LocalServing(llmrelease_home()), workflow_uid=params.workflow_uid,

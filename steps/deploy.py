@@ -1,9 +1,9 @@
 """The deploy step: serve the candidate next to the (hot) champion, behind the model's router, at weight 0.
 
-It takes the model's rollout lease first (see `steps.rollout`): a second release of the same model while one is
+It takes the model's rollout lease first (see `steps.rollout.operations`): a second release of the same model while one is
 in flight is refused here, before anything is started. Readiness means a real completion succeeded. Locally the
-servers are `transformers serve` processes (see `steps.serving.local`); on a cluster the same contract is a vLLM
-Deployment + Service per version (`steps.serving.kubernetes`, infrastructure/serving/).
+servers are `transformers serve` processes (see `steps.rollout.serving.local`); on a cluster the same contract is a vLLM
+Deployment + Service per version (`steps.rollout.serving.kubernetes`, infrastructure/serving/).
 """
 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
@@ -13,8 +13,8 @@ from typing import Annotated
 
 from hera.workflows import Input, Output, Parameter, script
 
-from steps.errors import ReleaseError
-from steps.images import STEPS_IMAGE
+from registry.errors import ReleaseError
+from steps.core.images import STEPS_IMAGE
 
 __all__ = ["DeployParams", "DeployResult", "deploy_step"]
 
@@ -41,11 +41,11 @@ class DeployResult(Output):
 def deploy_step(params: DeployParams) -> DeployResult:
     """Hera entry: deploy the candidate (exit 1 with one line when refused or when a server does not come up)."""
     from registry.facade import ModelRegistry
+    from registry.settings import llmrelease_home
     from steps.evals.tracking import mlflow_client
-    from steps.home import llmrelease_home
-    from steps.rollout import deploy
-    from steps.serving.local import LocalServing
-    from steps.spec import load_spec
+    from steps.release.spec import load_spec
+    from steps.rollout.operations import deploy
+    from steps.rollout.serving.local import LocalServing
 
     try:
         model = load_spec(params.release).model.name

@@ -14,9 +14,9 @@ from typing import Annotated, Any
 
 from hera.workflows import Artifact, Input, Output, Parameter, script
 
-from steps.artifacts import FINAL_INPUTS, GLOBAL_REPORTS
-from steps.errors import ReleaseError
-from steps.images import STEPS_IMAGE
+from registry.errors import ReleaseError
+from steps.core.artifacts import FINAL_INPUTS, GLOBAL_REPORTS
+from steps.core.images import STEPS_IMAGE
 
 __all__ = ["FinalizeParams", "FinalizeResult", "finalize_step", "report_paths"]
 
@@ -82,10 +82,10 @@ def _evidence(params: FinalizeParams, model: str, version: str) -> Any:
 def finalize_step(params: FinalizeParams) -> FinalizeResult:
     """Hera entry: abort a half-done rollout of a failed run, then write the evidence (see the module docs)."""
     from registry.facade import ModelRegistry
-    from steps.home import llmrelease_home
-    from steps.rollout import abort
-    from steps.serving.local import LocalServing
-    from steps.spec import load_spec
+    from registry.settings import llmrelease_home
+    from steps.release.spec import load_spec
+    from steps.rollout.operations import abort
+    from steps.rollout.serving.local import LocalServing
 
     aborted = None
     try:

@@ -28,12 +28,12 @@ from typing import Annotated, Any, ClassVar, Literal
 from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from steps.artifacts import GATE_REPORT_OUT, QUALITY_REPORT_IN, SAFETY_REPORT_IN
-from steps.errors import ReleaseError, SpecError
-from steps.evals.backends import EvalError
+from registry.errors import ReleaseError, SpecError
+from steps.core.artifacts import GATE_REPORT_OUT, QUALITY_REPORT_IN, SAFETY_REPORT_IN
+from steps.core.images import STEPS_IMAGE
+from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, MetricName, SuiteResult, write_json_atomic
 from steps.evals.stats import Comparison, compare_metric, pair_by_id
-from steps.images import STEPS_IMAGE
 
 __all__ = [
     "DECISION_FILE",
@@ -324,7 +324,7 @@ def decide(report: EvalReport, gates: GateThresholds, *, seed: int = 0) -> GateD
 def load_thresholds(release: str, environment: str = "") -> tuple[GateThresholds, str]:
     """The gates of the release spec at `release`, and a note saying where they came from.
 
-    An empty `release`, or a checkout without `steps.spec`, gives the default gates (the note says so).
+    An empty `release`, or a checkout without `steps.release.spec`, gives the default gates (the note says so).
 
     Raises:
         SpecError: The spec is missing or malformed, or a gate is out of range.
@@ -332,10 +332,10 @@ def load_thresholds(release: str, environment: str = "") -> tuple[GateThresholds
     if not release:
         return GateThresholds(), "no release spec given: default gates"
     try:
-        from steps.spec import load_spec
+        from steps.release.spec import load_spec
     except ImportError:
-        return GateThresholds(), "steps.spec is not importable: default gates"
-    from steps.policy import apply_environment
+        return GateThresholds(), "steps.release.spec is not importable: default gates"
+    from steps.release.policy import apply_environment
 
     gates = apply_environment(load_spec(release), environment).gates
     where = f" with the {environment} floors of the platform policy" if environment else ""

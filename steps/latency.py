@@ -2,7 +2,7 @@
 
 Metrics follow vLLM's benchmark_serving: TTFT, TPOT = (E2EL - TTFT) / (output_tokens - 1), ITL (pooled gaps
 between streamed chunks), E2EL, req/s, output tok/s and goodput (req/s of requests meeting every SLO). TTFT and
-E2EL count from each request's scheduled send time (see `steps.loadgen` on coordinated omission); the report
+E2EL count from each request's scheduled send time (see `steps.rollout.loadgen` on coordinated omission); the report
 also gives E2EL from the actual send and the send-lag distribution, and says when the client was the bottleneck.
 """
 
@@ -18,10 +18,10 @@ import numpy as np
 from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from steps.artifacts import LATENCY_REPORT_OUT
-from steps.errors import ReleaseError, SpecError
-from steps.images import STEPS_IMAGE
-from steps.loadgen import LoadResult, LoadSpec, RequestRecord, run_load
+from registry.errors import ReleaseError, SpecError
+from steps.core.artifacts import LATENCY_REPORT_OUT
+from steps.core.images import STEPS_IMAGE
+from steps.rollout.loadgen import LoadResult, LoadSpec, RequestRecord, run_load
 
 __all__ = [
     "Slo",
@@ -310,8 +310,8 @@ def _from_release(params: LatencyParams) -> LatencyParams:
     """The SLO and cost thresholds of the release spec (gates.latency / gates.cost) override the parameters."""
     if not params.release.strip():
         return params
-    from steps.policy import apply_environment
-    from steps.spec import load_spec
+    from steps.release.policy import apply_environment
+    from steps.release.spec import load_spec
 
     spec = apply_environment(load_spec(params.release), params.environment)
     gates = spec.gates

@@ -9,7 +9,7 @@ Two steps, chained by the `nightly-regression` CronWorkflow:
   to notice a change in the serving stack, the hardware or a provider model), then compares item by item:
 
   - with the **baseline**: the version's own evaluation before it was promoted (the evidence its gate judged) or,
-    for a suite file changed since, the first nightly run on it (found by `steps.nightly_baseline`);
+    for a suite file changed since, the first nightly run on it (found by `steps.evals.baseline`);
   - with the **previous nightly run** (reported and logged, not gating: comparing with the baseline catches a slow
     drift that night-to-night comparisons never see).
 
@@ -37,13 +37,13 @@ from typing import Annotated, Any, Literal
 from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
-from steps.artifacts import ROOT
-from steps.errors import ReleaseError
-from steps.evals.backends import EvalError
+from registry.errors import ReleaseError
+from steps.core.artifacts import ROOT
+from steps.core.images import STEPS_IMAGE
+from steps.evals.baseline import MODEL_TAG, VERSION_TAG, Champion, find_champions, find_references
+from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, MetricName, SuiteResult
 from steps.evals.stats import compare_metric, pair_by_id
-from steps.images import STEPS_IMAGE
-from steps.nightly_baseline import MODEL_TAG, VERSION_TAG, Champion, find_champions, find_references
 
 __all__ = [
     "NIGHTLY_DIR",
@@ -192,7 +192,7 @@ def run(inputs: Inputs, registry: Any, client: Any, *, home: Path) -> Outcome:
         EvalError: The evaluation failed, or a baseline report cannot be read.
         RegistryError: The registry cannot be read.
     """
-    from steps.spec import load_spec, resolve_spec_path
+    from steps.release.spec import load_spec, resolve_spec_path
 
     if not inputs.release:
         raise EvalError(

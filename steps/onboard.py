@@ -18,15 +18,21 @@ from typing import Annotated
 from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
-from steps._sources import S3Client, Source, resolve_source
-from steps._weights import check_weight_files, estimate_memory, read_config, safetensors_params, summarize_config
-from steps.artifacts import ONBOARD_DIR
-from steps.datasets import check_datasets
-from steps.errors import OnboardingError, ReleaseError
-from steps.images import STEPS_IMAGE
-from steps.policy import DEFAULT_POLICY_PATH, PlatformPolicy, check_policy, load_policy
-from steps.records import RECORD_FILE, ConfigSummary, MemoryEstimate, OnboardingRecord, write_record
-from steps.spec import ReleaseSpec, load_spec, resolve_spec_path
+from registry.errors import OnboardingError, ReleaseError
+from steps.core.artifacts import ONBOARD_DIR
+from steps.core.images import STEPS_IMAGE
+from steps.onboarding.datasets import check_datasets
+from steps.onboarding.sources import S3Client, Source, resolve_source
+from steps.onboarding.weights import (
+    check_weight_files,
+    estimate_memory,
+    read_config,
+    safetensors_params,
+    summarize_config,
+)
+from steps.release.policy import DEFAULT_POLICY_PATH, PlatformPolicy, check_policy, load_policy
+from steps.release.records import RECORD_FILE, ConfigSummary, MemoryEstimate, OnboardingRecord, write_record
+from steps.release.spec import ReleaseSpec, load_spec, resolve_spec_path
 
 __all__ = ["Inputs", "OnboardParams", "OnboardResult", "Outputs", "describe", "onboard_step", "run"]
 

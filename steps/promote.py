@@ -12,8 +12,8 @@ from typing import Any
 
 from hera.workflows import Input, script
 
-from steps.errors import ReleaseError
-from steps.images import STEPS_IMAGE
+from registry.errors import ReleaseError
+from steps.core.images import STEPS_IMAGE
 
 __all__ = ["PromoteParams", "promote_step"]
 
@@ -32,7 +32,7 @@ def _approver(registry: Any, model: str, workflow_uid: str) -> str | None:
     from registry.facade import ModelRegistry
     from steps.approval import approvals_from_tags
     from steps.evals.tracking import mlflow_client
-    from steps.rollout import current_lease
+    from steps.rollout.operations import current_lease
 
     lease = current_lease(ModelRegistry.from_env(), model)
     if lease is None:
@@ -46,10 +46,10 @@ def _approver(registry: Any, model: str, workflow_uid: str) -> str | None:
 def promote_step(params: PromoteParams) -> None:
     """Hera entry: promote (exit 1 with one line when this workflow no longer holds the rollout)."""
     from registry.facade import ModelRegistry
-    from steps.home import llmrelease_home
-    from steps.rollout import promote
-    from steps.serving.local import LocalServing
-    from steps.spec import load_spec
+    from registry.settings import llmrelease_home
+    from steps.release.spec import load_spec
+    from steps.rollout.operations import promote
+    from steps.rollout.serving.local import LocalServing
 
     try:
         spec = load_spec(params.release)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
-from steps.artifacts import RECORD_IN
-from steps.errors import ReleaseError, SpecError
-from steps.images import STEPS_IMAGE
+from registry.errors import ReleaseError, SpecError
+from steps.core.artifacts import RECORD_IN
+from steps.core.images import STEPS_IMAGE
 
 if TYPE_CHECKING:
     from registry.facade import RegisteredVersion

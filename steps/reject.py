@@ -12,8 +12,8 @@ from typing import Protocol
 from hera.workflows import Input, script
 from pydantic import BaseModel, ConfigDict
 
-from steps.errors import ReleaseError
-from steps.images import STEPS_IMAGE
+from registry.errors import ReleaseError
+from steps.core.images import STEPS_IMAGE
 
 __all__ = ["Inputs", "run", "reject_step", "REJECTED_TAG"]
 

@@ -13,8 +13,8 @@ import sys
 
 from hera.workflows import Input, script
 
-from steps.errors import ReleaseError
-from steps.images import STEPS_IMAGE
+from registry.errors import ReleaseError
+from steps.core.images import STEPS_IMAGE
 
 __all__ = ["RollbackParams", "rollback_step", "run"]
 
@@ -30,10 +30,10 @@ class RollbackParams(Input):
 
 def run(model: str, *, actor: str, reason: str, workflow_uid: str = "") -> dict[str, object]:
     """Roll `model` back on this machine's serving plane and in the registry (see the module docstring)."""
-    from steps.errors import SpecError
-    from steps.home import llmrelease_home
-    from steps.rollout import rollback
-    from steps.serving.local import LocalServing
+    from registry.errors import SpecError
+    from registry.settings import llmrelease_home
+    from steps.rollout.operations import rollback
+    from steps.rollout.serving.local import LocalServing
 
     if not actor.strip():
         raise SpecError("rollback actor is empty: say who rolls back (--actor <you>), it goes into the history")

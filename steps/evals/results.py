@@ -29,7 +29,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from steps.evals.backends import EvalError
+from steps.evals.engines.base import EvalError
 
 __all__ = [
     "QUALITY_TASKS",

@@ -28,7 +28,7 @@ import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from steps.evals.backends import Engine, EvalError
+from steps.evals.engines.base import Engine, EvalError
 from steps.evals.suites import SuiteItem
 
 __all__ = [

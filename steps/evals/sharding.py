@@ -35,16 +35,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from steps.evals.backends import (
+from steps.evals.cache import GenerationSettings
+from steps.evals.engines.base import (
     GENERATE,
     LOGLIKELIHOOD,
     Engine,
     EvalError,
     check_supported,
-    make_engine,
     required_capability,
 )
-from steps.evals.cache import GenerationSettings
+from steps.evals.engines.factory import make_engine
 from steps.evals.results import ExampleResult, write_json_atomic
 from steps.evals.scoring import score_item
 from steps.evals.suites import Suite, SuiteItem

@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from steps.evals.backends import EvalError
+from steps.evals.engines.base import EvalError
 
 __all__ = [
     "EXACT_BELOW",

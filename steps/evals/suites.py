@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from steps.evals.backends import EvalError
+from steps.evals.engines.base import EvalError
 
 __all__ = ["REQUIRED_FIELDS", "Suite", "SuiteItem", "Task", "load_suite"]
 

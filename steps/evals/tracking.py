@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from steps.home import llmrelease_home, tracking_uri
+from registry.settings import llmrelease_home, tracking_uri
 
 __all__ = ["llmrelease_home", "tracking_uri", "mlflow_client", "experiment_id"]
 

@@ -22,6 +22,15 @@ statement), `bundle` (writing, manifest, digest, signing), `verify` (verificatio
 """
 
 from steps.evidence.bundle import sign_digest, write_bundle
+from steps.evidence.collect import (
+    EvidenceParams,
+    EvidenceResult,
+    Outputs,
+    evidence_root,
+    evidence_step,
+    inputs_from_params,
+    run,
+)
 from steps.evidence.layout import (
     APPROVAL_TAG_PREFIX,
     DIGEST_FILE,
@@ -46,15 +55,6 @@ from steps.evidence.statement import (
     build_statement,
     classify,
     summarize_results,
-)
-from steps.evidence.step import (
-    EvidenceParams,
-    EvidenceResult,
-    Outputs,
-    evidence_root,
-    evidence_step,
-    inputs_from_params,
-    run,
 )
 from steps.evidence.verify import Verified, verify_bundle
 

@@ -3,7 +3,7 @@
 import hashlib
 from pathlib import Path
 
-from steps.errors import ReleaseError
+from registry.errors import ReleaseError
 
 __all__ = [
     "APPROVAL_TAG_PREFIX",

@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from steps.core.images import EVAL_GPU_IMAGE, STEPS_IMAGE
 from steps.evals.results import EvalReport
 from steps.evidence.layout import EXPECTED_KINDS, sha256_file
-from steps.images import EVAL_GPU_IMAGE, STEPS_IMAGE
 
 __all__ = [
     "BUILDER_ID",

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from steps.evals.backend_hf import TransformersEngine, encode_pair
-from steps.evals.backends import EvalError, make_engine
+from steps.evals.engines.base import EvalError
+from steps.evals.engines.factory import make_engine
+from steps.evals.engines.transformers_engine import TransformersEngine, encode_pair
 from tests.tiny_models import build_tiny_gpt2
 
 CORPUS = [

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from steps.evals.backend_http import OpenAIHTTPEngine, parse_retry_after
-from steps.evals.backends import EvalError, check_supported
+from steps.evals.engines.base import EvalError, check_supported
+from steps.evals.engines.http_engine import OpenAIHTTPEngine, parse_retry_after
 from steps.evals.scoring import JudgeScorer
 from steps.evals.suites import Suite, SuiteItem
 

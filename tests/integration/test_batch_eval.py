@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from steps.evals.backends import EvalError
 from steps.evals.cache import GenerationSettings, ResultCache
+from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport
 from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, evaluate_items, run_suite
 from steps.evals.suites import Suite, load_suite
@@ -96,7 +96,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Suite:
 @pytest.fixture(scope="module")
 def baseline(tiny: dict[str, Path], suite: Suite) -> list[Any]:
     """Model a's unsharded results, in this process, with the engine used directly."""
-    from steps.evals.backend_hf import TransformersEngine
+    from steps.evals.engines.transformers_engine import TransformersEngine
 
     return evaluate_items(TransformersEngine(tiny["a"], num_threads=2), suite.name, suite.items, SETTINGS)
 

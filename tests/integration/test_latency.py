@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from steps.latency import CostModel, LatencyParams, Slo, gpu_cost, judge, provider_cost, run, summarize
-from steps.loadgen import LoadResult, LoadSpec, run_load, schedule
+from steps.rollout.loadgen import LoadResult, LoadSpec, run_load, schedule
 from tests.fake_openai_server import FakeConfig, FakeServer, unused_port
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from safetensors.numpy import save_file
 
-from steps.errors import OnboardingError
+from registry.errors import OnboardingError
 from steps.onboard import Inputs, run
-from steps.records import RECORD_FILE
+from steps.release.records import RECORD_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway
 
-from steps.analysis import AnalysisPolicy, PrometheusCheck, judge_measurement, query_prometheus, run_analysis
+from steps.rollout.analysis import AnalysisPolicy, PrometheusCheck, judge_measurement, query_prometheus, run_analysis
 
 for _binary in ("prometheus", "prometheus-pushgateway"):
     if shutil.which(_binary) is None:

@@ -23,7 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from registry import ModelRegistry
-from steps.errors import OnboardingError
+from registry.errors import OnboardingError
 
 BIN = Path(sys.executable).parent
 NAME = "demo-qa"

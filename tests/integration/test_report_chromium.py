@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from steps.evidence import write_bundle
-from steps.report import write_report
+from steps.evidence.report import write_report
 from tests.unit.test_evidence import REPO, run_inputs, write_run_files
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -21,8 +21,9 @@ from mlflow import MlflowClient
 
 from registry.facade import ModelRegistry
 from steps import canary
-from steps._proc import alive
-from steps.rollout import (
+from steps.core.proc import alive
+from steps.release.spec import load_spec
+from steps.rollout.operations import (
     CANARY_TAG,
     LEASE_TAG,
     ROLLED_BACK_TAG,
@@ -33,8 +34,7 @@ from steps.rollout import (
     promote,
     rollback,
 )
-from steps.serving.local import LocalServing, server_name
-from steps.spec import load_spec
+from steps.rollout.serving.local import LocalServing, server_name
 from tests.tiny_models import build_tiny_gpt2
 
 NAME = "tiny-qa"
@@ -182,7 +182,7 @@ def test_rollback_workflow_template_refuses_then_rolls_back(
     """GIVEN the rendered `rollback` WorkflowTemplate run by the local runner on this world's store
     WHEN there is no `previous`  THEN the workflow fails with 'nothing to roll back to';
     WHEN v2 was promoted over v1  THEN it succeeds and all traffic is on v1 again."""
-    from workflows.cli import main
+    from workflows.cli.main import main
 
     monkeypatch.setenv("LLMRELEASE_HOME", str(world.home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world.registry._uri)  # noqa: SLF001 - the test's own store

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from steps.routing import HAProxyRouter, Router, RoutingError, canary_split
+from steps.rollout.routing import HAProxyRouter, Router, RoutingError, canary_split
 
 if shutil.which("haproxy") is None:
     if os.environ.get("CI"):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from steps.errors import WorkflowError
+from registry.errors import WorkflowError
 from workflows.runner import RunOptions, RunResult, run_workflow
 
 HERE = Path(__file__).parent / "runner_workflows"
@@ -180,7 +180,7 @@ spec:
 
 def test_cli_exit_codes_and_json_status(tmp_path: Path) -> None:
     """GIVEN the installed CLI WHEN a workflow fails THEN exit 1 and --json prints the Argo-shaped status."""
-    cmd = [sys.executable, "-m", "workflows.cli", "run", str(HERE / "retries.yaml"), "-p", "succeed-on=0",
+    cmd = [sys.executable, "-m", "workflows.cli.main", "run", str(HERE / "retries.yaml"), "-p", "succeed-on=0",
            "--json", "--runs-dir", str(tmp_path / "runs")]
     ok = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
@@ -193,7 +193,7 @@ def test_cli_exit_codes_and_json_status(tmp_path: Path) -> None:
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
     """GIVEN a target that does not exist WHEN run from the CLI THEN one line on stderr and exit 2."""
-    proc = subprocess.run([sys.executable, "-m", "workflows.cli", "run", "no-such-template", "--argo-dir",
+    proc = subprocess.run([sys.executable, "-m", "workflows.cli.main", "run", "no-such-template", "--argo-dir",
                            str(tmp_path)], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1

@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from registry import ModelRegistry
-from steps.status import format_status, release_status, status_at
-from workflows.cli import main
+from steps.release.status import format_status, release_status, status_at
+from workflows.cli.main import main
 
 NAME = "demo-qa"
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from workflows.cli import main
+from workflows.cli.main import main
 
 ARGO = Path(__file__).resolve().parents[2] / "argo"
 TOKEN = "t0ken"

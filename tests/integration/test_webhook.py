@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from workflows.cli import main
+from workflows.cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
 ARGO = REPO / "argo"

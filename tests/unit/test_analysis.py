@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from steps.analysis import AnalysisPolicy, Sample, judge_measurement, run_analysis
+from steps.rollout.analysis import AnalysisPolicy, Sample, judge_measurement, run_analysis
 
 
 def _side(name: str, n: int, ms: float, errors: int = 0, via: str = "direct") -> list[Sample]:

@@ -2,7 +2,7 @@
 
 Every panel's `expr` (and every templating query) is parsed with a real PromQL parser (promql-parser, the Rust
 parser of GreptimeDB) after Grafana's variables are substituted; every metric name it selects must be one
-llmrelease emits (`steps.metrics.METRICS`) or one of the documented external metrics (`EXTERNAL_METRICS`: vLLM,
+llmrelease emits (`steps.evidence.metrics.METRICS`) or one of the documented external metrics (`EXTERNAL_METRICS`: vLLM,
 HAProxy, Argo, Prometheus, Pushgateway). The checker is tested on a planted unknown metric too.
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from steps.metrics import METRICS, allowed_metric_names
+from steps.evidence.metrics import METRICS, allowed_metric_names
 
 try:
     import promql_parser

@@ -21,10 +21,10 @@ from steps.evidence import (
     verify_bundle,
     write_bundle,
 )
+from steps.evidence.report import render_report, write_report
 from steps.gate import GateThresholds, decide
 from steps.latency import CostModel, Slo, judge, summarize
-from steps.loadgen import LoadResult, LoadSpec, RequestRecord
-from steps.report import render_report, write_report
+from steps.rollout.loadgen import LoadResult, LoadSpec, RequestRecord
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "demo-qa"

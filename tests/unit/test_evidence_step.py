@@ -11,7 +11,7 @@ import pytest
 
 from steps.evidence import EvidenceParams, build_statement, verify_bundle
 from tests.unit.test_evidence import NAME, REPO, UID, run_inputs, write_run_files
-from workflows.cli import main
+from workflows.cli.main import main
 
 
 def _store(home: Path) -> object:
@@ -152,7 +152,7 @@ def test_mlflow_down_fails_the_step_in_one_line_and_keeps_the_bundle(
     THEN a RegistryError of one line names the local bundle, which is complete and verifies."""
     import socket
 
-    from steps.errors import RegistryError
+    from registry.errors import RegistryError
     from steps.evidence import run
 
     with socket.socket() as sock:

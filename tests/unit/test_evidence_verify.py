@@ -7,7 +7,7 @@ import pytest
 
 from steps.evidence import EvidenceError, verify_bundle, write_bundle
 from tests.unit.test_evidence import REPO, run_inputs, write_full_bundle, write_run_files
-from workflows.cli import main
+from workflows.cli.main import main
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from steps.errors import WorkflowError
-from workflows.runner.expressions import evaluate, evaluate_when, substitute
+from registry.errors import WorkflowError
+from workflows.argo.expressions import evaluate, evaluate_when, substitute
 
 
 @pytest.mark.parametrize(("expr", "expected"), [

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from steps.errors import SpecError
-from steps.evals.backends import EvalError
+from registry.errors import SpecError
+from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, ExampleResult, SuiteResult
 from steps.evals.tracking import mlflow_client
 from steps.gate import GateParams, GateThresholds, decide, gate_step
@@ -206,7 +206,7 @@ def test_thresholds_accept_the_release_spec_shape() -> None:
     assert (t.quality.min_score, t.safety.max_attack_success_rate) == (0.6, 0.05)
     with pytest.raises(SpecError, match=r"^gates\.quality\.min_score: "):
         GateThresholds.from_gates({"quality": {"min_score": "high"}})
-    spec = pytest.importorskip("steps.spec")
+    spec = pytest.importorskip("steps.release.spec")
     assert GateThresholds.from_gates(spec.Gates().model_dump()) == GateThresholds()
 
 

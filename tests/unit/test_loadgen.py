@@ -15,7 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from steps.latency import Slo, summarize
-from steps.loadgen import LoadResult, LoadSpec, run_load, schedule
+from steps.rollout.loadgen import LoadResult, LoadSpec, run_load, schedule
 
 URL = "http://llm.test/v1"
 

@@ -1,4 +1,4 @@
-"""steps.metrics: the metric table, the step and release batches, and pushes to a real Pushgateway.
+"""steps.evidence.metrics: the metric table, the step and release batches, and pushes to a real Pushgateway.
 
 The Pushgateway is Debian's `prometheus-pushgateway` binary, started on a free port per test module; the tests
 read back what it serves on /metrics.
@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from steps.evidence import write_bundle
-from steps.metrics import (
+from steps.evidence.metrics import (
     EXTERNAL_METRICS,
     GATEWAY_ENV,
     GROUPING_LABELS,

@@ -20,12 +20,12 @@ import pytest
 import yaml
 from safetensors.numpy import save_file
 
-from steps._hashing import canonical_json, sha256_file
-from steps._weights import estimate_memory
-from steps.errors import OnboardingError, PolicyError, ReleaseError, SpecError
+from registry.errors import OnboardingError, PolicyError, ReleaseError, SpecError
 from steps.onboard import Inputs, Outputs, run
-from steps.records import RECORD_FILE, ConfigSummary
-from steps.spec import Serving
+from steps.onboarding.hashing import canonical_json, sha256_file
+from steps.onboarding.weights import estimate_memory
+from steps.release.records import RECORD_FILE, ConfigSummary
+from steps.release.spec import Serving
 
 POLICY = {
     "version": "test-1",

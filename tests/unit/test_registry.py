@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from registry import EXPERIMENT_NAME, AliasMove, ModelRegistry, format_history
-from steps.errors import RegistryError, SpecError
+from registry.errors import RegistryError, SpecError
 from steps.register import Inputs, describe, resolve_git_commit, run
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from steps.routing import GatewayRouter, Router, RoutingError, canary_split, validate_weights
-from steps.routing.gateway import GROUP, PLURAL, VERSION
+from steps.rollout.routing import GatewayRouter, Router, RoutingError, canary_split, validate_weights
+from steps.rollout.routing.gateway import GROUP, PLURAL, VERSION
 
 NAMESPACE, NAME = "serving", "chat"
 
@@ -204,7 +204,7 @@ def test_duplicate_backend_names_are_refused(api: FakeCustomObjectsApi, router: 
     assert api.patches == []
 
 
-# The weight rules both routers share (steps/routing/base.py).
+# The weight rules both routers share (steps/rollout/routing/base.py).
 
 
 def test_validate_weights_completes_the_split_in_backend_order() -> None:

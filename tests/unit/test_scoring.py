@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from steps.evals.backends import EvalError
+from steps.evals.engines.base import EvalError
 from steps.evals.scoring import (
     REFUSAL_PHRASES,
     JudgeScorer,

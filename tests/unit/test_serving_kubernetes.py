@@ -1,4 +1,4 @@
-"""`steps.serving.kubernetes`: the vLLM Deployment + Service of a model version, rendered and applied.
+"""`steps.rollout.serving.kubernetes`: the vLLM Deployment + Service of a model version, rendered and applied.
 
 `apply` runs against a fake of the two Kubernetes client APIs, because no Kubernetes API server can run on this
 machine: the fake keeps objects in dicts, answers reads of missing objects with a 404 shaped like
@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
-from steps.serving import ServingError
-from steps.serving.kubernetes import AppliedObject, apply, default_template, object_name, render_vllm
+from steps.rollout.serving import ServingError
+from steps.rollout.serving.kubernetes import AppliedObject, apply, default_template, object_name, render_vllm
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "vllm/vllm-openai:v0.32.0"
@@ -93,7 +93,7 @@ def test_weights_come_from_s3_through_an_init_container() -> None:
     """GIVEN a rendered Deployment
     WHEN its init container and volumes are read
     THEN the weights are copied from the version's S3 URI into a volume vLLM reads, with the steps image."""
-    from steps.images import STEPS_IMAGE
+    from steps.core.images import STEPS_IMAGE
 
     pod = _render()["Deployment"]["spec"]["template"]["spec"]
     fetch = pod["initContainers"][0]

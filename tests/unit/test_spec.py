@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from steps.errors import PolicyError, SpecError
-from steps.policy import check_policy, load_policy
-from steps.spec import ReleaseSpec, load_spec, resolve_spec_path, write_json_schema
+from registry.errors import PolicyError, SpecError
+from steps.release.policy import check_policy, load_policy
+from steps.release.spec import ReleaseSpec, load_spec, resolve_spec_path, write_json_schema
 
 REPO = Path(__file__).resolve().parents[2]
 MINIMAL: dict[str, Any] = {
@@ -164,7 +164,7 @@ def test_environment_floors_tighten_gates_but_never_loosen_them() -> None:
     WHEN it is applied for dev and for prod
     THEN dev keeps the spec's gates; prod gets min_score 0.6, attack 0.05 and p95 1000 (the stricter values),
     and a floor looser than the spec (prod cost 0.5 vs a spec of 0.2) leaves the spec's value."""
-    from steps.policy import apply_environment
+    from steps.release.policy import apply_environment
 
     spec = load_spec(str(REPO / "releases" / "demo.yaml"))
     strict = spec.model_copy(update={"gates": spec.gates.model_copy(update={
@@ -179,8 +179,8 @@ def test_environment_floors_tighten_gates_but_never_loosen_them() -> None:
 
 def test_an_unknown_environment_is_refused_naming_the_defined_ones() -> None:
     """GIVEN an environment the policy does not define  WHEN applied  THEN one SpecError naming dev, stage, prod."""
-    from steps.errors import SpecError
-    from steps.policy import apply_environment
+    from registry.errors import SpecError
+    from steps.release.policy import apply_environment
 
     with pytest.raises(SpecError, match=r"environment 'qa' is not defined \(defined: dev, stage, prod\)"):
         apply_environment(load_spec(str(REPO / "releases" / "demo.yaml")), "qa")

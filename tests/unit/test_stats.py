@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from steps.evals.backends import EvalError
+from steps.evals.engines.base import EvalError
 from steps.evals.stats import compare_metric, mcnemar, non_inferiority, pair_by_id, paired_bootstrap_ci
 
 

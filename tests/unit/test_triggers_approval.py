@@ -15,8 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from registry import ModelRegistry
+from registry.errors import RegistryError, SpecError
 from steps.approval import APPROVAL_TAG_PREFIX, Approval, Inputs, approval_tag, approvals_from_tags, run
-from steps.errors import RegistryError, SpecError
 
 NAME = "demo-qa"
 

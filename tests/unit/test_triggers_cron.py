@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from steps.errors import SpecError
-from workflows.cli import main
-from workflows.cli_triggers import next_fire_times
+from registry.errors import SpecError
+from workflows.cli.main import main
+from workflows.cli.triggers import next_fire_times
 
 ARGO = Path(__file__).resolve().parents[2] / "argo"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from steps.errors import SpecError, WorkflowError
-from workflows.webhook import (
+from registry.errors import SpecError, WorkflowError
+from workflows.events.webhook import (
     Delivery,
     Ignored,
     WebhookRefused,
@@ -224,8 +224,8 @@ def test_lint_refuses_an_unhardened_event_source_or_sensor(tmp_path: Path) -> No
     """GIVEN the rendered objects with the webhook secret removed, a filter unanchored and a trigger parameter
     naming an unknown dependency WHEN linted (as `llmrelease render` and `lint` do) THEN each is an error, and the
     rendered objects themselves lint clean."""
-    from workflows.lint import lint_document, lint_files
-    from workflows.webhook import lint_events
+    from workflows.argo.hardening import lint_events
+    from workflows.argo.lint import lint_document, lint_files
 
     sensor, source = load_trigger(ARGO)
     assert lint_events(sensor) == lint_events(source) == []

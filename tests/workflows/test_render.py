@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from workflows.lint import lint_files
-from workflows.render import check_rendered, render_all
+from workflows.argo.lint import lint_files
+from workflows.argo.render import check_rendered, render_all
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGO = ROOT / "argo"
@@ -43,7 +43,7 @@ def test_render_check_cli_fails_on_drift(tmp_path: Path) -> None:
     shutil.copytree(ARGO, copy)
     target = sorted(copy.glob("*.yaml"))[0]
     target.write_text(target.read_text() + "# hand edit\n")
-    proc = subprocess.run([sys.executable, "-m", "workflows.cli", "render", "--check", "--argo-dir", str(copy)],
+    proc = subprocess.run([sys.executable, "-m", "workflows.cli.main", "render", "--check", "--argo-dir", str(copy)],
                           capture_output=True, text=True, check=False, cwd=ROOT)
     assert proc.returncode == 1
     assert target.name in proc.stderr

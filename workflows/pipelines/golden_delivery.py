@@ -23,7 +23,9 @@ from typing import Any
 from hera.workflows import DAG, Artifact, Parameter, Steps, Task, WorkflowTemplate
 
 from steps.approval import approval_templates
-from steps.artifacts import (
+from steps.batch_eval import batch_eval_step
+from steps.canary import canary_step
+from steps.core.artifacts import (
     CANARY_DIR,
     EVAL_DIR,
     FINAL_INPUTS,
@@ -35,8 +37,6 @@ from steps.artifacts import (
     RECORD_IN,
     SAFETY_REPORT_IN,
 )
-from steps.batch_eval import batch_eval_step
-from steps.canary import canary_step
 from steps.deploy import deploy_step
 from steps.finalize import finalize_step
 from steps.gate import gate_step

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from steps.errors import WorkflowError
+from registry.errors import WorkflowError
+from workflows.argo.manifests import load_library, resolve_workflow
 from workflows.runner.engine import Runner, RunOptions, RunResult
-from workflows.runner.loader import load_library, resolve_workflow
 
 __all__ = ["RunOptions", "RunResult", "run_workflow"]
 
@@ -19,7 +19,7 @@ def run_workflow(target: str, options: RunOptions, *, argo_dir: Path = Path("arg
     Raises:
         WorkflowError: the manifest does not lint, or uses what only a cluster can run.
     """
-    from workflows.lint import lint_document
+    from workflows.argo.lint import lint_document
 
     library = load_library(argo_dir, extra_files)
     workflow = resolve_workflow(target, library)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from steps.errors import WorkflowError
-from workflows.runner.expressions import substitute
+from registry.errors import WorkflowError
+from workflows.argo.expressions import substitute
 from workflows.runner.nodes import FAILED, Node, NodeBook, format_tree
 from workflows.runner.pods import PodSpec, backoff_delays, parse_duration, run_pod, sleep_until
 from workflows.runner.tasks import TaskContext, run_dag, run_steps

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from steps.errors import WorkflowError
-from workflows.runner.expressions import substitute
+from registry.errors import WorkflowError
+from workflows.argo.expressions import substitute
 from workflows.runner.nodes import Node
 
 __all__ = ["PodSpec", "run_pod", "parse_duration", "RESULT_CAP"]

@@ -7,18 +7,30 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from steps.errors import WorkflowError
-from workflows.runner.expressions import Value, evaluate, evaluate_when, substitute
-from workflows.runner.nodes import FAILED, Node
-
-if TYPE_CHECKING:
-    from workflows.runner.engine import Runner
+from registry.errors import WorkflowError
+from workflows.argo.expressions import Value, evaluate, evaluate_when, substitute
+from workflows.runner.nodes import FAILED, Node, NodeBook
 
 __all__ = ["TaskContext", "run_dag", "run_steps"]
 
 _RESULTS = {"Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "AnySucceeded", "AllFailed"}
+
+
+class Runner(Protocol):
+    """What scheduling needs from the engine (`workflows.runner.engine.Runner`): its nodes and template calls."""
+
+    book: NodeBook
+
+    def template(self, ref: Mapping[str, Any], where: str) -> Mapping[str, Any]:
+        """The template a task or step calls."""
+        ...
+
+    def execute(self, tmpl: Mapping[str, Any], args: Mapping[str, str], parent: Node | None, display: str,
+                artifacts: Mapping[str, Path] | None = None, extra: Mapping[str, str] | None = None) -> Node:
+        """Run one template call to its end and return its node."""
+        ...
 
 
 class TaskContext:

@@ -1,0 +1,106 @@
+"""The `Engine` protocol every eval backend implements (`steps.evals.engines.factory.make_engine` picks one).
+
+| backend        | module              | runs                                   | capabilities              |
+| -------------- | ------------------- | -------------------------------------- | ------------------------- |
+| `transformers` | transformers_engine | a local weights dir on CPU or one GPU  | generate, loglikelihood   |
+| `vllm`         | vllm_engine         | a local weights dir on GPUs            | generate, loglikelihood   |
+| `http`         | http_engine         | any OpenAI-compatible endpoint         | generate (+ loglikelihood |
+|                |                     |                                        | with `logprobs=True`)     |
+
+Engines are imported lazily: this module imports neither torch, transformers nor vllm.
+`check_supported` refuses a suite whose tasks the engine cannot run before any request is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Set
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from registry.errors import ReleaseError
+
+if TYPE_CHECKING:
+    from steps.evals.suites import Suite
+
+__all__ = [
+    "GENERATE",
+    "LOGLIKELIHOOD",
+    "EngineKind",
+    "Engine",
+    "EvalError",
+    "Generation",
+    "check_supported",
+    "required_capability",
+]
+
+GENERATE = "generate"
+LOGLIKELIHOOD = "loglikelihood"
+EngineKind = Literal["auto", "transformers", "vllm", "http"]
+
+
+class EvalError(ReleaseError):
+    """An eval suite, backend or endpoint failed: names the suite/item/endpoint at fault and the fix."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One generated answer.
+
+    Attributes:
+        text: The generated text, special tokens removed.
+        output_tokens: Tokens generated; None where the backend cannot tell (an HTTP server without `usage`).
+        latency_ms: Wall time of the call that produced it (for batched backends, the whole batch's time).
+    """
+
+    text: str
+    output_tokens: int | None
+    latency_ms: float
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What an eval needs from an inference backend."""
+
+    @property
+    def name(self) -> str:
+        """The backend's name for error messages: transformers, vllm or http."""
+        ...
+
+    @property
+    def capabilities(self) -> Set[str]:
+        """What it can do: `GENERATE` and/or `LOGLIKELIHOOD`."""
+        ...
+
+    def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float) -> list[Generation]:
+        """Answer each prompt (chat-formatted where the model has a chat template); results in input order."""
+        ...
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """Sum of log-probabilities of each continuation given its context; results in input order."""
+        ...
+
+
+def required_capability(task: str) -> str:
+    """The engine capability a task type needs: log-likelihoods for multiple_choice, generation otherwise."""
+    return LOGLIKELIHOOD if task == "multiple_choice" else GENERATE
+
+
+def check_supported(suite: Suite, engine: Engine) -> None:
+    """Refuse a suite the engine cannot run, before anything is sent.
+
+    Raises:
+        EvalError: Names the first item whose task needs a capability the engine lacks.
+    """
+    for item in suite.items:
+        need = required_capability(item.task)
+        if need in engine.capabilities:
+            continue
+        if need == LOGLIKELIHOOD:
+            raise EvalError(
+                f"suite {suite.name} item {item.id}: task {item.task} needs log-likelihoods, which backend "
+                f"{engine.name} cannot give; run it on the transformers or vllm backend or drop the item"
+            )
+        raise EvalError(
+            f"suite {suite.name} item {item.id}: task {item.task} needs generation, which backend {engine.name} "
+            "cannot give; run it on another backend or drop the item"
+        )

@@ -1,0 +1,87 @@
+"""Registered versions resolved to weights on this machine: the digest-keyed model cache.
+
+Used by the eval step and by the serving plane; both read a version's weights through `weights_dir`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol
+
+from registry.errors import ReleaseError
+from registry.tags import DIGEST_TAG
+from steps.evals.cache import short_hex
+from steps.evals.engines.base import EvalError
+
+__all__ = ["VersionReader", "download_weights", "model_version", "weights_dir"]
+
+
+class VersionReader(Protocol):
+    """The MLflow client calls the step needs (`mlflow.tracking.MlflowClient` provides them)."""
+
+    @property
+    def tracking_uri(self) -> str:  # noqa: D102
+        ...
+
+    def getmodel_version(self, name: str, version: str) -> Any:  # noqa: D102
+        ...
+
+
+def model_version(client: VersionReader, name: str, version: str, alias: str | None) -> Any:
+    try:
+        return client.getmodel_version(name, version)
+    except Exception as e:
+        if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(e, "error_code", "")) + str(e):
+            raise EvalError(
+                f"cannot read version {version} of {name}: {str(e)[:200]}: check MLFLOW_TRACKING_URI"
+            ) from e
+        if alias:
+            raise EvalError(
+                f"alias {alias} of {name} points at version {version}, which does not exist: move it with "
+                f"llmrelease registry promote {name} <version> (or set-alias), or delete the alias"
+            ) from e
+        raise EvalError(f"version {version} of {name} does not exist: pass a registered version") from e
+
+
+def weights_dir(client: VersionReader, name: str, version: str, home: Path) -> Path:
+    """The local weights folder of a registered version (downloaded into the model cache the first time)."""
+    mv = model_version(client, name, version, None)
+    digest = dict(mv.tags or {}).get(DIGEST_TAG)
+    if not digest:
+        raise EvalError(f"version {version} of {name} has no {DIGEST_TAG} tag: register it with the register step")
+    return download_weights(str(mv.source), digest, home, client.tracking_uri)
+
+
+def download_weights(source: str, digest: str, home: Path, tracking_uri: str) -> Path:
+    """The weights folder for `digest`, downloaded from `source` into the model cache the first time only."""
+    target = home / "model-cache" / short_hex(digest, 64)
+    done = target / ".complete"
+    if done.is_file():
+        return target / done.read_text(encoding="utf-8").strip()
+    if Path(source).is_dir():  # a plain local path (registered in place)
+        return Path(source)
+    import mlflow.artifacts
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}.", dir=target.parent))
+    try:
+        got = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri)
+        )
+        relative = got.relative_to(staging)
+        (staging / ".complete").write_text(str(relative), encoding="utf-8")
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
+    except ReleaseError:
+        raise
+    except Exception as e:
+        raise EvalError(
+            f"cannot download weights {source} ({type(e).__name__}: {str(e)[:200]}): "
+            "check the artifact store and its credentials"
+        ) from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target / relative

@@ -1,0 +1,3 @@
+"""Onboarding libraries: model sources, weight checks, hashing, eval dataset validation."""
+
+__all__: list[str] = []

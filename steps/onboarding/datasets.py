@@ -1,0 +1,229 @@
+"""Eval datasets: JSONL suites of cases, parsed with line numbers and validated with Great Expectations 1.x.
+
+Each line is a JSON object {id, prompt, task, ...}; the task type says which other fields it needs (`TASK_FIELDS`).
+Great Expectations (an ephemeral context, a pandas dataframe, no data docs, no analytics, no progress bars)
+checks the table: at least one row, ids non-null and unique, prompts non-empty, tasks known, and every task's
+required fields non-null. Each failed expectation becomes a one-line `OnboardingError` naming the file, the
+column and the failing ids. Python then checks what expectations cannot say simply: regexes compile and a
+multiple-choice answer indexes its choices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from registry.errors import OnboardingError
+from steps.onboarding.hashing import sha256_file
+from steps.onboarding.sources import resolve_under_root
+from steps.release.records import DatasetRecord
+from steps.release.spec import Evals, Suite
+
+__all__ = ["TASK_FIELDS", "check_datasets", "load_cases", "validate_suite"]
+
+TASK_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "exact_match": ("expected",),
+        "contains": ("expected",),
+        "regex": ("pattern",),
+        "multiple_choice": ("choices", "answer"),
+        "judge": ("rubric",),
+        "refuse": ("category",),
+        "comply": (),
+        "pii": ("pattern",),
+    }
+)
+_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Cases:
+    """The parsed rows of one suite, with the line each came from."""
+
+    label: str
+    rows: list[dict[str, Any]]
+    lines: list[int]
+
+    def who(self, indexes: list[int]) -> str:
+        """`ids 'a', 'b' (lines 3, 7)` for row indexes, at most a few shown."""
+        picked = sorted(set(indexes))
+        ids = [self.rows[i].get("id") for i in picked[:_SHOWN]]
+        lines = [str(self.lines[i]) for i in picked[:_SHOWN]]
+        more = f", {len(picked)} in all" if len(picked) > _SHOWN else ""
+        shown = ", ".join(repr(i) for i in ids if i is not None)
+        return f"ids {shown or '(none)'} (lines {', '.join(lines)}{more})"
+
+
+def check_datasets(evals: Evals, root: Path) -> list[DatasetRecord]:
+    """Validate every suite of the spec (quality suites, then safety) and describe each.
+
+    Args:
+        evals: The spec's `evals`.
+        root: The directory relative suite paths are resolved under (and may not escape).
+
+    Raises:
+        OnboardingError: A file is missing, a line is not a JSON object, or a check failed.
+    """
+    context = _ephemeral_context()
+    suites = [(f"evals.suites[{i}].path", s) for i, s in enumerate(evals.suites)] + [
+        ("evals.safety.path", evals.safety)
+    ]
+    return [_check_suite(context, field, suite, root) for field, suite in suites]
+
+
+def _check_suite(context: Any, field: str, suite: Suite, root: Path) -> DatasetRecord:
+    path = resolve_under_root(suite.path, root, field)
+    cases = load_cases(path, suite.path)
+    validate_suite(context, suite.name, cases)
+    digest, _ = sha256_file(path)
+    tasks = sorted({str(row["task"]) for row in cases.rows})
+    return DatasetRecord(name=suite.name, path=suite.path, sha256=digest, rows=len(cases.rows), task_types=tasks)
+
+
+def load_cases(path: Path, label: str) -> Cases:
+    """Parse a JSONL file; blank lines are skipped.
+
+    Raises:
+        OnboardingError: A line is not JSON or not an object, or an id/prompt has the wrong type; names the line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise OnboardingError(f"{label}: unreadable eval suite ({e}); fix the file") from e
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise OnboardingError(
+                f"{label}:{number}: malformed JSON ({e.msg}, column {e.colno}); fix line {number}"
+            ) from e
+        if not isinstance(row, dict):
+            raise OnboardingError(
+                f"{label}:{number}: expected a JSON object {{id, prompt, task, ...}}; fix line {number}"
+            )
+        for key, kinds in (("id", (str, int)), ("prompt", (str,)), ("task", (str,))):
+            value = row.get(key)
+            if value is not None and (not isinstance(value, kinds) or isinstance(value, bool)):
+                raise OnboardingError(f"{label}:{number}: column '{key}' must be a string, got {value!r}; fix it")
+        rows.append(row)
+        lines.append(number)
+    return Cases(label, rows, lines)
+
+
+def validate_suite(context: Any, name: str, cases: Cases) -> None:
+    """Run the suite's expectations with Great Expectations, then the per-row semantic checks.
+
+    Args:
+        context: A Great Expectations context (`_ephemeral_context()`).
+        name: The suite name (the data asset's name).
+        cases: The parsed rows.
+
+    Raises:
+        OnboardingError: The first failed check, naming the file, the column and the failing ids.
+    """
+    import great_expectations as gx
+    import pandas as pd
+    from great_expectations.expectations.row_conditions import Column
+
+    columns = ["id", "prompt", "task", *sorted({f for fields in TASK_FIELDS.values() for f in fields})]
+    frame = pd.DataFrame(
+        [{c: (str(r[c]) if c == "id" and r.get(c) is not None else r.get(c)) for c in columns} for r in cases.rows],
+        columns=columns,
+        dtype=object,
+    )
+    expectations = _expectations(gx.expectations, Column)
+    asset = context.data_sources.add_pandas(f"suite-{name}").add_dataframe_asset(name=name)
+    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame})
+    suite = gx.ExpectationSuite(name=name, expectations=[e for e, _ in expectations])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+    failed = [r for r in result.results if not r.success]
+    if failed:
+        first = failed[0]
+        explain = expectations[int(first.expectation_config.meta["check"])][1]
+        more = f" (and {len(failed) - 1} more failed checks)" if len(failed) > 1 else ""
+        raise OnboardingError(f"{cases.label}: {explain(cases, first.result)}{more}")
+    _semantic_checks(cases)
+
+
+def _expectations(E: Any, column: Any) -> list[tuple[Any, Any]]:  # noqa: N803 - the gx.expectations module
+    """(expectation, explain(cases, result) -> str) pairs; the expectation's meta holds its index."""
+    allowed = ", ".join(TASK_FIELDS)
+    found: list[tuple[Any, Any]] = [
+        (E.ExpectTableRowCountToBeBetween(min_value=1),
+         lambda c, r: f"has {r.get('observed_value', 0)} cases, expected at least 1; add eval cases"),
+        (E.ExpectColumnValuesToNotBeNull(column="id"),
+         lambda c, r: f"column 'id' is null for {_who(c, r)}; give every case an id"),
+        (E.ExpectColumnValuesToBeUnique(column="id"),
+         lambda c, r: f"column 'id' has duplicate values: {_who(c, r)}; make the ids unique"),
+        (E.ExpectColumnValuesToNotBeNull(column="prompt"),
+         lambda c, r: f"column 'prompt' is missing for {_who(c, r)}; write a prompt"),
+        (E.ExpectColumnValueLengthsToBeBetween(column="prompt", min_value=1),
+         lambda c, r: f"column 'prompt' is empty for {_who(c, r)}; write a prompt"),
+        (E.ExpectColumnValuesToBeInSet(column="task", value_set=list(TASK_FIELDS)),
+         lambda c, r: f"column 'task' is unknown for {_who(c, r)} (allowed: {allowed}); fix the task"),
+    ]  # fmt: skip
+    for task, fields in TASK_FIELDS.items():
+        for field in fields:
+            check = E.ExpectColumnValuesToNotBeNull(column=field, row_condition=column("task") == task)
+            found.append((check, _required(task, field)))
+    for index, (expectation, _) in enumerate(found):
+        expectation.meta = {"check": index}
+    return found
+
+
+def _required(task: str, field: str) -> Any:
+    return lambda c, r: f"column '{field}' is required for task '{task}' but missing for {_who(c, r)}; add it"
+
+
+def _who(cases: Cases, result: Mapping[str, Any]) -> str:
+    return cases.who([int(i) for i in result.get("unexpected_index_list") or []])
+
+
+def _semantic_checks(cases: Cases) -> None:
+    for row, line in zip(cases.rows, cases.lines, strict=True):
+        where = f"{cases.label}:{line}: case {row['id']!r}"
+        if row["task"] in ("regex", "pii"):
+            try:
+                re.compile(str(row["pattern"]))
+            except re.error as e:
+                raise OnboardingError(f"{where}: column 'pattern' is not a valid regex ({e}); fix it") from e
+        if row["task"] == "multiple_choice":
+            choices, answer = row["choices"], row["answer"]
+            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
+                raise OnboardingError(f"{where}: column 'choices' must be a list of at least two strings; fix it")
+            if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
+                raise OnboardingError(
+                    f"{where}: column 'answer' must be an index into choices (0..{len(choices) - 1}), got {answer!r}"
+                )
+
+
+def _ephemeral_context() -> Any:
+    """A Great Expectations ephemeral context: no files, no data docs, no analytics, no progress bars."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+        data_docs_sites={},
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+    )
+    return gx.get_context(project_config=config, mode="ephemeral")

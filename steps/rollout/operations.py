@@ -1,0 +1,315 @@
+"""Rollout operations on the local serving plane and the registry: deploy, promote, abort and rollback.
+
+The steps (deploy, canary, promote, rollback, the exit handler's cleanup) and `llmrelease rollback` call these.
+Two invariants hold after every operation, whatever failed on the way:
+
+* traffic is never split unless a canary is running: an abort puts 100% back on the champion *before* anything
+  else, and a rollback puts 100% on `previous` before it touches the registry;
+* one rollout per model at a time: `deploy` takes a lease (the registered-model tag `llmrelease.rollout`, also
+  what `llmrelease status` shows); a second workflow is refused, not interleaved, and every later step checks
+  that its workflow still holds the lease (a `llmrelease rollback` in the middle takes it away).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
+
+from registry.errors import ReleaseError
+from steps.rollout.serving.local import LocalServing, PlaneState, ServerState, server_name
+
+if TYPE_CHECKING:
+    from registry.facade import ModelRegistry
+    from steps.evals.weights import VersionReader
+
+__all__ = [
+    "LEASE_TAG",
+    "CANARY_TAG",
+    "ROLLED_BACK_TAG",
+    "RolloutError",
+    "Lease",
+    "Deployment",
+    "current_lease",
+    "deploy",
+    "require_lease",
+    "abort",
+    "promote",
+    "rollback",
+]
+
+LEASE_TAG = "llmrelease.rollout"
+CANARY_TAG = "llmrelease.canary"
+ROLLED_BACK_TAG = "llmrelease.rolled_back"
+
+
+class RolloutError(ReleaseError):
+    """A rollout was refused (another one in flight, nothing to roll back to) or could not be completed."""
+
+
+class Lease(BaseModel):
+    """Who is rolling out which version of a model (the value of the `llmrelease.rollout` model tag)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    candidate: str
+    workflow_uid: str
+    started_at: str
+    environment: str = ""
+
+
+class Deployment(BaseModel):
+    """Where the candidate and the champion are served, and the router in front of them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    candidate: str
+    champion: str | None
+    candidate_url: str
+    champion_url: str | None
+    router_url: str
+
+
+def current_lease(registry: ModelRegistry, model: str) -> Lease | None:
+    """The rollout in flight for `model`, or None."""
+    raw = registry.model_tags(model).get(LEASE_TAG)
+    return Lease.model_validate_json(raw) if raw else None
+
+
+def require_lease(registry: ModelRegistry, model: str, workflow_uid: str) -> Lease:
+    """The lease, which must be held by `workflow_uid`; RolloutError otherwise (e.g. after a manual rollback)."""
+    lease = current_lease(registry, model)
+    if lease is None or lease.workflow_uid != workflow_uid:
+        holder = f"workflow {lease.workflow_uid}" if lease else "nobody (rolled back or aborted)"
+        raise RolloutError(
+            f"the rollout of {model} by workflow {workflow_uid} no longer holds the rollout lease (held by {holder}): "
+            "it was aborted or rolled back; start a new release to try again"
+        )
+    return lease
+
+
+def _acquire(registry: ModelRegistry, model: str, candidate: str, workflow_uid: str, environment: str) -> Lease:
+    lease = current_lease(registry, model)
+    if lease is not None and lease.workflow_uid != workflow_uid:
+        raise RolloutError(
+            f"another rollout of {model} is in flight (version {lease.candidate} by workflow {lease.workflow_uid} "
+            f"since {lease.started_at}): wait for it to end, or abort it with `llmrelease rollout abort {model}`"
+        )
+    if lease is None:
+        lease = Lease(
+            candidate=candidate,
+            workflow_uid=workflow_uid,
+            started_at=datetime.now(UTC).isoformat(),
+            environment=environment,
+        )
+        registry.set_model_tag(model, LEASE_TAG, lease.model_dump_json())
+    return lease
+
+
+def deploy(
+    registry: ModelRegistry,
+    versions: VersionReader,
+    plane: LocalServing,
+    home: Path,
+    *,
+    model: str,
+    candidate: str,
+    workflow_uid: str,
+    environment: str = "",
+) -> Deployment:
+    """Take the rollout lease, serve the candidate and the champion (kept hot), and put the router in front.
+
+    The candidate joins the router with weight 0: it gets traffic only from the canary step. A first release
+    (no champion yet) starts the router with the candidate as its only server.
+    """
+    from steps.evals.weights import weights_dir
+
+    with plane.locked(model) as state:
+        _acquire(registry, model, candidate, workflow_uid, environment)
+        champion = registry.get_alias(model, "champion")
+        champion = None if champion == candidate else champion
+        wanted = {candidate: weights_dir(versions, model, candidate, home)}
+        if champion is not None:
+            wanted[champion] = weights_dir(versions, model, champion, home)
+        servers = plane.ensure_servers(state, wanted)  # a cold champion and the candidate start together
+        candidate_server, champion_server = servers[candidate], servers.get(champion or "")
+        router = plane.ensure_router(state, champion_server or candidate_server)
+        if champion is not None and champion_server is not None:
+            router.add_backend(server_name(champion), champion_server.address)
+            if sum(router.weights().values()) == 0:
+                router.set_weights({server_name(champion): 100})
+        router.add_backend(server_name(candidate), candidate_server.address)
+        state.champion, state.canary = champion, candidate
+        return Deployment(
+            model=model,
+            candidate=candidate,
+            champion=champion,
+            candidate_url=candidate_server.base_url,
+            champion_url=champion_server.base_url if champion_server else None,
+            router_url=plane.router_url(state),
+        )
+
+
+def abort(
+    registry: ModelRegistry, plane: LocalServing, *, model: str, workflow_uid: str | None, reason: str
+) -> str | None:
+    """Put all traffic back on the champion, drop the canary, release the lease; return the aborted version.
+
+    With `workflow_uid`, only that workflow's rollout is aborted (the exit handler); None aborts any.
+    """
+    lease = current_lease(registry, model)
+    if lease is None or (workflow_uid is not None and lease.workflow_uid != workflow_uid):
+        return None
+    with plane.locked(model) as state:
+        canary = state.canary or lease.candidate
+        if state.router_port is not None:
+            router = plane.router(state)
+            if state.champion is not None:
+                router.set_weights({server_name(state.champion): 100})  # traffic first, everything else after
+                router.remove_backend(server_name(canary))
+            else:  # a first release: nothing served before it, so nothing serves after it
+                router.stop()
+                state.router_port = None
+        if canary not in (state.champion, state.previous):
+            plane.stop_server(state, canary)
+        state.canary = None
+    registry.delete_model_tag(model, LEASE_TAG)
+    registry.tag_version(model, canary, CANARY_TAG, f"aborted: {reason}"[:5000])
+    return canary
+
+
+def promote(
+    registry: ModelRegistry,
+    plane: LocalServing,
+    *,
+    model: str,
+    workflow_uid: str,
+    actor: str,
+    reason: str,
+    keep_previous_hot_s: float,
+) -> list[Any]:
+    """Make the candidate champion (registry history records who and which workflow) and keep `previous` hot."""
+    lease = require_lease(registry, model, workflow_uid)
+    candidate = lease.candidate
+    with plane.locked(model) as state:
+        router = plane.router(state)
+        if router.weights().get(server_name(candidate)) != 100:
+            raise RolloutError(
+                f"version {candidate} of {model} does not serve 100% of traffic: finish the canary before promoting"
+            )
+        moves = registry.promote(model, candidate, actor=actor, reason=reason, workflow_uid=workflow_uid)
+        old = state.champion
+        if old is not None and old != candidate and old in state.servers:
+            state.servers[old].hot_until = time.time() + keep_previous_hot_s
+        if state.previous not in (None, old, candidate) and state.previous in state.servers:
+            state.servers[state.previous].hot_until = time.time()  # the one before: its window is over
+        state.champion, state.previous, state.canary = candidate, old, None
+        plane.reap(state)
+    registry.delete_model_tag(model, LEASE_TAG)
+    registry.tag_version(model, candidate, CANARY_TAG, "completed")
+    return moves
+
+
+def _switch(plane: LocalServing, state: PlaneState, server: ServerState) -> None:
+    """All traffic to `server` (added to the router when missing)."""
+    router = plane.ensure_router(state, server)
+    router.add_backend(server_name(server.version), server.address)
+    router.set_weights({server_name(server.version): 100})
+
+
+def rollback(
+    plane: LocalServing,
+    model: str,
+    *,
+    actor: str,
+    reason: str,
+    workflow_uid: str = "",
+    registry_factory: Any = None,
+    versions_factory: Any = None,
+    home: Path | None = None,
+) -> dict[str, Any]:
+    """Put all traffic and the `champion` alias back on `previous`, in that order; refuse when there is none.
+
+    Fast path: when the plane's `previous` is hot, traffic moves before MLflow is even imported. Otherwise (or
+    when the registry disagrees), the registry's `previous` is served first (a real completion must succeed,
+    so a cold stable never takes traffic it cannot answer), then traffic moves.
+
+    Returns:
+        {"from", "to", "switched_s" (seconds from the call until all traffic was on `to`), "fast": bool}.
+    """
+    started = time.perf_counter()
+    fast_target: str | None = None
+    with plane.locked(model) as state:
+        previous = state.servers.get(state.previous or "")
+        if previous is not None and plane.is_ready(state, previous):
+            _switch(plane, state, previous)
+            fast_target = previous.version
+    switched_s = time.perf_counter() - started if fast_target else None
+    registry = registry_factory() if registry_factory else _registry()
+    target = registry.rollback_target(model)
+    champion = registry.get_alias(model, "champion")
+    if target is None:
+        if fast_target is not None:
+            _undo_fast_switch(plane, model)
+        raise RolloutError(
+            f"nothing to roll back to: {model} has no 'previous' version (champion is {champion or 'unset'}); "
+            f"promote a known-good version instead: llmrelease registry promote {model} <version> --actor <you>"
+        )
+    if fast_target != target:
+        from registry.settings import llmrelease_home
+        from steps.evals.tracking import mlflow_client
+        from steps.evals.weights import weights_dir
+
+        client = versions_factory() if versions_factory else mlflow_client()
+        model_dir = weights_dir(client, model, target, home or llmrelease_home())
+        with plane.locked(model) as state:
+            _switch(plane, state, plane.ensure_server(state, target, model_dir))
+        switched_s = time.perf_counter() - started
+    _finish_rollback(plane, registry, model, champion, target, actor=actor, reason=reason, workflow_uid=workflow_uid)
+    return {"from": champion, "to": target, "switched_s": switched_s, "fast": fast_target == target}
+
+
+def _finish_rollback(
+    plane: LocalServing, registry: ModelRegistry, model: str, champion: str | None, target: str, **who: str
+) -> None:
+    """After traffic moved: drop any canary, fix the plane's roles, then move the aliases and tag the bad version."""
+    with plane.locked(model) as state:
+        router = plane.router(state)
+        for name in list(router.backends):
+            if name != server_name(target):
+                router.remove_backend(name)
+        for version, server in state.servers.items():
+            if version != target:
+                server.hot_until = time.time()
+        state.champion, state.previous, state.canary = target, None, None
+        plane.reap(state)
+    registry.delete_model_tag(model, LEASE_TAG)
+    if champion is not None and champion != target:
+        registry.move_alias(model, "champion", target, **who)
+        registry.tag_version(model, champion, ROLLED_BACK_TAG, json.dumps({**who, "at": datetime.now(UTC).isoformat()}))
+    registry.remove_alias(
+        model,
+        "previous",
+        actor=who["actor"],
+        reason=f"rolled back to it: {who['reason']}",
+        workflow_uid=who["workflow_uid"],
+    )
+
+
+def _registry() -> ModelRegistry:
+    from registry.facade import ModelRegistry
+
+    return ModelRegistry.from_env()
+
+
+def _undo_fast_switch(plane: LocalServing, model: str) -> None:
+    """The registry has no `previous` after all: put traffic back on the plane's champion."""
+    with plane.locked(model) as state:
+        champion = state.servers.get(state.champion or "")
+        if champion is not None:
+            _switch(plane, state, champion)

@@ -1,0 +1,326 @@
+"""The local serving plane: one OpenAI-compatible server per model version and one HAProxy router per model.
+
+This is what a cluster gives the pipeline in production (a vLLM Deployment + Service per version behind a Gateway
+API HTTPRoute), made of real processes on this machine so that the same steps run in the demo and in CI:
+
+* a **model server** per version is `transformers serve --device cpu <served-name>`, started detached (it outlives
+  the step that started it, as a Deployment outlives the pod that applied it). It runs in its own folder where
+  `<served-name>` is a symlink to the weights, so every version answers to the same model name, the registered
+  model's name (what vLLM's `--served-model-name` does). It is *ready* only when a real chat completion
+  succeeded, never merely because its port opened.
+* a **router** per model is a detached `HAProxyRouter`; model versions are servers named `v<version>` added and
+  removed live, and every response names the version that served it (`X-Served-By: v<version>`).
+* a small **state file** per model (`plane.json`) records the router port, the server of each version and which
+  version plays which role (champion, previous, canary): what `llmrelease rollback` reads to move traffic back
+  within a second, before it even imports MLflow.
+
+Everything lives under `$LLMRELEASE_HOME/serving/<model>/`; concurrent steps on one machine serialise their
+changes with a file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.errors import ReleaseError
+from steps.core.proc import alive, terminate
+from steps.rollout.routing.haproxy import HAProxyRouter
+
+__all__ = ["ServingError", "ServerState", "PlaneState", "LocalServing", "server_name", "ready_check"]
+
+_READY_PROMPT = [{"role": "user", "content": "ping"}]
+
+
+class ServingError(ReleaseError):
+    """A model server or router could not be started, reached or changed."""
+
+
+def server_name(version: str) -> str:
+    """The router's name for a model version (also the `X-Served-By` value)."""
+    return f"v{version}"
+
+
+class ServerState(BaseModel):
+    """One model version's server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    port: int
+    pid: int
+    model_dir: str
+    started_at: float
+    hot_until: float | None = Field(default=None, description="epoch seconds after which a non-serving copy may stop")
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL (…/v1)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def address(self) -> str:
+        """host:port for the router."""
+        return f"127.0.0.1:{self.port}"
+
+
+class PlaneState(BaseModel):
+    """A model's router and servers, and which version is champion, previous and canary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    router_port: int | None = None
+    servers: dict[str, ServerState] = Field(default_factory=dict)
+    champion: str | None = None
+    previous: str | None = None
+    canary: str | None = None
+
+
+def ready_check(base_url: str, model: str, *, timeout: float = 10.0) -> str | None:
+    """Send one real chat completion; return None when it succeeded, else why it did not."""
+    try:
+        response = httpx.post(
+            base_url.rstrip("/") + "/chat/completions",
+            json={"model": model, "messages": _READY_PROMPT, "max_tokens": 1},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as e:
+        return f"{type(e).__name__}: {e}"
+    if response.status_code != 200:
+        return f"HTTP {response.status_code}: {response.text[:200]}"
+    try:
+        choices = response.json()["choices"]
+        choices[0]["message"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"not a chat completion: {response.text[:200]}"
+    return None
+
+
+class LocalServing:
+    """Start, find, route and stop the model servers of this machine (see the module docstring)."""
+
+    def __init__(self, home: Path, *, start_timeout: float = 180.0, clock: Any = time.time) -> None:
+        """Keep state under `home/serving/`.
+
+        Args:
+            home: LLMRELEASE_HOME.
+            start_timeout: seconds a new model server may take to answer its first completion.
+            clock: epoch seconds (tests pass a fake one to expire hot windows).
+        """
+        self._root = home / "serving"
+        self._start_timeout = start_timeout
+        self._clock = clock
+
+    # --- state -------------------------------------------------------------------------------------------------
+    def model_dir(self, model: str) -> Path:
+        """Where one model's router, servers and state live."""
+        if not model or "/" in model or model.startswith("."):
+            raise ServingError(f"model name {model!r} cannot name a folder: use the registered model's name")
+        return self._root / model
+
+    @contextlib.contextmanager
+    def locked(self, model: str) -> Iterator[PlaneState]:
+        """Hold the model's lock; yield its state and write it back when the block ends (even by an error)."""
+        folder = self.model_dir(model)
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self.state(model)
+            try:
+                yield state
+            finally:  # also after an error: the file must name every process the block started
+                tmp = folder / "plane.json.tmp"
+                tmp.write_text(state.model_dump_json(indent=2))
+                os.replace(tmp, folder / "plane.json")
+
+    def state(self, model: str) -> PlaneState:
+        """The model's recorded state (empty when nothing was ever served)."""
+        path = self.model_dir(model) / "plane.json"
+        if not path.is_file():
+            return PlaneState(model=model)
+        return PlaneState.model_validate_json(path.read_text())
+
+    # --- model servers -----------------------------------------------------------------------------------------
+    def ensure_server(self, state: PlaneState, version: str, model_dir: Path) -> ServerState:
+        """Return the version's ready server, starting it when it is not running (call inside `locked`)."""
+        return self.ensure_servers(state, {version: model_dir})[version]
+
+    def ensure_servers(self, state: PlaneState, wanted: dict[str, Path]) -> dict[str, ServerState]:
+        """Ready servers for several versions; those not running start together (call inside `locked`)."""
+        ready: dict[str, ServerState] = {}
+        starting: list[tuple[ServerState, subprocess.Popen[bytes], Path]] = []
+        for version, model_dir in wanted.items():
+            current = state.servers.get(version)
+            if current is not None and self.is_ready(state, current):
+                current.hot_until = None
+                ready[version] = current
+                continue
+            if current is not None:
+                terminate(current.pid, group=True)
+            starting.append(self._spawn(state.model, version, model_dir))
+        try:
+            for server, process, log in starting:
+                self._wait_ready(server, state.model, process, log)
+        except BaseException:
+            for _server, process, _log in starting:
+                terminate(process.pid, group=True)
+            raise
+        for server, _process, _log in starting:
+            state.servers[server.version] = ready[server.version] = server
+        return ready
+
+    def is_ready(self, state: PlaneState, server: ServerState) -> bool:
+        """Whether the server's process runs and it answers a real completion now."""
+        return alive(server.pid) and ready_check(server.base_url, state.model) is None
+
+    def _spawn(self, model: str, version: str, model_dir: Path) -> tuple[ServerState, subprocess.Popen[bytes], Path]:
+        executable = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
+        if not Path(executable).exists():
+            raise ServingError("`transformers` CLI not found: install the project with `pip install -e .[ml]`")
+        folder = self.model_dir(model) / server_name(version)
+        (folder / "hf-cache").mkdir(parents=True, exist_ok=True)
+        link = folder / model
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(model_dir.resolve(), target_is_directory=True)
+        port = _free_port()
+        # One compute thread per server: on a small machine the servers share the cores with the eval workers,
+        # and oversubscribed threads made both slower than running them one after the other.
+        env = {**os.environ, "HF_HUB_CACHE": str(folder / "hf-cache"), "HF_HUB_OFFLINE": "1",
+               "OMP_NUM_THREADS": os.environ.get("LLMRELEASE_SERVER_THREADS", "1")}
+        command = [executable, "serve", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), model]
+        with (folder / "server.log").open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=folder,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        server = ServerState(
+            version=version, port=port, pid=process.pid, model_dir=str(model_dir), started_at=self._clock()
+        )
+        return server, process, folder / "server.log"
+
+    def _wait_ready(self, server: ServerState, model: str, process: subprocess.Popen[bytes], log: Path) -> None:
+        deadline = time.monotonic() + self._start_timeout
+        why: str | None = "not started"
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise ServingError(
+                    f"model server for {model} version {server.version} exited with code {process.returncode}: "
+                    f"{_tail(log)} (see {log})"
+                )
+            why = ready_check(server.base_url, model, timeout=30.0)
+            if why is None:
+                return
+            time.sleep(0.2)
+        terminate(process.pid, group=True)
+        raise ServingError(
+            f"model server for {model} version {server.version} answered no completion within "
+            f"{self._start_timeout:g}s (last: {why}); see {log}"
+        )
+
+    def stop_server(self, state: PlaneState, version: str) -> None:
+        """Stop a version's server (call inside `locked`; take it out of the router first)."""
+        server = state.servers.pop(version, None)
+        if server is not None:
+            terminate(server.pid, group=True)
+
+    def reap(self, state: PlaneState) -> list[str]:
+        """Stop servers whose hot window ended and that play no role; return their versions."""
+        now = self._clock()
+        roles = {state.champion, state.canary}
+        stale = [
+            v for v, s in state.servers.items() if v not in roles and s.hot_until is not None and s.hot_until <= now
+        ]
+        router = self.router(state) if stale and state.router_port else None
+        for version in stale:
+            if router is not None:
+                with contextlib.suppress(ReleaseError):
+                    router.remove_backend(server_name(version))
+            self.stop_server(state, version)
+            if state.previous == version:
+                state.previous = None
+        return stale
+
+    # --- router ------------------------------------------------------------------------------------------------
+    def router(self, state: PlaneState) -> HAProxyRouter:
+        """The model's running router (call inside `locked`)."""
+        if state.router_port is None:
+            raise ServingError(f"{state.model} has no router: deploy a version first (the deploy step does)")
+        return HAProxyRouter.attach(self._router_dir(state.model), state.router_port)
+
+    def ensure_router(self, state: PlaneState, first: ServerState) -> HAProxyRouter:
+        """Attach to the model's router, or start it with `first` taking all traffic (call inside `locked`)."""
+        if state.router_port is not None:
+            try:
+                return self.router(state)
+            except ReleaseError:
+                pass  # it died (machine restart): start a fresh one below
+        port = _free_port()
+        router = HAProxyRouter(
+            {server_name(first.version): first.address}, port=port, workdir=self._router_dir(state.model)
+        ).start()
+        router.detach()
+        state.router_port = port
+        return router
+
+    def _router_dir(self, model: str) -> Path:
+        """The router's folder: short and fixed per model folder (a unix socket path must stay under ~100 bytes)."""
+        key = hashlib.sha256(str(self.model_dir(model).resolve()).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"llmrelease-router-{key}"
+
+    def router_url(self, state: PlaneState) -> str:
+        """The OpenAI-compatible base URL clients call (…/v1)."""
+        if state.router_port is None:
+            raise ServingError(f"{state.model} has no router: deploy a version first")
+        return f"http://127.0.0.1:{state.router_port}/v1"
+
+    def shutdown(self, model: str) -> None:
+        """Stop the model's router and every server (tests and `llmrelease serving stop`)."""
+        with self.locked(model) as state:
+            if state.router_port is not None:
+                with contextlib.suppress(ReleaseError):
+                    self.router(state).stop()
+            for version in list(state.servers):
+                self.stop_server(state, version)
+            state.router_port = None
+            state.champion = state.previous = state.canary = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _tail(log: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = log.read_text(errors="replace").strip().splitlines()
+        return " | ".join(lines[-3:])[:400]
+    return "no log"
+
+
+def to_json(state: PlaneState) -> dict[str, Any]:
+    """The state as plain JSON (for `llmrelease serving status --json`)."""
+    return json.loads(state.model_dump_json())

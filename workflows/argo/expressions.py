@@ -1,0 +1,210 @@
+"""Argo's two small languages: `{{...}}` tag substitution, and the boolean expressions of `when` and `depends`.
+
+`when` in Argo is tag substitution followed by govaluate. After substitution, the expression is made of
+literals: numbers, quoted strings, `true`/`false`, and bare words (`heads == heads` in Argo's conditionals
+example) which we read as strings, as Argo users expect. Operators: `== != < > <= >= =~ !~ && || !` and
+parentheses. `depends` uses the same grammar with task names (optionally `.Succeeded`, `.Failed`, ...) as
+operands, resolved by a callback.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from registry.errors import WorkflowError
+
+__all__ = ["TAG", "substitute", "evaluate", "evaluate_when", "tags_in"]
+
+TAG = re.compile(r"\{\{\s*(=?[^{}]*?)\s*\}\}")
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<str>'[^']*'|"[^"]*")
+      | (?P<op>&&|\|\||==|!=|<=|>=|=~|!~|<|>|!|\(|\))
+      | (?P<word>[^\s()!=<>&|'"]+)
+    )""",
+    re.VERBOSE,
+)
+_COMPARATORS = {"==", "!=", "<", ">", "<=", ">=", "=~", "!~"}
+
+
+def tags_in(text: str) -> list[str]:
+    """Every `{{...}}` variable name in `text`, in order."""
+    return [m.group(1) for m in TAG.finditer(text)]
+
+
+def substitute(text: str, scope: Mapping[str, str], *, where: str, strict: bool = True) -> str:
+    """Replace every `{{name}}` in `text` with `scope[name]`.
+
+    Raises:
+        WorkflowError: a tag names nothing in scope (when strict), or is an `{{=expr}}` expression tag.
+    """
+
+    def _one(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name.startswith("="):
+            raise WorkflowError(f"{where}: expression tag '{{{{{name}}}}}' is not supported by the local runner; "
+                                "use a plain {{...}} reference or a `when` condition")
+        if name in scope:
+            return scope[name]
+        if strict:
+            raise WorkflowError(f"{where}: unresolved reference '{{{{{name}}}}}': declare it as an input, "
+                                "a workflow argument or an output of a task this one depends on")
+        return match.group(0)
+
+    return TAG.sub(_one, text)
+
+
+@dataclass(frozen=True)
+class _Tok:
+    kind: str  # "str", "op", "word"
+    text: str
+
+
+def _tokenize(expr: str) -> list[_Tok]:
+    tokens: list[_Tok] = []
+    pos = 0
+    stripped = expr.rstrip()
+    while pos < len(stripped):
+        m = _TOKEN.match(stripped, pos)
+        if m is None or m.end() == pos:
+            raise WorkflowError(f"cannot parse expression {expr!r} at position {pos}")
+        kind = m.lastgroup or "word"
+        text = m.group(kind)
+        tokens.append(_Tok(kind, text[1:-1] if kind == "str" else text))
+        pos = m.end()
+    return tokens
+
+
+Value = bool | float | str
+
+
+class _Parser:
+    """Recursive descent: or -> and -> not -> comparison -> atom."""
+
+    def __init__(self, expr: str, resolve: Callable[[str], Value]) -> None:
+        self.expr = expr
+        self.tokens = _tokenize(expr)
+        self.pos = 0
+        self.resolve = resolve
+
+    def parse(self) -> Value:
+        if not self.tokens:
+            raise WorkflowError("empty expression")
+        value = self._or()
+        if self.pos != len(self.tokens):
+            raise WorkflowError(f"unexpected {self.tokens[self.pos].text!r} in expression {self.expr!r}")
+        return value
+
+    def _peek(self) -> _Tok | None:
+        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
+
+    def _take_op(self, *ops: str) -> str | None:
+        tok = self._peek()
+        if tok is not None and tok.kind == "op" and tok.text in ops:
+            self.pos += 1
+            return tok.text
+        return None
+
+    def _or(self) -> Value:
+        left = self._and()
+        while self._take_op("||"):
+            right = self._and()
+            left = _truthy(left) or _truthy(right)
+        return left
+
+    def _and(self) -> Value:
+        left = self._not()
+        while self._take_op("&&"):
+            right = self._not()
+            left = _truthy(left) and _truthy(right)
+        return left
+
+    def _not(self) -> Value:
+        if self._take_op("!"):
+            return not _truthy(self._not())
+        return self._comparison()
+
+    def _comparison(self) -> Value:
+        left = self._atom()
+        op = self._take_op(*_COMPARATORS)
+        if op is None:
+            return left
+        return _compare(left, op, self._atom())
+
+    def _atom(self) -> Value:
+        tok = self._peek()
+        if tok is None:
+            raise WorkflowError(f"expression {self.expr!r} ends too early")
+        self.pos += 1
+        if tok.kind == "op":
+            if tok.text != "(":
+                raise WorkflowError(f"unexpected {tok.text!r} in expression {self.expr!r}")
+            value = self._or()
+            if not self._take_op(")"):
+                raise WorkflowError(f"missing ')' in expression {self.expr!r}")
+            return value
+        if tok.kind == "str":
+            return tok.text
+        return self.resolve(tok.text)
+
+
+def _literal(word: str) -> Value:
+    if word in ("true", "false"):
+        return word == "true"
+    try:
+        return float(word)
+    except ValueError:
+        return word
+
+
+def _truthy(value: Value) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise WorkflowError(f"expected a boolean, got {value!r}")
+
+
+def _compare(left: Value, op: str, right: Value) -> bool:
+    if op in ("=~", "!~"):
+        found = re.search(str(right), str(left)) is not None
+        return found if op == "=~" else not found
+    if op not in ("==", "!=") and isinstance(left, float) != isinstance(right, float):
+        raise WorkflowError(f"cannot order {left!r} and {right!r}")
+    if isinstance(left, float) and isinstance(right, float):
+        a: float | str = left
+        b: float | str = right
+    else:
+        a, b = _as_text(left), _as_text(right)
+    if op == "==":
+        return a == b
+    if op == "!=":
+        return a != b
+    if type(a) is not type(b):
+        raise WorkflowError(f"cannot order {left!r} and {right!r}")
+    return {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}[op]  # type: ignore[operator]
+
+
+def _as_text(value: Value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else str(value)
+    return value
+
+
+def evaluate(expr: str, resolve: Callable[[str], Value] = _literal) -> Value:
+    """Evaluate `expr`; bare words go through `resolve` (default: literals and strings)."""
+    return _Parser(expr, resolve).parse()
+
+
+def evaluate_when(expr: str) -> bool:
+    """Evaluate an already-substituted `when` condition the way Argo's govaluate does.
+
+    Raises:
+        WorkflowError: the expression does not parse or is not boolean.
+    """
+    try:
+        return _truthy(evaluate(expr))
+    except WorkflowError as e:
+        raise WorkflowError(f"when {expr!r}: {e}") from e

@@ -1,0 +1,132 @@
+"""`llmrelease` commands for serving and rollouts: rollback, rollout abort, canary resume/abort, serving status/stop.
+
+Imports stay inside the commands: `llmrelease rollback` must move traffic before anything heavy (MLflow) loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["add_commands"]
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    # Only what moves traffic is imported before the switch (not Hera, not MLflow): see `steps.rollout.operations.rollback`.
+    from registry.errors import SpecError
+    from registry.settings import llmrelease_home
+    from steps.rollout.operations import rollback
+    from steps.rollout.serving.local import LocalServing
+
+    started = time.perf_counter()
+    if not args.actor.strip():
+        raise SpecError("--actor is empty: say who rolls back, it goes into the registry history")
+    result = rollback(LocalServing(llmrelease_home()), args.name, actor=args.actor, reason=args.reason)
+    path = "hot previous" if result["fast"] else "previous started cold, then switched"
+    print(f"{args.name}: rolled back: champion {result['from']} -> {result['to']}; all traffic on {result['to']} "
+          f"{result['switched_s']:.3f}s after the command started ({path}); "
+          f"done in {time.perf_counter() - started:.1f}s")
+    return 0
+
+
+def _cmd_rollout_abort(args: argparse.Namespace) -> int:
+    from registry.facade import ModelRegistry
+    from registry.settings import llmrelease_home
+    from steps.rollout.operations import abort
+    from steps.rollout.serving.local import LocalServing
+
+    aborted = abort(ModelRegistry.from_env(), LocalServing(llmrelease_home()), model=args.name, workflow_uid=None,
+                    reason=f"aborted by {args.actor}: {args.reason}")
+    print(f"{args.name}: " + (f"rollout of version {aborted} aborted; all traffic on the champion"
+                              if aborted else "no rollout in flight"))
+    return 0
+
+
+def _cmd_canary_decide(args: argparse.Namespace) -> int:
+    from registry.errors import SpecError
+    from registry.facade import ModelRegistry
+    from steps.canary import DECISION_TAG
+    from steps.rollout.operations import current_lease
+
+    if not args.actor.strip():
+        raise SpecError("--actor is empty: say who decides, it is recorded in the canary log")
+    registry = ModelRegistry.from_env()
+    lease = current_lease(registry, args.name)
+    if lease is None:
+        raise SpecError(f"no canary of {args.name} is in flight: nothing to {args.canary_command}")
+    decision = {"workflow_uid": lease.workflow_uid, "action": args.canary_command, "actor": args.actor,
+                "at": datetime.now(UTC).isoformat()}
+    registry.set_model_tag(args.name, DECISION_TAG, json.dumps(decision))
+    print(f"{args.name}: canary of version {lease.candidate}: {args.canary_command} requested by {args.actor}")
+    return 0
+
+
+def _cmd_serving_status(args: argparse.Namespace) -> int:
+    from registry.settings import llmrelease_home
+    from steps.rollout.serving.local import LocalServing, server_name
+
+    plane = LocalServing(llmrelease_home())
+    state = plane.state(args.name)
+    weights: dict[str, int] = {}
+    if state.router_port is not None:
+        try:
+            weights = plane.router(state).weights()
+        except Exception as e:  # noqa: BLE001 - status reports what it can
+            print(f"router: not reachable ({e})")
+    if args.json:
+        print(json.dumps({**state.model_dump(), "weights": weights}, indent=2))
+        return 0
+    url = plane.router_url(state) if state.router_port else "none"
+    print(f"{args.name}: router {url}; champion {state.champion}, previous {state.previous}, canary {state.canary}")
+    for version, server in state.servers.items():
+        alive = "ready" if plane.is_ready(state, server) else "down"
+        hot = f", hot until {datetime.fromtimestamp(server.hot_until, UTC):%H:%M:%S}Z" if server.hot_until else ""
+        print(f"  v{version}: {server.base_url} {alive}, weight {weights.get(server_name(version), 0)}%{hot}")
+    return 0
+
+
+def _cmd_serving_stop(args: argparse.Namespace) -> int:
+    from registry.settings import llmrelease_home
+    from steps.rollout.serving.local import LocalServing
+
+    LocalServing(llmrelease_home()).shutdown(args.name)
+    print(f"{args.name}: router and model servers stopped")
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    """Add rollback, rollout, canary and serving to the `llmrelease` parser."""
+    rollback = sub.add_parser("rollback", help="all traffic and `champion` back on `previous`, in one command")
+    rollback.add_argument("name", help="registered model name")
+    rollback.add_argument("--actor", required=True, help="who rolls back (recorded in the history)")
+    rollback.add_argument("--reason", default="manual rollback", help="why (recorded in the history)")
+    rollback.set_defaults(func=_cmd_rollback)
+
+    rollout = sub.add_parser("rollout", help="rollouts in flight")
+    rollout_sub = rollout.add_subparsers(dest="rollout_command", required=True)
+    abort = rollout_sub.add_parser("abort", help="abort the rollout in flight: all traffic back on the champion")
+    abort.add_argument("name")
+    abort.add_argument("--actor", required=True)
+    abort.add_argument("--reason", default="manual abort")
+    abort.set_defaults(func=_cmd_rollout_abort)
+
+    canary = sub.add_parser("canary", help="decide a canary paused on an Inconclusive analysis")
+    canary_sub = canary.add_subparsers(dest="canary_command", required=True)
+    for action, text in (("resume", "go on to the next traffic step"), ("abort", "abort: traffic back on champion")):
+        decide = canary_sub.add_parser(action, help=text)
+        decide.add_argument("name")
+        decide.add_argument("--actor", required=True)
+        decide.set_defaults(func=_cmd_canary_decide)
+
+    serving = sub.add_parser("serving", help="the local serving plane (model servers and router)")
+    serving_sub = serving.add_subparsers(dest="serving_command", required=True)
+    status = serving_sub.add_parser("status", help="router URL, servers, weights and roles of a model")
+    status.add_argument("name")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=_cmd_serving_status)
+    stop = serving_sub.add_parser("stop", help="stop a model's router and model servers")
+    stop.add_argument("name")
+    stop.set_defaults(func=_cmd_serving_stop)
