@@ -26,10 +26,18 @@ render: setup ## render every pipeline module in workflows/ into argo/
 check-render: setup ## fail if argo/ differs from a fresh render
 	$(BIN)/llmrelease render --check
 
-lint: setup ## ruff + mypy + lint every rendered Argo manifest
-	$(BIN)/ruff check workflows steps registry tests benchmarks examples
+LINTED := workflows steps registry tests benchmarks examples
+
+lint: setup ## ruff check + ruff format --check + mypy (incl. tests/) + the layer contract + every rendered manifest
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/llmrelease lint argo/*.yaml
+
+format: setup ## rewrite the code in ruff's format and fix what ruff can fix
+	$(BIN)/ruff format $(LINTED)
+	$(BIN)/ruff check --fix $(LINTED)
 
 demo-models: setup ## build the small demo models once (examples/models/)
 	$(BIN)/python examples/build_demo_models.py --out examples/models
@@ -48,4 +56,4 @@ test: setup system-packages ## set up and run the test suite (GPU tests skip wit
 bench: setup ## run the benchmarks under benchmarks/
 	$(BIN)/python benchmarks/runner_overhead.py
 
-.PHONY: help setup system-packages render check-render lint demo-models demo test bench
+.PHONY: help setup system-packages render check-render lint format demo-models demo test bench

@@ -1,4 +1,4 @@
-"""Benchmark: the onboard step's file hashing (steps.onboarding.hashing.sha256_file) against coreutils `sha256sum`.
+"""Benchmark: the onboard step's file hashing (steps.core.hashing.sha256_file) against coreutils `sha256sum`.
 
 Creates one file of random bytes in a temp dir (1 GiB by default), reads it once to warm the page cache, then
 times each tool best of 3 on the same file and prints a table: tool, seconds, MiB/s, ratio vs sha256sum
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from steps.onboarding.hashing import CHUNK_BYTES, sha256_file
+from steps.core.hashing import CHUNK_BYTES, sha256_file
 
 MIB = 1024 * 1024
 
@@ -62,7 +62,7 @@ def main() -> None:
     size = args.size_mib
     print(f"file {size} MiB, best of {args.repeat}, chunk {CHUNK_BYTES // MIB} MiB, {os.cpu_count()} CPUs")
     print(f"{'tool':<34}{'seconds':>9}{'MiB/s':>9}{'ratio':>8}")
-    for name, secs in (("steps.onboarding.hashing.sha256_file", ours), ("sha256sum (coreutils)", ref)):
+    for name, secs in (("steps.core.hashing.sha256_file", ours), ("sha256sum (coreutils)", ref)):
         print(f"{name:<34}{secs:>9.3f}{size / secs:>9.0f}{ref / secs:>8.2f}")
 
 

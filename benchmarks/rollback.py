@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from registry.facade import ModelRegistry  # noqa: E402
+from registry.tags import CHAMPION  # noqa: E402
 from steps.rollout.serving.local import LocalServing, server_name  # noqa: E402
 
 NAME = "bench-qa"
@@ -85,7 +86,7 @@ class Probes:
 
 def _arrange(plane: LocalServing, registry: ModelRegistry, *, cold: bool) -> None:
     """v2 champion serving 100%, v1 previous (hot, or stopped when `cold`)."""
-    if registry.get_alias(NAME, "champion") != "1":
+    if registry.get_alias(NAME, CHAMPION) != "1":
         registry.promote(NAME, "1", actor="bench", reason="arrange")
     registry.promote(NAME, "2", actor="bench", reason="arrange")
     with plane.locked(NAME) as state:

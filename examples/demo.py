@@ -51,11 +51,13 @@ def deliver(release: str, expect_success: bool) -> float:
 def main() -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     walls: dict[str, float] = {}
-    if alias("champion") is None:
+    from registry.tags import CHAMPION
+
+    if alias(CHAMPION) is None:
         walls["champion (seed)"] = deliver("releases/demo-champion.yaml", expect_success=True)
-    seed = alias("champion")
+    seed = alias(CHAMPION)
     walls["candidate"] = deliver("releases/demo.yaml", expect_success=True)
-    candidate = alias("champion")
+    candidate = alias(CHAMPION)
     walls["candidate-unsafe"] = deliver("releases/demo-unsafe.yaml", expect_success=False)
     llmrelease("serving", "status", MODEL)
     llmrelease("rollback", MODEL, "--actor", "demo", "--reason", "show the one-command rollback")

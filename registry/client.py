@@ -17,6 +17,7 @@ from registry.errors import RegistryError
 
 __all__ = [
     "MlflowClientLike",
+    "VersionTagger",
     "call_with_retry",
     "check_reachable",
     "error_code",
@@ -36,6 +37,13 @@ _CONNECTION_HINTS = (
 )
 _CONNECTION_TYPES = frozenset({"ConnectionError", "ConnectTimeout", "NewConnectionError", "MaxRetryError"})
 _T = TypeVar("_T")
+
+
+class VersionTagger(Protocol):
+    """What a step that only tags a model version needs: `ModelRegistry`, or a fake in a test."""
+
+    def tag_version(self, name: str, version: str | int, key: str, value: str) -> None:
+        """Set tag `key` = `value` on version `version` of registered model `name`."""
 
 
 class MlflowClientLike(Protocol):

@@ -35,21 +35,25 @@ from registry.record import (
     version_source,
 )
 from registry.settings import llmrelease_home, tracking_uri
+from registry.tags import (
+    CANDIDATE,
+    CHAMPION,
+    DIGEST_TAG,
+    ENVIRONMENT_TAG,
+    GIT_COMMIT_TAG,
+    LICENSE_TAG,
+    MODEL_NAME_TAG,
+    ONBOARDING_EXPERIMENT,
+    OWNER_TAG,
+    PREVIOUS,
+    RUN_COMPLETE_TAG,
+    SOURCE_URI_TAG,
+    WORKFLOW_NAME_TAG,
+    WORKFLOW_UID_TAG,
+)
 
-__all__ = [
-    "ALIAS_CANDIDATE",
-    "ALIAS_CHAMPION",
-    "ALIAS_PREVIOUS",
-    "DIGEST_TAG",
-    "EXPERIMENT_NAME",
-    "ModelRegistry",
-    "RegisteredVersion",
-]
+__all__ = ["ModelRegistry", "RegisteredVersion"]
 
-EXPERIMENT_NAME = "llmrelease-onboarding"
-DIGEST_TAG = "llmrelease.digest"
-ALIAS_CANDIDATE, ALIAS_CHAMPION, ALIAS_PREVIOUS = "candidate", "champion", "previous"
-_RUN_COMPLETE_TAG = "llmrelease.run_complete"
 _T = TypeVar("_T")
 
 
@@ -156,11 +160,11 @@ class ModelRegistry:
                 f"registering {rec.name!r} ({rec.digest[:19]}...) at {self._uri} failed: "
                 f"{short_error(e)}: fix the cause and re-run (registration is idempotent)"
             ) from e
-        if self._aliases(rec.name).get(ALIAS_CANDIDATE) != result.version:
+        if self._aliases(rec.name).get(CANDIDATE) != result.version:
             actor = "/".join(p for p in (workflow_name, workflow_uid) if p) or "llmrelease"
             why = f"registered {rec.digest[:19]}..." + ("" if result.created else " (reused)")
             self.move_alias(
-                rec.name, ALIAS_CANDIDATE, result.version, actor=actor, reason=why, workflow_uid=workflow_uid
+                rec.name, CANDIDATE, result.version, actor=actor, reason=why, workflow_uid=workflow_uid
             )
         return result
 
@@ -178,8 +182,8 @@ class ModelRegistry:
         """The run holding the record's artifacts: a complete one left by a crashed attempt, or a new one."""
         experiment_id = self._experiment_id()
         query = (
-            f"tags.`{DIGEST_TAG}` = '{rec.digest}' and tags.`llmrelease.model_name` = '{rec.name}'"
-            f" and tags.`{_RUN_COMPLETE_TAG}` = 'true'"
+            f"tags.`{DIGEST_TAG}` = '{rec.digest}' and tags.`{MODEL_NAME_TAG}` = '{rec.name}'"
+            f" and tags.`{RUN_COMPLETE_TAG}` = 'true'"
         )
         previous = self._call(self._client.search_runs, [experiment_id], query, max_results=1)
         if previous:
@@ -190,14 +194,14 @@ class ModelRegistry:
         run = self._call(
             self._client.create_run,
             experiment_id,
-            tags={**tags, "llmrelease.model_name": rec.name},
+            tags={**tags, MODEL_NAME_TAG: rec.name},
             run_name=f"onboard-{rec.name}",
         )
         run_id = run.info.run_id
         self._log_record(run_id, raw, rec)
         if rec.copies_weights:
             self._call(self._client.log_artifacts, run_id, str(rec.local_path), "model")
-        self._call(self._client.set_tag, run_id, _RUN_COMPLETE_TAG, "true")
+        self._call(self._client.set_tag, run_id, RUN_COMPLETE_TAG, "true")
         self._call(self._client.set_terminated, run_id, "FINISHED")
         return run_id, run.info.artifact_uri
 
@@ -223,26 +227,26 @@ class ModelRegistry:
         self._call(self._client.log_batch, run_id, params=batch)
 
     def _experiment_id(self) -> str:
-        experiment = self._call(self._client.get_experiment_by_name, EXPERIMENT_NAME)
+        experiment = self._call(self._client.get_experiment_by_name, ONBOARDING_EXPERIMENT)
         if experiment is not None:
             return str(experiment.experiment_id)
         location = self._artifact_root.resolve().as_uri() if self._artifact_root else None
         try:
-            return str(self._call(self._client.create_experiment, EXPERIMENT_NAME, location))
+            return str(self._call(self._client.create_experiment, ONBOARDING_EXPERIMENT, location))
         except Exception as e:
             if error_code(e) != "RESOURCE_ALREADY_EXISTS":
                 raise RegistryError(
-                    f"cannot create MLflow experiment {EXPERIMENT_NAME!r} at {self._uri}: "
+                    f"cannot create MLflow experiment {ONBOARDING_EXPERIMENT!r} at {self._uri}: "
                     f"{short_error(e)}: check the tracking server's permissions"
                 ) from e
-            return str(self._call(self._client.get_experiment_by_name, EXPERIMENT_NAME).experiment_id)
+            return str(self._call(self._client.get_experiment_by_name, ONBOARDING_EXPERIMENT).experiment_id)
 
     def _ensure_model(self, rec: OnboardingView) -> None:
         try:
             self._call(
                 self._client.create_registered_model,
                 rec.name,
-                {"llmrelease.owner": rec.card.owner},
+                {OWNER_TAG: rec.card.owner},
                 rec.card.intended_use or None,
             )
         except Exception as e:
@@ -317,8 +321,8 @@ class ModelRegistry:
             The moves made (previous first, then champion); empty if `version` already is the champion.
         """
         version = str(version)
-        self._require_version(name, version, f"move alias {ALIAS_CHAMPION!r} of")
-        old = self.get_alias(name, ALIAS_CHAMPION)
+        self._require_version(name, version, f"move alias {CHAMPION!r} of")
+        old = self.get_alias(name, CHAMPION)
         if old == version:
             return []
         moves = []
@@ -326,7 +330,7 @@ class ModelRegistry:
             moves.append(
                 self.move_alias(
                     name,
-                    ALIAS_PREVIOUS,
+                    PREVIOUS,
                     old,
                     actor=actor,
                     workflow_uid=workflow_uid,
@@ -334,7 +338,7 @@ class ModelRegistry:
                 )
             )
         moves.append(
-            self.move_alias(name, ALIAS_CHAMPION, version, actor=actor, reason=reason, workflow_uid=workflow_uid)
+            self.move_alias(name, CHAMPION, version, actor=actor, reason=reason, workflow_uid=workflow_uid)
         )
         return moves
 
@@ -368,7 +372,7 @@ class ModelRegistry:
 
     def rollback_target(self, name: str) -> str | None:
         """The version to roll back to: the one `previous` points at, or None when there is none."""
-        return self.get_alias(name, ALIAS_PREVIOUS)
+        return self.get_alias(name, PREVIOUS)
 
     def tag_version(self, name: str, version: str | int, key: str, value: str) -> None:
         """Set tag `key` = `value` on a version; RegistryError if the version does not exist."""
@@ -390,7 +394,7 @@ class ModelRegistry:
 
     def champion_at(self, name: str, when: datetime) -> AliasMove | None:
         """The move that made the champion of `name` at time `when` (which version, who, why), or None."""
-        return alias_at(self.history(name), ALIAS_CHAMPION, when)
+        return alias_at(self.history(name), CHAMPION, when)
 
     # ---- plumbing ----
 
@@ -438,12 +442,12 @@ class ModelRegistry:
 def _version_tags(rec: OnboardingView, *, git_commit: str, workflow_name: str, workflow_uid: str) -> dict[str, str]:
     return {
         DIGEST_TAG: rec.digest,
-        "llmrelease.license": rec.card.license,
-        "llmrelease.source_uri": rec.source_uri,
-        "llmrelease.git_commit": git_commit,
-        "llmrelease.workflow_name": workflow_name,
-        "llmrelease.workflow_uid": workflow_uid,
-        "llmrelease.environment": rec.environment,
+        LICENSE_TAG: rec.card.license,
+        SOURCE_URI_TAG: rec.source_uri,
+        GIT_COMMIT_TAG: git_commit,
+        WORKFLOW_NAME_TAG: workflow_name,
+        WORKFLOW_UID_TAG: workflow_uid,
+        ENVIRONMENT_TAG: rec.environment,
     }
 
 

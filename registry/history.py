@@ -16,9 +16,9 @@ from datetime import UTC, datetime, timedelta
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from registry.errors import RegistryError
+from registry.tags import HISTORY_TAG_PREFIX
 
 __all__ = [
-    "HISTORY_TAG_PREFIX",
     "AliasMove",
     "history_tag_key",
     "moves_from_tags",
@@ -26,7 +26,6 @@ __all__ = [
     "format_history",
 ]
 
-HISTORY_TAG_PREFIX = "llmrelease.history."
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_REASON = 2000  # MLflow caps registered-model tag values at 5000 characters.
 

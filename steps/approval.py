@@ -17,34 +17,27 @@ import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 
 from hera.workflows import Input, Output, Parameter, Suspend, script
 from hera.workflows.models import SuppliedValueFrom, ValueFrom
 from pydantic import BaseModel, ConfigDict
 
+from registry.client import VersionTagger
 from registry.errors import ReleaseError, SpecError
+from registry.tags import Approval, approval_tag
 from steps.core.images import STEPS_IMAGE
 
 __all__ = [
-    "APPROVAL_TAG_PREFIX",
-    "Approval",
     "ApprovalParams",
     "ApprovalResult",
     "Inputs",
-    "approval_tag",
     "approval_templates",
-    "approvals_from_tags",
     "record_approval",
     "run",
 ]
 
-APPROVAL_TAG_PREFIX = "llmrelease.approval."
 _ENVIRONMENT = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-
-
-class _Tagger(Protocol):
-    def tag_version(self, name: str, version: str | int, key: str, value: str) -> None: ...
 
 
 class Inputs(BaseModel):
@@ -57,22 +50,6 @@ class Inputs(BaseModel):
     environment: str
     approver: str
     workflow_uid: str = ""
-
-
-class Approval(BaseModel):
-    """One recorded approval: the JSON value of the version tag `llmrelease.approval.<environment>`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    approver: str
-    approved_at: datetime
-    environment: str
-    workflow_uid: str = ""
-
-
-def approval_tag(environment: str) -> str:
-    """The version tag key holding the approval for `environment`."""
-    return f"{APPROVAL_TAG_PREFIX}{environment}"
 
 
 def _check(inputs: Inputs) -> None:
@@ -90,7 +67,7 @@ def _check(inputs: Inputs) -> None:
             raise SpecError(f"{field} is empty: pass the register step's {field.replace('_', '-')} output")
 
 
-def run(inputs: Inputs, registry: _Tagger, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Approval:
+def run(inputs: Inputs, registry: VersionTagger, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> Approval:
     """Validate the approval and tag the version with it.
 
     Raises:
@@ -109,18 +86,6 @@ def run(inputs: Inputs, registry: _Tagger, clock: Callable[[], datetime] = lambd
         inputs.model_name, inputs.version, approval_tag(inputs.environment), approval.model_dump_json()
     )
     return approval
-
-
-def approvals_from_tags(tags: dict[str, str]) -> dict[str, Approval]:
-    """The approvals among a version's tags, by environment (tags that do not parse are skipped)."""
-    found: dict[str, Approval] = {}
-    for key, value in tags.items():
-        if key.startswith(APPROVAL_TAG_PREFIX):
-            try:
-                found[key.removeprefix(APPROVAL_TAG_PREFIX)] = Approval.model_validate_json(value)
-            except ValueError:
-                continue
-    return found
 
 
 class ApprovalParams(Input):

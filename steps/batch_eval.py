@@ -20,9 +20,7 @@ No `from __future__ import annotations` here: Hera's runner inspects the entry's
 """
 
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -31,6 +29,15 @@ from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.errors import ReleaseError
+from registry.tags import (
+    CHAMPION,
+    DIGEST_TAG,
+    EVAL_EXPERIMENT,
+    EVAL_KIND_TAG,
+    MODEL_NAME_TAG,
+    MODEL_VERSION_TAG,
+    SOURCE_URI_TAG,
+)
 from steps.core.artifacts import REPORT_OUT
 from steps.core.images import STEPS_IMAGE
 from steps.evals.cache import GenerationSettings, ResultCache, short_hex
@@ -38,13 +45,12 @@ from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, SuiteResult
 from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, run_suite
 from steps.evals.suites import Suite, load_suite
-from steps.evals.tracking import experiment_id, llmrelease_home, mlflow_client
-from steps.evals.weights import VersionReader, download_weights, model_version
+from steps.core.tracking import experiment_id, llmrelease_home, mlflow_client
+from steps.evals.weights import VersionReader, download_weights, model_version, registered_digest
 from steps.release.spec import ReleaseSpec, load_spec
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
-    "EVAL_EXPERIMENT",
     "BatchEvalParams",
     "BatchEvalResult",
     "Inputs",
@@ -57,9 +63,6 @@ __all__ = [
 ]
 
 DEFAULT_MAX_NEW_TOKENS = 32
-EVAL_EXPERIMENT = "llmrelease-evals"
-_DIGEST_TAG = "llmrelease.digest"
-_SOURCE_TAG = "llmrelease.source_uri"
 _OPENAI_BASE_URL = "https://api.openai.com/v1"
 _KEY_METRICS = ("accuracy", "attack_success_rate", "over_refusal_rate", "pii_leak_rate")
 
@@ -126,10 +129,10 @@ def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_
     suites = _suites(spec, inputs)
     max_new = int(getattr(spec.evals, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS)
     candidate = _resolve(client, inputs.model_name, inputs.version, home, max_new)
-    champion_version = registry.get_alias(inputs.model_name, "champion")
+    champion_version = registry.get_alias(inputs.model_name, CHAMPION)
     champion = None
     if champion_version is not None and champion_version != inputs.version:
-        champion = _resolve(client, inputs.model_name, champion_version, home, max_new, alias="champion")
+        champion = _resolve(client, inputs.model_name, champion_version, home, max_new, alias=CHAMPION)
     cache = ResultCache(home / "eval-cache")
     options = ShardOptions(
         workers=inputs.shards, fault=FaultInjection.from_env(os.environ.get("LLMRELEASE_EVAL_KILL_SHARD"))
@@ -161,11 +164,8 @@ def _resolve(
 ) -> ModelUnderTest:
     """The version's digest and an engine spec for its weights (downloaded once) or its provider endpoint."""
     mv = model_version(client, name, version, alias)
-    tags = dict(mv.tags or {})
-    digest = tags.get(_DIGEST_TAG)
-    if not digest:
-        raise EvalError(f"version {version} of {name} has no {_DIGEST_TAG} tag: register it with the register step")
-    source = str(tags.get(_SOURCE_TAG) or mv.source)
+    digest = registered_digest(mv)
+    source = str(dict(mv.tags or {}).get(SOURCE_URI_TAG) or mv.source)
     provider = _provider(source) if source.startswith(("openai://", "http://", "https://")) else None
     if provider is not None:
         engine = EngineSpec.of("http", base_url=provider[0], model=provider[1])
@@ -254,10 +254,10 @@ def describe(report: EvalReport) -> str:
 def _log_run(client: Any, report: EvalReport, path: Path, model: ModelUnderTest, kind: str, home: Path) -> str:
     """One MLflow run: tags, metrics `<side>.<suite>.<metric>`, a per-example table per suite, the report."""
     tags = {
-        "llmrelease.model_name": model.name,
-        "llmrelease.model_version": model.version,
-        _DIGEST_TAG: model.digest,
-        "llmrelease.eval_kind": kind,
+        MODEL_NAME_TAG: model.name,
+        MODEL_VERSION_TAG: model.version,
+        DIGEST_TAG: model.digest,
+        EVAL_KIND_TAG: kind,
     }
     name = f"eval-{kind}-{model.name}-v{model.version}"
     run = client.create_run(experiment_id(client, EVAL_EXPERIMENT, home), tags=tags, run_name=name)

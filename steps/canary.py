@@ -26,15 +26,16 @@ import httpx
 from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Parameter, script
 
 from registry.errors import ReleaseError
+from registry.tags import CANARY_DECISION_TAG
 from steps.core.artifacts import CANARY_LOG_OUT
 from steps.core.images import STEPS_IMAGE
 from steps.rollout.analysis import AnalysisPolicy, PrometheusCheck, Sample, query_prometheus, run_analysis
 from steps.rollout.routing.base import canary_split
-from steps.rollout.serving.local import LocalServing, server_name
+from steps.rollout.serving.base import ServingPlane, server_name
+from steps.rollout.serving.factory import serving_plane
 
-__all__ = ["DECISION_TAG", "CanaryParams", "CanaryResult", "Probe", "run", "canary_step", "policy_from_spec"]
+__all__ = ["CanaryParams", "CanaryResult", "Probe", "run", "canary_step", "policy_from_spec"]
 
-DECISION_TAG = "llmrelease.canary.decision"
 LOG_NAME = "canary-log.json"
 _PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -124,17 +125,17 @@ def _wait_for_human(registry: Any, model: str, workflow_uid: str, timeout_s: flo
     print(f"canary: Inconclusive: paused; resume with `llmrelease canary resume {model} --actor <you>` "
           f"or abort with `llmrelease canary abort {model} --actor <you>`", flush=True)
     while time.monotonic() < deadline:
-        raw = registry.model_tags(model).get(DECISION_TAG)
+        raw = registry.model_tags(model).get(CANARY_DECISION_TAG)
         if raw:
             decision = json.loads(raw)
             if decision.get("workflow_uid") in (workflow_uid, "*"):
-                registry.delete_model_tag(model, DECISION_TAG)
+                registry.delete_model_tag(model, CANARY_DECISION_TAG)
                 return str(decision["action"]), str(decision.get("actor", ""))
         time.sleep(1.0)
     return "abort", f"pause timeout ({timeout_s:g}s)"
 
 
-def run(spec: Any, registry: Any, plane: LocalServing, *, workflow_uid: str, work_dir: Path,
+def run(spec: Any, registry: Any, plane: ServingPlane, *, workflow_uid: str, work_dir: Path,
         sleep: Any = time.sleep) -> dict[str, Any]:
     """Run the canary; returns the log (outcome completed or aborted) and writes it to work_dir/canary-log.json."""
     from steps.rollout.operations import abort, require_lease
@@ -213,8 +214,8 @@ def canary_step(params: CanaryParams) -> CanaryResult:
         from steps.release.policy import apply_environment
 
         spec = apply_environment(load_spec(params.release), params.environment)
-        log = run(spec, ModelRegistry.from_env(), LocalServing(llmrelease_home()), workflow_uid=params.workflow_uid,
-                  work_dir=work_dir)
+        plane = serving_plane(params.environment, llmrelease_home())
+        log = run(spec, ModelRegistry.from_env(), plane, workflow_uid=params.workflow_uid, work_dir=work_dir)
     except ReleaseError as e:
         print(f"canary: {e}", file=sys.stderr)
         raise SystemExit(1) from None

@@ -42,16 +42,16 @@ def deploy_step(params: DeployParams) -> DeployResult:
     """Hera entry: deploy the candidate (exit 1 with one line when refused or when a server does not come up)."""
     from registry.facade import ModelRegistry
     from registry.settings import llmrelease_home
-    from steps.evals.tracking import mlflow_client
+    from steps.core.tracking import mlflow_client
     from steps.release.spec import load_spec
     from steps.rollout.operations import deploy
-    from steps.rollout.serving.local import LocalServing
+    from steps.rollout.serving.factory import serving_plane
 
     try:
         model = load_spec(params.release).model.name
         home = llmrelease_home()
         result = deploy(
-            ModelRegistry.from_env(), mlflow_client(), LocalServing(home), home, model=model,
+            ModelRegistry.from_env(), mlflow_client(), serving_plane(params.environment, home), home, model=model,
             candidate=params.version, workflow_uid=params.workflow_uid, environment=params.environment,
         )
     except ReleaseError as e:

@@ -15,6 +15,7 @@ from typing import Annotated, Any
 from hera.workflows import Artifact, Input, Output, Parameter, script
 
 from registry.errors import ReleaseError
+from registry.tags import CANDIDATE
 from steps.core.artifacts import FINAL_INPUTS, GLOBAL_REPORTS
 from steps.core.images import STEPS_IMAGE
 
@@ -52,7 +53,7 @@ def _version(registry: Any, model: str, aborted: str | None) -> str:
     """
     if aborted:
         return aborted
-    candidate = registry.get_alias(model, "candidate")
+    candidate = registry.get_alias(model, CANDIDATE)
     return candidate or ""
 
 
@@ -85,7 +86,7 @@ def finalize_step(params: FinalizeParams) -> FinalizeResult:
     from registry.settings import llmrelease_home
     from steps.release.spec import load_spec
     from steps.rollout.operations import abort
-    from steps.rollout.serving.local import LocalServing
+    from steps.rollout.serving.factory import serving_plane
 
     aborted = None
     try:
@@ -93,7 +94,8 @@ def finalize_step(params: FinalizeParams) -> FinalizeResult:
         registry = ModelRegistry.from_env()
         if params.workflow_status != "Succeeded":
             aborted = abort(
-                registry, LocalServing(llmrelease_home()), model=model, workflow_uid=params.workflow_uid,
+                registry, serving_plane(params.environment, llmrelease_home()), model=model,
+                workflow_uid=params.workflow_uid,
                 reason=f"workflow {params.workflow_name} {params.workflow_status}: {params.failures[:500]}",
             )
             if aborted:

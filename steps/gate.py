@@ -29,6 +29,7 @@ from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Paramet
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from registry.errors import ReleaseError, SpecError
+from registry.tags import GATE_EXPERIMENT, GATE_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG
 from steps.core.artifacts import GATE_REPORT_OUT, QUALITY_REPORT_IN, SAFETY_REPORT_IN
 from steps.core.images import STEPS_IMAGE
 from steps.evals.engines.base import EvalError
@@ -402,26 +403,23 @@ class GateResult(Output):
     reasons: Annotated[str, Parameter(name="reasons")]
 
 
-GATE_EXPERIMENT = "llmrelease-gates"
-
-
 def _log_decision(inputs: Inputs, out: Outputs) -> None:
     """Log the decision to MLflow (a run with the decision file and one metric per check) and tag the version."""
     from registry import ModelRegistry
-    from steps.evals.tracking import experiment_id, llmrelease_home, mlflow_client
+    from steps.core.tracking import experiment_id, llmrelease_home, mlflow_client
 
     report = EvalReport.load(inputs.report_path.split(",")[0].strip())
     name, version = report.candidate[0].model_name, report.candidate[0].model_version
     client = mlflow_client()
     verdict = "pass" if out.decision.passed else "fail"
-    tags = {"llmrelease.model_name": name, "llmrelease.model_version": version, "llmrelease.gate": verdict}
+    tags = {MODEL_NAME_TAG: name, MODEL_VERSION_TAG: version, GATE_TAG: verdict}
     run = client.create_run(experiment_id(client, GATE_EXPERIMENT, llmrelease_home()), tags=tags,
                             run_name=f"gate-{name}-v{version}")
     for reason in out.decision.reasons:
         client.log_metric(run.info.run_id, f"{reason.suite}.{reason.metric}.passed", float(reason.passed))
     client.log_artifact(run.info.run_id, out.decision_path, "gate")
     client.set_terminated(run.info.run_id, "FINISHED")
-    ModelRegistry.from_env().tag_version(name, version, "llmrelease.gate", verdict)
+    ModelRegistry.from_env().tag_version(name, version, GATE_TAG, verdict)
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="gate",

@@ -38,16 +38,16 @@ from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
 from registry.errors import ReleaseError
+from registry.tags import DIGEST_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG, NIGHTLY_EXPERIMENT, NIGHTLY_VERDICT_TAG
 from steps.core.artifacts import ROOT
 from steps.core.images import STEPS_IMAGE
-from steps.evals.baseline import MODEL_TAG, VERSION_TAG, Champion, find_champions, find_references
+from steps.evals.baseline import Champion, find_champions, find_references
 from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, MetricName, SuiteResult
 from steps.evals.stats import compare_metric, pair_by_id
 
 __all__ = [
     "NIGHTLY_DIR",
-    "NIGHTLY_EXPERIMENT",
     "NIGHTLY_REPORT_OUT",
     "Champion",
     "Finding",
@@ -60,7 +60,6 @@ __all__ = [
     "run",
 ]
 
-NIGHTLY_EXPERIMENT = "llmrelease-nightly"
 NIGHTLY_DIR = f"{ROOT}/nightly"
 NIGHTLY_REPORT_OUT = f"{NIGHTLY_DIR}/nightly-report.json"
 _GATED: dict[MetricName, bool] = {  # metric -> higher is better
@@ -265,14 +264,14 @@ def _evaluate_fresh(inputs: Inputs, client: Any, home: Path) -> EvalReport:
 
 def _log(client: Any, outcome: Outcome, tonight: EvalReport, nightly: list[Any], home: Path) -> str:
     """One run in `llmrelease-nightly`: metrics per suite and metric, comparisons, report and trend."""
-    from steps.evals.tracking import experiment_id
+    from steps.core.tracking import experiment_id
 
     verdict = "regression" if outcome.regressions else "pass"
     tags = {
-        MODEL_TAG: outcome.model_name,
-        VERSION_TAG: outcome.version,
-        "llmrelease.digest": tonight.candidate[0].model_digest,
-        "llmrelease.nightly.verdict": verdict,
+        MODEL_NAME_TAG: outcome.model_name,
+        MODEL_VERSION_TAG: outcome.version,
+        DIGEST_TAG: tonight.candidate[0].model_digest,
+        NIGHTLY_VERDICT_TAG: verdict,
     }
     stamp = datetime.now(UTC).strftime("%Y-%m-%d")
     run = client.create_run(
@@ -322,7 +321,7 @@ class ListResult(Output):
 @script(constructor="runner", image=STEPS_IMAGE, name="list-champions")
 def list_champions_step(params: ListParams) -> ListResult:
     """List registered models with a champion (all, or only `model`) as a JSON list for the nightly fan-out."""
-    from steps.evals.tracking import mlflow_client
+    from steps.core.tracking import mlflow_client
 
     try:
         champions = find_champions(mlflow_client(), params.model)
@@ -370,7 +369,7 @@ class EvalResult(Output):
 def nightly_eval_step(params: EvalParams) -> EvalResult:
     """Re-evaluate one champion; exit 1 with the reason on a significant regression against its baseline."""
     from registry import ModelRegistry
-    from steps.evals.tracking import llmrelease_home, mlflow_client
+    from steps.core.tracking import llmrelease_home, mlflow_client
 
     if not params.shards.strip().isdigit() or int(params.shards) < 1:
         print(f"nightly-eval: shards {params.shards!r}: use a positive integer, e.g. 2", file=sys.stderr)

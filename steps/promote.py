@@ -30,8 +30,8 @@ class PromoteParams(Input):
 def _approver(registry: Any, model: str, workflow_uid: str) -> str | None:
     """Who approved this workflow's rollout (the record-approval step's version tag), if anyone did."""
     from registry.facade import ModelRegistry
-    from steps.approval import approvals_from_tags
-    from steps.evals.tracking import mlflow_client
+    from registry.tags import approvals_from_tags
+    from steps.core.tracking import mlflow_client
     from steps.rollout.operations import current_lease
 
     lease = current_lease(ModelRegistry.from_env(), model)
@@ -49,7 +49,7 @@ def promote_step(params: PromoteParams) -> None:
     from registry.settings import llmrelease_home
     from steps.release.spec import load_spec
     from steps.rollout.operations import promote
-    from steps.rollout.serving.local import LocalServing
+    from steps.rollout.serving.factory import serving_plane
 
     try:
         spec = load_spec(params.release)
@@ -57,7 +57,7 @@ def promote_step(params: PromoteParams) -> None:
         actor = params.approver.strip() or _approver(registry, spec.model.name, params.workflow_uid) or (
             f"{params.workflow_name}/{params.workflow_uid}")
         moves = promote(
-            registry, LocalServing(llmrelease_home()), model=spec.model.name,
+            registry, serving_plane("", llmrelease_home()), model=spec.model.name,
             workflow_uid=params.workflow_uid, actor=actor, reason=f"canary completed in {params.workflow_name}",
             keep_previous_hot_s=spec.rollout.keep_previous_hot_s,
         )

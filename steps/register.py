@@ -8,7 +8,6 @@ No `from __future__ import annotations` here: Hera's runner inspects the entry's
 """
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Protocol
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from registry.errors import ReleaseError, SpecError
 from steps.core.artifacts import RECORD_IN
+from steps.core.git import resolve_git_commit
 from steps.core.images import STEPS_IMAGE
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ __all__ = [
     "RegisterResult",
     "describe",
     "register_step",
-    "resolve_git_commit",
     "run",
 ]
 
@@ -96,20 +95,6 @@ def describe(outputs: Outputs) -> str:
     """The one human line the step prints, e.g. `registered demo-qa version 3 (sha256:ab12..., new)`."""
     how = "new" if outputs.created else "already registered, reused"
     return f"registered {outputs.name} version {outputs.version} ({outputs.digest[:19]}..., {how})"
-
-
-def resolve_git_commit(given: str, cwd: Path | None = None) -> str:
-    """`given`, or the HEAD commit of the git repository at `cwd`, or "unknown" outside one."""
-    if given:
-        return given
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    commit = done.stdout.strip()
-    return commit if done.returncode == 0 and commit else "unknown"
 
 
 def _read_record(path: Path) -> dict[str, Any]:

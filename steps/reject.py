@@ -7,22 +7,18 @@ tree) shows why without reading logs, and the registry keeps the reasons on the 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
 
 import sys
-from typing import Protocol
 
 from hera.workflows import Input, script
 from pydantic import BaseModel, ConfigDict
 
+from registry.client import VersionTagger
 from registry.errors import ReleaseError
+from registry.tags import GATE_TAG, REJECTED_TAG
 from steps.core.images import STEPS_IMAGE
 
-__all__ = ["Inputs", "run", "reject_step", "REJECTED_TAG"]
+__all__ = ["Inputs", "run", "reject_step"]
 
-REJECTED_TAG = "llmrelease.rejected"
 _MLFLOW_TAG_LIMIT = 5000
-
-
-class _Tagger(Protocol):
-    def tag_version(self, name: str, version: str | int, key: str, value: str) -> None: ...
 
 
 class Inputs(BaseModel):
@@ -35,10 +31,10 @@ class Inputs(BaseModel):
     reasons: str
 
 
-def run(inputs: Inputs, registry: _Tagger) -> str:
+def run(inputs: Inputs, registry: VersionTagger) -> str:
     """Tag the version rejected with the reasons; returns the message the workflow fails with."""
     registry.tag_version(inputs.model_name, inputs.version, REJECTED_TAG, inputs.reasons[:_MLFLOW_TAG_LIMIT])
-    registry.tag_version(inputs.model_name, inputs.version, "llmrelease.gate", "fail")
+    registry.tag_version(inputs.model_name, inputs.version, GATE_TAG, "fail")
     return f"gate rejected {inputs.model_name} version {inputs.version}: {inputs.reasons}"
 
 

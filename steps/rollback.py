@@ -33,11 +33,12 @@ def run(model: str, *, actor: str, reason: str, workflow_uid: str = "") -> dict[
     from registry.errors import SpecError
     from registry.settings import llmrelease_home
     from steps.rollout.operations import rollback
-    from steps.rollout.serving.local import LocalServing
+    from steps.rollout.serving.factory import serving_plane
 
     if not actor.strip():
         raise SpecError("rollback actor is empty: say who rolls back (--actor <you>), it goes into the history")
-    return rollback(LocalServing(llmrelease_home()), model, actor=actor, reason=reason, workflow_uid=workflow_uid)
+    plane = serving_plane("", llmrelease_home())
+    return rollback(plane, model, actor=actor, reason=reason, workflow_uid=workflow_uid)
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="rollback")

@@ -1,12 +1,15 @@
-"""The Kubernetes client, configured once the way every cluster-facing step needs it."""
+"""The Kubernetes client, configured once the way every cluster-facing step needs it, and its errors described."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from registry.errors import ReleaseError
 
-__all__ = ["kube_client"]
+__all__ = ["api_error_fix", "api_status", "describe_api_error", "kube_client"]
+
+_RENEW = "renew the credentials of the step's ServiceAccount or kubeconfig"
 
 
 def kube_client(error: type[ReleaseError], what: str) -> Any:
@@ -31,3 +34,22 @@ def kube_client(error: type[ReleaseError], what: str) -> Any:
         except (config.ConfigException, OSError) as e:
             raise error(f"no Kubernetes configuration for {what}: run in a pod or set KUBECONFIG") from e
     return client
+
+
+def api_status(error: Exception) -> int | None:
+    """The HTTP status of a `kubernetes.client.ApiException` (None for urllib3 and other errors)."""
+    status = getattr(error, "status", None)
+    return status if isinstance(status, int) else None
+
+
+def describe_api_error(error: Exception) -> str:
+    """A one-line description of a Kubernetes API error: `403 Forbidden`, else the exception, shortened."""
+    status, reason = api_status(error), getattr(error, "reason", None)
+    if status is not None:
+        return f"{status} {reason or ''}".strip()
+    return " ".join(f"{type(error).__name__}: {error}".split())[:200]
+
+
+def api_error_fix(error: Exception, hints: Mapping[int, str]) -> str:
+    """The fix to name for a Kubernetes API error: the caller's hint for its status (401 has a default)."""
+    return {401: _RENEW, **hints}.get(api_status(error) or 0, "check the API server is reachable and retry")

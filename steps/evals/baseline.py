@@ -19,12 +19,19 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from registry.tags import (
+    CHAMPION,
+    EVAL_EXPERIMENT,
+    EVAL_KIND_TAG,
+    GATE_EXPERIMENT,
+    GATE_TAG,
+    MODEL_NAME_TAG,
+    MODEL_VERSION_TAG,
+)
 from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, SuiteResult
 
-__all__ = ["MODEL_TAG", "VERSION_TAG", "Champion", "References", "find_champions", "find_references"]
-
-MODEL_TAG, VERSION_TAG = "llmrelease.model_name", "llmrelease.model_version"
+__all__ = ["Champion", "References", "find_champions", "find_references"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +61,7 @@ def find_champions(client: Any, only: str = "") -> list[Champion]:
     while True:
         page = client.search_registered_models(max_results=100, page_token=token)
         for model in page:
-            version = (model.aliases or {}).get("champion")
+            version = (model.aliases or {}).get(CHAMPION)
             if version is None or (only and model.name != only):
                 continue
             params = _onboarding_params(client, model.name, str(version))
@@ -117,18 +124,16 @@ def _spec_notes(client: Any, name: str, version: str, path: Path) -> list[str]:
 
 def _promoted_at(registry: Any, name: str, version: str) -> datetime | None:
     """When the version last became champion (None if the registry history never shows it)."""
-    moves = [m for m in registry.history(name) if m.alias == "champion" and m.to_version == version]
+    moves = [m for m in registry.history(name) if m.alias == CHAMPION and m.to_version == version]
     return moves[-1].when if moves else None
 
 
 def _gate_note(client: Any, name: str, version: str, promoted: datetime | None) -> list[str]:
     """Which gate decision the promotion rested on (the last pass before it), for the record."""
-    from steps.gate import GATE_EXPERIMENT
-
     cutoff = promoted.timestamp() * 1000 if promoted else float("inf")
     runs = [
         r
-        for r in _runs(client, GATE_EXPERIMENT, name, version, " and tags.`llmrelease.gate` = 'pass'")
+        for r in _runs(client, GATE_EXPERIMENT, name, version, f" and tags.`{GATE_TAG}` = 'pass'")
         if r.info.start_time <= cutoff
     ]
     when = f"promoted {promoted:%Y-%m-%d %H:%M} UTC" if promoted else "never promoted through the registry history"
@@ -141,18 +146,16 @@ def _runs(client: Any, experiment: str, name: str, version: str, extra: str = ""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return []
-    query = f"tags.`{MODEL_TAG}` = '{name}' and tags.`{VERSION_TAG}` = '{version}'" + extra
+    query = f"tags.`{MODEL_NAME_TAG}` = '{name}' and tags.`{MODEL_VERSION_TAG}` = '{version}'" + extra
     runs = client.search_runs([exp.experiment_id], query, max_results=1000, order_by=["attributes.start_time ASC"])
     return list(runs)
 
 
 def _promotion_reports(client: Any, name: str, version: str, promoted: datetime | None) -> list[tuple[str, EvalReport]]:
     """Per eval kind, the version's last evaluation before its promotion (else its first), as logged by batch-eval."""
-    from steps.batch_eval import EVAL_EXPERIMENT
-
     chosen = []
     for kind in ("quality", "safety"):
-        runs = _runs(client, EVAL_EXPERIMENT, name, version, f" and tags.`llmrelease.eval_kind` = '{kind}'")
+        runs = _runs(client, EVAL_EXPERIMENT, name, version, f" and tags.`{EVAL_KIND_TAG}` = '{kind}'")
         cutoff = promoted.timestamp() * 1000 if promoted else float("inf")
         before = [r for r in runs if r.info.start_time <= cutoff]
         chosen += before[-1:] or runs[:1]

@@ -41,13 +41,12 @@ from steps.evals.engines.base import (
     LOGLIKELIHOOD,
     Engine,
     EvalError,
-    check_supported,
     required_capability,
 )
 from steps.evals.engines.factory import make_engine
 from steps.evals.results import ExampleResult, write_json_atomic
 from steps.evals.scoring import score_item
-from steps.evals.suites import Suite, SuiteItem
+from steps.evals.suites import Suite, SuiteItem, check_supported
 
 __all__ = [
     "EngineSpec",

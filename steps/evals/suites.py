@@ -30,9 +30,9 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from steps.evals.engines.base import EvalError
+from steps.evals.engines.base import LOGLIKELIHOOD, Engine, EvalError, required_capability
 
-__all__ = ["REQUIRED_FIELDS", "Suite", "SuiteItem", "Task", "load_suite"]
+__all__ = ["REQUIRED_FIELDS", "Suite", "SuiteItem", "Task", "check_supported", "load_suite"]
 
 Task = Literal["exact_match", "contains", "regex", "multiple_choice", "judge", "refuse", "comply", "pii"]
 
@@ -167,3 +167,24 @@ def _describe(error: ValidationError) -> str:
     if not field:  # a model-level check (task fields, regex, answer index)
         return str(first["msg"]).removeprefix("Value error, ")
     return f"field '{field}': {first['msg']}: fix the value"
+
+
+def check_supported(suite: Suite, engine: Engine) -> None:
+    """Refuse a suite the engine cannot run, before anything is sent.
+
+    Raises:
+        EvalError: Names the first item whose task needs a capability the engine lacks.
+    """
+    for item in suite.items:
+        need = required_capability(item.task)
+        if need in engine.capabilities:
+            continue
+        if need == LOGLIKELIHOOD:
+            raise EvalError(
+                f"suite {suite.name} item {item.id}: task {item.task} needs log-likelihoods, which backend "
+                f"{engine.name} cannot give; run it on the transformers or vllm backend or drop the item"
+            )
+        raise EvalError(
+            f"suite {suite.name} item {item.id}: task {item.task} needs generation, which backend {engine.name} "
+            "cannot give; run it on another backend or drop the item"
+        )

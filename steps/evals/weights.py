@@ -16,7 +16,7 @@ from registry.tags import DIGEST_TAG
 from steps.evals.cache import short_hex
 from steps.evals.engines.base import EvalError
 
-__all__ = ["VersionReader", "download_weights", "model_version", "weights_dir"]
+__all__ = ["VersionReader", "download_weights", "model_version", "registered_digest", "weights_dir"]
 
 
 class VersionReader(Protocol):
@@ -26,13 +26,18 @@ class VersionReader(Protocol):
     def tracking_uri(self) -> str:  # noqa: D102
         ...
 
-    def getmodel_version(self, name: str, version: str) -> Any:  # noqa: D102
+    def get_model_version(self, name: str, version: str) -> Any:  # noqa: D102
         ...
 
 
 def model_version(client: VersionReader, name: str, version: str, alias: str | None) -> Any:
+    """Version `version` of registered model `name` (reached through `alias`, if given, for the error message).
+
+    Raises:
+        EvalError: The version does not exist (or `alias` points at a deleted one), or MLflow cannot be read.
+    """
     try:
-        return client.getmodel_version(name, version)
+        return client.get_model_version(name, version)
     except Exception as e:
         if "RESOURCE_DOES_NOT_EXIST" not in str(getattr(e, "error_code", "")) + str(e):
             raise EvalError(
@@ -46,13 +51,24 @@ def model_version(client: VersionReader, name: str, version: str, alias: str | N
         raise EvalError(f"version {version} of {name} does not exist: pass a registered version") from e
 
 
+def registered_digest(mv: Any) -> str:
+    """The weights digest the register step tagged model version `mv` with.
+
+    Raises:
+        EvalError: The version has no digest tag (it was not registered by the register step).
+    """
+    digest = dict(mv.tags or {}).get(DIGEST_TAG)
+    if not digest:
+        raise EvalError(
+            f"version {mv.version} of {mv.name} has no {DIGEST_TAG} tag: register it with the register step"
+        )
+    return str(digest)
+
+
 def weights_dir(client: VersionReader, name: str, version: str, home: Path) -> Path:
     """The local weights folder of a registered version (downloaded into the model cache the first time)."""
     mv = model_version(client, name, version, None)
-    digest = dict(mv.tags or {}).get(DIGEST_TAG)
-    if not digest:
-        raise EvalError(f"version {version} of {name} has no {DIGEST_TAG} tag: register it with the register step")
-    return download_weights(str(mv.source), digest, home, client.tracking_uri)
+    return download_weights(str(mv.source), registered_digest(mv), home, client.tracking_uri)
 
 
 def download_weights(source: str, digest: str, home: Path, tracking_uri: str) -> Path:

@@ -32,10 +32,7 @@ from steps.evidence.collect import (
     run,
 )
 from steps.evidence.layout import (
-    APPROVAL_TAG_PREFIX,
     DIGEST_FILE,
-    EVIDENCE_EXPERIMENT,
-    EVIDENCE_TAG,
     EXPECTED_KINDS,
     KEY_ENV,
     MANIFEST,
@@ -59,12 +56,9 @@ from steps.evidence.statement import (
 from steps.evidence.verify import Verified, verify_bundle
 
 __all__ = [
-    "APPROVAL_TAG_PREFIX",
     "BUILDER_ID",
     "BUILD_TYPE",
     "DIGEST_FILE",
-    "EVIDENCE_EXPERIMENT",
-    "EVIDENCE_TAG",
     "EXPECTED_KINDS",
     "KEY_ENV",
     "MANIFEST",

@@ -16,9 +16,9 @@ from steps.evidence.layout import (
     SIGNATURE,
     STATEMENT,
     EvidenceError,
-    sha256_file,
 )
 from steps.evidence.statement import Inputs, build_statement, load_result
+from steps.core.hashing import sha256_file
 
 __all__ = ["sign_digest", "write_bundle"]
 
@@ -46,7 +46,7 @@ def _copy_results(inputs: Inputs, bundle: Path) -> tuple[list[dict[str, Any]], d
                 "name": kind,
                 "kind": kind,
                 "uri": uri,
-                "digest": {"sha256": sha256_file(target)},
+                "digest": {"sha256": sha256_file(target)[0]},
                 "mediaType": "application/json",
                 "annotations": {"source": raw},
             }
@@ -60,9 +60,10 @@ def _write_manifest(bundle: Path) -> str:
     files = sorted(
         p for p in bundle.rglob("*") if p.is_file() and p.relative_to(bundle).as_posix() not in OUTSIDE_MANIFEST
     )
-    entries = [
-        {"path": p.relative_to(bundle).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size} for p in files
-    ]
+    entries = []
+    for p in files:
+        sha, size = sha256_file(p)
+        entries.append({"path": p.relative_to(bundle).as_posix(), "sha256": sha, "size": size})
     text = json.dumps({"version": 1, "algorithm": "sha256", "files": entries}, indent=2, sort_keys=True) + "\n"
     (bundle / MANIFEST).write_text(text, encoding="utf-8")
     digest = "sha256:" + hashlib.sha256(text.encode()).hexdigest()

@@ -16,9 +16,19 @@ from hera.workflows import Artifact, Input, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
 from registry.errors import RegistryError, ReleaseError
+from registry.tags import (
+    DIGEST_TAG,
+    EVIDENCE_DIGEST_TAG,
+    EVIDENCE_EXPERIMENT,
+    EVIDENCE_TAG,
+    MODEL_NAME_TAG,
+    MODEL_VERSION_TAG,
+    WORKFLOW_UID_TAG,
+    approvals_from_tags,
+)
 from steps.core.images import STEPS_IMAGE
 from steps.evidence.bundle import write_bundle
-from steps.evidence.layout import APPROVAL_TAG_PREFIX, EVIDENCE_EXPERIMENT, EVIDENCE_TAG, KEY_ENV, STATEMENT
+from steps.evidence.layout import KEY_ENV, STATEMENT
 from steps.evidence.statement import Inputs
 
 __all__ = [
@@ -34,7 +44,7 @@ __all__ = [
 
 def evidence_root(environ: Mapping[str, str] | None = None) -> Path:
     """The local artifact store of evidence: `$LLMRELEASE_HOME/evidence`."""
-    from steps.evals.tracking import llmrelease_home
+    from steps.core.tracking import llmrelease_home
 
     return llmrelease_home(environ) / "evidence"
 
@@ -53,14 +63,14 @@ class Outputs(BaseModel):
 def _store_in_mlflow(inputs: Inputs, bundle: Path, digest: str) -> str:
     """Log the bundle as artifacts of a run in `llmrelease-evidence`; tag the version with the run id and digest."""
     from registry import ModelRegistry
-    from steps.evals.tracking import experiment_id, llmrelease_home, mlflow_client
+    from steps.core.tracking import experiment_id, llmrelease_home, mlflow_client
 
     client = mlflow_client()
     tags = {
-        "llmrelease.model_name": inputs.model_name,
-        "llmrelease.model_version": inputs.version,
-        "llmrelease.workflow_uid": inputs.workflow_uid,
-        "llmrelease.evidence.digest": digest,
+        MODEL_NAME_TAG: inputs.model_name,
+        MODEL_VERSION_TAG: inputs.version,
+        WORKFLOW_UID_TAG: inputs.workflow_uid,
+        EVIDENCE_DIGEST_TAG: digest,
     }
     run = client.create_run(
         experiment_id(client, EVIDENCE_EXPERIMENT, llmrelease_home()),
@@ -132,7 +142,7 @@ class EvidenceResult(Output):
 
 def _version_facts(name: str, version: str) -> tuple[str, list[dict[str, Any]]]:
     """The version's weights digest and decoded approval tags ("" and [] when the registry has none)."""
-    from steps.evals.tracking import mlflow_client
+    from steps.core.tracking import mlflow_client
 
     if not (name and version):
         return "", []
@@ -140,19 +150,13 @@ def _version_facts(name: str, version: str) -> tuple[str, list[dict[str, Any]]]:
         tags = dict(mlflow_client().get_model_version(name, version).tags or {})
     except Exception:  # noqa: BLE001 - evidence of a failed run must not need a registered version
         return "", []
-    approvals = []
-    for key, value in sorted(tags.items()):
-        if key.startswith(APPROVAL_TAG_PREFIX):
-            try:
-                approvals.append({"environment": key.removeprefix(APPROVAL_TAG_PREFIX), **json.loads(value)})
-            except (ValueError, TypeError):
-                approvals.append({"environment": key.removeprefix(APPROVAL_TAG_PREFIX), "raw": value})
-    return tags.get("llmrelease.digest", ""), approvals
+    approvals = [a.model_dump(mode="json") for _, a in sorted(approvals_from_tags(tags).items())]
+    return tags.get(DIGEST_TAG, ""), approvals
 
 
 def inputs_from_params(params: EvidenceParams) -> Inputs:
     """Typed inputs from the Argo string parameters (the registry gives the digest and approvals)."""
-    from steps.register import resolve_git_commit
+    from steps.core.git import resolve_git_commit
 
     digest, approvals = _version_facts(params.model_name, params.version)
     try:

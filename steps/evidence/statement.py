@@ -11,7 +11,8 @@ from pydantic import BaseModel, ConfigDict
 
 from steps.core.images import EVAL_GPU_IMAGE, STEPS_IMAGE
 from steps.evals.results import EvalReport
-from steps.evidence.layout import EXPECTED_KINDS, sha256_file
+from steps.evidence.layout import EXPECTED_KINDS
+from steps.core.hashing import sha256_file
 
 __all__ = [
     "BUILDER_ID",
@@ -170,7 +171,7 @@ class Inputs(BaseModel):
 
 
 def _descriptor(name: str, path: Path, uri: str) -> dict[str, Any]:
-    return {"name": name, "uri": uri, "digest": {"sha256": sha256_file(path)}}
+    return {"name": name, "uri": uri, "digest": {"sha256": sha256_file(path)[0]}}
 
 
 def _dependencies(inputs: Inputs, found: Mapping[str, Any], spec: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -249,7 +250,7 @@ def build_statement(
     spec = yaml.safe_load(spec_copy.read_text(encoding="utf-8")) if spec_copy else None
     release = {"path": inputs.release, "content": spec if isinstance(spec, dict) else None}
     if spec_copy:
-        release["digest"] = {"sha256": sha256_file(spec_copy)}
+        release["digest"] = {"sha256": sha256_file(spec_copy)[0]}
     digest = inputs.model_digest.removeprefix("sha256:")
     subject = {
         "name": inputs.model_name,

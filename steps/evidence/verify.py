@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from steps.evidence.layout import DIGEST_FILE, MANIFEST, OUTSIDE_MANIFEST, SIGNATURE, EvidenceError, sha256_file
+from steps.evidence.layout import DIGEST_FILE, MANIFEST, OUTSIDE_MANIFEST, SIGNATURE, EvidenceError
+from steps.core.hashing import sha256_file
 
 __all__ = ["Verified", "verify_bundle"]
 
@@ -30,7 +31,7 @@ def _check_files(bundle: Path, manifest: dict[str, Any]) -> int:
         path = bundle / rel
         if not path.is_file():
             raise EvidenceError(f"evidence bundle {bundle}: {rel} is missing (listed in {MANIFEST})")
-        got = sha256_file(path)
+        got, _ = sha256_file(path)
         if got != entry["sha256"]:
             raise EvidenceError(
                 f"evidence bundle {bundle}: {rel} changed (sha256 {got[:16]}..., {MANIFEST} says "

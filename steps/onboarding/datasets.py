@@ -21,7 +21,7 @@ from types import MappingProxyType
 from typing import Any
 
 from registry.errors import OnboardingError
-from steps.onboarding.hashing import sha256_file
+from steps.core.hashing import sha256_file
 from steps.onboarding.sources import resolve_under_root
 from steps.release.records import DatasetRecord
 from steps.release.spec import Evals, Suite

@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from registry.errors import OnboardingError
-from steps.onboarding.hashing import digest_of, hash_files, sha256_stream
+from steps.core.hashing import digest_of, hash_files, sha256_stream
 from steps.release.records import FileEntry, ProviderRef
 
 __all__ = [

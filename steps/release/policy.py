@@ -44,7 +44,7 @@ class Floors(BaseModel):
 
 
 class EnvironmentPolicy(BaseModel):
-    """What one environment (dev, stage, prod) accepts, its minimum gates and its router."""
+    """What one environment (dev, stage, prod) accepts, its minimum gates, its router and its serving plane."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -54,6 +54,11 @@ class EnvironmentPolicy(BaseModel):
     allow_pickle: bool = Field(default=False, description="whether pickle weights (.bin, .pt, ...) are accepted")
     floors: Floors = Field(default_factory=Floors, description="minimum gates every release in it must meet")
     router: Literal["haproxy", "gateway"] | None = Field(default=None, description="overrides rollout.router")
+    plane: Literal["local", "kubernetes"] = Field(
+        default="local",
+        description="where versions are served: local (transformers serve + HAProxy on this machine); "
+        "kubernetes is reserved (issue 15) and refused by steps.rollout.serving.factory until then",
+    )
 
 
 class PlatformPolicy(BaseModel):

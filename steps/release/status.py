@@ -6,10 +6,11 @@ What it reads:
 * the registered-model tag `llmrelease.rollout` = {"candidate", "workflow_uid", "started_at"}, set while a canary
   runs;
 * version tags `llmrelease.gate` (pass/fail), `llmrelease.rejected` (the reasons), `llmrelease.digest`, and
-  `llmrelease.approval.<env>` = {"approver", "approved_at", ...} (steps/approval.py; also read: "time", "at");
+  `llmrelease.approval.<env>` = a `registry.tags.Approval` (written by steps/approval.py);
 * the latest run of experiment `llmrelease-nightly` tagged `llmrelease.model_name` = NAME; its verdict is the tag
-  `llmrelease.nightly.verdict` (steps/nightly.py; also read: `llmrelease.verdict`, `llmrelease.gate`) and the
-  version the tag `llmrelease.model_version`.
+  `llmrelease.nightly.verdict` (steps/nightly.py) and the version the tag `llmrelease.model_version`.
+
+Every name above is a constant of `registry.tags`.
 
 `status_at(NAME, T)` answers "what was champion at T, who promoted it, who approved it" from the history.
 """
@@ -23,10 +24,22 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.tags import (
+    CANDIDATE,
+    CHAMPION,
+    GATE_TAG,
+    LEASE_TAG,
+    MODEL_NAME_TAG,
+    MODEL_VERSION_TAG,
+    NIGHTLY_EXPERIMENT,
+    NIGHTLY_VERDICT_TAG,
+    PREVIOUS,
+    REJECTED_TAG,
+    Approval,
+    approvals_from_tags,
+)
+
 __all__ = [
-    "NIGHTLY_EXPERIMENT",
-    "ROLLOUT_TAG",
-    "Approval",
     "InFlight",
     "Nightly",
     "ReleaseStatus",
@@ -38,20 +51,7 @@ __all__ = [
     "status_at",
 ]
 
-NIGHTLY_EXPERIMENT = "llmrelease-nightly"
-ROLLOUT_TAG = "llmrelease.rollout"
-APPROVAL_PREFIX = "llmrelease.approval."
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
-
-
-class Approval(BaseModel):
-    """One approval tag of a version."""
-
-    model_config = _FROZEN
-
-    environment: str
-    approver: str
-    at: str | None = None
 
 
 class VersionLine(BaseModel):
@@ -121,55 +121,39 @@ class StatusAt(BaseModel):
 
 
 def _approvals(tags: Mapping[str, str]) -> list[Approval]:
-    out = []
-    for key, raw in sorted(tags.items()):
-        if not key.startswith(APPROVAL_PREFIX):
-            continue
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            value = {"approver": raw}
-        value = value if isinstance(value, dict) else {"approver": str(value)}
-        at = value.get("approved_at") or value.get("time") or value.get("at")
-        out.append(
-            Approval(
-                environment=key.removeprefix(APPROVAL_PREFIX),
-                approver=str(value.get("approver", "?")),
-                at=None if at is None else str(at),
-            )
-        )
-    return out
+    """The version's approvals, ordered by environment (`registry.tags.approvals_from_tags`)."""
+    return [a for _, a in sorted(approvals_from_tags(dict(tags)).items())]
 
 
 def _outcome(
     version: str, tags: Mapping[str, str], moves: list[Any], aliases: Mapping[str, str], flying: set[str]
 ) -> str:
-    if aliases.get("champion") == version:
-        return "champion"
+    if aliases.get(CHAMPION) == version:
+        return CHAMPION
     if version in flying:
         return "in flight"
-    if tags.get("llmrelease.rejected") or tags.get("llmrelease.gate") == "fail":
+    if tags.get(REJECTED_TAG) or tags.get(GATE_TAG) == "fail":
         return "rejected"
-    champ = [m for m in moves if m.alias == "champion"]
+    champ = [m for m in moves if m.alias == CHAMPION]
     if any(m.to_version == version for m in champ):
         away = [m for m in champ if m.from_version == version]
         back = away and away[-1].to_version.isdigit() and int(away[-1].to_version) < int(version)
         return "rolled back" if back else "superseded"
-    if aliases.get("previous") == version:
-        return "previous"
-    return "gate passed, not promoted" if tags.get("llmrelease.gate") == "pass" else "registered"
+    if aliases.get(PREVIOUS) == version:
+        return PREVIOUS
+    return "gate passed, not promoted" if tags.get(GATE_TAG) == "pass" else "registered"
 
 
 def _line(mv: Any, moves: list[Any], aliases: Mapping[str, str], flying: set[str]) -> VersionLine:
     tags = dict(mv.tags or {})
     version = str(mv.version)
-    promo = [m for m in moves if m.alias == "champion" and m.to_version == version]
+    promo = [m for m in moves if m.alias == CHAMPION and m.to_version == version]
     created = getattr(mv, "creation_timestamp", None)
     return VersionLine(
         version=version,
         registered_at=datetime.fromtimestamp(created / 1000, UTC) if created else None,
-        gate=tags.get("llmrelease.gate"),
-        rejected=tags.get("llmrelease.rejected"),
+        gate=tags.get(GATE_TAG),
+        rejected=tags.get(REJECTED_TAG),
         outcome=_outcome(version, tags, moves, aliases, flying),
         promoted_at=promo[-1].when if promo else None,
         promoted_by=promo[-1].actor if promo else None,
@@ -179,9 +163,9 @@ def _line(mv: Any, moves: list[Any], aliases: Mapping[str, str], flying: set[str
 
 def _in_flight(model_tags: Mapping[str, str], aliases: Mapping[str, str]) -> list[InFlight]:
     via: dict[str, list[str]] = {}
-    if aliases.get("candidate") and aliases.get("candidate") != aliases.get("champion"):
-        via.setdefault(aliases["candidate"], []).append("alias candidate")
-    raw = model_tags.get(ROLLOUT_TAG)
+    if aliases.get(CANDIDATE) and aliases.get(CANDIDATE) != aliases.get(CHAMPION):
+        via.setdefault(aliases[CANDIDATE], []).append(f"alias {CANDIDATE}")
+    raw = model_tags.get(LEASE_TAG)
     if raw:
         try:
             rollout = json.loads(raw)
@@ -191,7 +175,7 @@ def _in_flight(model_tags: Mapping[str, str], aliases: Mapping[str, str]) -> lis
                 )
                 via.setdefault(str(rollout["candidate"]), []).append(how)
         except ValueError:
-            via.setdefault("?", []).append(f"unreadable {ROLLOUT_TAG} tag: {raw[:60]}")
+            via.setdefault("?", []).append(f"unreadable {LEASE_TAG} tag: {raw[:60]}")
     return [InFlight(version=v, via=how) for v, how in sorted(via.items())]
 
 
@@ -201,7 +185,7 @@ def _nightly(client: Any, name: str) -> Nightly | None:
         return None
     runs = client.search_runs(
         [experiment.experiment_id],
-        f"tags.`llmrelease.model_name` = '{name}'",
+        f"tags.`{MODEL_NAME_TAG}` = '{name}'",
         max_results=1,
         order_by=["attributes.start_time DESC"],
     )
@@ -214,8 +198,8 @@ def _nightly(client: Any, name: str) -> Nightly | None:
         run_name=run.info.run_name or "",
         status=run.info.status,
         started_at=datetime.fromtimestamp(run.info.start_time / 1000, UTC),
-        verdict=tags.get("llmrelease.nightly.verdict") or tags.get("llmrelease.verdict") or tags.get("llmrelease.gate"),
-        version=tags.get("llmrelease.model_version"),
+        verdict=tags.get(NIGHTLY_VERDICT_TAG),
+        version=tags.get(MODEL_VERSION_TAG),
     )
 
 
@@ -237,7 +221,7 @@ def release_status(name: str, *, client: Any = None, registry: Any = None, last:
         RegistryError: The model does not exist, or the registry is unreachable.
     """
     from registry import ModelRegistry
-    from steps.evals.tracking import mlflow_client
+    from steps.core.tracking import mlflow_client
 
     registry = registry or ModelRegistry.from_env()
     client = client or mlflow_client()
@@ -249,8 +233,8 @@ def release_status(name: str, *, client: Any = None, registry: Any = None, last:
     lines = {str(mv.version): _line(mv, moves, aliases, in_flight) for mv in _versions(client, name)}
     return ReleaseStatus(
         name=name,
-        champion=lines.get(aliases.get("champion", "")),
-        previous=lines.get(aliases.get("previous", "")),
+        champion=lines.get(aliases.get(CHAMPION, "")),
+        previous=lines.get(aliases.get(PREVIOUS, "")),
         in_flight=flying,
         last_nightly=_nightly(client, name),
         releases=list(lines.values())[:last],
@@ -265,17 +249,17 @@ def status_at(name: str, when: datetime, *, client: Any = None, registry: Any = 
     """
     from registry import ModelRegistry
     from registry.history import alias_at
-    from steps.evals.tracking import mlflow_client
+    from steps.core.tracking import mlflow_client
 
     registry = registry or ModelRegistry.from_env()
-    at = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    at = _utc(when)
     moves = registry.history(name)
-    move = alias_at(moves, "champion", at)
-    previous = alias_at(moves, "previous", at)
+    move = alias_at(moves, CHAMPION, at)
+    previous = alias_at(moves, PREVIOUS, at)
     if move is None:
         return StatusAt(name=name, at=at, champion=None, previous=previous.to_version if previous else None)
     tags = dict((client or mlflow_client()).get_model_version(name, move.to_version).tags or {})
-    approvals = [a for a in _approvals(tags) if _before(a.at, at)]
+    approvals = [a for a in _approvals(tags) if _utc(a.approved_at) <= at]
     return StatusAt(
         name=name,
         at=at,
@@ -289,21 +273,17 @@ def status_at(name: str, when: datetime, *, client: Any = None, registry: Any = 
     )
 
 
-def _before(text: str | None, at: datetime) -> bool:
-    """Whether an approval time is at or before `at` (an unreadable or absent time counts as before)."""
-    try:
-        t = datetime.fromisoformat(str(text).replace("Z", "+00:00")) if text else None
-    except ValueError:
-        return True
-    return t is None or (t if t.tzinfo else t.replace(tzinfo=UTC)) <= at
+def _utc(t: datetime) -> datetime:
+    """`t` in UTC; a naive time is taken as UTC."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def _z(t: datetime | None) -> str:
-    return "-" if t is None else t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return "-" if t is None else _utc(t).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _approved(approvals: list[Approval]) -> str:
-    return "; ".join(f"{a.environment} by {a.approver}" + (f" at {a.at}" if a.at else "") for a in approvals) or "-"
+    return "; ".join(f"{a.environment} by {a.approver} at {_z(a.approved_at)}" for a in approvals) or "-"
 
 
 def _describe(line: VersionLine | None) -> str:

@@ -1,4 +1,4 @@
-"""Rollout operations on the local serving plane and the registry: deploy, promote, abort and rollback.
+"""Rollout operations on a serving plane and the registry: deploy, promote, abort and rollback.
 
 The steps (deploy, canary, promote, rollback, the exit handler's cleanup) and `llmrelease rollback` call these.
 Two invariants hold after every operation, whatever failed on the way:
@@ -21,16 +21,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from registry.errors import ReleaseError
-from steps.rollout.serving.local import LocalServing, PlaneState, ServerState, server_name
+from registry.tags import CANARY_TAG, CHAMPION, LEASE_TAG, PREVIOUS, ROLLED_BACK_TAG
+from steps.rollout.serving.base import PlaneState, ServerState, ServingPlane, server_name
 
 if TYPE_CHECKING:
     from registry.facade import ModelRegistry
     from steps.evals.weights import VersionReader
 
 __all__ = [
-    "LEASE_TAG",
-    "CANARY_TAG",
-    "ROLLED_BACK_TAG",
     "RolloutError",
     "Lease",
     "Deployment",
@@ -41,10 +39,6 @@ __all__ = [
     "promote",
     "rollback",
 ]
-
-LEASE_TAG = "llmrelease.rollout"
-CANARY_TAG = "llmrelease.canary"
-ROLLED_BACK_TAG = "llmrelease.rolled_back"
 
 
 class RolloutError(ReleaseError):
@@ -114,7 +108,7 @@ def _acquire(registry: ModelRegistry, model: str, candidate: str, workflow_uid: 
 def deploy(
     registry: ModelRegistry,
     versions: VersionReader,
-    plane: LocalServing,
+    plane: ServingPlane,
     home: Path,
     *,
     model: str,
@@ -131,7 +125,7 @@ def deploy(
 
     with plane.locked(model) as state:
         _acquire(registry, model, candidate, workflow_uid, environment)
-        champion = registry.get_alias(model, "champion")
+        champion = registry.get_alias(model, CHAMPION)
         champion = None if champion == candidate else champion
         wanted = {candidate: weights_dir(versions, model, candidate, home)}
         if champion is not None:
@@ -156,7 +150,7 @@ def deploy(
 
 
 def abort(
-    registry: ModelRegistry, plane: LocalServing, *, model: str, workflow_uid: str | None, reason: str
+    registry: ModelRegistry, plane: ServingPlane, *, model: str, workflow_uid: str | None, reason: str
 ) -> str | None:
     """Put all traffic back on the champion, drop the canary, release the lease; return the aborted version.
 
@@ -185,7 +179,7 @@ def abort(
 
 def promote(
     registry: ModelRegistry,
-    plane: LocalServing,
+    plane: ServingPlane,
     *,
     model: str,
     workflow_uid: str,
@@ -215,7 +209,7 @@ def promote(
     return moves
 
 
-def _switch(plane: LocalServing, state: PlaneState, server: ServerState) -> None:
+def _switch(plane: ServingPlane, state: PlaneState, server: ServerState) -> None:
     """All traffic to `server` (added to the router when missing)."""
     router = plane.ensure_router(state, server)
     router.add_backend(server_name(server.version), server.address)
@@ -223,7 +217,7 @@ def _switch(plane: LocalServing, state: PlaneState, server: ServerState) -> None
 
 
 def rollback(
-    plane: LocalServing,
+    plane: ServingPlane,
     model: str,
     *,
     actor: str,
@@ -252,7 +246,7 @@ def rollback(
     switched_s = time.perf_counter() - started if fast_target else None
     registry = registry_factory() if registry_factory else _registry()
     target = registry.rollback_target(model)
-    champion = registry.get_alias(model, "champion")
+    champion = registry.get_alias(model, CHAMPION)
     if target is None:
         if fast_target is not None:
             _undo_fast_switch(plane, model)
@@ -262,7 +256,7 @@ def rollback(
         )
     if fast_target != target:
         from registry.settings import llmrelease_home
-        from steps.evals.tracking import mlflow_client
+        from steps.core.tracking import mlflow_client
         from steps.evals.weights import weights_dir
 
         client = versions_factory() if versions_factory else mlflow_client()
@@ -275,7 +269,7 @@ def rollback(
 
 
 def _finish_rollback(
-    plane: LocalServing, registry: ModelRegistry, model: str, champion: str | None, target: str, **who: str
+    plane: ServingPlane, registry: ModelRegistry, model: str, champion: str | None, target: str, **who: str
 ) -> None:
     """After traffic moved: drop any canary, fix the plane's roles, then move the aliases and tag the bad version."""
     with plane.locked(model) as state:
@@ -290,11 +284,11 @@ def _finish_rollback(
         plane.reap(state)
     registry.delete_model_tag(model, LEASE_TAG)
     if champion is not None and champion != target:
-        registry.move_alias(model, "champion", target, **who)
+        registry.move_alias(model, CHAMPION, target, **who)
         registry.tag_version(model, champion, ROLLED_BACK_TAG, json.dumps({**who, "at": datetime.now(UTC).isoformat()}))
     registry.remove_alias(
         model,
-        "previous",
+        PREVIOUS,
         actor=who["actor"],
         reason=f"rolled back to it: {who['reason']}",
         workflow_uid=who["workflow_uid"],
@@ -307,7 +301,7 @@ def _registry() -> ModelRegistry:
     return ModelRegistry.from_env()
 
 
-def _undo_fast_switch(plane: LocalServing, model: str) -> None:
+def _undo_fast_switch(plane: ServingPlane, model: str) -> None:
     """The registry has no `previous` after all: put traffic back on the plane's champion."""
     with plane.locked(model) as state:
         champion = state.servers.get(state.champion or "")

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 
-from steps.evals.engines.base import EvalError, check_supported
+from steps.evals.engines.base import EvalError
 from steps.evals.engines.http_engine import OpenAIHTTPEngine, parse_retry_after
 from steps.evals.scoring import JudgeScorer
-from steps.evals.suites import Suite, SuiteItem
+from steps.evals.suites import Suite, SuiteItem, check_supported
 
 SECRET = "sk-test-not-a-real-key-123"
 

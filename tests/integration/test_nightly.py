@@ -82,7 +82,7 @@ def baseline_evals(name: str, spec: Path, work: Path) -> list[Path]:
     """batch-eval of version 1 of `name`, logged to MLflow as the step logs it (in-process, real Ray)."""
     from registry import ModelRegistry
     from steps import batch_eval
-    from steps.evals.tracking import mlflow_client
+    from steps.core.tracking import mlflow_client
 
     outs = []
     for kind in ("quality", "safety"):
@@ -95,9 +95,9 @@ def baseline_evals(name: str, spec: Path, work: Path) -> list[Path]:
 
 def log_perfect_baseline(name: str, reports: list[Path], work: Path) -> None:
     """Log, as batch-eval would for version 1 of `name`, the given reports with every golden item scored correct."""
-    from steps.batch_eval import EVAL_EXPERIMENT
+    from registry.tags import EVAL_EXPERIMENT
     from steps.evals.results import EvalReport
-    from steps.evals.tracking import experiment_id, llmrelease_home, mlflow_client
+    from steps.core.tracking import experiment_id, llmrelease_home, mlflow_client
 
     client = mlflow_client()
     for path in reports:
@@ -118,8 +118,8 @@ def log_perfect_baseline(name: str, reports: list[Path], work: Path) -> None:
 
 
 def nightly_runs(name: str) -> list[Any]:
-    from steps.evals.tracking import mlflow_client
-    from steps.nightly import NIGHTLY_EXPERIMENT
+    from registry.tags import NIGHTLY_EXPERIMENT
+    from steps.core.tracking import mlflow_client
 
     client = mlflow_client()
     experiment = client.get_experiment_by_name(NIGHTLY_EXPERIMENT)
@@ -188,7 +188,7 @@ def test_nightly_regression_fails_on_the_regressed_champion_only(
     assert again.phase == "Succeeded", again.tree
     a2 = nightly_runs("nightly-a")[-1]
     assert a2.data.metrics["quality.accuracy.vs_previous"] == 0.0
-    from steps.evals.tracking import mlflow_client
+    from steps.core.tracking import mlflow_client
 
     trend = Path(mlflow_client().download_artifacts(a2.info.run_id, "nightly/trend.json", str(tmp_path / "dl")))
     assert [t["run_id"] for t in json.loads(trend.read_text())["trend"]] == [a1.info.run_id, a2.info.run_id]

@@ -20,20 +20,11 @@ import pytest
 from mlflow import MlflowClient
 
 from registry.facade import ModelRegistry
+from registry.tags import CANARY_TAG, LEASE_TAG, ROLLED_BACK_TAG
 from steps import canary
 from steps.core.proc import alive
 from steps.release.spec import load_spec
-from steps.rollout.operations import (
-    CANARY_TAG,
-    LEASE_TAG,
-    ROLLED_BACK_TAG,
-    RolloutError,
-    abort,
-    current_lease,
-    deploy,
-    promote,
-    rollback,
-)
+from steps.rollout.operations import RolloutError, abort, current_lease, deploy, promote, rollback
 from steps.rollout.serving.local import LocalServing, server_name
 from tests.tiny_models import build_tiny_gpt2
 

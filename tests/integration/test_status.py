@@ -112,8 +112,8 @@ def test_status_shows_champion_previous_in_flight_and_the_last_five_releases(sto
     assert s.champion is not None and s.champion.version == "2"
     assert s.champion.promoted_by == "rollback/uid-4b"
     assert s.champion.promoted_at and s.champion.promoted_at.replace(microsecond=0) == _t("2026-11-23T08:00:00Z")
-    assert [(a.environment, a.approver, a.at) for a in s.champion.approvals] == [
-        ("prod", "bob", "2026-11-21T09:30:00Z")
+    assert [(a.environment, a.approver, a.approved_at) for a in s.champion.approvals] == [
+        ("prod", "bob", _t("2026-11-21T09:30:00Z"))
     ]
     assert s.previous is not None and s.previous.version == "4"
     assert [(f.version, f.via) for f in s.in_flight] == [

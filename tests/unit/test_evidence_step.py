@@ -15,7 +15,7 @@ from workflows.cli.main import main
 
 
 def _store(home: Path) -> object:
-    from steps.evals.tracking import mlflow_client
+    from steps.core.tracking import mlflow_client
 
     client = mlflow_client({"LLMRELEASE_HOME": str(home)})
     client.create_registered_model(NAME)

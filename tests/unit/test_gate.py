@@ -11,7 +11,7 @@ import pytest
 from registry.errors import SpecError
 from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, ExampleResult, SuiteResult
-from steps.evals.tracking import mlflow_client
+from steps.core.tracking import mlflow_client
 from steps.gate import GateParams, GateThresholds, decide, gate_step
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from safetensors.numpy import save_file
 
 from registry.errors import OnboardingError, PolicyError, ReleaseError, SpecError
 from steps.onboard import Inputs, Outputs, run
-from steps.onboarding.hashing import canonical_json, sha256_file
+from steps.core.hashing import canonical_json, sha256_file
 from steps.onboarding.weights import estimate_memory
 from steps.release.records import RECORD_FILE, ConfigSummary
 from steps.release.spec import Serving

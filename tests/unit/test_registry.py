@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
-from registry import EXPERIMENT_NAME, AliasMove, ModelRegistry, format_history
+from registry import AliasMove, ModelRegistry, format_history
 from registry.errors import RegistryError, SpecError
-from steps.register import Inputs, describe, resolve_git_commit, run
+from registry.tags import ONBOARDING_EXPERIMENT
+from steps.core.git import resolve_git_commit
+from steps.register import Inputs, describe, run
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "demo-qa"
@@ -66,7 +68,7 @@ class Store:
         )
 
     def runs(self) -> list[Any]:
-        experiment = self.client.get_experiment_by_name(EXPERIMENT_NAME)
+        experiment = self.client.get_experiment_by_name(ONBOARDING_EXPERIMENT)
         return [] if experiment is None else list(self.client.search_runs([experiment.experiment_id]))
 
     def versions(self, name: str = NAME) -> list[Any]:
@@ -153,7 +155,7 @@ def test_an_incomplete_run_left_by_a_crash_is_tolerated(store: Store, tmp_path: 
     WHEN the record is registered
     THEN registration succeeds with a fresh complete run and version 1."""
     record = make_record(tmp_path)
-    experiment_id = store.client.create_experiment(EXPERIMENT_NAME, (tmp_path / "mlartifacts").as_uri())
+    experiment_id = store.client.create_experiment(ONBOARDING_EXPERIMENT, (tmp_path / "mlartifacts").as_uri())
     store.client.create_run(experiment_id, tags={"llmrelease.digest": record["digest"], "llmrelease.model_name": NAME})
 
     result = store.register(record)

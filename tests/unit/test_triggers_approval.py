@@ -16,7 +16,8 @@ from mlflow.tracking import MlflowClient
 
 from registry import ModelRegistry
 from registry.errors import RegistryError, SpecError
-from steps.approval import APPROVAL_TAG_PREFIX, Approval, Inputs, approval_tag, approvals_from_tags, run
+from registry.tags import APPROVAL_TAG_PREFIX, Approval, approval_tag, approvals_from_tags
+from steps.approval import Inputs, run
 
 NAME = "demo-qa"
 

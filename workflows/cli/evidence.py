@@ -26,8 +26,8 @@ __all__ = ["add_commands"]
 
 def _evidence_tag(name: str, version: str) -> dict[str, Any]:
     """The version's `llmrelease.evidence` tag, decoded ({} when the version or the tag is absent)."""
-    from steps.evals.tracking import mlflow_client
-    from steps.evidence import EVIDENCE_TAG
+    from registry.tags import EVIDENCE_TAG
+    from steps.core.tracking import mlflow_client
 
     try:
         raw = (mlflow_client().get_model_version(name, version).tags or {}).get(EVIDENCE_TAG)
@@ -49,8 +49,8 @@ def _local_bundle(name: str, version: str, uid: str | None, tag: dict[str, Any])
 
 
 def _run_id(name: str, version: str, uid: str | None, tag: dict[str, Any]) -> str | None:
-    from steps.evals.tracking import mlflow_client
-    from steps.evidence import EVIDENCE_EXPERIMENT
+    from registry.tags import EVIDENCE_EXPERIMENT, MODEL_NAME_TAG, MODEL_VERSION_TAG, WORKFLOW_UID_TAG
+    from steps.core.tracking import mlflow_client
 
     if tag.get("run_id") and (not uid or uid == tag.get("workflow_uid")):
         return str(tag["run_id"])
@@ -58,8 +58,8 @@ def _run_id(name: str, version: str, uid: str | None, tag: dict[str, Any]) -> st
     experiment = client.get_experiment_by_name(EVIDENCE_EXPERIMENT)
     if experiment is None:
         return None
-    query = f"tags.`llmrelease.model_name` = '{name}' and tags.`llmrelease.model_version` = '{version}'"
-    query += f" and tags.`llmrelease.workflow_uid` = '{uid}'" if uid else ""
+    query = f"tags.`{MODEL_NAME_TAG}` = '{name}' and tags.`{MODEL_VERSION_TAG}` = '{version}'"
+    query += f" and tags.`{WORKFLOW_UID_TAG}` = '{uid}'" if uid else ""
     runs = client.search_runs([experiment.experiment_id], query, max_results=1, order_by=["attributes.start_time DESC"])
     return str(runs[0].info.run_id) if runs else None
 
@@ -67,7 +67,7 @@ def _run_id(name: str, version: str, uid: str | None, tag: dict[str, Any]) -> st
 @contextmanager
 def _mlflow_copy(run_id: str | None) -> Iterator[Path | None]:
     """The bundle logged to MLflow run `run_id`, downloaded into a temporary folder (None without a run)."""
-    from steps.evals.tracking import mlflow_client
+    from steps.core.tracking import mlflow_client
 
     if run_id is None:
         yield None

@@ -19,12 +19,12 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     from registry.errors import SpecError
     from registry.settings import llmrelease_home
     from steps.rollout.operations import rollback
-    from steps.rollout.serving.local import LocalServing
+    from steps.rollout.serving.factory import serving_plane
 
     started = time.perf_counter()
     if not args.actor.strip():
         raise SpecError("--actor is empty: say who rolls back, it goes into the registry history")
-    result = rollback(LocalServing(llmrelease_home()), args.name, actor=args.actor, reason=args.reason)
+    result = rollback(serving_plane("", llmrelease_home()), args.name, actor=args.actor, reason=args.reason)
     path = "hot previous" if result["fast"] else "previous started cold, then switched"
     print(f"{args.name}: rolled back: champion {result['from']} -> {result['to']}; all traffic on {result['to']} "
           f"{result['switched_s']:.3f}s after the command started ({path}); "
@@ -36,9 +36,9 @@ def _cmd_rollout_abort(args: argparse.Namespace) -> int:
     from registry.facade import ModelRegistry
     from registry.settings import llmrelease_home
     from steps.rollout.operations import abort
-    from steps.rollout.serving.local import LocalServing
+    from steps.rollout.serving.factory import serving_plane
 
-    aborted = abort(ModelRegistry.from_env(), LocalServing(llmrelease_home()), model=args.name, workflow_uid=None,
+    aborted = abort(ModelRegistry.from_env(), serving_plane("", llmrelease_home()), model=args.name, workflow_uid=None,
                     reason=f"aborted by {args.actor}: {args.reason}")
     print(f"{args.name}: " + (f"rollout of version {aborted} aborted; all traffic on the champion"
                               if aborted else "no rollout in flight"))
@@ -48,7 +48,7 @@ def _cmd_rollout_abort(args: argparse.Namespace) -> int:
 def _cmd_canary_decide(args: argparse.Namespace) -> int:
     from registry.errors import SpecError
     from registry.facade import ModelRegistry
-    from steps.canary import DECISION_TAG
+    from registry.tags import CANARY_DECISION_TAG
     from steps.rollout.operations import current_lease
 
     if not args.actor.strip():
@@ -59,16 +59,17 @@ def _cmd_canary_decide(args: argparse.Namespace) -> int:
         raise SpecError(f"no canary of {args.name} is in flight: nothing to {args.canary_command}")
     decision = {"workflow_uid": lease.workflow_uid, "action": args.canary_command, "actor": args.actor,
                 "at": datetime.now(UTC).isoformat()}
-    registry.set_model_tag(args.name, DECISION_TAG, json.dumps(decision))
+    registry.set_model_tag(args.name, CANARY_DECISION_TAG, json.dumps(decision))
     print(f"{args.name}: canary of version {lease.candidate}: {args.canary_command} requested by {args.actor}")
     return 0
 
 
 def _cmd_serving_status(args: argparse.Namespace) -> int:
     from registry.settings import llmrelease_home
-    from steps.rollout.serving.local import LocalServing, server_name
+    from steps.rollout.serving.base import server_name
+    from steps.rollout.serving.factory import serving_plane
 
-    plane = LocalServing(llmrelease_home())
+    plane = serving_plane("", llmrelease_home())
     state = plane.state(args.name)
     weights: dict[str, int] = {}
     if state.router_port is not None:
@@ -90,9 +91,9 @@ def _cmd_serving_status(args: argparse.Namespace) -> int:
 
 def _cmd_serving_stop(args: argparse.Namespace) -> int:
     from registry.settings import llmrelease_home
-    from steps.rollout.serving.local import LocalServing
+    from steps.rollout.serving.factory import serving_plane
 
-    LocalServing(llmrelease_home()).shutdown(args.name)
+    serving_plane("", llmrelease_home()).shutdown(args.name)
     print(f"{args.name}: router and model servers stopped")
     return 0
 

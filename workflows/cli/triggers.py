@@ -259,7 +259,7 @@ def _cmd_cron_next(args: argparse.Namespace) -> int:
 def _cmd_webhook_simulate(args: argparse.Namespace) -> int:
     import yaml
 
-    from steps.evals.tracking import llmrelease_home
+    from steps.core.tracking import llmrelease_home
     from workflows.events import webhook
 
     try:

@@ -8,19 +8,16 @@
 |                |                     |                                        | with `logprobs=True`)     |
 
 Engines are imported lazily: this module imports neither torch, transformers nor vllm.
-`check_supported` refuses a suite whose tasks the engine cannot run before any request is sent.
+`steps.evals.suites.check_supported` refuses a suite whose tasks the engine cannot run before any request is sent.
 """
 
 from __future__ import annotations
 
 from collections.abc import Set
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from registry.errors import ReleaseError
-
-if TYPE_CHECKING:
-    from steps.evals.suites import Suite
 
 __all__ = [
     "GENERATE",
@@ -29,7 +26,6 @@ __all__ = [
     "Engine",
     "EvalError",
     "Generation",
-    "check_supported",
     "required_capability",
 ]
 
@@ -83,24 +79,3 @@ class Engine(Protocol):
 def required_capability(task: str) -> str:
     """The engine capability a task type needs: log-likelihoods for multiple_choice, generation otherwise."""
     return LOGLIKELIHOOD if task == "multiple_choice" else GENERATE
-
-
-def check_supported(suite: Suite, engine: Engine) -> None:
-    """Refuse a suite the engine cannot run, before anything is sent.
-
-    Raises:
-        EvalError: Names the first item whose task needs a capability the engine lacks.
-    """
-    for item in suite.items:
-        need = required_capability(item.task)
-        if need in engine.capabilities:
-            continue
-        if need == LOGLIKELIHOOD:
-            raise EvalError(
-                f"suite {suite.name} item {item.id}: task {item.task} needs log-likelihoods, which backend "
-                f"{engine.name} cannot give; run it on the transformers or vllm backend or drop the item"
-            )
-        raise EvalError(
-            f"suite {suite.name} item {item.id}: task {item.task} needs generation, which backend {engine.name} "
-            "cannot give; run it on another backend or drop the item"
-        )

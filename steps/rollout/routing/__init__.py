@@ -4,8 +4,16 @@
 HTTPRoute on a cluster. The canary step is given a `Router` and never knows which one it drives.
 """
 
-from steps.rollout.routing.base import Router, RoutingError, canary_split, validate_weights
+from steps.rollout.routing.base import BackendRouter, Router, RoutingError, canary_split, validate_weights
 from steps.rollout.routing.gateway import GatewayRouter
 from steps.rollout.routing.haproxy import HAProxyRouter
 
-__all__ = ["GatewayRouter", "HAProxyRouter", "Router", "RoutingError", "canary_split", "validate_weights"]
+__all__ = [
+    "BackendRouter",
+    "GatewayRouter",
+    "HAProxyRouter",
+    "Router",
+    "RoutingError",
+    "canary_split",
+    "validate_weights",
+]

@@ -4,6 +4,9 @@ A router splits the traffic of one model endpoint between named backends (model 
 percentages that sum to 100. Two implementations follow this interface: `HAProxyRouter` (this machine, CI, the
 demo) and `GatewayRouter` (a Gateway API HTTPRoute on a cluster). Both validate with `validate_weights` before
 they change anything, so a refused call leaves the live split exactly as it was.
+
+A serving plane also adds and removes backends as versions start and stop, and stops the router with the last
+one: `BackendRouter` (today `HAProxyRouter`; `GatewayRouter` cannot add or remove a backend yet).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from registry.errors import ReleaseError
 
-__all__ = ["Router", "RoutingError", "canary_split", "validate_weights"]
+__all__ = ["BackendRouter", "Router", "RoutingError", "canary_split", "validate_weights"]
 
 
 class RoutingError(ReleaseError):
@@ -35,6 +38,28 @@ class Router(Protocol):
 
     def weights(self) -> dict[str, int]:
         """Return the live split: every backend name -> percent."""
+        ...
+
+
+@runtime_checkable
+class BackendRouter(Router, Protocol):
+    """A `Router` whose backends a serving plane adds and removes live; what `ServingPlane.router` returns."""
+
+    @property
+    def backends(self) -> dict[str, str]:
+        """Backend name -> "host:port", in configuration order."""
+        ...
+
+    def add_backend(self, name: str, address: str) -> None:
+        """Add a backend with weight 0 (it gets traffic only through `set_weights`); move it when it moved."""
+        ...
+
+    def remove_backend(self, name: str) -> bool:
+        """Drain and remove a backend that has weight 0; False when requests were still attached after draining."""
+        ...
+
+    def stop(self) -> None:
+        """Stop the router: the model's endpoint answers no more."""
         ...
 
 

@@ -12,6 +12,7 @@ import copy
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from steps.core.kube import api_error_fix, api_status, describe_api_error
 from steps.rollout.routing.base import RoutingError, validate_weights
 
 __all__ = ["GROUP", "PLURAL", "VERSION", "CustomObjectsApi", "GatewayRouter"]
@@ -94,17 +95,17 @@ class GatewayRouter:
                 )
                 return
             except Exception as e:  # the client raises kubernetes.client.ApiException, urllib3 errors, ...
-                if _status(e) == _CONFLICT and attempt < _ATTEMPTS:
+                if api_status(e) == _CONFLICT and attempt < _ATTEMPTS:
                     continue
                 raise RoutingError(
-                    f"HTTPRoute {self.route}: patching backendRefs weights failed ({_describe(e)}): {_fix(e)}"
+                    f"HTTPRoute {self.route}: patching backendRefs weights failed ({describe_api_error(e)}): {_fix(e)}"
                 ) from e
 
     def _get(self) -> dict[str, Any]:
         try:
             route = self._api.get_namespaced_custom_object(GROUP, VERSION, self._namespace, PLURAL, self._name)
         except Exception as e:  # see set_weights
-            raise RoutingError(f"HTTPRoute {self.route}: reading it failed ({_describe(e)}): {_fix(e)}") from e
+            raise RoutingError(f"HTTPRoute {self.route}: reading it failed ({describe_api_error(e)}): {_fix(e)}") from e
         if not isinstance(route, dict):
             raise RoutingError(f"HTTPRoute {self.route}: the API returned {type(route).__name__}, not an object")
         return route
@@ -133,23 +134,10 @@ class GatewayRouter:
         return {"metadata": metadata, "spec": {"rules": rules}}
 
 
-def _status(error: Exception) -> int | None:
-    status = getattr(error, "status", None)
-    return status if isinstance(status, int) else None
-
-
-def _describe(error: Exception) -> str:
-    status, reason = _status(error), getattr(error, "reason", None)
-    if status is not None:
-        return f"{status} {reason or ''}".strip()
-    return " ".join(f"{type(error).__name__}: {error}".split())[:200]
-
-
 def _fix(error: Exception) -> str:
-    return {
-        401: "renew the credentials of the step's ServiceAccount or kubeconfig",
+    return api_error_fix(error, {
         403: "grant the step's ServiceAccount get and patch on httproutes.gateway.networking.k8s.io",
         404: "create the HTTPRoute (infrastructure/) or fix its namespace/name",
         409: "another writer keeps changing the route: retry the step",
         422: "the API server rejected the weights: check the HTTPRoute and the Gateway API version (v1)",
-    }.get(_status(error) or 0, "check the API server is reachable and retry")
+    })

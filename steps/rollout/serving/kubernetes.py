@@ -26,7 +26,8 @@ from typing import Any, Literal, Protocol
 import yaml
 
 from steps.core.images import STEPS_IMAGE
-from steps.rollout.serving.local import ServingError
+from steps.core.kube import api_error_fix, api_status, describe_api_error
+from steps.rollout.serving.base import ServingError
 
 __all__ = [
     "TEMPLATE_ENV",
@@ -246,7 +247,8 @@ def apply(manifests: Sequence[dict[str, Any]], api: KubernetesApi) -> list[Appli
             else:
                 create(namespace=namespace, body=manifest)
         except Exception as e:  # kubernetes.client.ApiException, urllib3 errors, ...
-            raise ServingError(f"{kind} {namespace}/{name}: the API refused ({_describe(e)}): {_fix(e, kind)}") from e
+            why = f"the API refused ({describe_api_error(e)}): {_fix(e, kind)}"
+            raise ServingError(f"{kind} {namespace}/{name}: {why}") from e
         done.append(AppliedObject(kind, namespace, name, "patched" if exists else "created"))
     return done
 
@@ -294,30 +296,17 @@ def _exists(read: Any, name: str, namespace: str) -> bool:
     try:
         read(name=name, namespace=namespace)
     except Exception as e:  # see apply
-        if _status(e) == _NOT_FOUND:
+        if api_status(e) == _NOT_FOUND:
             return False
         raise
     return True
 
 
-def _status(error: Exception) -> int | None:
-    status = getattr(error, "status", None)
-    return status if isinstance(status, int) else None
-
-
-def _describe(error: Exception) -> str:
-    status, reason = _status(error), getattr(error, "reason", None)
-    if status is not None:
-        return f"{status} {reason or ''}".strip()
-    return " ".join(f"{type(error).__name__}: {error}".split())[:200]
-
-
 def _fix(error: Exception, kind: str) -> str:
     resource = "deployments.apps" if kind == "Deployment" else "services"
-    return {
-        401: "renew the credentials of the step's ServiceAccount or kubeconfig",
+    return api_error_fix(error, {
         403: f"grant the step's ServiceAccount get, create and patch on {resource} (infrastructure/base/rbac.yaml)",
         404: "create the namespace (infrastructure/base/namespace.yaml) or fix `namespace`",
         409: "another writer changed the object: retry the step",
         422: "the API server rejected the manifest: check infrastructure/serving/vllm.yaml",
-    }.get(_status(error) or 0, "check the API server is reachable and retry")
+    })

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import socket
@@ -36,60 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
 from registry.errors import ReleaseError
-from steps.core.proc import alive, terminate
+from steps.core.proc import alive, started, terminate
 from steps.rollout.routing.haproxy import HAProxyRouter
+from steps.rollout.serving.base import PlaneState, ServerState, ServingError, server_name
 
-__all__ = ["ServingError", "ServerState", "PlaneState", "LocalServing", "server_name", "ready_check"]
+__all__ = ["LocalServing", "ready_check"]
 
 _READY_PROMPT = [{"role": "user", "content": "ping"}]
-
-
-class ServingError(ReleaseError):
-    """A model server or router could not be started, reached or changed."""
-
-
-def server_name(version: str) -> str:
-    """The router's name for a model version (also the `X-Served-By` value)."""
-    return f"v{version}"
-
-
-class ServerState(BaseModel):
-    """One model version's server."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    version: str
-    port: int
-    pid: int
-    model_dir: str
-    started_at: float
-    hot_until: float | None = Field(default=None, description="epoch seconds after which a non-serving copy may stop")
-
-    @property
-    def base_url(self) -> str:
-        """The OpenAI-compatible base URL (…/v1)."""
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    @property
-    def address(self) -> str:
-        """host:port for the router."""
-        return f"127.0.0.1:{self.port}"
-
-
-class PlaneState(BaseModel):
-    """A model's router and servers, and which version is champion, previous and canary."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: str
-    router_port: int | None = None
-    servers: dict[str, ServerState] = Field(default_factory=dict)
-    champion: str | None = None
-    previous: str | None = None
-    canary: str | None = None
 
 
 def ready_check(base_url: str, model: str, *, timeout: float = 10.0) -> str | None:
@@ -113,7 +67,7 @@ def ready_check(base_url: str, model: str, *, timeout: float = 10.0) -> str | No
 
 
 class LocalServing:
-    """Start, find, route and stop the model servers of this machine (see the module docstring)."""
+    """Start, find, route and stop the model servers of this machine: a `ServingPlane` (see the module docstring)."""
 
     def __init__(self, home: Path, *, start_timeout: float = 180.0, clock: Any = time.time) -> None:
         """Keep state under `home/serving/`.
@@ -172,7 +126,7 @@ class LocalServing:
                 ready[version] = current
                 continue
             if current is not None:
-                terminate(current.pid, group=True)
+                terminate(current.pid, created=current.pid_created, group=True)
             starting.append(self._spawn(state.model, version, model_dir))
         try:
             for server, process, log in starting:
@@ -187,7 +141,7 @@ class LocalServing:
 
     def is_ready(self, state: PlaneState, server: ServerState) -> bool:
         """Whether the server's process runs and it answers a real completion now."""
-        return alive(server.pid) and ready_check(server.base_url, state.model) is None
+        return alive(server.pid, server.pid_created) and ready_check(server.base_url, state.model) is None
 
     def _spawn(self, model: str, version: str, model_dir: Path) -> tuple[ServerState, subprocess.Popen[bytes], Path]:
         executable = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
@@ -216,7 +170,8 @@ class LocalServing:
                 start_new_session=True,
             )
         server = ServerState(
-            version=version, port=port, pid=process.pid, model_dir=str(model_dir), started_at=self._clock()
+            version=version, port=port, pid=process.pid, pid_created=started(process.pid), model_dir=str(model_dir),
+            started_at=self._clock(),
         )
         return server, process, folder / "server.log"
 
@@ -243,7 +198,7 @@ class LocalServing:
         """Stop a version's server (call inside `locked`; take it out of the router first)."""
         server = state.servers.pop(version, None)
         if server is not None:
-            terminate(server.pid, group=True)
+            terminate(server.pid, created=server.pid_created, group=True)
 
     def reap(self, state: PlaneState) -> list[str]:
         """Stop servers whose hot window ended and that play no role; return their versions."""
@@ -320,7 +275,3 @@ def _tail(log: Path) -> str:
         return " | ".join(lines[-3:])[:400]
     return "no log"
 
-
-def to_json(state: PlaneState) -> dict[str, Any]:
-    """The state as plain JSON (for `llmrelease serving status --json`)."""
-    return json.loads(state.model_dump_json())

@@ -1,0 +1,126 @@
+"""What the rollout code needs from a serving plane, and the state every plane records.
+
+A serving plane serves the versions of a registered model and puts one router in front of them. The rollout
+operations (`steps.rollout.operations`: deploy, promote, abort, rollback) and the canary step are written against
+the `ServingPlane` interface below, never against an implementation; `steps.rollout.serving.factory.serving_plane`
+picks the implementation an environment's platform policy names. Today there is one: `LocalServing`
+(`transformers serve` processes behind HAProxy on this machine).
+
+Every change happens inside `ServingPlane.locked(model)`, which yields the model's `PlaneState` (its router, the
+server of each version and which version is champion, previous and canary) and records it when the block ends,
+whatever happened in it.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.errors import ReleaseError
+from steps.rollout.routing.base import BackendRouter
+
+__all__ = ["PlaneState", "ServerState", "ServingError", "ServingPlane", "server_name"]
+
+
+class ServingError(ReleaseError):
+    """A model server or router could not be started, reached or changed."""
+
+
+def server_name(version: str) -> str:
+    """The router's name for a model version (also the `X-Served-By` value)."""
+    return f"v{version}"
+
+
+class ServerState(BaseModel):
+    """One model version's server: where it listens, which process serves it, how long it stays hot."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str
+    port: int
+    pid: int
+    pid_created: float | None = Field(
+        default=None, description="the process's creation time (psutil): a reused pid is never signalled"
+    )
+    model_dir: str
+    started_at: float
+    hot_until: float | None = Field(default=None, description="epoch seconds after which a non-serving copy may stop")
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-compatible base URL (…/v1)."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def address(self) -> str:
+        """host:port for the router."""
+        return f"127.0.0.1:{self.port}"
+
+
+class PlaneState(BaseModel):
+    """A model's router and servers, and which version is champion, previous and canary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    router_port: int | None = Field(default=None, description="where the model's router listens; None: no router")
+    servers: dict[str, ServerState] = Field(default_factory=dict)
+    champion: str | None = None
+    previous: str | None = None
+    canary: str | None = None
+
+
+@runtime_checkable
+class ServingPlane(Protocol):
+    """Serves a model's versions behind one router; what deploy, canary, promote, abort and rollback are given.
+
+    Methods that take a `PlaneState` are called inside `locked(model)` with the state it yielded; they change that
+    state (and the processes or objects it describes) and `locked` records it when the block ends.
+    """
+
+    def locked(self, model: str) -> AbstractContextManager[PlaneState]:
+        """Hold the model's lock; yield its state and record it when the block ends (even by an error)."""
+        ...
+
+    def state(self, model: str) -> PlaneState:
+        """Read the model's recorded state without the lock (empty when nothing was ever served)."""
+        ...
+
+    def ensure_server(self, state: PlaneState, version: str, model_dir: Path) -> ServerState:
+        """Serve one version from its weights in `model_dir`; return its server once it answers a real completion."""
+        ...
+
+    def ensure_servers(self, state: PlaneState, wanted: dict[str, Path]) -> dict[str, ServerState]:
+        """Serve several versions (version -> weights folder); those not serving yet start together."""
+        ...
+
+    def is_ready(self, state: PlaneState, server: ServerState) -> bool:
+        """Whether the version's server runs and answers a real completion now."""
+        ...
+
+    def stop_server(self, state: PlaneState, version: str) -> None:
+        """Stop serving a version (take it out of the router first)."""
+        ...
+
+    def reap(self, state: PlaneState) -> list[str]:
+        """Stop the servers whose hot window ended and that play no role; return their versions."""
+        ...
+
+    def router(self, state: PlaneState) -> BackendRouter:
+        """The model's running router: its live split, its backends (one per served version)."""
+        ...
+
+    def ensure_router(self, state: PlaneState, first: ServerState) -> BackendRouter:
+        """The model's router, started with `first` taking all traffic when there is none."""
+        ...
+
+    def router_url(self, state: PlaneState) -> str:
+        """The OpenAI-compatible base URL (…/v1) clients call: the router's."""
+        ...
+
+    def shutdown(self, model: str) -> None:
+        """Stop the model's router and every server, and clear its roles."""
+        ...

@@ -1,0 +1,105 @@
+"""The step contract: `run_step`, `StepParams` and the pod paths of steps.core.entry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from registry.errors import PolicyError, RegistryError, SpecError
+from steps.core.artifacts import ROOT
+from steps.core.entry import DEBUG_ENV, POD_ROOT_ENV, StepParams, in_pod, run_step
+
+
+def _raise(error: Exception) -> None:
+    raise error
+
+
+def test_run_step_returns_what_the_body_returns() -> None:
+    """GIVEN a body that succeeds WHEN run_step runs it THEN its value comes back and nothing is printed."""
+    assert run_step("deploy", lambda: {"ok": 1}) == {"ok": 1}
+
+
+@pytest.mark.parametrize(("error", "code"), [(SpecError("spec x: bad"), 2), (RegistryError("version 3: gone"), 1),
+                                             (PolicyError("licence gpl:\nnot allowed"), 1)])
+def test_a_release_error_is_one_prefixed_line_and_its_exit_code(
+    error: Exception, code: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GIVEN a body raising a ReleaseError (a SpecError exits 2, the others 1; one message spans two lines)
+    WHEN run_step runs it
+    THEN stderr is exactly one line `<step>: <message>` and the process exits with the error's exit_code.
+    """
+    with pytest.raises(SystemExit) as exited:
+        run_step("gate", lambda: _raise(error))
+    assert exited.value.code == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err == f"gate: {' '.join(str(error).split())}\n"
+
+
+def test_an_unexpected_exception_is_one_line_asking_for_a_bug_report(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GIVEN a body raising a KeyError and LLMRELEASE_DEBUG unset
+    WHEN run_step runs it
+    THEN one line names the type and the message, asks for a bug report, and the exit code is 1.
+    """
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    with pytest.raises(SystemExit) as exited:
+        run_step("canary", lambda: {}["weight"])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err == "canary: unexpected KeyError: 'weight'; report this bug\n"
+
+
+def test_debug_re_raises_an_unexpected_exception_but_not_a_release_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GIVEN LLMRELEASE_DEBUG=1 WHEN a body raises a KeyError, then a SpecError
+    THEN the KeyError propagates (its traceback is wanted), the SpecError is still one line and exit 2.
+    """
+    monkeypatch.setenv(DEBUG_ENV, "1")
+    with pytest.raises(KeyError):
+        run_step("canary", lambda: {}["weight"])
+    with pytest.raises(SystemExit) as exited:
+        run_step("canary", lambda: _raise(SpecError("x")))
+    assert exited.value.code == 2
+
+
+class _Params(StepParams):
+    step: ClassVar[str] = "latency"
+
+    rate: float = 4.0
+    requests: int | None = None
+    work_dir: Path
+
+
+def test_step_params_parse_typed_values_and_refuse_a_bad_one_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GIVEN typed parameters WHEN valid values are given THEN they are typed;
+    WHEN rate='abc' THEN one line names the parameter and its value, exit 2 (a SpecError's code);
+    AND an optional field defaulting to None renders with the Argo default `null` (not a required parameter).
+    """
+    monkeypatch.delenv(DEBUG_ENV, raising=False)
+    ok = _Params.model_validate({"rate": 2, "requests": None, "work_dir": "/w"})
+    assert ok.rate == 2.0 and ok.requests is None and ok.work_dir == Path("/w")
+    with pytest.raises(SystemExit) as exited:
+        _Params.model_validate({"rate": "abc", "work_dir": "/w"})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("latency: parameter rate='abc' is invalid (")
+    defaults = {p.name: p.default for p in _Params._get_parameters()}
+    assert defaults == {"rate": "4.0", "requests": "null", "work_dir": None}
+
+
+def test_in_pod_maps_container_paths_under_the_pod_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """GIVEN LLMRELEASE_POD_ROOT unset, equal to ROOT, or a private folder
+    WHEN in_pod maps an artifact path under ROOT and one elsewhere
+    THEN only a private folder changes the path under ROOT; other paths never change.
+    """
+    artifact = f"{ROOT}/inputs/quality-report.json"
+    monkeypatch.delenv(POD_ROOT_ENV, raising=False)
+    assert in_pod(artifact) == Path(artifact)
+    monkeypatch.setenv(POD_ROOT_ENV, ROOT)
+    assert in_pod(artifact) == Path(artifact)
+    monkeypatch.setenv(POD_ROOT_ENV, str(tmp_path))
+    assert in_pod(artifact) == tmp_path / "inputs" / "quality-report.json"
+    assert in_pod("/etc/hosts") == Path("/etc/hosts")
