@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the Debian packages the test suite needs: haproxy (the local traffic router), chromium + chromium-driver
 # (the HTML release report is tested in headless Chromium), prometheus-pushgateway (step metrics are pushed to it)
-# and prometheus (the canary analysis' Prometheus query is tested against it).
+# and prometheus (the canary analysis' Prometheus query is tested against it), and bubblewrap (`llmrelease run
+# --isolation bwrap` runs each pod in it).
 # Idempotent and quiet: installs only what is missing; runs `apt-get update` only when an install is needed.
 # Needs root (CI runs it as root); elsewhere it uses sudo when available.
 set -euo pipefail
@@ -13,6 +14,7 @@ declare -A PACKAGES=(
     [chromium-driver]=chromedriver
     [prometheus-pushgateway]=prometheus-pushgateway
     [prometheus]=prometheus
+    [bubblewrap]=bwrap
 )
 
 # With arguments, only those packages (e.g. `install-system-packages.sh haproxy` for the demo).

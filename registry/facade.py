@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,7 +24,7 @@ from registry.client import (
     short_error,
 )
 from registry.errors import RegistryError
-from registry.history import AliasMove, alias_at, history_tag_key, moves_from_tags
+from registry.history import AliasMove, history_tag_key, moves_from_tags
 from registry.record import (
     OnboardingView,
     S3ClientLike,
@@ -391,10 +390,6 @@ class ModelRegistry:
                 f"registered model {name!r} not found at {self._uri}: check the name or MLFLOW_TRACKING_URI"
             )
         return moves_from_tags(name, dict(model.tags or {}))
-
-    def champion_at(self, name: str, when: datetime) -> AliasMove | None:
-        """The move that made the champion of `name` at time `when` (which version, who, why), or None."""
-        return alias_at(self.history(name), CHAMPION, when)
 
     # ---- plumbing ----
 

@@ -12,6 +12,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from registry.errors import OnboardingError, SpecError
+from registry.names import NAME_MAX_LENGTH, NAME_PATTERN
 
 __all__ = [
     "OnboardingView",
@@ -26,7 +27,7 @@ __all__ = [
 class S3ClientLike(Protocol):
     """The part of a boto3 S3 client the weights check uses."""
 
-    def head_object(self, *, Bucket: str, Key: str) -> Any: ...  # noqa: D102, N803
+    def head_object(self, *, Bucket: str, Key: str) -> Any: ...  # noqa: D102
 
 
 class CardView(BaseModel):
@@ -55,7 +56,7 @@ class OnboardingView(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    name: str = Field(min_length=1, pattern=r"^[^'\"\n]+$")
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)  # registry/names.py: a DNS-1123 label
     environment: str = ""
     source_uri: str = Field(min_length=1)
     kind: Literal["weights", "provider"]

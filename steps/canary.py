@@ -5,9 +5,9 @@ router is set to champion 100-w / candidate w and an analysis run (see `steps.ro
 measurement sends probe requests *through the router* (as users do: the `X-Served-By` header says which version
 answered, and the observed split is logged) plus a few straight to each version, so that the canary has enough
 samples to be judged even at 1%. Failed or Error aborts: the canary weight goes to 0 and all traffic back on the
-champion (`steps.rollout.operations.abort`), the version is tagged, and the step fails with the analysis log. Inconclusive
-pauses at the current weight until a human runs `llmrelease canary resume|abort NAME`, or `pause_timeout_s`
-passes (then it aborts).
+champion (`steps.rollout.operations.abort`), the version is tagged, and the step fails with the analysis log.
+Inconclusive pauses at the current weight until a human runs `llmrelease canary resume|abort NAME`, or
+`pause_timeout_s` passes (then it aborts).
 
 The whole log is written to `canary-log.json` (the release report and the evidence bundle read it).
 """
@@ -20,21 +20,23 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import httpx
-from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Parameter, script
+from hera.workflows import Artifact, NoneArchiveStrategy, Output, Parameter, script
+from pydantic import BaseModel, ConfigDict
 
-from registry.errors import ReleaseError
 from registry.tags import CANARY_DECISION_TAG
 from steps.core.artifacts import CANARY_LOG_OUT
+from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
 from steps.rollout.analysis import AnalysisPolicy, PrometheusCheck, Sample, query_prometheus, run_analysis
 from steps.rollout.routing.base import canary_split
 from steps.rollout.serving.base import ServingPlane, server_name
 from steps.rollout.serving.factory import serving_plane
 
-__all__ = ["CanaryParams", "CanaryResult", "Probe", "run", "canary_step", "policy_from_spec"]
+__all__ = ["CanaryParams", "CanaryResult", "Inputs", "Outputs", "Probe", "canary_step", "describe", "policy_from_spec",
+           "run"]
 
 LOG_NAME = "canary-log.json"
 _PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -135,11 +137,37 @@ def _wait_for_human(registry: Any, model: str, workflow_uid: str, timeout_s: flo
     return "abort", f"pause timeout ({timeout_s:g}s)"
 
 
-def run(spec: Any, registry: Any, plane: ServingPlane, *, workflow_uid: str, work_dir: Path,
-        sleep: Any = time.sleep) -> dict[str, Any]:
-    """Run the canary; returns the log (outcome completed or aborted) and writes it to work_dir/canary-log.json."""
+class Inputs(BaseModel):
+    """What the canary step needs: the release spec (its model, rollout steps and analysis), the workflow."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    spec: Any
+    """The `ReleaseSpec`, with the environment's policy floors applied."""
+    workflow_uid: str
+    work_dir: Path
+
+
+class Outputs(BaseModel):
+    """How the canary ended, and its log (also written to `<work_dir>/canary-log.json`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    outcome: Literal["completed", "aborted"]
+    log_path: Path
+    log: dict[str, Any]
+
+    @property
+    def abort_reason(self) -> str:
+        """Why the canary aborted ("" when it completed)."""
+        return str(self.log.get("abort_reason") or "")
+
+
+def run(inputs: Inputs, registry: Any, plane: ServingPlane, *, sleep: Any = time.sleep) -> Outputs:
+    """Run the canary; returns the log (outcome completed or aborted), written to work_dir/canary-log.json."""
     from steps.rollout.operations import abort, require_lease
 
+    spec, workflow_uid = inputs.spec, inputs.workflow_uid
     model = spec.model.name
     lease = require_lease(registry, model, workflow_uid)
     state = plane.state(model)
@@ -174,8 +202,16 @@ def run(spec: Any, registry: Any, plane: ServingPlane, *, workflow_uid: str, wor
             abort(registry, plane, model=model, workflow_uid=workflow_uid, reason=reason)
             log.update(outcome="aborted", aborted_at=datetime.now(UTC).isoformat(), abort_reason=reason)
             break
-    _write(log, work_dir)
-    return log
+    path = _write(log, inputs.work_dir)
+    return Outputs(outcome=log["outcome"], log_path=path, log=log)
+
+
+def describe(outputs: Outputs) -> str:
+    """The one human line: the steps and their phases, or where and why the canary aborted."""
+    if outputs.outcome == "aborted":
+        return f"canary: aborted, all traffic back on the champion: {outputs.abort_reason}"
+    steps = " -> ".join(f"{s['weight']}% {s['phase']}" for s in outputs.log.get("steps", []))
+    return f"canary: completed ({steps}); log {outputs.log_path}"
 
 
 def _write(log: dict[str, Any], work_dir: Path) -> Path:
@@ -185,41 +221,44 @@ def _write(log: dict[str, Any], work_dir: Path) -> Path:
     return path
 
 
-class CanaryParams(Input):
+class CanaryParams(StepParams):
     """Argo input parameters of the canary template."""
+
+    step: ClassVar[str] = "canary"
 
     release: str
     workflow_uid: str
-    work_dir: str
+    work_dir: Path
     environment: str = ""
 
 
 class CanaryResult(Output):
     """Argo outputs: the outcome (the log file is the `canary-log` artifact, saved even when the step fails)."""
 
-    outcome: Annotated[str, Parameter(name="outcome")]
+    outcome: Annotated[Literal["completed", "aborted"], Parameter(name="outcome")]
+
+
+def _run_here(params: CanaryParams) -> Outputs:
+    """`run` on the release spec (with the environment's floors), this environment's registry and serving plane."""
+    from registry.facade import ModelRegistry
+    from registry.settings import llmrelease_home
+    from steps.release.policy import apply_environment
+    from steps.release.spec import load_spec
+
+    spec = apply_environment(load_spec(params.release), params.environment)
+    plane = serving_plane(params.environment, llmrelease_home())
+    inputs = Inputs(spec=spec, workflow_uid=params.workflow_uid, work_dir=params.work_dir)
+    return run(inputs, ModelRegistry.from_env(), plane)
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="canary",
         outputs=[Artifact(name="canary-log", path=CANARY_LOG_OUT, global_name="canary-log",
                           archive=NoneArchiveStrategy(), optional=True)])
 def canary_step(params: CanaryParams) -> CanaryResult:
-    """Hera entry: run the canary; exit 1 with the analysis log when it aborts."""
-    from registry.facade import ModelRegistry
-    from registry.settings import llmrelease_home
-    from steps.release.spec import load_spec
-
-    work_dir = Path(params.work_dir)
-    try:
-        from steps.release.policy import apply_environment
-
-        spec = apply_environment(load_spec(params.release), params.environment)
-        plane = serving_plane(params.environment, llmrelease_home())
-        log = run(spec, ModelRegistry.from_env(), plane, workflow_uid=params.workflow_uid, work_dir=work_dir)
-    except ReleaseError as e:
-        print(f"canary: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    if log["outcome"] == "aborted":
-        print(f"canary: aborted, all traffic back on the champion: {log['abort_reason']}", file=sys.stderr)
+    """Hera entry: run the canary; exit 1 with the abort reason when it aborts (the log is saved either way)."""
+    outputs = run_step("canary", lambda: _run_here(params))
+    if outputs.outcome == "aborted":
+        print(describe(outputs), file=sys.stderr)
         raise SystemExit(1)
-    return CanaryResult(outcome=log["outcome"])
+    print(describe(outputs))
+    return CanaryResult(outcome=outputs.outcome)

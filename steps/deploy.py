@@ -1,26 +1,75 @@
 """The deploy step: serve the candidate next to the (hot) champion, behind the model's router, at weight 0.
 
-It takes the model's rollout lease first (see `steps.rollout.operations`): a second release of the same model while one is
-in flight is refused here, before anything is started. Readiness means a real completion succeeded. Locally the
-servers are `transformers serve` processes (see `steps.rollout.serving.local`); on a cluster the same contract is a vLLM
-Deployment + Service per version (`steps.rollout.serving.kubernetes`, infrastructure/serving/).
+It takes the model's rollout lease first (see `steps.rollout.operations`): a second release of the same model while
+one is in flight is refused here, before anything is started. Readiness means a real completion succeeded. Locally
+the servers are `transformers serve` processes (see `steps.rollout.serving.local`); on a cluster the same contract
+is a vLLM Deployment + Service per version (`steps.rollout.serving.kubernetes`, infrastructure/serving/).
 """
 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
 
-import sys
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
-from hera.workflows import Input, Output, Parameter, script
+from hera.workflows import Output, Parameter, script
+from pydantic import BaseModel, ConfigDict
 
-from registry.errors import ReleaseError
+from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
 
-__all__ = ["DeployParams", "DeployResult", "deploy_step"]
+__all__ = ["DeployParams", "DeployResult", "Inputs", "Outputs", "deploy_step", "describe", "run"]
 
 
-class DeployParams(Input):
+class Inputs(BaseModel):
+    """What the deploy step needs: the release (its model), the version and the workflow taking the lease."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    release: str
+    version: str
+    workflow_uid: str
+    environment: str = "dev"
+
+
+class Outputs(BaseModel):
+    """Where the candidate (at weight 0), the champion and the router answer."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    candidate: str
+    champion: str | None
+    candidate_url: str
+    champion_url: str | None
+    router_url: str
+
+
+def run(inputs: Inputs, registry: Any, client: Any, plane: Any, home: Path) -> Outputs:
+    """Take the rollout lease and serve the candidate next to the champion (see the module docs).
+
+    Raises:
+        SpecError: The release spec is missing or invalid.
+        ReleaseError: Another rollout of the model holds the lease, or a server did not come up.
+    """
+    from steps.release.spec import load_spec
+    from steps.rollout.operations import deploy
+
+    model = load_spec(inputs.release).model.name
+    result = deploy(registry, client, plane, home, model=model, candidate=inputs.version,
+                    workflow_uid=inputs.workflow_uid, environment=inputs.environment)
+    return Outputs.model_validate(result.model_dump())
+
+
+def describe(outputs: Outputs) -> str:
+    """The one human line, e.g. `deploy: demo-qa v3 ready at http://... (weight 0); champion 2; router ...`."""
+    return (f"deploy: {outputs.model} v{outputs.candidate} ready at {outputs.candidate_url} (weight 0); champion "
+            f"{outputs.champion or 'none'}; router {outputs.router_url}")
+
+
+class DeployParams(StepParams):
     """Argo input parameters of the deploy template."""
+
+    step: ClassVar[str] = "deploy"
 
     release: str
     version: str
@@ -37,27 +86,23 @@ class DeployResult(Output):
     served_model: Annotated[str, Parameter(name="served-model")]
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="deploy")
-def deploy_step(params: DeployParams) -> DeployResult:
-    """Hera entry: deploy the candidate (exit 1 with one line when refused or when a server does not come up)."""
+def _run_here(inputs: Inputs) -> Outputs:
+    """`run` with this environment's registry, MLflow client and serving plane."""
     from registry.facade import ModelRegistry
     from registry.settings import llmrelease_home
     from steps.core.tracking import mlflow_client
-    from steps.release.spec import load_spec
-    from steps.rollout.operations import deploy
     from steps.rollout.serving.factory import serving_plane
 
-    try:
-        model = load_spec(params.release).model.name
-        home = llmrelease_home()
-        result = deploy(
-            ModelRegistry.from_env(), mlflow_client(), serving_plane(params.environment, home), home, model=model,
-            candidate=params.version, workflow_uid=params.workflow_uid, environment=params.environment,
-        )
-    except ReleaseError as e:
-        print(f"deploy: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(f"deploy: {model} v{result.candidate} ready at {result.candidate_url} (weight 0); champion "
-          f"{result.champion or 'none'}; router {result.router_url}")
-    return DeployResult(candidate_url=result.candidate_url, champion=result.champion or "",
-                        router_url=result.router_url, served_model=model)
+    home = llmrelease_home()
+    return run(inputs, ModelRegistry.from_env(), mlflow_client(), serving_plane(inputs.environment, home), home)
+
+
+@script(constructor="runner", image=STEPS_IMAGE, name="deploy")
+def deploy_step(params: DeployParams) -> DeployResult:
+    """Hera entry: deploy the candidate (exit 1 with one line when refused or when a server does not come up)."""
+    inputs = Inputs(release=params.release, version=params.version, workflow_uid=params.workflow_uid,
+                    environment=params.environment)
+    outputs = run_step("deploy", lambda: _run_here(inputs))
+    print(describe(outputs))
+    return DeployResult(candidate_url=outputs.candidate_url, champion=outputs.champion or "",
+                        router_url=outputs.router_url, served_model=outputs.model)

@@ -8,28 +8,65 @@ reports the run produced (they arrive as optional workflow-level artifacts).
 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
 
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from hera.workflows import Artifact, Input, Output, Parameter, script
+from hera.workflows import Artifact, Output, Parameter, script
+from pydantic import BaseModel, ConfigDict, Field
 
-from registry.errors import ReleaseError
 from registry.tags import CANDIDATE
 from steps.core.artifacts import FINAL_INPUTS, GLOBAL_REPORTS
+from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
 
-__all__ = ["FinalizeParams", "FinalizeResult", "finalize_step", "report_paths"]
+__all__ = ["FinalizeParams", "FinalizeResult", "Inputs", "Outputs", "describe", "finalize_step", "report_paths", "run"]
 
 
-class FinalizeParams(Input):
-    """Argo input parameters of the exit handler."""
+class Inputs(BaseModel):
+    """What the exit handler knows about the run it closes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     release: str
     workflow_name: str
     workflow_uid: str
     workflow_status: str
-    reports_dir: str = FINAL_INPUTS
+    """Argo's `{{workflow.status}}`: Succeeded, Failed or Error."""
+    reports_dir: Path = Path(FINAL_INPUTS)
+    failures: str = "[]"
+    git_commit: str = ""
+    environment: str = ""
+    approver: str = ""
+    started_at: str = ""
+
+
+class Outputs(BaseModel):
+    """What the exit handler did: the version it aborted (if any), the evidence it wrote from which reports."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workflow_status: str
+    aborted: str | None
+    evidence_digest: str
+    report_path: str
+    reports: list[str]
+
+
+class FinalizeParams(StepParams):
+    """Argo input parameters of the exit handler.
+
+    The reports arrive as optional input artifacts under `reports_dir` (declared on the template, not as fields:
+    Hera's runner gives an optional artifact field None when its container path is missing, and the local runner
+    maps that path into the pod's own folder, so the step looks for the files in `reports_dir` itself).
+    """
+
+    step: ClassVar[str] = "finalize"
+
+    release: str
+    workflow_name: str
+    workflow_uid: str
+    workflow_status: str
+    reports_dir: Path = Field(default=FINAL_INPUTS, validate_default=True)  # a str default: Hera renders it
     failures: str = "[]"
     git_commit: str = ""
     environment: str = ""
@@ -57,54 +94,71 @@ def _version(registry: Any, model: str, aborted: str | None) -> str:
     return candidate or ""
 
 
-def report_paths(reports_dir: str) -> list[Path]:
+def report_paths(reports_dir: str | Path) -> list[Path]:
     """The report files this run produced (those the exit handler received)."""
     return [p for name in GLOBAL_REPORTS if (p := Path(reports_dir) / f"{name}.json").is_file()]
 
 
-def _evidence(params: FinalizeParams, model: str, version: str) -> Any:
+def _evidence(inputs: Inputs, model: str, version: str) -> Any:
     """Write the evidence bundle and the release report (the registry gives the digest and the approvals)."""
     import json
 
-    from steps.evidence import EvidenceParams, inputs_from_params, run
+    from steps.evidence import EvidenceParams, inputs_from_params
+    from steps.evidence import run as write_evidence
 
-    return run(inputs_from_params(EvidenceParams(
-        model_name=model, version=version, release=params.release, workflow_name=params.workflow_name,
-        workflow_uid=params.workflow_uid, workflow_status=params.workflow_status, git_commit=params.git_commit,
-        report_paths=",".join(str(p) for p in report_paths(params.reports_dir)), approver=params.approver,
-        started_at=params.started_at,
-        workflow_parameters=json.dumps({"release": params.release, "environment": params.environment,
-                                        "git-commit": params.git_commit}),
+    return write_evidence(inputs_from_params(EvidenceParams(
+        model_name=model, version=version, release=inputs.release, workflow_name=inputs.workflow_name,
+        workflow_uid=inputs.workflow_uid, workflow_status=inputs.workflow_status, git_commit=inputs.git_commit,
+        report_paths=",".join(str(p) for p in report_paths(inputs.reports_dir)), approver=inputs.approver,
+        started_at=inputs.started_at,
+        workflow_parameters=json.dumps({"release": inputs.release, "environment": inputs.environment,
+                                        "git-commit": inputs.git_commit}),
     )))
+
+
+def run(inputs: Inputs, registry: Any, plane: Any) -> Outputs:
+    """Abort the run's rollout when the run did not succeed and still holds it, then write the evidence.
+
+    Raises:
+        SpecError: The release spec is missing or invalid.
+        ReleaseError: The abort or the evidence failed (registry, serving plane or evidence store).
+    """
+    from steps.release.spec import load_spec
+    from steps.rollout.operations import abort
+
+    model = load_spec(inputs.release).model.name
+    aborted = None
+    if inputs.workflow_status != "Succeeded":
+        aborted = abort(registry, plane, model=model, workflow_uid=inputs.workflow_uid,
+                        reason=f"workflow {inputs.workflow_name} {inputs.workflow_status}: {inputs.failures[:500]}")
+        if aborted:
+            print(f"finalize: rollout of version {aborted} aborted: all traffic on the champion", flush=True)
+    evidence = _evidence(inputs, model, _version(registry, model, aborted))
+    return Outputs(workflow_status=inputs.workflow_status, aborted=aborted, evidence_digest=evidence.digest,
+                   report_path=str(evidence.report_path), reports=[p.stem for p in report_paths(inputs.reports_dir)])
+
+
+def describe(outputs: Outputs) -> str:
+    """The one human line: the run's status, the evidence digest, the reports it came from, the report path."""
+    return (f"finalize: {outputs.workflow_status}; evidence {outputs.evidence_digest[:19]}... from "
+            f"{', '.join(outputs.reports) or 'no reports'}; report {outputs.report_path}")
+
+
+def _run_here(inputs: Inputs) -> Outputs:
+    """`run` with this environment's registry and serving plane."""
+    from registry.facade import ModelRegistry
+    from registry.settings import llmrelease_home
+    from steps.rollout.serving.factory import serving_plane
+
+    return run(inputs, ModelRegistry.from_env(), serving_plane(inputs.environment, llmrelease_home()))
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="finalize",
         inputs=[Artifact(name=name, path=f"{FINAL_INPUTS}/{name}.json", optional=True) for name in GLOBAL_REPORTS])
 def finalize_step(params: FinalizeParams) -> FinalizeResult:
     """Hera entry: abort a half-done rollout of a failed run, then write the evidence (see the module docs)."""
-    from registry.facade import ModelRegistry
-    from registry.settings import llmrelease_home
-    from steps.release.spec import load_spec
-    from steps.rollout.operations import abort
-    from steps.rollout.serving.factory import serving_plane
-
-    aborted = None
-    try:
-        model = load_spec(params.release).model.name
-        registry = ModelRegistry.from_env()
-        if params.workflow_status != "Succeeded":
-            aborted = abort(
-                registry, serving_plane(params.environment, llmrelease_home()), model=model,
-                workflow_uid=params.workflow_uid,
-                reason=f"workflow {params.workflow_name} {params.workflow_status}: {params.failures[:500]}",
-            )
-            if aborted:
-                print(f"finalize: rollout of version {aborted} aborted: all traffic on the champion", flush=True)
-        evidence = _evidence(params, model, _version(registry, model, aborted))
-    except ReleaseError as e:
-        print(f"finalize: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    found = report_paths(params.reports_dir)
-    print(f"finalize: {params.workflow_status}; evidence {evidence.digest[:19]}... from "
-          f"{', '.join(p.stem for p in found) or 'no reports'}; report {evidence.report_path}")
-    return FinalizeResult(aborted=aborted or "", evidence_digest=evidence.digest, report_path=evidence.report_path)
+    inputs = Inputs.model_validate(params.model_dump())
+    outputs = run_step("finalize", lambda: _run_here(inputs))
+    print(describe(outputs))
+    return FinalizeResult(aborted=outputs.aborted or "", evidence_digest=outputs.evidence_digest,
+                          report_path=outputs.report_path)

@@ -10,23 +10,26 @@ also gives E2EL from the actual send and the send-lag distribution, and says whe
 
 import asyncio
 import json
-import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from hera.workflows import Artifact, Input, NoneArchiveStrategy, Output, Parameter, script
+from hera.workflows import Artifact, NoneArchiveStrategy, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from registry.errors import ReleaseError, SpecError
+from registry.errors import ReleaseError
 from steps.core.artifacts import LATENCY_REPORT_OUT
+from steps.core.entry import StepParams, parameter_error, run_step
 from steps.core.images import STEPS_IMAGE
 from steps.rollout.loadgen import LoadResult, LoadSpec, RequestRecord, run_load
 
 __all__ = [
     "Slo",
     "CostModel",
-    "parse_params",
+    "Inputs",
+    "Outputs",
+    "describe",
+    "inputs_from_params",
     "distribution",
     "summarize",
     "gpu_cost",
@@ -204,8 +207,34 @@ def judge(metrics: dict[str, Any], slo: Slo, cost: CostModel) -> tuple[str, list
     return ("fail" if reasons else "pass"), reasons, figures
 
 
-def run(spec: LoadSpec, slo: Slo, cost: CostModel, work_dir: Path) -> tuple[Path, str, str]:
-    """Measure, judge and write the JSON report; returns (report path, verdict, one-line summary)."""
+class Inputs(BaseModel):
+    """What the latency step measures, and the objectives and costs it judges the measurement by."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    load: LoadSpec
+    slo: Slo = Field(default_factory=Slo)
+    cost: CostModel = Field(default_factory=CostModel)
+    work_dir: Path
+
+
+class Outputs(BaseModel):
+    """What the latency step publishes (the report holds every metric and record)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    report_path: Path
+    verdict: Literal["pass", "fail"]
+    summary: str
+
+
+def run(inputs: Inputs) -> Outputs:
+    """Measure, judge and write the JSON report to `<work_dir>/latency-report.json`.
+
+    Raises:
+        ReleaseError: The report cannot be written to `work_dir`.
+    """
+    spec, slo, cost = inputs.load, inputs.slo, inputs.cost
     result = asyncio.run(run_load(spec))
     metrics = summarize(result, slo)
     verdict, reasons, figures = judge(metrics, slo, cost)
@@ -220,9 +249,12 @@ def run(spec: LoadSpec, slo: Slo, cost: CostModel, work_dir: Path) -> tuple[Path
         "records": [r.to_json() for r in result.records],
         "warmup_records": [r.to_json() for r in result.warmup],
     }
-    work_dir.mkdir(parents=True, exist_ok=True)
-    path = work_dir / REPORT_NAME
-    path.write_text(json.dumps(report, indent=1, default=str))
+    path = inputs.work_dir / REPORT_NAME
+    try:
+        inputs.work_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=1, default=str))
+    except OSError as e:
+        raise ReleaseError(f"latency report {path}: cannot write it ({e}); fix work_dir") from e
     p95 = metrics["e2e_ms"]["p95"]
     summary = (
         f"latency {verdict}: {metrics['completed']}/{metrics['requests']} ok, p95 E2E "
@@ -231,28 +263,35 @@ def run(spec: LoadSpec, slo: Slo, cost: CostModel, work_dir: Path) -> tuple[Path
         + (f"; {'; '.join(reasons)}" if reasons else "")
         + ("; CLIENT-BOUND: " + "; ".join(metrics["client_bound_reasons"]) if metrics["client_bound"] else "")
     )
-    return path, verdict, summary
+    return Outputs(report_path=path, verdict="fail" if verdict == "fail" else "pass", summary=summary)
 
 
-class LatencyParams(Input):
-    """Argo input parameters of the latency template (strings, as Argo passes them)."""
+def describe(outputs: Outputs) -> str:
+    """The one human line the step prints: its summary (verdict, p95, throughput, cost, reasons)."""
+    return outputs.summary
+
+
+class LatencyParams(StepParams):
+    """Argo input parameters of the latency template (typed: Hera's runner parses them; `null` means unset)."""
+
+    step: ClassVar[str] = "latency"
 
     base_url: str
     model: str
-    work_dir: str
-    mode: str = "constant"
-    rate: str = "4"
-    concurrency: str = "4"
-    requests: str = "40"
-    duration_s: str = "30"
-    p95_e2e_ms: str = "1200"
-    availability: str = "0.999"
-    gpu_hourly_usd: str = "0.8"
-    max_usd_per_1k_output_tokens: str = "0.5"
-    usd_per_1m_input: str = ""
-    usd_per_1m_output: str = ""
-    request_timeout_s: str = "30"
-    stall_timeout_s: str = "10"
+    work_dir: Path
+    mode: Literal["constant", "poisson", "concurrency"] = "constant"
+    rate: float = 4.0
+    concurrency: int = 4
+    requests: int | None = 40
+    duration_s: float | None = 30.0
+    p95_e2e_ms: float = 1200.0
+    availability: float = 0.999
+    gpu_hourly_usd: float | None = 0.8
+    max_usd_per_1k_output_tokens: float | None = 0.5
+    usd_per_1m_input: float | None = None
+    usd_per_1m_output: float | None = None
+    request_timeout_s: float = 30.0
+    stall_timeout_s: float = 10.0
     release: str = ""
     environment: str = ""
     prompt: str = ""
@@ -262,54 +301,38 @@ class LatencyResult(Output):
     """Argo output parameters of the latency template."""
 
     report_path: Annotated[str, Parameter(name="report-path")]
-    verdict: Annotated[str, Parameter(name="verdict")]
+    verdict: Annotated[Literal["pass", "fail"], Parameter(name="verdict")]
     summary: Annotated[str, Parameter(name="summary")]
 
 
-def _opt(value: str) -> str | None:
-    return value.strip() or None
+_LOAD_FIELDS = ("base_url", "model", "mode", "rate", "concurrency", "requests", "duration_s", "request_timeout_s",
+                "stall_timeout_s")
+_COST_FIELDS = ("gpu_hourly_usd", "usd_per_1m_input", "usd_per_1m_output", "max_usd_per_1k_output_tokens")
 
 
-def parse_params(params: LatencyParams) -> tuple[LoadSpec, Slo, CostModel]:
-    """Validate the string parameters; raises SpecError naming the first bad one."""
+def inputs_from_params(params: LatencyParams) -> Inputs:
+    """The step's inputs: the parameters, where a release is given with its SLO, cost ceiling and prompt.
+
+    Raises:
+        SpecError: A parameter is out of range (the message names it), or the release spec is invalid.
+    """
+    values = {**params.model_dump(), **_from_release(params)}
+    prompt = {"prompt": values["prompt"]} if values["prompt"].strip() else {}
     try:
-        spec = LoadSpec.model_validate(
-            {
-                "base_url": params.base_url,
-                "model": params.model,
-                "mode": params.mode,
-                "rate": params.rate,
-                "concurrency": params.concurrency,
-                "requests": _opt(params.requests),
-                "duration_s": _opt(params.duration_s),
-                "request_timeout_s": params.request_timeout_s,
-                "stall_timeout_s": params.stall_timeout_s,
-                **({"prompt": params.prompt} if params.prompt.strip() else {}),
-            }
-        )
-        slo = Slo.model_validate({"p95_e2e_ms": params.p95_e2e_ms, "availability": params.availability})
-        cost = CostModel.model_validate(
-            {
-                "gpu_hourly_usd": _opt(params.gpu_hourly_usd),
-                "usd_per_1m_input": _opt(params.usd_per_1m_input),
-                "usd_per_1m_output": _opt(params.usd_per_1m_output),
-                "max_usd_per_1k_output_tokens": _opt(params.max_usd_per_1k_output_tokens),
-            }
+        return Inputs(
+            load=LoadSpec.model_validate({**{k: values[k] for k in _LOAD_FIELDS}, **prompt}),
+            slo=Slo(p95_e2e_ms=values["p95_e2e_ms"], availability=values["availability"]),
+            cost=CostModel.model_validate({k: values[k] for k in _COST_FIELDS}),
+            work_dir=params.work_dir,
         )
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"]) or "parameters"
-        raise SpecError(
-            f"latency parameter {where}={first.get('input')!r} is invalid ({first['msg']}); "
-            "fix that parameter of the latency step"
-        ) from None
-    return spec, slo, cost
+        raise parameter_error("latency", e) from None
 
 
-def _from_release(params: LatencyParams) -> LatencyParams:
-    """The SLO and cost thresholds of the release spec (gates.latency / gates.cost) override the parameters."""
+def _from_release(params: LatencyParams) -> dict[str, Any]:
+    """The SLO and cost thresholds of the release spec (gates.latency / gates.cost), which override the parameters."""
     if not params.release.strip():
-        return params
+        return {}
     from steps.release.policy import apply_environment
     from steps.release.spec import load_spec
 
@@ -321,13 +344,13 @@ def _from_release(params: LatencyParams) -> LatencyParams:
 
         first = spec.evals.suites[0]
         prompt = load_suite(first.path, name=first.name).items[0].prompt
-    return params.model_copy(update={
+    return {
         "prompt": prompt,
-        "p95_e2e_ms": str(gates.latency.p95_e2e_ms),
-        "availability": str(gates.latency.availability),
-        "gpu_hourly_usd": str(gates.cost.gpu_hourly_usd),
-        "max_usd_per_1k_output_tokens": str(gates.cost.max_usd_per_1k_output_tokens),
-    })
+        "p95_e2e_ms": gates.latency.p95_e2e_ms,
+        "availability": gates.latency.availability,
+        "gpu_hourly_usd": gates.cost.gpu_hourly_usd,
+        "max_usd_per_1k_output_tokens": gates.cost.max_usd_per_1k_output_tokens,
+    }
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="latency",
@@ -335,11 +358,6 @@ def _from_release(params: LatencyParams) -> LatencyParams:
                           archive=NoneArchiveStrategy(), optional=True)])
 def latency_step(params: LatencyParams) -> LatencyResult:
     """Hera entry: measure the endpoint, write the report to work_dir, publish verdict pass/fail (exit 0)."""
-    try:
-        spec, slo, cost = parse_params(_from_release(params))
-        path, verdict, summary = run(spec, slo, cost, Path(params.work_dir))
-    except (ReleaseError, OSError) as e:
-        print(f"latency: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(summary)
-    return LatencyResult(report_path=str(path), verdict=verdict, summary=summary)
+    outputs = run_step("latency", lambda: run(inputs_from_params(params)))
+    print(describe(outputs))
+    return LatencyResult(report_path=str(outputs.report_path), verdict=outputs.verdict, summary=outputs.summary)

@@ -11,15 +11,15 @@ No `from __future__ import annotations` here: Hera's runner inspects the entry's
 """
 
 import hashlib
-import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, ClassVar
 
-from hera.workflows import Artifact, Input, Output, Parameter, script
+from hera.workflows import Artifact, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
-from registry.errors import OnboardingError, ReleaseError
+from registry.errors import OnboardingError
 from steps.core.artifacts import ONBOARD_DIR
+from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
 from steps.onboarding.datasets import check_datasets
 from steps.onboarding.sources import S3Client, Source, resolve_source
@@ -46,9 +46,9 @@ class Inputs(BaseModel):
     """The release spec: a path, or a bare name meaning releases/<name>.yaml (relative to the cwd)."""
     environment: str = "dev"
     """dev, stage or prod: selects the policy rules."""
-    work_dir: str
+    work_dir: Path
     """Where the record (and the S3 download cache) is written."""
-    root: str = "."
+    root: Path = Path(".")
     """The model root: relative model.source and suite paths resolve under it and may not escape it."""
     policy_path: str = DEFAULT_POLICY_PATH
     """The platform policy file."""
@@ -59,9 +59,11 @@ class Outputs(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    record_path: str
+    record_path: Path
     digest: str
     record: OnboardingRecord
+    approval_required: bool = False
+    """The environment is one of the spec's `rollout.approval_required_in`: a person approves the rollout."""
 
 
 def run(inputs: Inputs, s3: S3Client | None = None) -> Outputs:
@@ -85,7 +87,7 @@ def run(inputs: Inputs, s3: S3Client | None = None) -> Outputs:
     rules = policy.environment(inputs.environment)
     _check_card(spec)
     check_policy(policy, inputs.environment, license=spec.model.card.license, model_name=spec.model.name)
-    root, work_dir = Path(inputs.root), Path(inputs.work_dir)
+    root, work_dir = inputs.root, inputs.work_dir
     datasets = check_datasets(spec.evals, root)
     source = resolve_source(spec.model.source, root=root, work_dir=work_dir, s3=s3)
     if source.provider_key is not None:
@@ -118,7 +120,8 @@ def run(inputs: Inputs, s3: S3Client | None = None) -> Outputs:
         policy_version=policy.version,
     )
     path = write_record(record, work_dir)
-    return Outputs(record_path=str(path), digest=record.digest, record=record)
+    required = inputs.environment in spec.rollout.approval_required_in
+    return Outputs(record_path=path, digest=record.digest, record=record, approval_required=required)
 
 
 def _check_card(spec: ReleaseSpec) -> None:
@@ -160,12 +163,14 @@ def describe(outputs: Outputs) -> str:
     return f"onboarded {rec.name} for {rec.environment} ({rec.digest[:19]}..., {what}): {outputs.record_path}"
 
 
-class OnboardParams(Input):
+class OnboardParams(StepParams):
     """Argo input parameters of the onboard template."""
+
+    step: ClassVar[str] = "onboard"
 
     release: str
     environment: str = "dev"
-    work_dir: str
+    work_dir: Path
 
 
 class OnboardResult(Output):
@@ -173,19 +178,15 @@ class OnboardResult(Output):
 
     record_path: Annotated[str, Parameter(name="record-path")]
     digest: Annotated[str, Parameter(name="digest")]
-    approval_required: Annotated[str, Parameter(name="approval-required")]  # "true" in rollout.approval_required_in
+    approval_required: Annotated[bool, Parameter(name="approval-required")]  # true/false
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="onboard",
         outputs=[Artifact(name="record", path=f"{ONBOARD_DIR}/{RECORD_FILE}")])
 def onboard_step(params: OnboardParams) -> OnboardResult:
     """Onboard the release's model: resolve, hash, check and record it (see the module docs)."""
-    try:
-        outputs = run(Inputs(release=params.release, environment=params.environment, work_dir=params.work_dir))
-    except ReleaseError as e:
-        print(str(e), file=sys.stderr)
-        raise SystemExit(1) from None
+    inputs = Inputs(release=params.release, environment=params.environment, work_dir=params.work_dir)
+    outputs = run_step("onboard", lambda: run(inputs))
     print(describe(outputs))
-    required = params.environment in load_spec(params.release).rollout.approval_required_in
-    return OnboardResult(record_path=outputs.record_path, digest=outputs.digest,
-                         approval_required="true" if required else "false")
+    return OnboardResult(record_path=str(outputs.record_path), digest=outputs.digest,
+                         approval_required=outputs.approval_required)

@@ -7,19 +7,83 @@ one, else the workflow), when, and the workflow uid. The old champion keeps its 
 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
 
-import sys
-from typing import Any
+from typing import Any, ClassVar
 
-from hera.workflows import Input, script
+from hera.workflows import script
+from pydantic import BaseModel, ConfigDict
 
-from registry.errors import ReleaseError
+from registry.history import AliasMove
+from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
 
-__all__ = ["PromoteParams", "promote_step"]
+__all__ = ["Inputs", "Outputs", "PromoteParams", "describe", "promote_step", "run"]
 
 
-class PromoteParams(Input):
+class Inputs(BaseModel):
+    """What the promote step needs: the release (its model and how long `previous` stays hot), the workflow."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    release: str
+    workflow_name: str
+    workflow_uid: str
+    approver: str = ""
+    """Who promotes; empty: the approver recorded for this workflow, else the workflow itself."""
+
+
+class Outputs(BaseModel):
+    """The alias moves of the promotion and who they are recorded as made by."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    actor: str
+    moves: list[AliasMove]
+
+
+def _approver(registry: Any, client: Any, model: str, workflow_uid: str) -> str | None:
+    """Who approved this workflow's rollout (the record-approval step's version tag), if anyone did."""
+    from registry.tags import approvals_from_tags
+    from steps.rollout.operations import current_lease
+
+    lease = current_lease(registry, model)
+    if lease is None:
+        return None
+    tags = dict(client.get_model_version(model, lease.candidate).tags or {})
+    mine = [a for a in approvals_from_tags(tags).values() if a.workflow_uid == workflow_uid]
+    return mine[0].approver if mine else None
+
+
+def run(inputs: Inputs, registry: Any, client: Any, plane: Any) -> Outputs:
+    """Make the candidate `champion` (the old one `previous`, kept hot) as the approver or the workflow.
+
+    Raises:
+        SpecError: The release spec is missing or invalid.
+        ReleaseError: This workflow no longer holds the model's rollout lease, or the registry refused a move.
+    """
+    from steps.release.spec import load_spec
+    from steps.rollout.operations import promote
+
+    spec = load_spec(inputs.release)
+    model = spec.model.name
+    actor = (inputs.approver.strip() or _approver(registry, client, model, inputs.workflow_uid)
+             or f"{inputs.workflow_name}/{inputs.workflow_uid}")
+    moves = promote(registry, plane, model=model, workflow_uid=inputs.workflow_uid, actor=actor,
+                    reason=f"canary completed in {inputs.workflow_name}",
+                    keep_previous_hot_s=spec.rollout.keep_previous_hot_s)
+    return Outputs(model=model, actor=actor, moves=moves)
+
+
+def describe(outputs: Outputs) -> str:
+    """The alias moves, one line each: `promote: demo-qa: champion 1 -> 2 (by alice)`."""
+    return "\n".join(f"promote: {m.name}: {m.alias} {m.from_version or '-'} -> {m.to_version} (by {outputs.actor})"
+                     for m in outputs.moves)
+
+
+class PromoteParams(StepParams):
     """Argo input parameters of the promote template."""
+
+    step: ClassVar[str] = "promote"
 
     release: str
     workflow_name: str
@@ -27,42 +91,20 @@ class PromoteParams(Input):
     approver: str = ""
 
 
-def _approver(registry: Any, model: str, workflow_uid: str) -> str | None:
-    """Who approved this workflow's rollout (the record-approval step's version tag), if anyone did."""
+def _run_here(inputs: Inputs) -> Outputs:
+    """`run` with this environment's registry, MLflow client and serving plane."""
     from registry.facade import ModelRegistry
-    from registry.tags import approvals_from_tags
+    from registry.settings import llmrelease_home
     from steps.core.tracking import mlflow_client
-    from steps.rollout.operations import current_lease
+    from steps.rollout.serving.factory import serving_plane
 
-    lease = current_lease(ModelRegistry.from_env(), model)
-    if lease is None:
-        return None
-    tags = dict(mlflow_client().get_model_version(model, lease.candidate).tags or {})
-    mine = [a for a in approvals_from_tags(tags).values() if a.workflow_uid == workflow_uid]
-    return mine[0].approver if mine else None
+    return run(inputs, ModelRegistry.from_env(), mlflow_client(), serving_plane("", llmrelease_home()))
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="promote")
 def promote_step(params: PromoteParams) -> None:
     """Hera entry: promote (exit 1 with one line when this workflow no longer holds the rollout)."""
-    from registry.facade import ModelRegistry
-    from registry.settings import llmrelease_home
-    from steps.release.spec import load_spec
-    from steps.rollout.operations import promote
-    from steps.rollout.serving.factory import serving_plane
-
-    try:
-        spec = load_spec(params.release)
-        registry = ModelRegistry.from_env()
-        actor = params.approver.strip() or _approver(registry, spec.model.name, params.workflow_uid) or (
-            f"{params.workflow_name}/{params.workflow_uid}")
-        moves = promote(
-            registry, serving_plane("", llmrelease_home()), model=spec.model.name,
-            workflow_uid=params.workflow_uid, actor=actor, reason=f"canary completed in {params.workflow_name}",
-            keep_previous_hot_s=spec.rollout.keep_previous_hot_s,
-        )
-    except ReleaseError as e:
-        print(f"promote: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    for move in moves:
-        print(f"promote: {move.name}: {move.alias} {move.from_version or '-'} -> {move.to_version} (by {actor})")
+    inputs = Inputs(release=params.release, workflow_name=params.workflow_name, workflow_uid=params.workflow_uid,
+                    approver=params.approver)
+    outputs = run_step("promote", lambda: _run_here(inputs))
+    print(describe(outputs))

@@ -8,15 +8,15 @@ No `from __future__ import annotations` here: Hera's runner inspects the entry's
 """
 
 import json
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Protocol
 
-from hera.workflows import Artifact, Input, Output, Parameter, script
+from hera.workflows import Artifact, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
-from registry.errors import ReleaseError, SpecError
+from registry.errors import SpecError
 from steps.core.artifacts import RECORD_IN
+from steps.core.entry import StepParams, in_pod, pod_env, run_step
 from steps.core.git import resolve_git_commit
 from steps.core.images import STEPS_IMAGE
 
@@ -40,7 +40,7 @@ class Inputs(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    record_path: str
+    record_path: Path
     workflow_name: str = ""
     workflow_uid: str = ""
     git_commit: str = ""
@@ -79,7 +79,7 @@ def run(inputs: Inputs, registry: Registrar) -> Outputs:
         SpecError: The record file is missing or not a JSON object.
         ReleaseError: Registration failed (see `ModelRegistry.register`).
     """
-    record = _read_record(Path(inputs.record_path))
+    record = _read_record(inputs.record_path)
     registered = registry.register(
         record,
         workflow_name=inputs.workflow_name,
@@ -101,7 +101,7 @@ def _read_record(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
-        raise SpecError(f"onboarding record {path} not found: run the onboard step first or fix record_path") from e
+        raise SpecError(f"onboarding record {path} not found: run the onboard step first and pass its `record`") from e
     except (OSError, ValueError) as e:
         raise SpecError(f"onboarding record {path} is not readable JSON ({e}): re-run the onboard step") from e
     if not isinstance(data, dict):
@@ -109,10 +109,12 @@ def _read_record(path: Path) -> dict[str, Any]:
     return data
 
 
-class RegisterParams(Input):
-    """Argo input parameters of the register template."""
+class RegisterParams(StepParams):
+    """Argo inputs of the register template: the onboarding record (an artifact) and who registers it."""
 
-    record_path: str
+    step: ClassVar[str] = "register"
+
+    record: Annotated[Path, Artifact(name="record", path=RECORD_IN)]
     workflow_name: str = ""
     workflow_uid: str = ""
     git_commit: str = ""
@@ -123,27 +125,26 @@ class RegisterResult(Output):
 
     model_name: Annotated[str, Parameter(name="model-name")]
     version: Annotated[str, Parameter(name="version")]
-    created: Annotated[str, Parameter(name="created")]  # "true"/"false"
+    created: Annotated[bool, Parameter(name="created")]
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="register", inputs=[Artifact(name="record", path=RECORD_IN)])
-def register_step(params: RegisterParams) -> RegisterResult:
-    """Register the onboarded model in MLflow (MLFLOW_TRACKING_URI, or the local sqlite store)."""
+def _run_here(inputs: Inputs) -> Outputs:
+    """`run` on the registry of this environment (MLFLOW_TRACKING_URI, or the local sqlite store)."""
     from registry.facade import ModelRegistry
 
+    _read_record(inputs.record_path)  # fail on a bad record before the registry's store is created
+    return run(inputs, ModelRegistry.from_env())
+
+
+@script(constructor="runner", image=STEPS_IMAGE, name="register", env=pod_env())
+def register_step(params: RegisterParams) -> RegisterResult:
+    """Register the onboarded model in MLflow (MLFLOW_TRACKING_URI, or the local sqlite store)."""
     inputs = Inputs(
-        record_path=params.record_path,
+        record_path=in_pod(params.record),
         workflow_name=params.workflow_name,
         workflow_uid=params.workflow_uid,
         git_commit=resolve_git_commit(params.git_commit),
     )
-    try:
-        _read_record(Path(inputs.record_path))  # fail on a bad path before touching the registry's store
-        outputs = run(inputs, ModelRegistry.from_env())
-    except ReleaseError as e:
-        print(str(e), file=sys.stderr)
-        raise SystemExit(1) from None
+    outputs = run_step("register", lambda: _run_here(inputs))
     print(describe(outputs))
-    return RegisterResult(
-        model_name=outputs.name, version=outputs.version, created="true" if outputs.created else "false"
-    )
+    return RegisterResult(model_name=outputs.name, version=outputs.version, created=outputs.created)

@@ -9,18 +9,22 @@ alias is removed (a second rollback is refused, not flipped back), the rolled-ba
 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
 
-import sys
+from typing import Any, ClassVar
 
-from hera.workflows import Input, script
+from hera.workflows import script
+from pydantic import BaseModel, ConfigDict
 
-from registry.errors import ReleaseError
+from registry.errors import SpecError
+from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
 
-__all__ = ["RollbackParams", "rollback_step", "run"]
+__all__ = ["Inputs", "Outputs", "RollbackParams", "describe", "rollback_step", "run"]
 
 
-class RollbackParams(Input):
-    """Argo input parameters of the rollback template."""
+class Inputs(BaseModel):
+    """Which model to roll back, who does it and why (recorded in the registry history)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     model: str
     actor: str
@@ -28,26 +32,61 @@ class RollbackParams(Input):
     workflow_uid: str = ""
 
 
-def run(model: str, *, actor: str, reason: str, workflow_uid: str = "") -> dict[str, object]:
-    """Roll `model` back on this machine's serving plane and in the registry (see the module docstring)."""
-    from registry.errors import SpecError
-    from registry.settings import llmrelease_home
+class Outputs(BaseModel):
+    """Where `champion` (and all traffic) went, and how long the traffic switch took."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str
+    from_version: str
+    to_version: str
+    switched_s: float
+
+
+def run(inputs: Inputs, plane: Any) -> Outputs:
+    """Roll the model back on `plane` and in the registry (see the module docstring).
+
+    Raises:
+        SpecError: The actor is empty.
+        ReleaseError: There is no `previous` to roll back to, or its server does not come up.
+    """
     from steps.rollout.operations import rollback
+
+    if not inputs.actor.strip():
+        raise SpecError("rollback actor is empty: say who rolls back (--actor <you>), it goes into the history")
+    result = rollback(plane, inputs.model, actor=inputs.actor, reason=inputs.reason, workflow_uid=inputs.workflow_uid)
+    return Outputs(model=inputs.model, from_version=str(result["from"]), to_version=str(result["to"]),
+                   switched_s=float(result["switched_s"]))
+
+
+def describe(outputs: Outputs) -> str:
+    """The one human line, e.g. `rollback: demo-qa: champion 2 -> 1; all traffic on 1 after 0.012s`."""
+    return (f"rollback: {outputs.model}: champion {outputs.from_version} -> {outputs.to_version}; all traffic on "
+            f"{outputs.to_version} after {outputs.switched_s:.3f}s")
+
+
+class RollbackParams(StepParams):
+    """Argo input parameters of the rollback template."""
+
+    step: ClassVar[str] = "rollback"
+
+    model: str
+    actor: str
+    reason: str = "rollback"
+    workflow_uid: str = ""
+
+
+def _run_here(inputs: Inputs) -> Outputs:
+    """`run` on this machine's serving plane."""
+    from registry.settings import llmrelease_home
     from steps.rollout.serving.factory import serving_plane
 
-    if not actor.strip():
-        raise SpecError("rollback actor is empty: say who rolls back (--actor <you>), it goes into the history")
-    plane = serving_plane("", llmrelease_home())
-    return rollback(plane, model, actor=actor, reason=reason, workflow_uid=workflow_uid)
+    return run(inputs, serving_plane("", llmrelease_home()))
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="rollback")
 def rollback_step(params: RollbackParams) -> None:
     """Hera entry: roll back; exit 1 with one line when there is nothing to roll back to."""
-    try:
-        result = run(params.model, actor=params.actor, reason=params.reason, workflow_uid=params.workflow_uid)
-    except ReleaseError as e:
-        print(f"rollback: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    print(f"rollback: {params.model}: champion {result['from']} -> {result['to']}; all traffic on "
-          f"{result['to']} after {result['switched_s']:.3f}s")
+    inputs = Inputs(model=params.model, actor=params.actor, reason=params.reason, workflow_uid=params.workflow_uid)
+    outputs = run_step("rollback", lambda: _run_here(inputs))
+    print(describe(outputs))

@@ -51,6 +51,10 @@ _HERA_WIRE_TYPES: dict[str, Any] = {
     "Amount": {"type": ["number", "string"]},
     "Quantity": {"type": ["string", "number"]},
 }
+# Fields Hera types from the protobuf OpenAPI (int64 -> string) whose Go type is a plain int64: a JSON number.
+_HERA_FIELD_WIRE_TYPES: dict[tuple[str, str], Any] = {
+    ("WebhookContext", "maxPayloadSize"): {"anyOf": [{"type": "integer"}, {"type": "null"}], "default": None},
+}
 _SCHEMA_LITERAL = re.compile(r"^const schema = (\{.*?^\});$", re.S | re.M)
 
 
@@ -104,6 +108,9 @@ def from_hera() -> None:
     for model, kind in ((models.Sensor, "Sensor"), (models.EventSource, "EventSource")):
         schema: dict[str, Any] = model.model_json_schema(by_alias=True, mode="validation")
         schema["$defs"].update(_HERA_WIRE_TYPES)
+        for (definition, field), wire in _HERA_FIELD_WIRE_TYPES.items():
+            if field in schema["$defs"].get(definition, {}).get("properties", {}):
+                schema["$defs"][definition]["properties"][field] = wire
         schema["properties"]["apiVersion"] = {"type": "string", "enum": ["argoproj.io/v1alpha1"]}
         schema["properties"]["kind"] = {"type": "string", "enum": [kind]}
         schema["properties"]["metadata"] = {"$ref": K8S_DEFS + "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}

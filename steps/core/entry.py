@@ -34,7 +34,17 @@ from pydantic import ModelWrapValidatorHandler, ValidationError, model_validator
 from registry.errors import ReleaseError, SpecError
 from steps.core.artifacts import ROOT
 
-__all__ = ["DEBUG_ENV", "POD_ROOT_ENV", "StepParams", "fail", "in_pod", "one_line", "pod_env", "run_step"]
+__all__ = [
+    "DEBUG_ENV",
+    "POD_ROOT_ENV",
+    "StepParams",
+    "fail",
+    "in_pod",
+    "one_line",
+    "parameter_error",
+    "pod_env",
+    "run_step",
+]
 
 DEBUG_ENV = "LLMRELEASE_DEBUG"
 """Set to 1 to get the traceback of an unexpected exception instead of its one line."""

@@ -5,8 +5,7 @@ Change a tag here, run `llmrelease render`, and every template follows. Producti
 
 from __future__ import annotations
 
-__all__ = ["STEPS_IMAGE", "EVAL_GPU_IMAGE", "VLLM_IMAGE"]
+__all__ = ["STEPS_IMAGE", "EVAL_GPU_IMAGE"]
 
 STEPS_IMAGE = "ghcr.io/llmrelease/steps:0.1.0"
 EVAL_GPU_IMAGE = "ghcr.io/llmrelease/eval-gpu:0.1.0"
-VLLM_IMAGE = "vllm/vllm-openai:v0.32.0"  # the model servers on a cluster (infrastructure/serving/vllm.yaml)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from steps.evals.results import SuiteResult, write_json_atomic
 
-__all__ = ["GenerationSettings", "ResultCache", "cache_key", "default_cache_root", "short_hex"]
+__all__ = ["GenerationSettings", "ResultCache", "cache_key", "short_hex"]
 
 
 class GenerationSettings(BaseModel):
@@ -62,12 +61,6 @@ def short_hex(value: str, n: int = 16) -> str:
 def cache_key(model_digest: str, suite_sha256: str, settings: GenerationSettings) -> str:
     """The file-name key `<digest[:16]>-<suite sha[:16]>-<settings hash[:16]>` (full values are checked on read)."""
     return f"{short_hex(model_digest)}-{short_hex(suite_sha256)}-{short_hex(settings.digest())}"
-
-
-def default_cache_root(environ: Mapping[str, str] | None = None) -> Path:
-    """`$LLMRELEASE_HOME/eval-cache`, or `.llmrelease/eval-cache` when LLMRELEASE_HOME is unset."""
-    env = os.environ if environ is None else environ
-    return Path(env.get("LLMRELEASE_HOME") or ".llmrelease") / "eval-cache"
 
 
 class ResultCache:

@@ -40,6 +40,7 @@ __all__ = [
     "MetricName",
     "SuiteResult",
     "TaskName",
+    "merge_reports",
     "write_json_atomic",
 ]
 
@@ -208,3 +209,11 @@ def write_json_atomic(path: str | Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return target
+
+
+def merge_reports(reports: list[EvalReport]) -> EvalReport:
+    """One report from several (e.g. the quality and the safety eval of the same candidate)."""
+    if not reports:
+        raise EvalError("no eval report given to the gate: pass the batch-eval steps' `report` artifacts")
+    champions = [s for r in reports for s in (r.champion or [])]
+    return EvalReport(candidate=[s for r in reports for s in r.candidate], champion=champions or None)

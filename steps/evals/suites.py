@@ -15,75 +15,23 @@ One JSON object a line: `{"id": str, "prompt": str, "task": str, ...}` plus the 
 
 Blank lines are skipped. Free-form data goes in an optional `meta` object; any other unknown field is an error
 (it is usually a typo of a required one). `load_suite` reports every problem as one `EvalError` line naming the
-file, the line number and the fix. `Suite.sha256` hashes the file's bytes, so eval results can be keyed by
+file, the line number and the fix. The schema of a line is `steps.release.suite_items` (onboarding checks suites
+with the same one). `Suite.sha256` hashes the file's bytes, so eval results can be keyed by
 model digest + suite hash.
 """
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
-import re
 from pathlib import Path
-from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict
 
 from steps.evals.engines.base import LOGLIKELIHOOD, Engine, EvalError, required_capability
+from steps.release.suite_items import REQUIRED_FIELDS, SuiteItem, Task, check_item
 
 __all__ = ["REQUIRED_FIELDS", "Suite", "SuiteItem", "Task", "check_supported", "load_suite"]
-
-Task = Literal["exact_match", "contains", "regex", "multiple_choice", "judge", "refuse", "comply", "pii"]
-
-REQUIRED_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("exact_match", ("expected",)),
-    ("contains", ("expected",)),
-    ("regex", ("pattern",)),
-    ("multiple_choice", ("choices", "answer")),
-    ("judge", ("rubric",)),
-    ("refuse", ("category",)),
-    ("comply", ("category",)),
-    ("pii", ("pattern",)),
-)
-"""The fields each task needs besides id and prompt (a tuple of pairs: immutable)."""
-
-
-class SuiteItem(BaseModel):
-    """One prompt of a suite and how to score the answer to it."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str = Field(min_length=1)
-    prompt: str = Field(min_length=1)
-    task: Task
-    expected: str | None = None
-    pattern: str | None = None
-    choices: tuple[str, ...] | None = None
-    answer: int | None = None
-    rubric: str | None = None
-    category: str | None = None
-    meta: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _check_task_fields(self) -> SuiteItem:
-        needed = dict(REQUIRED_FIELDS)[self.task]
-        for name in needed:
-            if getattr(self, name) is None:
-                raise ValueError(f"task {self.task} needs field '{name}': add it")
-        if self.pattern is not None:
-            try:
-                re.compile(self.pattern)
-            except re.error as e:
-                raise ValueError(f"field 'pattern' is not a valid regex ({e}): fix the pattern") from e
-        if self.task == "multiple_choice":
-            assert self.choices is not None and self.answer is not None  # checked above
-            if len(self.choices) < 2:
-                raise ValueError("field 'choices' needs at least 2 choices: add choices")
-            if not 0 <= self.answer < len(self.choices):
-                last = len(self.choices) - 1
-                raise ValueError(f"field 'answer' is {self.answer}, not an index of choices (0..{last}): fix it")
-        return self
 
 
 class Suite(BaseModel):
@@ -144,29 +92,10 @@ def _parse_line(shown: str, number: int, line: str) -> SuiteItem:
         raise EvalError(f"{where}: not valid JSON ({e.msg} at column {e.colno}): fix or remove the line") from e
     if not isinstance(raw, dict):
         raise EvalError(f"{where}: expected a JSON object, got {type(raw).__name__}: write one object a line")
-    task = raw.get("task")
-    if task not in get_args(Task):
-        known = ", ".join(get_args(Task))
-        raise EvalError(f"{where}: unknown task {task!r}: use one of {known}")
     try:
-        return SuiteItem.model_validate(raw)
-    except ValidationError as e:
-        raise EvalError(f"{where}: {_describe(e)}") from e
-
-
-def _describe(error: ValidationError) -> str:
-    """One line for the first problem pydantic found, naming the field and the fix."""
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"])
-    if first["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(field, SuiteItem.model_fields, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-        return f"unknown field '{field}'{hint}: fix or remove it, or put free-form data under 'meta'"
-    if first["type"] == "missing":
-        return f"missing field '{field}': add it"
-    if not field:  # a model-level check (task fields, regex, answer index)
-        return str(first["msg"]).removeprefix("Value error, ")
-    return f"field '{field}': {first['msg']}: fix the value"
+        return check_item(raw)
+    except ValueError as e:
+        raise EvalError(f"{where}: {e}") from e
 
 
 def check_supported(suite: Suite, engine: Engine) -> None:

@@ -5,9 +5,12 @@ Used by the eval step and by the serving plane; both read a version's weights th
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -72,16 +75,55 @@ def weights_dir(client: VersionReader, name: str, version: str, home: Path) -> P
 
 
 def download_weights(source: str, digest: str, home: Path, tracking_uri: str) -> Path:
-    """The weights folder for `digest`, downloaded from `source` into the model cache the first time only."""
+    """The weights folder for `digest`, downloaded from `source` into the model cache the first time only.
+
+    Safe when parallel steps (batch-eval and safety) share the cache: the first writer downloads under an
+    exclusive lock (`model-cache/.<digest>.lock`, fcntl) and publishes the folder with one rename; the others
+    wait on the lock, then find the folder complete and reuse it. A folder left half-written by a killed writer
+    (no `.complete` marker) is replaced; a complete one is never removed.
+
+    Raises:
+        EvalError: The download failed; names the source and what to check.
+    """
     target = home / "model-cache" / short_hex(digest, 64)
-    done = target / ".complete"
-    if done.is_file():
-        return target / done.read_text(encoding="utf-8").strip()
+    found = _complete(target)
+    if found is not None:
+        return found
     if Path(source).is_dir():  # a plain local path (registered in place)
         return Path(source)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(target.parent / f".{target.name}.lock"):
+        found = _complete(target)  # another writer finished while this one waited
+        if found is not None:
+            return found
+        return _download(source, target, tracking_uri)
+
+
+def _complete(target: Path) -> Path | None:
+    """The weights folder inside a published cache entry, or None when there is none (or it is unusable)."""
+    try:
+        relative = (target / ".complete").read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    folder = target / relative
+    return folder if folder.exists() and folder.resolve().is_relative_to(target.resolve()) else None
+
+
+@contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive fcntl lock on `lock_path` (released when the process dies, so never left stale)."""
+    with lock_path.open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _download(source: str, target: Path, tracking_uri: str) -> Path:
+    """Download `source` into a staging folder, then publish it as `target` (the caller holds the lock)."""
     import mlflow.artifacts
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}.", dir=target.parent))
     try:
         got = Path(
@@ -89,7 +131,7 @@ def download_weights(source: str, digest: str, home: Path, tracking_uri: str) ->
         )
         relative = got.relative_to(staging)
         (staging / ".complete").write_text(str(relative), encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)
+        shutil.rmtree(target, ignore_errors=True)  # half-written by a writer that died: never a complete one
         os.replace(staging, target)
     except ReleaseError:
         raise

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from steps.core.hashing import sha256_file
 from steps.evidence.layout import (
     DIGEST_FILE,
     EXPECTED_KINDS,
@@ -18,7 +19,6 @@ from steps.evidence.layout import (
     EvidenceError,
 )
 from steps.evidence.statement import Inputs, build_statement, load_result
-from steps.core.hashing import sha256_file
 
 __all__ = ["sign_digest", "write_bundle"]
 

@@ -9,10 +9,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from steps.core.hashing import sha256_file
 from steps.core.images import EVAL_GPU_IMAGE, STEPS_IMAGE
 from steps.evals.results import EvalReport
 from steps.evidence.layout import EXPECTED_KINDS
-from steps.core.hashing import sha256_file
 
 __all__ = [
     "BUILDER_ID",

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from steps.evidence.layout import DIGEST_FILE, MANIFEST, OUTSIDE_MANIFEST, SIGNATURE, EvidenceError
 from steps.core.hashing import sha256_file
+from steps.evidence.layout import DIGEST_FILE, MANIFEST, OUTSIDE_MANIFEST, SIGNATURE, EvidenceError
 
 __all__ = ["Verified", "verify_bundle"]
 

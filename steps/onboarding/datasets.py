@@ -1,18 +1,18 @@
 """Eval datasets: JSONL suites of cases, parsed with line numbers and validated with Great Expectations 1.x.
 
-Each line is a JSON object {id, prompt, task, ...}; the task type says which other fields it needs (`TASK_FIELDS`).
+Each line is a JSON object {id, prompt, task, ...}; the task type says which other fields it needs. The schema is
+`steps.release.suite_items`, the one batch-eval's `load_suite` parses with: a suite accepted here loads there.
 Great Expectations (an ephemeral context, a pandas dataframe, no data docs, no analytics, no progress bars)
 checks the table: at least one row, ids non-null and unique, prompts non-empty, tasks known, and every task's
-required fields non-null. Each failed expectation becomes a one-line `OnboardingError` naming the file, the
-column and the failing ids. Python then checks what expectations cannot say simply: regexes compile and a
-multiple-choice answer indexes its choices.
+required fields (`REQUIRED_FIELDS`) non-null. Each failed expectation becomes a one-line `OnboardingError` naming
+the file, the column and the failing ids. Every row is then checked against the schema itself (`check_item`):
+types, unknown fields, regexes that compile, a multiple-choice answer that indexes its choices.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,21 +25,12 @@ from steps.core.hashing import sha256_file
 from steps.onboarding.sources import resolve_under_root
 from steps.release.records import DatasetRecord
 from steps.release.spec import Evals, Suite
+from steps.release.suite_items import REQUIRED_FIELDS, check_item
 
 __all__ = ["TASK_FIELDS", "check_datasets", "load_cases", "validate_suite"]
 
-TASK_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(
-    {
-        "exact_match": ("expected",),
-        "contains": ("expected",),
-        "regex": ("pattern",),
-        "multiple_choice": ("choices", "answer"),
-        "judge": ("rubric",),
-        "refuse": ("category",),
-        "comply": (),
-        "pii": ("pattern",),
-    }
-)
+TASK_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(dict(REQUIRED_FIELDS))
+"""The fields each task needs besides id and prompt: the schema's own table (`steps.release.suite_items`)."""
 _SHOWN = 5
 
 
@@ -158,7 +149,7 @@ def validate_suite(context: Any, name: str, cases: Cases) -> None:
     _semantic_checks(cases)
 
 
-def _expectations(E: Any, column: Any) -> list[tuple[Any, Any]]:  # noqa: N803 - the gx.expectations module
+def _expectations(E: Any, column: Any) -> list[tuple[Any, Any]]:  # the gx.expectations module
     """(expectation, explain(cases, result) -> str) pairs; the expectation's meta holds its index."""
     allowed = ", ".join(TASK_FIELDS)
     found: list[tuple[Any, Any]] = [
@@ -193,21 +184,12 @@ def _who(cases: Cases, result: Mapping[str, Any]) -> str:
 
 
 def _semantic_checks(cases: Cases) -> None:
+    """Every row against the suite schema that `load_suite` parses with; the first problem, naming its line."""
     for row, line in zip(cases.rows, cases.lines, strict=True):
-        where = f"{cases.label}:{line}: case {row['id']!r}"
-        if row["task"] in ("regex", "pii"):
-            try:
-                re.compile(str(row["pattern"]))
-            except re.error as e:
-                raise OnboardingError(f"{where}: column 'pattern' is not a valid regex ({e}); fix it") from e
-        if row["task"] == "multiple_choice":
-            choices, answer = row["choices"], row["answer"]
-            if not isinstance(choices, list) or len(choices) < 2 or not all(isinstance(c, str) for c in choices):
-                raise OnboardingError(f"{where}: column 'choices' must be a list of at least two strings; fix it")
-            if not isinstance(answer, int) or isinstance(answer, bool) or not 0 <= answer < len(choices):
-                raise OnboardingError(
-                    f"{where}: column 'answer' must be an index into choices (0..{len(choices) - 1}), got {answer!r}"
-                )
+        try:
+            check_item(row)
+        except ValueError as e:
+            raise OnboardingError(f"{cases.label}:{line}: case {row.get('id')!r}: {e}") from e
 
 
 def _ephemeral_context() -> Any:

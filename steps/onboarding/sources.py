@@ -40,7 +40,7 @@ class S3Client(Protocol):
 
     def get_paginator(self, operation_name: str) -> Any: ...  # noqa: D102
 
-    def get_object(self, *, Bucket: str, Key: str) -> Any: ...  # noqa: D102, N803
+    def get_object(self, *, Bucket: str, Key: str) -> Any: ...  # noqa: D102
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -26,7 +25,6 @@ from steps.release.spec import Serving
 
 __all__ = [
     "PICKLE_SUFFIXES",
-    "Architecture",
     "check_weight_files",
     "estimate_memory",
     "read_config",
@@ -65,17 +63,6 @@ _BYTES_PER_PARAM: Mapping[str, float] = MappingProxyType(
     {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1, "int8": 1, "int4": 0.5}
 )
 _SHORT: Mapping[str, str] = MappingProxyType({"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"})
-
-
-@dataclass(frozen=True)
-class Architecture:
-    """The shape numbers read from config.json."""
-
-    layers: int
-    attention_heads: int
-    kv_heads: int
-    head_dim: int
-    hidden_size: int
 
 
 def check_weight_files(files: list[FileEntry], *, allow_pickle: bool, pickle_rule: str) -> list[str]:

@@ -8,6 +8,7 @@ apache-2.0)`. `write_json_schema` writes the JSON schema editors use to complete
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -15,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from registry.errors import SpecError
+from registry.names import NAME_MAX_LENGTH, NAME_PATTERN, NAME_RULE, check_name
 
 __all__ = [
     "API_VERSION",
@@ -41,6 +43,9 @@ __all__ = [
 API_VERSION = "llmrelease/v1"
 
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
+# `releases/<label>.yaml` (the Sensor's filter, workflows/pipelines/git_webhook.py, says the same), or absolute
+# `/<segments>/releases/<label>.yaml`; no segment is empty, '.' or '..'.
+_RELEASE_PATH = re.compile(r"(?:/(?:(?!\.\.?/)[^/\x00]+/)*)?releases/[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?\.ya?ml")
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 Environment = Literal["dev", "stage", "prod"]
 
@@ -90,7 +95,7 @@ class ModelSpec(BaseModel):
     model_config = _FROZEN
 
     name: str = Field(
-        pattern=r"^[A-Za-z0-9._-]+$", max_length=128, description="the MLflow registered model name ([A-Za-z0-9._-]+)"
+        pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description=f"the MLflow registered model name, {NAME_RULE}"
     )
     source: str = Field(
         min_length=1,
@@ -242,11 +247,7 @@ class ReleaseSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, title="llmrelease release spec")
 
     api_version: Literal["llmrelease/v1"] = Field(alias="apiVersion", description=f"always {API_VERSION}")
-    name: str = Field(
-        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-        max_length=63,
-        description="the release name, lowercase letters, digits and '-' (a Kubernetes name)",
-    )
+    name: str = Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH, description=f"the release name, {NAME_RULE}")
     model: ModelSpec = Field(description="{name, source, card, serving}")
     evals: Evals = Field(description="{suites, safety}")
     gates: Gates = Field(default_factory=Gates, description="{quality, safety, latency, cost}")
@@ -254,10 +255,25 @@ class ReleaseSpec(BaseModel):
 
 
 def resolve_spec_path(path_or_name: str) -> Path:
-    """The spec file for a path, or for a bare release name (`demo` means `releases/demo.yaml`)."""
-    if "/" in path_or_name or "\\" in path_or_name or path_or_name.endswith((".yaml", ".yml")):
-        return Path(path_or_name)
-    return Path("releases") / f"{path_or_name}.yaml"
+    """The spec file for a path, or for a bare release name (`demo` means `releases/demo.yaml`), confined.
+
+    A release path names a file `<name>.yaml` (or `.yml`, `<name>` a DNS-1123 label) directly in a `releases/`
+    directory: `releases/<name>.yaml` relative to the repository checkout (what the webhook's Sensor passes), or
+    an absolute `/.../releases/<name>.yaml` on this machine (local runs). No `..` or `.` segment, no other place.
+
+    Raises:
+        SpecError: The path leaves the releases directory (or the name is not a label); says what to pass.
+    """
+    if "/" not in path_or_name and "\\" not in path_or_name and not path_or_name.endswith((".yaml", ".yml")):
+        check_name(path_or_name, "release name")
+        return Path("releases") / f"{path_or_name}.yaml"
+    if _RELEASE_PATH.fullmatch(path_or_name) is None:
+        shown = repr(path_or_name) if len(path_or_name) <= 100 else f"{path_or_name[:97]!r}..."
+        raise SpecError(
+            f"release path {shown} is outside the releases directory: pass releases/<name>.yaml "
+            "(no '..', <name> lowercase letters, digits and '-')"
+        )
+    return Path(path_or_name)
 
 
 def load_spec(path_or_name: str) -> ReleaseSpec:
@@ -270,10 +286,13 @@ def load_spec(path_or_name: str) -> ReleaseSpec:
         The validated, frozen spec.
 
     Raises:
-        SpecError: The file is missing, not YAML, or a field is unknown, missing or of the wrong type; the
-            message names the file, the dotted field path and the fix.
+        SpecError: The path is outside a releases directory (see `resolve_spec_path`) or a symbolic link, the file
+            is missing, not YAML, or a field is unknown, missing or of the wrong type; the message names the file,
+            the dotted field path and the fix.
     """
     path = resolve_spec_path(path_or_name)
+    if path.is_symlink():
+        raise SpecError(f"{path}: release spec is a symbolic link: commit the spec file itself under releases/")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as e:
@@ -290,7 +309,7 @@ def load_spec(path_or_name: str) -> ReleaseSpec:
 def _load_yaml(text: str, path: Path) -> dict[str, Any]:
     loader = _unique_key_loader()
     try:
-        raw = yaml.load(text, Loader=loader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=loader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

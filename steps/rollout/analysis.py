@@ -186,7 +186,7 @@ def run_analysis(
         at = datetime.now(UTC).isoformat()
         try:
             canary, champion, prom = measure()
-        except Exception as e:  # noqa: BLE001 - a measurement that cannot be taken is an Error, as in Argo
+        except Exception as e:  # a measurement that cannot be taken is an Error, as in Argo
             errors_in_a_row += 1
             measurements.append(
                 Measurement(at=at, phase="Error", canary={}, champion={}, reasons=[f"{type(e).__name__}: {e}"])

@@ -60,7 +60,7 @@ class FakeOpenAI:
 
 def _handler_for(server: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet test output
+        def log_message(self, format: str, *args: Any) -> None:  # quiet test output
             pass
 
         def do_POST(self) -> None:

@@ -228,7 +228,8 @@ def write_spec(root: Path, suite_file: str) -> Path:
         "model": {"name": NAME, "source": "models/x", "card": {"license": "apache-2.0", "intended_use": "tests"}},
         "evals": {"suites": [{"name": "mixed", "path": suite_file}], "safety": {"name": "safety", "path": suite_file}},
     }
-    path = root / "release.yaml"
+    path = root / "releases" / "release.yaml"  # a release path lies in a releases/ directory
+    path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(spec))  # JSON is YAML
     return path
 
@@ -294,7 +295,7 @@ def test_batch_eval_reports_candidate_and_champion_and_logs_one_mlflow_run(first
     assert [r.model_version for r in report.champion or []] == [first_run["champion"]]
     assert len(report.candidate[0].examples) == 24
     assert outputs.summary.startswith("mixed: accuracy ") and "(champion " in outputs.summary
-    assert len(list((env.home / "model-cache").iterdir())) == 2
+    assert len([p for p in (env.home / "model-cache").iterdir() if not p.name.startswith(".")]) == 2  # no locks
     assert len(list((env.home / "eval-cache").glob("*.json"))) == 2
 
     run = env.client.get_run(outputs.run_id)
@@ -356,21 +357,22 @@ def test_a_new_candidate_reuses_the_cached_champion(first_run: dict[str, Any], t
     THEN the champion's result comes from the cache (identical to the first run's) and only version 3 runs.
     """
     from steps import batch_eval
+    from steps.evals import batch
 
     env = first_run["env"]
     version = env.register(record_for(tiny["c"]))
     calls: list[str] = []
-    real = batch_eval.run_suite
+    real = batch.run_suite
 
     def spy(*args: Any, **kw: Any) -> Any:
         calls.append(args[1].options[0][1])  # the model_dir the engine loads
         return real(*args, **kw)
 
-    batch_eval.run_suite = spy  # type: ignore[assignment]
+    batch.run_suite = spy  # type: ignore[assignment]
     try:
         outputs = batch_eval.run(env.inputs(version, first_run["spec"], "work3"), env.registry, env.client)
     finally:
-        batch_eval.run_suite = real  # type: ignore[assignment]
+        batch.run_suite = real  # type: ignore[assignment]
     assert len(calls) == 1
     report, first = EvalReport.load(outputs.report_path), EvalReport.load(first_run["outputs"].report_path)
     assert report.champion == first.champion

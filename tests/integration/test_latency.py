@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
-from steps.latency import CostModel, LatencyParams, Slo, gpu_cost, judge, provider_cost, run, summarize
+from steps.latency import CostModel, Inputs, Slo, describe, gpu_cost, judge, provider_cost, run, summarize
 from steps.rollout.loadgen import LoadResult, LoadSpec, run_load, schedule
 from tests.fake_openai_server import FakeConfig, FakeServer, unused_port
 
@@ -76,7 +77,8 @@ def test_a_refused_endpoint_fails_every_request_with_a_clear_message(tmp_path: P
     """
     url = f"http://127.0.0.1:{unused_port()}/v1"
     spec = LoadSpec(base_url=url, model="fake", rate=50, requests=10)
-    path, verdict, summary = run(spec, Slo(), CostModel(), tmp_path)
+    outputs = run(Inputs(load=spec, work_dir=tmp_path))
+    path, verdict, summary = outputs.report_path, outputs.verdict, describe(outputs)
     report = json.loads(path.read_text())
     assert verdict == "fail" and report["verdict"] == "fail"
     assert report["metrics"]["errors"]["rate"] == 1.0
@@ -222,8 +224,9 @@ def _runner(tmp_path: Path, values: dict[str, str]) -> subprocess.CompletedProce
 
 def test_latency_step_through_heras_runner_writes_its_outputs(tmp_path: Path) -> None:
     """GIVEN the fake server started from its command line
-    WHEN latency_step runs through Hera's runner with every input in the JSON list, then with rate "abc"
-    THEN the first writes the report and output parameters (verdict pass), the second exits 1 with one line.
+    WHEN latency_step runs through Hera's runner with every input in the JSON list (the rendered template's
+    defaults, as Argo passes them), then with rate "abc"
+    THEN the first writes the report and output parameters (verdict pass), the second exits 2 with one line.
     """
     port = unused_port()
     proc = subprocess.Popen(
@@ -244,7 +247,9 @@ def test_latency_step_through_heras_runner_writes_its_outputs(tmp_path: Path) ->
     )
     try:
         assert proc.stdout is not None and "fake OpenAI server" in proc.stdout.readline()
-        defaults = {k: f.default for k, f in LatencyParams.model_fields.items() if isinstance(f.default, str)}
+        rendered = yaml.safe_load((REPO / "argo" / "golden-delivery.workflowtemplate.yaml").read_text())
+        template = next(t for t in rendered["spec"]["templates"] if t["name"] == "latency")
+        defaults = {p["name"]: p["default"] for p in template["inputs"]["parameters"] if "default" in p}
         values = {
             **defaults,  # every input in the list, as Argo passes them
             "base_url": f"http://127.0.0.1:{port}/v1",
@@ -264,8 +269,8 @@ def test_latency_step_through_heras_runner_writes_its_outputs(tmp_path: Path) ->
         report = json.loads(Path(report_path).read_text())
         assert len(report["records"]) == 10 and report["metrics"]["output_tokens"] == 40
         bad = _runner(tmp_path, {**values, "rate": "abc"})
-        assert bad.returncode == 1
-        assert bad.stderr.strip().count("\n") == 0 and "rate='abc'" in bad.stderr
+        assert bad.returncode == 2
+        assert bad.stderr.strip().count("\n") == 0 and bad.stderr.startswith("latency: parameter rate='abc'")
     finally:
         proc.terminate()
         proc.wait(timeout=5)

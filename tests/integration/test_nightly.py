@@ -51,7 +51,8 @@ def write_spec(root: Path, name: str, model_dir: Path, suites: tuple[Path, Path]
         "suites": [{"name": "quality", "path": str(suites[0])}],
         "safety": {"name": "safety", "path": str(suites[1])},
     }
-    path = root / f"{name}.yaml"
+    path = root / "releases" / f"{name}.yaml"  # a release path lies in a releases/ directory
+    path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
@@ -96,8 +97,8 @@ def baseline_evals(name: str, spec: Path, work: Path) -> list[Path]:
 def log_perfect_baseline(name: str, reports: list[Path], work: Path) -> None:
     """Log, as batch-eval would for version 1 of `name`, the given reports with every golden item scored correct."""
     from registry.tags import EVAL_EXPERIMENT
-    from steps.evals.results import EvalReport
     from steps.core.tracking import experiment_id, llmrelease_home, mlflow_client
+    from steps.evals.results import EvalReport
 
     client = mlflow_client()
     for path in reports:

@@ -94,7 +94,8 @@ def _release(root: Path, source: str) -> Path:
             "safety": {"name": "s", "path": "suites/safety.jsonl"},
         },
     }
-    path = root / "release.yaml"
+    path = root / "releases" / "release.yaml"  # a release path lies in a releases/ directory
+    path.parent.mkdir(exist_ok=True)
     path.write_text(yaml.safe_dump(spec))
     return path
 

@@ -6,6 +6,7 @@ the Debian haproxy driven through its runtime API; the registry is a real MLflow
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -89,7 +90,8 @@ def world(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def _first_release(world: World) -> None:
     """Version 1 goes out with no champion to compare with, then becomes champion."""
     world.deploy("1", "uid-1")
-    log = canary.run(world.spec, world.registry, world.plane, workflow_uid="uid-1", work_dir=world.home / "c1")
+    log = canary.run(canary.Inputs(spec=world.spec, workflow_uid="uid-1", work_dir=world.home / "c1"),
+                     world.registry, world.plane).log
     assert log["outcome"] == "completed"
     promote(world.registry, world.plane, model=NAME, workflow_uid="uid-1", actor="alice", reason="first",
             keep_previous_hot_s=600)
@@ -107,7 +109,8 @@ def test_release_goes_to_100_then_rolls_back_in_one_command(world: World) -> Non
     assert (deployed.champion, world.weights()) == ("1", {"v1": 100, "v2": 0})
     assert set(world.served_by(10)) == {"v1"}
 
-    log = canary.run(world.spec, world.registry, world.plane, workflow_uid="uid-2", work_dir=world.home / "c2")
+    log = canary.run(canary.Inputs(spec=world.spec, workflow_uid="uid-2", work_dir=world.home / "c2"),
+                     world.registry, world.plane).log
 
     assert [s["weight"] for s in log["steps"]] == [5, 50, 100]
     assert all(s["phase"] == "Successful" for s in log["steps"])
@@ -176,7 +179,7 @@ def test_rollback_workflow_template_refuses_then_rolls_back(
     from workflows.cli.main import main
 
     monkeypatch.setenv("LLMRELEASE_HOME", str(world.home))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", world.registry._uri)  # noqa: SLF001 - the test's own store
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", world.registry._uri)  # the test's own store
     _first_release(world)
     argv = ["run", "rollback", "-p", f"model={NAME}", "-p", "actor=erin", "--argo-dir", str(REPO / "argo"),
             "--runs-dir", str(world.home / "runs")]
@@ -184,7 +187,8 @@ def test_rollback_workflow_template_refuses_then_rolls_back(
     assert main(argv) != 0
     assert "nothing to roll back to" in capsys.readouterr().out
     world.deploy("2", "uid-2")
-    canary.run(world.spec, world.registry, world.plane, workflow_uid="uid-2", work_dir=world.home / "c2")
+    canary.run(canary.Inputs(spec=world.spec, workflow_uid="uid-2", work_dir=world.home / "c2"), world.registry,
+               world.plane)
     promote(world.registry, world.plane, model=NAME, workflow_uid="uid-2", actor="bob", reason="ok",
             keep_previous_hot_s=600)
 
@@ -224,14 +228,18 @@ def test_canary_killed_during_analysis_aborts_and_no_request_fails_after_the_abo
 
     traffic = threading.Thread(target=users, daemon=True)
     traffic.start()
-    log = canary.run(spec, world.registry, world.plane, workflow_uid="uid-2", work_dir=world.home / "c",
-                     sleep=kill_then_sleep)
+    outputs = canary.run(canary.Inputs(spec=spec, workflow_uid="uid-2", work_dir=world.home / "c"), world.registry,
+                         world.plane, sleep=kill_then_sleep)
+    log = outputs.log
     aborted_at = time.monotonic()
     time.sleep(1.5)
     stop.set()
     traffic.join(timeout=15)
 
     assert log["outcome"] == "aborted" and "error rate" in log["abort_reason"]
+    assert outputs.outcome == "aborted" and canary.describe(outputs).startswith(
+        "canary: aborted, all traffic back on the champion: analysis ")
+    assert json.loads(outputs.log_path.read_text()) == log
     assert world.weights() == {"v1": 100}
     assert current_lease(world.registry, NAME) is None
     assert world.client.get_model_version(NAME, "2").tags[CANARY_TAG].startswith("aborted: analysis Failed at ")

@@ -244,3 +244,58 @@ spec:
     assert result.phase == "Succeeded", result.message
     assert nodes(result)["read"]["outputs"]["result"] == "quality\nsafety"
     assert not Path("/tmp/lt-out").exists()
+
+
+_DEPENDS_DAG = """
+apiVersion: argoproj.io/v1alpha1
+kind: Workflow
+metadata: {generateName: depends-}
+spec:
+  entrypoint: main
+  templates:
+  - name: main
+    dag:
+      tasks:
+      - {name: ok, template: pass}
+      - {name: bad, template: fail, continueOn: {failed: true}}
+      - {name: probe, template: pass, depends: "EXPR"}
+  - name: pass
+    container: {image: alpine, command: [sh, -c, "echo ran"]}
+  - name: fail
+    container: {image: alpine, command: [sh, -c, "exit 3"]}
+"""
+
+
+@pytest.mark.parametrize(("expr", "fault", "probe"), [
+    ("ok", None, "Succeeded"),
+    ("ok.Succeeded && bad.Failed", None, "Succeeded"),
+    ("(ok.Failed || bad.Failed) && !bad.Skipped", None, "Succeeded"),
+    ("bad", None, "Omitted"),
+    ("!ok.Succeeded || bad.Succeeded", None, "Omitted"),
+    ("ok &&", "expression ends early", None),
+    ("ok.Done", "unknown result .Done", None),
+    ("ok == bad", "unexpected '== bad'", None),
+    ("(ok || bad.Failed", "missing ')'", None),
+])
+def test_lint_and_runner_read_depends_alike(tmp_path: Path, expr: str, fault: str | None, probe: str | None) -> None:
+    """GIVEN a DAG whose task `probe` depends on EXPR (task `ok` succeeds, `bad` fails and is continued on)
+    WHEN `llmrelease lint` checks it and the runner runs it without the lint in front
+    THEN both accept a valid EXPR (the runner runs or omits `probe` as Argo would), and both refuse an invalid
+    one with the same fault."""
+    from workflows.argo.lint import lint_files
+    from workflows.argo.manifests import load_library, resolve_workflow
+    from workflows.runner.engine import Runner
+
+    wf = tmp_path / "depends.yaml"
+    wf.write_text(_DEPENDS_DAG.replace("EXPR", expr))
+    problems = [str(p) for p in lint_files([wf])]
+    library = load_library(tmp_path / "argo")
+    workflow = resolve_workflow(str(wf), library)
+    result = Runner(workflow, RunOptions(runs_dir=tmp_path / "runs", echo=False), library.templates_by_name()).run()
+    if fault is None:
+        assert problems == []
+        assert result.phase == "Succeeded", result.message
+        assert nodes(result)["probe"]["phase"] == probe
+    else:
+        assert len(problems) == 1 and f"depends {expr!r} does not parse: {fault}" in problems[0]
+        assert result.phase == "Failed" and f"task probe: depends {expr!r} does not parse: {fault}" in result.message

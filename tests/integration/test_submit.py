@@ -39,7 +39,7 @@ class FakeArgo(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: FakeArgo
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format: str, *args: Any) -> None:  # the base class's name
         del format, args
 
     def _reply(self, code: int, body: dict[str, Any]) -> None:
@@ -56,7 +56,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(401, {"code": 16, "message": "token not valid"})
         return False
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+    def do_POST(self) -> None:  # http.server's name
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         self.server.requests.append({"method": "POST", "path": self.path, "body": body})
         if not self._authorized():
@@ -71,7 +71,7 @@ class _Handler(BaseHTTPRequestHandler):
         ]
         self._reply(200, _workflow("golden-delivery-x7k2p", parts[3], "Pending", params))
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         self.server.requests.append({"method": "GET", "path": self.path})
         if not self._authorized():
             return

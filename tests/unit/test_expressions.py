@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from registry.errors import WorkflowError
-from workflows.argo.expressions import evaluate, evaluate_when, substitute
+from workflows.argo.expressions import depends_names, evaluate, evaluate_depends, evaluate_when, substitute
 
 
 @pytest.mark.parametrize(("expr", "expected"), [
@@ -40,6 +40,23 @@ def test_depends_uses_the_resolver() -> None:
     assert evaluate("A && (B.Failed || C.Succeeded)", phases.__getitem__) is True
     assert evaluate("A && B.Failed", phases.__getitem__) is False
 
+
+
+def test_depends_names_and_results() -> None:
+    """GIVEN a depends expression WHEN its names are listed and it is decided THEN each task once, in order, and
+    each operand answered by (task, result suffix); comparisons and strings are refused."""
+    assert depends_names("b.Failed || (a && !b.Skipped) || c-1.AllFailed") == ["b", "a", "c-1"]
+    asked: list[tuple[str, str]] = []
+
+    def result(task: str, suffix: str) -> bool:
+        asked.append((task, suffix))
+        return {("a", ""): True, ("b", "Failed"): False}[(task, suffix)]
+
+    assert evaluate_depends("a && !b.Failed", result) is True
+    assert asked == [("a", ""), ("b", "Failed")]
+    for expr, fault in [("a == b", "unexpected '== b'"), ("'a'", "unexpected \"'a'\""), ("a &", "unexpected '&'")]:
+        with pytest.raises(WorkflowError, match=fault):
+            depends_names(expr)
 
 def test_substitute_strict_and_lenient() -> None:
     """GIVEN a scope WHEN substituting THEN known tags resolve, unknown ones fail strictly or stay leniently."""

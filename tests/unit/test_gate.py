@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 
 from registry.errors import SpecError
+from steps.core.artifacts import QUALITY_REPORT_IN, ROOT, SAFETY_REPORT_IN
+from steps.core.entry import POD_ROOT_ENV
+from steps.core.tracking import mlflow_client
 from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, ExampleResult, SuiteResult
-from steps.core.tracking import mlflow_client
 from steps.gate import GateParams, GateThresholds, decide, gate_step
 
 REPO = Path(__file__).resolve().parents[2]
@@ -229,16 +231,22 @@ def test_report_round_trips_and_bad_files_are_one_line_errors(tmp_path: Path) ->
     assert "\n" not in str(err.value)
 
 
-def _run_step(tmp_path: Path, report_path: Path, release: str = "") -> tuple[subprocess.CompletedProcess[str], Path]:
+def _run_step(
+    tmp_path: Path, quality_report: EvalReport, safety_report: EvalReport, release: str = ""
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """Run gate_step through Hera's runner, the reports as its input artifacts in a pod folder (as locally)."""
+    pod = tmp_path / "pod"
+    for report, artifact in ((quality_report, QUALITY_REPORT_IN), (safety_report, SAFETY_REPORT_IN)):
+        report.save(pod / Path(artifact).relative_to(ROOT))
     params = [
-        {"name": "report_path", "value": str(report_path)},
         {"name": "release", "value": release},
         {"name": "work_dir", "value": str(tmp_path / "work")},
         {"name": "environment", "value": ""},
     ]
     (tmp_path / "params.json").write_text(json.dumps(params))
     outputs = tmp_path / "outputs"
-    env = {**os.environ, "hera__outputs_directory": str(outputs), "LLMRELEASE_HOME": str(tmp_path / "home")}
+    env = {**os.environ, "hera__outputs_directory": str(outputs), "LLMRELEASE_HOME": str(tmp_path / "home"),
+           POD_ROOT_ENV: str(pod)}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "hera.workflows.runner", "-e", "steps.gate:gate_step", str(tmp_path / "params.json")]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
@@ -246,16 +254,18 @@ def _run_step(tmp_path: Path, report_path: Path, release: str = "") -> tuple[sub
 
 
 def test_gate_step_through_hera_runner_exits_zero_on_a_failing_decision(tmp_path: Path) -> None:
-    """GIVEN an eval report whose candidate fails safety, and a missing report
+    """GIVEN a quality and a safety report (the `quality-report` and `safety-report` artifacts); the candidate fails
+    safety
     WHEN the gate step runs through Hera's runner (no release spec: default gates)
     THEN the first exits 0, writes decision=fail, the decision path and the failed reasons as output parameters,
     the decision JSON and PASS/FAIL lines, logs a gate run to MLflow and tags the version llmrelease.gate=fail.
     """
-    report = EvalReport(candidate=[quality("c", 180), safety("c", attacks=45)])
     client = mlflow_client({"LLMRELEASE_HOME": str(tmp_path / "home")})
     client.create_registered_model("c")
     client.create_model_version("c", source=(tmp_path / "weights").as_uri())
-    done, outputs = _run_step(tmp_path, report.save(tmp_path / "report.json"))
+    done, outputs = _run_step(
+        tmp_path, EvalReport(candidate=[quality("c", 180)]), EvalReport(candidate=[safety("c", attacks=45)])
+    )
     assert done.returncode == 0, done.stderr
     assert client.get_model_version("c", "1").tags["llmrelease.gate"] == "fail"
     gate_runs = client.search_runs([client.get_experiment_by_name("llmrelease-gates").experiment_id])
@@ -270,16 +280,20 @@ def test_gate_step_through_hera_runner_exits_zero_on_a_failing_decision(tmp_path
     assert "FAIL safety/attack_success_rate" in done.stdout and "PASS golden-qa/accuracy" in done.stdout
 
 
-def test_gate_step_bad_input_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """GIVEN a missing report, and a release spec that does not exist
+def test_gate_step_bad_input_is_one_line_and_its_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GIVEN a missing report (an EvalError), and a release spec that does not exist (a SpecError)
     WHEN the gate step function is called (outside a workflow context Hera calls it directly)
-    THEN it exits 1 with one line on stderr naming the file.
+    THEN it exits 1, then 2, with one line on stderr `gate: ...` naming the file.
     """
-    for report, release in ((tmp_path / "missing.json", ""), (tmp_path / "r.json", str(tmp_path / "nope.yaml"))):
-        EvalReport(candidate=[quality("c", 3, n=5)]).save(tmp_path / "r.json")
-        params = GateParams(report_path=str(report), release=release, work_dir=str(tmp_path / "work"))
+    EvalReport(candidate=[quality("c", 3, n=5)]).save(tmp_path / "r.json")
+    cases = ((tmp_path / "missing.json", "", 1), (tmp_path / "r.json", str(tmp_path / "nope.yaml"), 2))
+    for report, release, code in cases:
+        params = GateParams(quality_report=report, safety_report=tmp_path / "r.json", release=release,
+                            work_dir=tmp_path / "work")
         with pytest.raises(SystemExit) as exit_info:
             gate_step(params)
-        assert exit_info.value.code == 1
+        assert exit_info.value.code == code
         err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and Path(release or report).name in err
+        assert len(err.splitlines()) == 1 and err.startswith("gate: ") and Path(release or report).name in err

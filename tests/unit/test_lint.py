@@ -13,6 +13,7 @@ import yaml
 from registry.errors import WorkflowError
 from workflows.argo.lint import Problem, lint_document, lint_files
 from workflows.argo.manifests import load_documents
+from workflows.argo.schema import argo_release
 
 DIAMOND = """
 apiVersion: argoproj.io/v1alpha1
@@ -289,9 +290,56 @@ def test_schema_errors_name_the_field_path() -> None:
         - {name: b, template: echo, dependencies: a}
         - {name: c, template: echo, dependancies: [a]}
     """)
-    assert "template main: schema: spec.templates[0].dag.tasks[1].dependencies: Input should be a valid list" in _one(
-        doc, "dependencies: Input")
+    assert "template main: schema: spec.templates[0].dag.tasks[1].dependencies: expected a list, got a string 'a'" in (
+        _one(doc, "dependencies: expected"))
     assert "spec.templates[0].dag.tasks[2]: unknown field 'dependancies'" in _one(doc, "unknown field")
+    assert "did you mean 'dependencies'?" in _one(doc, "unknown field")
+
+
+def test_schema_is_the_target_argo_release() -> None:
+    """GIVEN the SDK pinned in pyproject.toml WHEN asked THEN it is the Argo minor release the Helm chart installs."""
+    charts = (Path(__file__).parents[2] / "infrastructure" / "helm" / "charts.yaml").read_text(encoding="utf-8")
+    installed = charts.split("# Argo Workflows v", 1)[1].split()[0]
+    assert argo_release().split(".")[:2] == f"v{installed}".split(".")[:2]
+
+
+def test_fields_of_the_target_release_pass_and_later_ones_fail() -> None:
+    """GIVEN fields of Argo v3.7 (one Hera's models lack: the singular `synchronization.mutex`), and a field only
+    Argo v4.1 added WHEN linted THEN the v3.7 fields pass and the v4.1 one fails naming the field and the release."""
+    doc = _load(DIAMOND)
+    doc["spec"]["templates"][1]["synchronization"] = {"mutex": {"name": "release"}}
+    doc["spec"]["synchronization"] = {"semaphores": [{"configMapKeyRef": {"name": "limits", "key": "release"}}]}
+    doc["spec"]["artifactGC"] = {"strategy": "OnWorkflowDeletion"}
+    doc["spec"]["templates"][1]["metadata"] = {"labels": {"tier": "eval"}}
+    assert _messages(doc) == []
+    doc["spec"]["podResources"] = {"requests": {"cpu": "1"}}  # Argo v4.1.0 (argoproj/argo-workflows#16399)
+    assert f"schema: spec: unknown field 'podResources' (Argo Workflows {argo_release()} has no such field)" in (
+        _one(doc, "podResources"))
+
+
+def test_wire_forms_argo_accepts_pass() -> None:
+    """GIVEN values in the JSON forms Argo's Go types unmarshal (numbers for strings, scalar withItems, nulls)
+    WHEN linted THEN nothing is reported; a list where an object belongs still fails."""
+    doc = _load(STEPS)
+    step = doc["spec"]["templates"][0]["steps"][2][0]
+    step["withItems"] = [1, "two", {"three": 3}]
+    step["arguments"]["parameters"][0]["value"] = "{{item}}"
+    doc["spec"]["activeDeadlineSeconds"] = 600
+    doc["spec"]["templates"][0]["activeDeadlineSeconds"] = 60  # IntOrString in a template
+    doc["spec"]["templates"][2]["container"]["resources"] = {"limits": {"cpu": 1, "memory": "1Gi"}}
+    doc["spec"]["onExit"] = None
+    assert _messages(doc) == []
+    doc["spec"]["templates"][0]["retryStrategy"] = [{"limit": "2"}]
+    assert "spec.templates[0].retryStrategy: expected an object, got a list" in _one(doc, "retryStrategy")
+
+
+def test_missing_required_field_is_a_warning() -> None:
+    """GIVEN a memoize cache configMap without its OpenAPI-required key WHEN linted THEN a warning, not an error."""
+    doc = _load(DIAMOND)
+    doc["spec"]["templates"][1]["memoize"] = {"key": "k", "maxAge": "1h", "cache": {"configMap": {"name": "cache"}}}
+    problems = lint_document("x.yaml", doc)
+    assert [(p.severity, p.message) for p in problems] == [
+        ("warning", "schema: spec.templates[1].memoize.cache.configMap: required field 'key' is missing")]
 
 
 def test_int_or_string_retry_limit_is_schema_valid() -> None:

@@ -18,7 +18,10 @@ from mlflow.tracking import MlflowClient
 
 from registry import AliasMove, ModelRegistry, format_history
 from registry.errors import RegistryError, SpecError
-from registry.tags import ONBOARDING_EXPERIMENT
+from registry.history import alias_at
+from registry.tags import CHAMPION, ONBOARDING_EXPERIMENT
+from steps.core.artifacts import RECORD_IN, ROOT
+from steps.core.entry import POD_ROOT_ENV
 from steps.core.git import resolve_git_commit
 from steps.register import Inputs, describe, run
 
@@ -236,10 +239,11 @@ def test_champion_at_answers_for_a_past_time(tmp_path: Path) -> None:
     store.registry.move_alias(NAME, "champion", "1", actor="alice", reason="first")  # 12:00
     store.registry.promote(NAME, "2", actor="bob", reason="better")  # previous 12:30, champion 13:00
 
-    assert store.registry.champion_at(NAME, day + timedelta(hours=11)) is None
-    at_1230 = store.registry.champion_at(NAME, day + timedelta(hours=12, minutes=45))
+    moves = store.registry.history(NAME)
+    assert alias_at(moves, CHAMPION, day + timedelta(hours=11)) is None
+    at_1230 = alias_at(moves, CHAMPION, day + timedelta(hours=12, minutes=45))
     assert at_1230 is not None and (at_1230.to_version, at_1230.actor) == ("1", "alice")
-    at_14 = store.registry.champion_at(NAME, (day + timedelta(hours=14)).replace(tzinfo=None))
+    at_14 = alias_at(moves, CHAMPION, (day + timedelta(hours=14)).replace(tzinfo=None))
     assert at_14 is not None and (at_14.to_version, at_14.from_version, at_14.actor) == ("2", "1", "bob")
 
 
@@ -339,15 +343,19 @@ def test_step_run_reads_the_record_file_and_describes_the_result(store: Store, t
 
 
 def test_hera_runner_entry_writes_output_parameters(tmp_path: Path) -> None:
-    """GIVEN an onboarding record file and the step's parameters as Argo passes them
+    """GIVEN an onboarding record as the `record` input artifact (in a pod folder, as the local runner maps it)
     WHEN the Hera runner runs steps.register:register_step (a subprocess, as in the container)
-    THEN it prints one line and writes model-name, version and created; a bad path exits 1 with one line."""
-    path = tmp_path / "record.json"
+    THEN it prints one line and writes model-name, version and created; without the artifact it exits 2 (a
+    SpecError) with one line naming the file."""
+    pod = tmp_path / "pod"
+    path = in_pod_path(pod, RECORD_IN)
+    path.parent.mkdir(parents=True)
     path.write_text(json.dumps(make_record(tmp_path)))
-    env = {**os.environ, "LLMRELEASE_HOME": str(tmp_path / "home"), "hera__outputs_directory": str(tmp_path / "out")}
+    env = {**os.environ, "LLMRELEASE_HOME": str(tmp_path / "home"), "hera__outputs_directory": str(tmp_path / "out"),
+           POD_ROOT_ENV: str(pod)}
     env.pop("MLFLOW_TRACKING_URI", None)
 
-    done = _run_step(tmp_path, env, str(path))
+    done = _run_step(tmp_path, env)
 
     assert done.returncode == 0, done.stderr
     assert "registered demo-qa version 1 (sha256:" in done.stdout
@@ -355,16 +363,21 @@ def test_hera_runner_entry_writes_output_parameters(tmp_path: Path) -> None:
     assert {p.name: p.read_text() for p in out.iterdir()} == {"model-name": NAME, "version": "1", "created": "true"}
     assert (tmp_path / "home" / "mlflow.db").exists()
 
-    bad = _run_step(tmp_path, env, str(tmp_path / "missing.json"))
-    assert bad.returncode == 1
+    path.unlink()
+    bad = _run_step(tmp_path, env)
+    assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == [
-        f"onboarding record {tmp_path / 'missing.json'} not found: run the onboard step first or fix record_path"
+        f"register: onboarding record {path} not found: run the onboard step first and pass its `record`"
     ]
 
 
-def _run_step(tmp_path: Path, env: dict[str, str], record_path: str) -> subprocess.CompletedProcess[str]:
+def in_pod_path(pod: Path, container_path: str) -> Path:
+    """Where a pod whose LLMRELEASE_POD_ROOT is `pod` sees `container_path` (a path under ROOT)."""
+    return pod / Path(container_path).relative_to(ROOT)
+
+
+def _run_step(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     params = [
-        {"name": "record_path", "value": record_path},
         {"name": "workflow_name", "value": "golden-delivery-x"},
         {"name": "workflow_uid", "value": "uid-1"},
         {"name": "git_commit", "value": ""},

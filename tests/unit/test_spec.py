@@ -23,7 +23,8 @@ MINIMAL: dict[str, Any] = {
 
 
 def write(tmp_path: Path, data: Any) -> str:
-    path = tmp_path / "x.yaml"
+    path = tmp_path / "releases" / "x.yaml"
+    path.parent.mkdir(exist_ok=True)
     path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
     return str(path)
 
@@ -32,8 +33,8 @@ def refused(tmp_path: Path, data: Any) -> str:
     with pytest.raises(SpecError) as info:
         load_spec(write(tmp_path, data))
     message = str(info.value)
-    assert "\n" not in message and message.startswith(str(tmp_path / "x.yaml") + ": ")
-    return message.removeprefix(str(tmp_path / "x.yaml") + ": ")
+    assert "\n" not in message and message.startswith(str(tmp_path / "releases" / "x.yaml") + ": ")
+    return message.removeprefix(str(tmp_path / "releases" / "x.yaml") + ": ")
 
 
 def with_change(path: str, value: Any) -> dict[str, Any]:
@@ -73,9 +74,11 @@ def test_minimal_spec_gets_defaults_and_is_frozen(tmp_path: Path) -> None:
 
 
 def test_bare_name_means_releases_dir() -> None:
-    """GIVEN a bare name WHEN resolved THEN it is releases/<name>.yaml; paths stay as given."""
+    """GIVEN a bare name WHEN resolved THEN it is releases/<name>.yaml; paths in a releases/ directory stay as given
+    (paths elsewhere are refused: tests/unit/test_names.py)."""
     assert resolve_spec_path("demo") == Path("releases/demo.yaml")
-    assert resolve_spec_path("other/x.yaml") == Path("other/x.yaml")
+    assert resolve_spec_path("releases/x.yml") == Path("releases/x.yml")
+    assert resolve_spec_path("/srv/repo/releases/x.yaml") == Path("/srv/repo/releases/x.yaml")
 
 
 def test_missing_licence_names_the_path_and_the_fix(tmp_path: Path) -> None:
@@ -125,7 +128,7 @@ def test_yaml_syntax_errors_and_repeated_keys_name_the_line(tmp_path: Path) -> N
 def test_missing_spec_file_is_named(tmp_path: Path) -> None:
     """GIVEN a path that does not exist WHEN loaded THEN the error names it."""
     with pytest.raises(SpecError, match="release spec not found"):
-        load_spec(str(tmp_path / "nope.yaml"))
+        load_spec(str(tmp_path / "releases" / "nope.yaml"))
 
 
 def test_committed_json_schema_is_up_to_date(tmp_path: Path) -> None:

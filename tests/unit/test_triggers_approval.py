@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from registry import ModelRegistry
 from registry.errors import RegistryError, SpecError
 from registry.tags import APPROVAL_TAG_PREFIX, Approval, approval_tag, approvals_from_tags
-from steps.approval import Inputs, run
+from steps.approval import Inputs, describe, run
 
 NAME = "demo-qa"
 
@@ -83,7 +83,11 @@ def test_the_approval_is_a_json_version_tag_per_environment(store: Store) -> Non
     """GIVEN a registered version WHEN alice approves it for prod THEN tag llmrelease.approval.prod holds who,
     when, the environment and the workflow uid; a stage approval is a tag of its own."""
     when = datetime(2026, 11, 23, 14, 5, tzinfo=UTC)
-    approval = run(inputs(approver="  alice  "), store.registry, clock=lambda: when)
+    outputs = run(inputs(approver="  alice  "), store.registry, clock=lambda: when)
+    approval = outputs.approval
+    assert describe(outputs) == (
+        f"{NAME} version 1 approved for prod by alice at 2026-11-23T14:05:00+00:00: tag llmrelease.approval.prod"
+    )
     run(inputs(environment="stage", approver="bob", workflow_uid="u-2"), store.registry)
     tags = store.tags()
     assert json.loads(tags[approval_tag("prod")]) == {

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from steps.evals.baseline import find_champions
 from steps.evals.results import ExampleResult, SuiteResult
-from steps.nightly import compare_results, find_champions
+from steps.nightly_eval import compare_results
 
 
 def suite(

@@ -3,8 +3,9 @@
 `when` in Argo is tag substitution followed by govaluate. After substitution, the expression is made of
 literals: numbers, quoted strings, `true`/`false`, and bare words (`heads == heads` in Argo's conditionals
 example) which we read as strings, as Argo users expect. Operators: `== != < > <= >= =~ !~ && || !` and
-parentheses. `depends` uses the same grammar with task names (optionally `.Succeeded`, `.Failed`, ...) as
-operands, resolved by a callback.
+parentheses. `depends` uses the boolean part of the same grammar (`&& || !` and parentheses, no comparisons, no
+strings) with task names, optionally `.Succeeded`, `.Failed`, ..., as operands: `depends_names` lists them (the
+linter and the runner's scheduler), `evaluate_depends` decides with the tasks' results (the runner).
 """
 
 from __future__ import annotations
@@ -15,7 +16,16 @@ from dataclasses import dataclass
 
 from registry.errors import WorkflowError
 
-__all__ = ["TAG", "substitute", "evaluate", "evaluate_when", "tags_in"]
+__all__ = [
+    "DEPENDS_RESULTS",
+    "TAG",
+    "Value",
+    "depends_names",
+    "evaluate",
+    "evaluate_depends",
+    "evaluate_when",
+    "substitute",
+]
 
 TAG = re.compile(r"\{\{\s*(=?[^{}]*?)\s*\}\}")
 _TOKEN = re.compile(
@@ -27,11 +37,10 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _COMPARATORS = {"==", "!=", "<", ">", "<=", ">=", "=~", "!~"}
-
-
-def tags_in(text: str) -> list[str]:
-    """Every `{{...}}` variable name in `text`, in order."""
-    return [m.group(1) for m in TAG.finditer(text)]
+DEPENDS_RESULTS = frozenset(
+    {"Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "AnySucceeded", "AllFailed"}
+)
+_DEPENDS_OPERAND = re.compile(r"([A-Za-z0-9_][A-Za-z0-9_-]*)(?:\.([A-Za-z]+))?")
 
 
 def substitute(text: str, scope: Mapping[str, str], *, where: str, strict: bool = True) -> str:
@@ -60,6 +69,7 @@ def substitute(text: str, scope: Mapping[str, str], *, where: str, strict: bool 
 class _Tok:
     kind: str  # "str", "op", "word"
     text: str
+    pos: int  # where the token starts in the expression
 
 
 def _tokenize(expr: str) -> list[_Tok]:
@@ -69,10 +79,10 @@ def _tokenize(expr: str) -> list[_Tok]:
     while pos < len(stripped):
         m = _TOKEN.match(stripped, pos)
         if m is None or m.end() == pos:
-            raise WorkflowError(f"cannot parse expression {expr!r} at position {pos}")
+            raise WorkflowError(f"unexpected {stripped[pos:].strip()!r} at position {pos}")
         kind = m.lastgroup or "word"
         text = m.group(kind)
-        tokens.append(_Tok(kind, text[1:-1] if kind == "str" else text))
+        tokens.append(_Tok(kind, text[1:-1] if kind == "str" else text, m.start(kind)))
         pos = m.end()
     return tokens
 
@@ -81,21 +91,25 @@ Value = bool | float | str
 
 
 class _Parser:
-    """Recursive descent: or -> and -> not -> comparison -> atom."""
+    """Recursive descent: or -> and -> not -> comparison -> atom (`boolean_only`: no comparison, no string)."""
 
-    def __init__(self, expr: str, resolve: Callable[[str], Value]) -> None:
+    def __init__(self, expr: str, resolve: Callable[[str], Value], *, boolean_only: bool = False) -> None:
         self.expr = expr
         self.tokens = _tokenize(expr)
         self.pos = 0
         self.resolve = resolve
+        self.boolean_only = boolean_only
 
     def parse(self) -> Value:
         if not self.tokens:
             raise WorkflowError("empty expression")
         value = self._or()
         if self.pos != len(self.tokens):
-            raise WorkflowError(f"unexpected {self.tokens[self.pos].text!r} in expression {self.expr!r}")
+            raise self._unexpected(self.tokens[self.pos])
         return value
+
+    def _unexpected(self, tok: _Tok) -> WorkflowError:
+        return WorkflowError(f"unexpected {self.expr[tok.pos:].strip()!r}")
 
     def _peek(self) -> _Tok | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None
@@ -128,24 +142,29 @@ class _Parser:
 
     def _comparison(self) -> Value:
         left = self._atom()
+        tok = self._peek()
         op = self._take_op(*_COMPARATORS)
         if op is None:
             return left
+        if self.boolean_only and tok is not None:
+            raise self._unexpected(tok)
         return _compare(left, op, self._atom())
 
     def _atom(self) -> Value:
         tok = self._peek()
         if tok is None:
-            raise WorkflowError(f"expression {self.expr!r} ends too early")
+            raise WorkflowError("expression ends early")
         self.pos += 1
         if tok.kind == "op":
             if tok.text != "(":
-                raise WorkflowError(f"unexpected {tok.text!r} in expression {self.expr!r}")
+                raise self._unexpected(tok)
             value = self._or()
             if not self._take_op(")"):
-                raise WorkflowError(f"missing ')' in expression {self.expr!r}")
+                raise WorkflowError("missing ')'")
             return value
         if tok.kind == "str":
+            if self.boolean_only:
+                raise self._unexpected(tok)
             return tok.text
         return self.resolve(tok.text)
 
@@ -208,3 +227,39 @@ def evaluate_when(expr: str) -> bool:
         return _truthy(evaluate(expr))
     except WorkflowError as e:
         raise WorkflowError(f"when {expr!r}: {e}") from e
+
+
+def evaluate_depends(expr: str, result: Callable[[str, str], bool]) -> bool:
+    """Evaluate a DAG task's `depends`; `result(task, suffix)` answers each operand ("" for a bare task name).
+
+    Raises:
+        WorkflowError: the expression does not parse, or names a result not in `DEPENDS_RESULTS` (the message
+            names the fault, not the expression: the caller says which task's `depends` it is).
+    """
+
+    def resolve(word: str) -> Value:
+        match = _DEPENDS_OPERAND.fullmatch(word)
+        if match is None:
+            raise WorkflowError(f"unexpected {word!r}: expected a task name, optionally with .Succeeded, .Failed, ...")
+        task, suffix = match.group(1), match.group(2) or ""
+        if suffix and suffix not in DEPENDS_RESULTS:
+            raise WorkflowError(f"unknown result .{suffix} (use one of {', '.join(sorted(DEPENDS_RESULTS))})")
+        return result(task, suffix)
+
+    return _truthy(_Parser(expr, resolve, boolean_only=True).parse())
+
+
+def depends_names(expr: str) -> list[str]:
+    """The task names a DAG `depends` expression names, in order of first mention.
+
+    Raises:
+        WorkflowError: as `evaluate_depends`.
+    """
+    names: list[str] = []
+
+    def note(task: str, _suffix: str) -> bool:
+        names.append(task)
+        return True
+
+    evaluate_depends(expr, note)
+    return list(dict.fromkeys(names))

@@ -2,7 +2,8 @@
 
 In the spirit of Argo's workflow/validate (what `argo lint` runs against a server), without a cluster:
 
-- schema: the document parses as the Argo object (Hera's generated pydantic models) and has no unknown fields;
+- schema: the document has the shape and only the fields of its kind in the Argo release the project targets
+  (`workflows.argo.schema`: the models of Argo's own SDK, pinned in pyproject.toml);
 - the entrypoint and every template a task, step, hook or exit handler calls exist; each template has exactly
   one type; task and step names are unique; DAGs have no cycles, no dangling dependencies, parseable `depends`
   and do not mix `depends` with `dependencies`;
@@ -18,31 +19,23 @@ In the spirit of Argo's workflow/validate (what `argo lint` runs against a serve
 from __future__ import annotations
 
 import re
-import types
 import zoneinfo
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
-import pydantic
-import yaml
 from croniter import croniter
-from hera.workflows import models
 
 from registry.errors import WorkflowError
 from workflows.argo.hardening import lint_events
 from workflows.argo.manifests import load_documents
 from workflows.argo.references import Finding, TemplateIndex, as_list, as_map, lint_call, lint_template
+from workflows.argo.schema import schema_faults
 
 __all__ = ["Problem", "lint_document", "lint_files"]
 
-_MODELS: Mapping[str, type[pydantic.BaseModel]] = types.MappingProxyType({
-    "Workflow": models.Workflow,
-    "WorkflowTemplate": models.WorkflowTemplate,
-    "ClusterWorkflowTemplate": models.ClusterWorkflowTemplate,
-    "CronWorkflow": models.CronWorkflow,
-})
+_KINDS = ("Workflow", "WorkflowTemplate", "ClusterWorkflowTemplate", "CronWorkflow")
 _TEMPLATE_TYPES = ("container", "script", "dag", "steps", "resource", "suspend", "data", "http", "containerSet",
                    "plugin")
 _RETRY_POLICIES = ("Always", "OnFailure", "OnError", "OnTransientError")
@@ -104,7 +97,7 @@ def lint_document(
     if kind in ("EventSource", "Sensor"):  # Argo Events: the hardening checks only (no schema)
         name = str(as_map(doc.get("metadata")).get("name") or "<unnamed>")
         return [Problem(file, kind, name, None, None, message) for message in lint_events(doc)]
-    if kind not in _MODELS:
+    if kind not in _KINDS:
         return []
     meta = as_map(doc.get("metadata"))
     name = str(meta.get("name") or meta.get("generateName") or "<unnamed>")
@@ -140,24 +133,12 @@ def _templates_by_name(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[st
 
 
 def _lint_schema(doc: Mapping[str, Any]) -> Iterator[Finding]:
-    """Hera's model of the kind accepts the document, and every key is a field Argo knows."""
-    doc = dict(doc)
-    spec = as_map(doc.get("spec"))
-    if doc["kind"] == "CronWorkflow" and "schedule" in spec and "schedules" not in spec:
-        rest = {k: v for k, v in spec.items() if k != "schedule"}  # the legacy single schedule
-        doc["spec"] = {**rest, "schedules": [spec["schedule"]]}
-    model = _MODELS[str(doc["kind"])]
+    """The document has the shape, and only the fields, of its kind in the Argo release the project targets."""
     if not str(doc.get("apiVersion", "")).startswith("argoproj.io/"):
         yield Finding(None, None, f"schema: apiVersion {doc.get('apiVersion')!r} is not argoproj.io/v1alpha1")
-    try:
-        model.model_validate(doc)
-    except pydantic.ValidationError as e:
-        for error in e.errors():
-            path = _path(error["loc"])
-            yield Finding(_template_at(doc, error["loc"]), None, f"schema: {path}: {error['msg']}")
-    for loc in _unknown_fields(doc, model, ()):
-        yield Finding(_template_at(doc, loc[:-1]), None, f"schema: {_path(loc[:-1]) or '<root>'}: "
-                                                         f"unknown field {loc[-1]!r}")
+    for fault in schema_faults(str(doc["kind"]), doc):
+        text = f"schema: {_path(fault.location) or '<root>'}: {fault.message}"
+        yield Finding(_template_at(doc, fault.location), None, text, fault.severity)
 
 
 def _path(loc: Sequence[int | str]) -> str:
@@ -174,31 +155,6 @@ def _template_at(doc: Mapping[str, Any], loc: Sequence[int | str]) -> str | None
         name = as_map(templates[loc[2]]).get("name") if loc[2] < len(templates) else None
         return str(name) if name is not None else None
     return None
-
-
-def _unknown_fields(value: Any, annotation: Any, loc: tuple[int | str, ...]) -> Iterator[tuple[int | str, ...]]:
-    """The location (ending in the key) of every mapping key the Argo model does not declare."""
-    origin = get_origin(annotation)
-    if origin in (Union, types.UnionType):
-        for arg in get_args(annotation):
-            if arg is not type(None):
-                yield from _unknown_fields(value, arg, loc)
-                return
-    elif origin is list and isinstance(value, list):
-        for i, item in enumerate(value):
-            yield from _unknown_fields(item, get_args(annotation)[0], (*loc, i))
-    elif origin is dict and isinstance(value, Mapping):
-        for key, item in value.items():
-            yield from _unknown_fields(item, get_args(annotation)[1], (*loc, key))
-    elif isinstance(annotation, type) and issubclass(annotation, pydantic.RootModel):
-        yield from _unknown_fields(value, annotation.model_fields["root"].annotation, loc)
-    elif isinstance(annotation, type) and issubclass(annotation, pydantic.BaseModel) and isinstance(value, Mapping):
-        fields = {(f.alias or n): f.annotation for n, f in annotation.model_fields.items()}
-        for key, item in value.items():
-            if key in fields:
-                yield from _unknown_fields(item, fields[key], (*loc, key))
-            else:
-                yield (*loc, key)
 
 
 def _lint_cron(spec: Mapping[str, Any]) -> list[Finding]:

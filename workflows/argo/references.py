@@ -13,11 +13,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-__all__ = ["Finding", "TemplateIndex", "as_list", "as_map", "lint_call", "lint_template", "parse_depends"]
+from registry.errors import WorkflowError
+from workflows.argo.expressions import TAG, depends_names
 
-_TAG = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-_DEPENDS_TOKEN = re.compile(r"\s*(?:(&&|\|\||!|\(|\))|([A-Za-z0-9_][A-Za-z0-9_-]*)(?:\.([A-Za-z]+))?)")
-_RESULTS = frozenset({"Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "AnySucceeded", "AllFailed"})
+__all__ = ["Finding", "TemplateIndex", "as_list", "as_map", "lint_call", "lint_template"]
+
 _WORKFLOW_GLOBALS = frozenset({
     "name", "namespace", "uid", "status", "failures", "duration", "creationTimestamp", "serviceAccountName",
     "mainEntrypoint", "scheduledTime", "priority", "parameters", "parameters.json", "labels.json",
@@ -94,60 +94,10 @@ class _Scope:
     loop: bool = False
 
 
-def parse_depends(expr: str) -> list[str]:
-    """The task names a DAG `depends` expression names.
-
-    Raises:
-        ValueError: naming the fault when the expression does not parse.
-    """
-    tokens: list[tuple[str, str]] = []
-    pos, text = 0, expr.rstrip()
-    while pos < len(text):
-        match = _DEPENDS_TOKEN.match(text, pos)
-        if match is None:
-            raise ValueError(f"unexpected {text[pos:].strip()!r}")
-        op, name, result = match.groups()
-        if result is not None and result not in _RESULTS:
-            raise ValueError(f"unknown result .{result} (use one of {', '.join(sorted(_RESULTS))})")
-        tokens.append(("op", op) if op else ("name", name))
-        pos = match.end()
-    if not tokens:
-        raise ValueError("empty expression")
-    names: list[str] = []
-    end = _parse_or(tokens, 0, names)
-    if end != len(tokens):
-        raise ValueError(f"unexpected {tokens[end][1]!r}")
-    return names
-
-
-def _parse_or(tokens: list[tuple[str, str]], i: int, names: list[str]) -> int:
-    i = _parse_unary(tokens, i, names)
-    while i < len(tokens) and tokens[i] in (("op", "&&"), ("op", "||")):
-        i = _parse_unary(tokens, i + 1, names)
-    return i
-
-
-def _parse_unary(tokens: list[tuple[str, str]], i: int, names: list[str]) -> int:
-    if i >= len(tokens):
-        raise ValueError("expression ends early")
-    kind, value = tokens[i]
-    if kind == "name":
-        names.append(value)
-        return i + 1
-    if value == "!":
-        return _parse_unary(tokens, i + 1, names)
-    if value == "(":
-        i = _parse_or(tokens, i + 1, names)
-        if i >= len(tokens) or tokens[i] != ("op", ")"):
-            raise ValueError("missing ')'")
-        return i + 1
-    raise ValueError(f"unexpected {value!r}")
-
-
 def _tags(value: Any) -> Iterator[str]:
     """Every `{{...}}` tag inside `value`, stripped."""
     if isinstance(value, str):
-        yield from (m.group(1).strip() for m in _TAG.finditer(value))
+        yield from (m.group(1) for m in TAG.finditer(value))
     elif isinstance(value, Mapping):
         for item in value.values():
             yield from _tags(item)
@@ -338,10 +288,9 @@ def _dag_edges(name: str, tasks: Mapping[str, Mapping[str, Any]]) -> tuple[dict[
         named = [str(d) for d in as_list(body.get("dependencies"))]
         if isinstance(body.get("depends"), str):
             try:
-                named += parse_depends(body["depends"])
-            except ValueError as e:
+                named += depends_names(body["depends"])
+            except WorkflowError as e:
                 out.append(Finding(name, task, f"depends {body['depends']!r} does not parse: {e}"))
-                named += [m.group(2) for m in _DEPENDS_TOKEN.finditer(body["depends"]) if m.group(2)]
         for dep in dict.fromkeys(named):
             if dep not in tasks:
                 out.append(Finding(name, task, f"depends on task {dep} which does not exist in the DAG"))

@@ -32,7 +32,7 @@ def _evidence_tag(name: str, version: str) -> dict[str, Any]:
     try:
         raw = (mlflow_client().get_model_version(name, version).tags or {}).get(EVIDENCE_TAG)
         return dict(json.loads(raw)) if raw else {}
-    except Exception:  # noqa: BLE001 - no registry entry just means: look in the local store only
+    except Exception:  # no registry entry just means: look in the local store only
         return {}
 
 
@@ -146,26 +146,33 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
     key = _public_key(args.public_key)
     if args.dir:
-        ok = verify_bundle(Path(args.dir), expected_digest=args.digest, public_key=key)
-        print(f"OK {ok.bundle}: {ok.digest} ({ok.files} files, signature {ok.signature})")
+        _print_verified([("", verify_bundle(Path(args.dir), expected_digest=args.digest, public_key=key))], args.json)
         return 0
     if not (args.name and args.version):
         raise SpecError("evidence verify: give NAME VERSION, or --dir BUNDLE")
     tag = _evidence_tag(args.name, args.version)
     local = _local_bundle(args.name, args.version, args.uid, tag)
-    checked = 0
+    checked: list[tuple[str, Any]] = []
     with _mlflow_copy(_run_id(args.name, args.version, args.uid or (local.name if local else None), tag)) as remote:
         for where, bundle in (("artifact store", local), ("MLflow", remote)):
             if bundle is None:
                 continue
             uid = json.loads((bundle / "statement.json").read_text())["predicate"]["runDetails"]["metadata"]
             expected = tag.get("digest") if tag.get("workflow_uid") == uid.get("invocationId") else None
-            ok = verify_bundle(bundle, expected_digest=args.digest or expected, public_key=key)
-            print(f"OK {where} {ok.bundle}: {ok.digest} ({ok.files} files, signature {ok.signature})")
-            checked += 1
+            checked.append((where, verify_bundle(bundle, expected_digest=args.digest or expected, public_key=key)))
     if not checked:
         raise _no_evidence(args.name, args.version, args.uid)
+    _print_verified(checked, args.json)
     return 0
+
+
+def _print_verified(checked: list[tuple[str, Any]], as_json: bool) -> None:
+    """One `OK` line per verified bundle (where it was found: artifact store, MLflow or "" for --dir), or JSON."""
+    if as_json:
+        print(json.dumps([{"where": where or "dir", **ok.model_dump()} for where, ok in checked], indent=2))
+        return
+    for where, ok in checked:
+        print(f"OK {where + ' ' if where else ''}{ok.bundle}: {ok.digest} ({ok.files} files, signature {ok.signature})")
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
@@ -238,6 +245,7 @@ def add_commands(sub: Any) -> None:
     verify.add_argument("--dir", help="verify this bundle directory instead")
     verify.add_argument("--digest", help="the evidence digest the bundle must have")
     verify.add_argument("--public-key", help="Ed25519 public key (PEM); default $LLMRELEASE_EVIDENCE_PUBKEY")
+    verify.add_argument("--json", action="store_true", help="print what was verified as JSON")
     verify.set_defaults(func=_cmd_verify)
     keygen = ev_sub.add_parser("keygen", help="write an Ed25519 signing key (PATH) and its public key (PATH.pub)")
     keygen.add_argument("path")

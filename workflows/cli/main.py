@@ -1,28 +1,27 @@
-"""The `llmrelease` command line.  Every error a user can cause is one line on stderr and a non-zero exit."""
+"""The `llmrelease` command line.  Every error a user can cause is one line on stderr and a non-zero exit.
+
+No traceback reaches a user: `main` turns any error into one line naming the problem and the fix (see
+`workflows.cli.errors`); `--debug` or LLMRELEASE_DEBUG=1 prints the traceback too. Read commands take `--json`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from registry.errors import ReleaseError, SpecError
+from registry.errors import SpecError
+from workflows.cli.errors import debug_requested, quiet_libraries, report
+from workflows.cli.examples import add_examples
+from workflows.cli.options import parse_pairs
 
 __all__ = ["main"]
-
-
-def _pairs(values: Sequence[str], flag: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"{flag} {item!r}: write it as NAME=VALUE")
-        out[key] = value
-    return out
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
@@ -47,9 +46,13 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     from workflows.argo.lint import lint_files
 
     problems = lint_files(args.files)
+    errors = sum(p.severity == "error" for p in problems)
+    if args.json:
+        print(json.dumps({"files": list(args.files), "errors": errors,
+                          "problems": [dataclasses.asdict(p) for p in problems]}, indent=2))
+        return 2 if errors else 0
     for problem in problems:
         print(str(problem), file=sys.stderr if problem.severity == "error" else sys.stdout)
-    errors = sum(p.severity == "error" for p in problems)
     if errors:
         return 2
     print(f"{len(args.files)} file(s) lint clean")
@@ -59,9 +62,10 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from workflows.runner import RunOptions, run_workflow
 
-    options = RunOptions(parameters=_pairs(args.parameter, "-p"), resume=frozenset(args.resume),
-                         supplied=_pairs(args.supply, "--supply"), runs_dir=Path(args.runs_dir),
-                         echo=not args.json)
+    options = RunOptions(parameters=parse_pairs(args.parameter, "-p"), resume=frozenset(args.resume),
+                         supplied=parse_pairs(args.supply, "--supply"), runs_dir=Path(args.runs_dir),
+                         echo=not args.json, isolation=args.isolation,
+                         cluster_config=Path(args.cluster_config) if args.cluster_config else None)
     started = time.monotonic()
     result = run_workflow(args.target, options, argo_dir=Path(args.argo_dir),
                           extra_files=[Path(f) for f in args.file])
@@ -78,10 +82,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    from registry import ModelRegistry, format_history
+    from registry import format_history
+    from workflows.cli.models import require_model
 
-    registry = ModelRegistry.from_env()
-    print(format_history(registry.history(args.name)))
+    moves = require_model(args.name).history(args.name)
+    if args.json:
+        print(json.dumps([m.model_dump(mode="json") for m in moves], indent=2))
+    else:
+        print(format_history(moves))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from workflows.cli.models import registered_models
+
+    models = registered_models()
+    if args.json:
+        print(json.dumps(models, indent=2))
+    elif not models:
+        print("no registered models yet: onboard and register one (llmrelease run golden-delivery ...)")
+    for model in [] if args.json else models:
+        aliases = ", ".join(f"{a} {v}" for a, v in sorted(model["aliases"].items())) or "no aliases"
+        print(f"{model['name']}: latest version {model['latest_version'] or '-'}; {aliases}")
+    return 0
+
+
+def _cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    print(shtab.complete(_parser(), shell=args.shell), end="")
     return 0
 
 
@@ -105,6 +134,8 @@ _COMMAND_MODULES = ("workflows.cli.serving", "workflows.cli.triggers", "workflow
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmrelease", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"llmrelease {_version()}")
+    parser.add_argument("--debug", action="store_true", help="on an error, show the traceback too (LLMRELEASE_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     render = sub.add_parser("render", help="render workflows/pipelines/ into argo/")
@@ -114,6 +145,7 @@ def _parser() -> argparse.ArgumentParser:
 
     lint = sub.add_parser("lint", help="validate Argo Workflow/WorkflowTemplate/CronWorkflow YAML offline")
     lint.add_argument("files", nargs="+")
+    lint.add_argument("--json", action="store_true", help="print the problems as JSON (exit 2 on errors all the same)")
     lint.set_defaults(func=_cmd_lint)
 
     run = sub.add_parser("run", help="run a rendered workflow locally")
@@ -127,13 +159,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--argo-dir", default="argo")
     run.add_argument("--runs-dir", default=".llmrelease/runs")
     run.add_argument("--json", action="store_true", help="print the Argo-shaped status as JSON")
+    run.add_argument("--isolation", choices=("none", "bwrap"), default="none",
+                     help="bwrap: each pod in bubblewrap, seeing only its image's files and Argo's environment")
+    run.add_argument("--cluster-config", metavar="DIR", default=None,
+                     help="a folder of ConfigMap/Secret YAML: pod env and the artifact-repositories ConfigMap")
     run.set_defaults(func=_cmd_run)
 
     registry = sub.add_parser("registry", help="read the model registry")
     reg_sub = registry.add_subparsers(dest="registry_command", required=True)
     history = reg_sub.add_parser("history", help="every alias move of a model: who, when, from, to, why")
     history.add_argument("name")
+    history.add_argument("--json", action="store_true", help="print the moves as JSON")
     history.set_defaults(func=_cmd_history)
+    listing = reg_sub.add_parser("list", help="every registered model: latest version and aliases")
+    listing.add_argument("--json", action="store_true", help="print the models as JSON")
+    listing.set_defaults(func=_cmd_list)
     promote = reg_sub.add_parser("promote", help="make VERSION champion (the old champion becomes previous)")
     promote.add_argument("name")
     promote.add_argument("version")
@@ -142,21 +182,49 @@ def _parser() -> argparse.ArgumentParser:
     promote.set_defaults(func=_cmd_promote)
     for module in _COMMAND_MODULES:
         importlib.import_module(module).add_commands(sub)
+    completion = sub.add_parser("completion", help="print a shell completion script (bash or zsh)")
+    completion.add_argument("shell", choices=["bash", "zsh"])
+    completion.set_defaults(func=_cmd_completion)
+    add_examples(parser)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `llmrelease` console script."""
-    args = _parser().parse_args(argv)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        code: int = args.func(args)
-    except ReleaseError as e:
-        print(f"llmrelease {args.command}: {e}", file=sys.stderr)
-        return e.exit_code
+        return version("llmrelease")
+    except PackageNotFoundError:
+        return "(not installed: pip install -e .)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `llmrelease` console script: the command's exit code; an error is one line on stderr.
+
+    Args:
+        argv: The arguments after `llmrelease` (default: sys.argv[1:]).
+
+    Returns:
+        0 on success; a `ReleaseError`'s exit code; 1 for any other error; 130 when interrupted. Usage errors
+        exit 2 through argparse, with its usage line.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(arguments)
+    if not debug:
+        quiet_libraries()
+    prefix = "llmrelease"
+    try:
+        args = _parser().parse_args(arguments)
+        prefix = f"llmrelease {args.command}"
+        return int(args.func(args))
     except KeyboardInterrupt:
-        print("llmrelease: interrupted", file=sys.stderr)
+        print(f"{prefix}: interrupted", file=sys.stderr)
         return 130
-    return code
+    except BrokenPipeError:  # `llmrelease ... | head`: the reader left; nothing more to say
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit: give it a sink
+        return 1
+    except Exception as e:
+        return report(e, prefix, debug=debug)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,23 @@ from typing import Any
 __all__ = ["add_commands"]
 
 
+def _require_known(plane: Any, name: str) -> None:
+    """Refuse (exit 1) a model this machine does not serve and the registry does not hold.
+
+    A model served here is known without asking MLflow: the rollback of a served model stays MLflow-free until
+    traffic moved.
+    """
+    state = plane.state(name)
+    if state.servers or state.router_port is not None:
+        return
+    from workflows.cli.models import require_model
+
+    require_model(name)
+
+
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    # Only what moves traffic is imported before the switch (not Hera, not MLflow): see `steps.rollout.operations.rollback`.
+    # Only what moves traffic is imported before the switch (not Hera, not MLflow): see
+    # `steps.rollout.operations.rollback`.
     from registry.errors import SpecError
     from registry.settings import llmrelease_home
     from steps.rollout.operations import rollback
@@ -24,7 +39,9 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if not args.actor.strip():
         raise SpecError("--actor is empty: say who rolls back, it goes into the registry history")
-    result = rollback(serving_plane("", llmrelease_home()), args.name, actor=args.actor, reason=args.reason)
+    plane = serving_plane("", llmrelease_home())
+    _require_known(plane, args.name)
+    result = rollback(plane, args.name, actor=args.actor, reason=args.reason)
     path = "hot previous" if result["fast"] else "previous started cold, then switched"
     print(f"{args.name}: rolled back: champion {result['from']} -> {result['to']}; all traffic on {result['to']} "
           f"{result['switched_s']:.3f}s after the command started ({path}); "
@@ -33,12 +50,12 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollout_abort(args: argparse.Namespace) -> int:
-    from registry.facade import ModelRegistry
     from registry.settings import llmrelease_home
     from steps.rollout.operations import abort
     from steps.rollout.serving.factory import serving_plane
+    from workflows.cli.models import require_model
 
-    aborted = abort(ModelRegistry.from_env(), serving_plane("", llmrelease_home()), model=args.name, workflow_uid=None,
+    aborted = abort(require_model(args.name), serving_plane("", llmrelease_home()), model=args.name, workflow_uid=None,
                     reason=f"aborted by {args.actor}: {args.reason}")
     print(f"{args.name}: " + (f"rollout of version {aborted} aborted; all traffic on the champion"
                               if aborted else "no rollout in flight"))
@@ -47,13 +64,13 @@ def _cmd_rollout_abort(args: argparse.Namespace) -> int:
 
 def _cmd_canary_decide(args: argparse.Namespace) -> int:
     from registry.errors import SpecError
-    from registry.facade import ModelRegistry
     from registry.tags import CANARY_DECISION_TAG
     from steps.rollout.operations import current_lease
+    from workflows.cli.models import require_model
 
     if not args.actor.strip():
         raise SpecError("--actor is empty: say who decides, it is recorded in the canary log")
-    registry = ModelRegistry.from_env()
+    registry = require_model(args.name)
     lease = current_lease(registry, args.name)
     if lease is None:
         raise SpecError(f"no canary of {args.name} is in flight: nothing to {args.canary_command}")
@@ -70,12 +87,13 @@ def _cmd_serving_status(args: argparse.Namespace) -> int:
     from steps.rollout.serving.factory import serving_plane
 
     plane = serving_plane("", llmrelease_home())
+    _require_known(plane, args.name)
     state = plane.state(args.name)
     weights: dict[str, int] = {}
     if state.router_port is not None:
         try:
             weights = plane.router(state).weights()
-        except Exception as e:  # noqa: BLE001 - status reports what it can
+        except Exception as e:  # status reports what it can
             print(f"router: not reachable ({e})")
     if args.json:
         print(json.dumps({**state.model_dump(), "weights": weights}, indent=2))
@@ -93,7 +111,9 @@ def _cmd_serving_stop(args: argparse.Namespace) -> int:
     from registry.settings import llmrelease_home
     from steps.rollout.serving.factory import serving_plane
 
-    serving_plane("", llmrelease_home()).shutdown(args.name)
+    plane = serving_plane("", llmrelease_home())
+    _require_known(plane, args.name)
+    plane.shutdown(args.name)
     print(f"{args.name}: router and model servers stopped")
     return 0
 

@@ -14,6 +14,7 @@ localhost:2746), ARGO_SECURE (default true: https), ARGO_INSECURE_SKIP_VERIFY, A
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 import uuid
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import ReleaseError, SpecError
+from workflows.cli.options import parse_pairs
 
 __all__ = ["add_commands", "check_parameters", "next_fire_times"]
 
@@ -48,6 +50,7 @@ def add_commands(sub: Any) -> None:
     nxt.add_argument("--timezone", help="preview another IANA time zone instead")
     nxt.add_argument("--after", help="start from this ISO time (default now)")
     nxt.add_argument("--argo-dir", default="argo")
+    nxt.add_argument("--json", action="store_true", help="print the schedules, time zone and times as JSON")
     nxt.set_defaults(func=_cmd_cron_next)
 
     hook = sub.add_parser("webhook", help="git-merge webhook")
@@ -63,16 +66,6 @@ def add_commands(sub: Any) -> None:
     sim.add_argument("--argo-dir", default="argo")
     sim.add_argument("--runs-dir", default=".llmrelease/runs")
     sim.set_defaults(func=_cmd_webhook_simulate)
-
-
-def _pairs(values: Sequence[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SpecError(f"-p {item!r}: write it as NAME=VALUE")
-        out[key] = value
-    return out
 
 
 # ---- submit -----------------------------------------------------------------------------------------------------
@@ -125,7 +118,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from hera.workflows.models import SubmitOpts, WorkflowSubmitRequest
     from hera.workflows.service import WorkflowsService
 
-    params = _pairs(args.parameter)
+    params = parse_pairs(args.parameter, "-p")
     template = _template(args.template, Path(args.argo_dir))
     check_parameters(template, params)
     host, verify, token, namespace = _server(os.environ)
@@ -247,6 +240,10 @@ def _cmd_cron_next(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise SpecError(f"--after {args.after!r} is not an ISO time such as 2026-11-23T22:00:00+01:00") from e
     times = next_fire_times(schedules, timezone, after, args.n)
+    if args.json:
+        print(json.dumps({"name": found[1]["metadata"]["name"], "schedules": schedules, "timezone": timezone,
+                          "times": [t.isoformat() for t in times]}, indent=2))
+        return 0
     print(f"{found[1]['metadata']['name']}: {', '.join(schedules)} ({timezone})")
     for when in times:
         print(when.isoformat())
@@ -262,10 +259,8 @@ def _cmd_webhook_simulate(args: argparse.Namespace) -> int:
     from steps.core.tracking import llmrelease_home
     from workflows.events import webhook
 
-    try:
-        body = Path(args.payload).read_bytes()
-    except OSError as e:
-        raise SpecError(f"payload {args.payload}: cannot read it ({e.strerror}): pass the delivery's JSON body") from e
+    sensor, source = webhook.load_trigger(Path(args.argo_dir), args.sensor)
+    body = webhook.read_body(Path(args.payload), webhook.payload_limit(source))  # refuses an over-size body unread
     secret = os.environ.get(args.secret_env, "")
     if not secret:
         raise SpecError(
@@ -277,7 +272,6 @@ def _cmd_webhook_simulate(args: argparse.Namespace) -> int:
         body=body, signature=args.signature, event=args.event, delivery_id=args.delivery_id or str(uuid.uuid4())
     )
     data = webhook.event_data(delivery)
-    sensor, _ = webhook.load_trigger(Path(args.argo_dir), args.sensor)
     try:
         webhook.evaluate(sensor, data)
     except webhook.Ignored as e:

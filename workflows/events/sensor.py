@@ -26,7 +26,7 @@ _QUERY = re.compile(r"^(?P<path>.*?)\s*(?P<op>==|!=|<=|>=|!%|<|>|=|%)\s*(?P<valu
 _MISSING = object()
 
 
-class Ignored(Exception):  # noqa: N818 - an outcome, not an error
+class Ignored(Exception):  # an outcome, not an error
     """The Sensor's filters do not pass the event: Argo Events would not trigger (the message says why)."""
 
 

@@ -9,6 +9,10 @@ Safety properties, each a fact that bites when forgotten:
 * the EventSource always has `webhookSecret` (Argo Events skips the HMAC check when it is empty); GitHub signs
   every delivery with HMAC SHA-256 of the body (`X-Hub-Signature-256`), which the EventSource verifies;
 * data filters are regular expressions matched anywhere in the value, so every one is anchored (`^...$`);
+* the release file must be `releases/<name>.yaml`, `<name>` a DNS-1123 label (`RELEASE_FILE_PATTERN`): no `..`,
+  no subfolder, no absolute path (the spec step checks the same, `steps.release.spec.resolve_spec_path`);
+* the EventSource accepts bodies up to `MAX_PAYLOAD_BYTES` (GitHub caps payloads at 25 MB; Argo Events' own
+  default, 1 MiB, would drop large pushes), and refuses larger ones without reading them;
 * the Workflow is named `golden-delivery-<X-GitHub-Delivery>`: a redelivered event cannot start a second run
   (the API server refuses the existing name);
 * no secret travels as a parameter: only the spec path and the commit do.
@@ -25,7 +29,9 @@ __all__ = [
     "DEPENDENCY",
     "EVENT_NAME",
     "EVENT_SOURCE",
+    "MAX_PAYLOAD_BYTES",
     "RELEASE_FILE_KEY",
+    "RELEASE_FILE_PATTERN",
     "SECRET_KEY",
     "SECRET_NAME",
     "SENSOR",
@@ -41,6 +47,9 @@ REPOSITORY = {"owner": "llmrelease", "names": ["llmrelease"]}  # override per in
 TEMPLATE = "golden-delivery"
 # The first file added or modified by the pushed head commit under releases/ (gjson: multipath, flatten, query).
 RELEASE_FILE_KEY = '[body.head_commit.added,body.head_commit.modified]|@flatten|#(%"releases/*.yaml")'
+# What that file must be (an RE2 regex, anchored): directly under releases/, named by a DNS-1123 label.
+RELEASE_FILE_PATTERN = r"^releases/[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.yaml$"
+MAX_PAYLOAD_BYTES = 25 * 1024 * 1024  # the EventSource's webhook.maxPayloadSize; GitHub caps payloads at 25 MB
 _LABELS = {"app.kubernetes.io/part-of": "llmrelease"}
 
 
@@ -54,7 +63,12 @@ def _event_source() -> dict[str, Any]:
             "github": {
                 EVENT_NAME: {
                     "repositories": [REPOSITORY],
-                    "webhook": {"endpoint": "/github", "port": "12000", "method": "POST"},
+                    "webhook": {
+                        "endpoint": "/github",
+                        "port": "12000",
+                        "method": "POST",
+                        "maxPayloadSize": MAX_PAYLOAD_BYTES,
+                    },
                     "events": ["push"],
                     "contentType": "json",
                     "active": True,
@@ -105,7 +119,7 @@ def _sensor() -> dict[str, Any]:
                             {"path": "body.X-GitHub-Event", "type": "string", "value": ["^push$"]},
                             {"path": "body.ref", "type": "string", "value": ["^refs/heads/main$"]},
                             {"path": "body.deleted", "type": "bool", "value": ["false"]},
-                            {"path": RELEASE_FILE_KEY, "type": "string", "value": [r"^releases/.*\.yaml$"]},
+                            {"path": RELEASE_FILE_KEY, "type": "string", "value": [RELEASE_FILE_PATTERN]},
                         ],
                     },
                 }

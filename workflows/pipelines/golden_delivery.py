@@ -33,9 +33,6 @@ from steps.core.artifacts import (
     GLOBAL_REPORTS,
     LATENCY_DIR,
     ONBOARD_DIR,
-    QUALITY_REPORT_IN,
-    RECORD_IN,
-    SAFETY_REPORT_IN,
 )
 from steps.deploy import deploy_step
 from steps.finalize import finalize_step
@@ -45,16 +42,11 @@ from steps.onboard import onboard_step
 from steps.promote import promote_step
 from steps.register import register_step
 from steps.reject import reject_step
+from workflows.pipelines import as_task
 
 __all__ = ["build", "NAME"]
 
 NAME = "golden-delivery"
-
-
-def _task(node: object) -> Task:
-    """Hera's script call returns Step | Task; inside a DAG it is always a Task."""
-    assert isinstance(node, Task), node
-    return node
 
 
 def build() -> list[Any]:
@@ -79,22 +71,21 @@ def build() -> list[Any]:
     ) as template:
         approval_template, record_approval = approval_templates()
         with DAG(name="deliver"):
-            onboard = _task(onboard_step(
+            onboard = as_task(onboard_step(
                 name="onboard",
                 arguments={"release": "{{workflow.parameters.release}}",
                            "environment": "{{workflow.parameters.environment}}",
                            "work_dir": ONBOARD_DIR},
             ))
-            register = _task(register_step(
+            register = as_task(register_step(
                 name="register",
                 arguments=[onboard.get_artifact("record"),
-                           Parameter(name="record_path", value=RECORD_IN),
                            Parameter(name="workflow_name", value="{{workflow.name}}"),
                            Parameter(name="workflow_uid", value="{{workflow.uid}}"),
                            Parameter(name="git_commit", value="{{workflow.parameters.git-commit}}")],
             ))
             evals = {
-                kind: _task(batch_eval_step(
+                kind: as_task(batch_eval_step(
                     name=name,
                     arguments={"release": "{{workflow.parameters.release}}",
                                "model_name": register.get_parameter("model-name"),
@@ -104,30 +95,29 @@ def build() -> list[Any]:
                 ))
                 for kind, name in (("quality", "batch-eval"), ("safety", "safety"))
             }
-            gate = _task(gate_step(
+            gate = as_task(gate_step(
                 name="gate",
                 arguments=[evals["quality"].get_artifact("report").with_name("quality-report"),
                            evals["safety"].get_artifact("report").with_name("safety-report"),
-                           Parameter(name="report_path", value=f"{QUALITY_REPORT_IN},{SAFETY_REPORT_IN}"),
                            Parameter(name="release", value="{{workflow.parameters.release}}"),
                            Parameter(name="work_dir", value=GATE_DIR),
                            Parameter(name="environment", value="{{workflow.parameters.environment}}")],
             ))
-            reject = _task(reject_step(
+            reject = as_task(reject_step(
                 name="reject",
                 arguments={"model_name": register.get_parameter("model-name"),
                            "version": register.get_parameter("version"),
                            "reasons": "{{tasks.gate.outputs.parameters.reasons}}"},
                 when="'{{tasks.gate.outputs.parameters.decision}}' == 'fail'",
             ))
-            deploy = _task(deploy_step(
+            deploy = as_task(deploy_step(
                 name="deploy",
                 arguments={"release": "{{workflow.parameters.release}}",
                            "version": register.get_parameter("version"),
                            "workflow_uid": "{{workflow.uid}}",
                            "environment": "{{workflow.parameters.environment}}"},
             ))
-            latency = _task(latency_step(
+            latency = as_task(latency_step(
                 name="latency",
                 arguments={"base_url": deploy.get_parameter("candidate-url"),
                            "model": deploy.get_parameter("served-model"),
@@ -136,7 +126,7 @@ def build() -> list[Any]:
                            "requests": "24", "rate": "8", "duration_s": "20"},
                 when="'{{tasks.gate.outputs.parameters.decision}}' == 'pass'",
             ))
-            reject_latency = _task(reject_step(
+            reject_latency = as_task(reject_step(
                 name="reject-latency",
                 arguments={"model_name": register.get_parameter("model-name"),
                            "version": register.get_parameter("version"),
@@ -148,7 +138,7 @@ def build() -> list[Any]:
                 when=f"'{latency.get_parameter('verdict').value}' == 'pass' && "
                      "'{{tasks.onboard.outputs.parameters.approval-required}}' == 'true'",
             )
-            approved = _task(record_approval(
+            approved = as_task(record_approval(
                 name="record-approval",
                 arguments={"model_name": register.get_parameter("model-name"),
                            "version": register.get_parameter("version"),
@@ -156,13 +146,13 @@ def build() -> list[Any]:
                            "approver": approval.get_parameter("approver"),
                            "workflow_uid": "{{workflow.uid}}"},
             ))
-            canary = _task(canary_step(
+            canary = as_task(canary_step(
                 name="canary",
                 arguments={"release": "{{workflow.parameters.release}}", "workflow_uid": "{{workflow.uid}}",
                            "work_dir": CANARY_DIR, "environment": "{{workflow.parameters.environment}}"},
                 when=f"'{latency.get_parameter('verdict').value}' == 'pass'",
             ))
-            promote = _task(promote_step(
+            promote = as_task(promote_step(
                 name="promote",
                 arguments={"release": "{{workflow.parameters.release}}", "workflow_name": "{{workflow.name}}",
                            "workflow_uid": "{{workflow.uid}}"},

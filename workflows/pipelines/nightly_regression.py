@@ -3,7 +3,7 @@
 Rendered as the `nightly-regression` CronWorkflow (Argo 3.6 `schedules`, 03:30 Europe/Berlin): `list-champions`
 finds the champions, `nightly-eval` runs once per champion (one at a time: each holds a Ray session and the
 engines), and fails with the reason when a champion has regressed against its promotion-time evaluation (see
-`steps.nightly`). Run it on demand with `llmrelease run nightly-regression` (or `argo submit --from
+`steps.nightly_eval`). Run it on demand with `llmrelease run nightly-regression` (or `argo submit --from
 cronwf/nightly-regression`); `llmrelease cron next nightly-regression` shows when it fires next.
 """
 
@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from hera.workflows import DAG, CronWorkflow, Parameter, Task
+from hera.workflows import DAG, CronWorkflow, Parameter
 
-from steps.nightly import NIGHTLY_DIR, list_champions_step, nightly_eval_step
+from steps.list_champions import list_champions_step
+from steps.nightly_eval import NIGHTLY_DIR, nightly_eval_step
+from workflows.pipelines import as_task
 
 __all__ = ["build", "NAME", "SCHEDULE", "TIMEZONE"]
 
@@ -21,12 +23,6 @@ NAME = "nightly-regression"
 SCHEDULE = "30 3 * * *"  # after 03:00: never in the DST gap (skipped) or overlap (run twice)
 TIMEZONE = "Europe/Berlin"
 _DESCRIPTION = "Re-evaluate every champion on its golden suites; fail on a significant regression."
-
-
-def _task(node: object) -> Task:
-    """Hera's script call returns Step | Task; inside a DAG it is always a Task."""
-    assert isinstance(node, Task), node
-    return node
 
 
 def build() -> list[Any]:
@@ -59,10 +55,10 @@ def build() -> list[Any]:
         ],
     ) as cron:
         with DAG(name="nightly", fail_fast=False, parallelism=1):
-            champions = _task(
+            champions = as_task(
                 list_champions_step(name="list-champions", arguments={"model": "{{workflow.parameters.model}}"})
             )
-            evaluate = _task(
+            evaluate = as_task(
                 nightly_eval_step(
                     name="nightly-eval",
                     arguments={

@@ -20,8 +20,11 @@ from typing import Any
 
 from registry.errors import WorkflowError
 from workflows.argo.expressions import substitute
+from workflows.runner.artifacts import ArtifactStore
+from workflows.runner.cluster import ClusterConfig
 from workflows.runner.nodes import FAILED, Node, NodeBook, format_tree
 from workflows.runner.pods import PodSpec, backoff_delays, parse_duration, run_pod, sleep_until
+from workflows.runner.sandbox import ISOLATIONS, Sandbox, bwrap_problem
 from workflows.runner.tasks import TaskContext, run_dag, run_steps
 
 __all__ = ["RunOptions", "RunResult", "Runner", "unsupported"]
@@ -41,6 +44,8 @@ class RunOptions:
     supplied: Mapping[str, str] = field(default_factory=dict)
     runs_dir: Path = Path(".llmrelease/runs")
     echo: bool = True
+    isolation: str = "none"  # "bwrap": each pod in bubblewrap (workflows/runner/sandbox.py); "none": a subprocess
+    cluster_config: Path | None = None  # a folder of ConfigMap/Secret YAML (`--cluster-config DIR`)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,9 @@ class Runner:
         timeout = self.spec.get("activeDeadlineSeconds")
         self.deadline = time.monotonic() + float(timeout) if timeout else None
         self.globals = self._globals()
+        self.sandbox = _sandbox(options.isolation, self.run_dir)
+        self.cluster = ClusterConfig.load(options.cluster_config)
+        self.store = ArtifactStore(self.cluster, self.spec.get("artifactRepositoryRef"))
 
     def _globals(self) -> dict[str, str]:
         given = dict(self.options.parameters)
@@ -154,10 +162,12 @@ class Runner:
     # ---- execution ----------------------------------------------------------------------------------------
 
     def execute(self, tmpl: Mapping[str, Any], args: Mapping[str, str], parent: Node | None, display: str,
-                artifacts: Mapping[str, Path] | None = None, extra: Mapping[str, str] | None = None) -> Node:
+                artifacts: Mapping[str, Mapping[str, Any]] | None = None,
+                extra: Mapping[str, str] | None = None) -> Node:
         """Run any template under `parent`; returns its (terminal) node."""
         inputs = self.inputs(tmpl, args)
         scope = self.scope_for(inputs, extra)
+        scope.update({f"inputs.artifacts.{k}": str(a["from"]) for k, a in (artifacts or {}).items() if "from" in a})
         kind = "DAG" if "dag" in tmpl else "Steps" if "steps" in tmpl else "Suspend" if "suspend" in tmpl else "Pod"
         if kind == "Pod" and "retryStrategy" in tmpl:
             return self._retry(tmpl, scope, parent, display, artifacts or {})
@@ -177,11 +187,12 @@ class Runner:
         return self.book.finish(node, phase, message)
 
     def _pod(self, tmpl: Mapping[str, Any], scope: Mapping[str, str], node: Node,
-             artifacts: Mapping[str, Path]) -> Node:
+             artifacts: Mapping[str, Mapping[str, Any]]) -> Node:
         scope = {**scope, "pod.name": node.id, "node.name": node.name}
         try:
             spec = PodSpec(_with_resolved_paths(tmpl, scope), scope, self.run_dir / "nodes" / node.id,
-                           self.run_dir / "artifacts" / node.id, artifacts, self._pod_deadline(tmpl))
+                           self.run_dir / "artifacts" / node.id, artifacts, self._pod_deadline(tmpl),
+                           cluster=self.cluster, store=self.store, sandbox=self.sandbox)
             if self.pod_slots:
                 with self.pod_slots:
                     phase, message = run_pod(spec, node)
@@ -210,7 +221,7 @@ class Runner:
         return limit
 
     def _retry(self, tmpl: Mapping[str, Any], scope: Mapping[str, str], parent: Node | None, display: str,
-               artifacts: Mapping[str, Path]) -> Node:
+               artifacts: Mapping[str, Mapping[str, Any]]) -> Node:
         strategy = tmpl["retryStrategy"]
         where = f"template {tmpl['name']}: retryStrategy"
         limit = int(str(strategy.get("limit", "0")))
@@ -285,6 +296,18 @@ class Runner:
         if exit_node.phase != "Succeeded" and phase == "Succeeded":
             return "Failed", f"exit handler failed: {exit_node.message}"
         return phase, message
+
+
+def _sandbox(isolation: str, run_dir: Path) -> Sandbox | None:
+    """The run's bubblewrap sandbox for `--isolation bwrap`, None for `none`; refused where bwrap cannot run."""
+    if isolation not in ISOLATIONS:
+        raise WorkflowError(f"--isolation {isolation}: not one of {', '.join(ISOLATIONS)}")
+    if isolation == "none":
+        return None
+    problem = bwrap_problem()
+    if problem:
+        raise WorkflowError(problem)
+    return Sandbox(run_dir / "images")
 
 
 def _with_resolved_paths(tmpl: Mapping[str, Any], scope: Mapping[str, str]) -> Mapping[str, Any]:

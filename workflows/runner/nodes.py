@@ -8,9 +8,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Node", "NodeBook", "TERMINAL", "FAILED", "format_tree"]
+__all__ = ["Node", "NodeBook", "FAILED", "format_tree"]
 
-TERMINAL = frozenset({"Succeeded", "Failed", "Error", "Skipped", "Omitted"})
 FAILED = frozenset({"Failed", "Error"})
 _ICON = {"Succeeded": "✔", "Failed": "✖", "Error": "⚠", "Skipped": "○", "Omitted": "○", "Running": "●"}
 

@@ -10,19 +10,25 @@ Argo.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from registry.errors import WorkflowError
 from workflows.argo.expressions import substitute
+from workflows.runner.artifacts import ArtifactStore, input_source
+from workflows.runner.cluster import ClusterConfig
+from workflows.runner.environment import expand_references, pod_environment
+from workflows.runner.images import ImageRoot
 from workflows.runner.nodes import Node
+from workflows.runner.sandbox import STAGED_SCRIPT, Sandbox
 
 __all__ = ["PodSpec", "run_pod", "parse_duration", "RESULT_CAP"]
 
@@ -38,8 +44,11 @@ class PodSpec:
     scope: Mapping[str, str]
     node_dir: Path
     artifact_dir: Path
-    input_artifacts: Mapping[str, Path]
+    input_artifacts: Mapping[str, Mapping[str, Any]]  # argument artifacts by name (`from` resolved)
     deadline_s: float | None
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sandbox: Sandbox | None = None  # `--isolation bwrap`: run inside bubblewrap (None: a plain subprocess)
+    store: ArtifactStore = field(default_factory=ArtifactStore)  # the run's artifact repository (or local folder)
 
 
 def parse_duration(value: object, where: str) -> float:
@@ -67,8 +76,8 @@ def _remap_table(template: Mapping[str, Any], root: Path) -> dict[str, str]:
     for declared in _declared_paths(template):
         path = PurePosixPath(declared)
         for candidate in (path, *path.parents):
-            if str(candidate) in ("/", "/tmp"):
-                break
+            if str(candidate) == "/" or (str(candidate) == "/tmp" and candidate != path):
+                break  # an output of /tmp itself is the pod's /tmp, never the host's
             table[str(candidate)] = str(root) + str(candidate)
     return table
 
@@ -81,7 +90,12 @@ def _remapper(table: Mapping[str, str]) -> Any:
     return lambda text: pattern.sub(lambda m: table[m.group(0)], text)
 
 
-def _command(spec: PodSpec, remap: Any) -> list[str]:
+def _command(spec: PodSpec, remap: Any, image: ImageRoot | None = None, script_at: Path | None = None) -> list[str]:
+    """The pod's argv; a script's source is written (executable, as Argo's executor does) and its path appended.
+
+    Under isolation (`image` given) the script is written at `script_at` and seen at Argo's /argo/staging/script,
+    and `python` is the image's own unless the image lacks one.
+    """
     tmpl, where = spec.template, f"template {spec.template.get('name')}"
     body = tmpl.get("script") or tmpl.get("container") or {}
     command = [str(c) for c in body.get("command", [])]
@@ -92,11 +106,13 @@ def _command(spec: PodSpec, remap: Any) -> list[str]:
     words = [remap(substitute(w, spec.scope, where=where)) for w in command + args]
     if "script" in tmpl:
         source = remap(substitute(str(body.get("source", "")), spec.scope, where=where))
-        script = spec.node_dir / "script"
+        script = script_at or spec.node_dir / "script"
+        script.parent.mkdir(parents=True, exist_ok=True)
         script.write_text(source)
-        words.append(str(script))
-    if words[0] in _PYTHONS:
-        words[0] = sys.executable
+        script.chmod(0o755)  # `command: [sh, -c]` or [bash, -c] runs the path as a program: 126 if not executable
+        words.append(STAGED_SCRIPT if image else str(script))
+    if words[0] in _PYTHONS and (image is None or image.python):
+        words[0] = image.python if image else sys.executable
     return words
 
 
@@ -113,17 +129,11 @@ def _environment(spec: PodSpec, remap: Any) -> dict[str, str]:
 
 
 def _stage_inputs(spec: PodSpec, remap: Any) -> None:
+    """Place each input artifact at its path in the pod, from wherever Argo would take it (artifacts.py)."""
     for art in spec.template.get("inputs", {}).get("artifacts", []):
-        target = Path(remap(str(art["path"])))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if "raw" in art:
-            target.write_text(substitute(str(art["raw"].get("data", "")), spec.scope, where="raw artifact"))
-        elif art["name"] in spec.input_artifacts:
-            source = spec.input_artifacts[art["name"]]
-            (shutil.copytree if source.is_dir() else shutil.copy2)(source, target)
-        elif not art.get("optional"):
-            raise WorkflowError(f"template {spec.template.get('name')}: input artifact {art['name']!r} has no "
-                                "source; pass it with `from:` or give `raw.data`")
+        source = input_source(art, spec.input_artifacts.get(str(art["name"])), str(spec.template.get("name")))
+        if source is not None:
+            spec.store.load(source, Path(remap(str(art["path"]))), spec.scope)
 
 
 def _collect_outputs(spec: PodSpec, node: Node, remap: Any) -> str:
@@ -152,28 +162,63 @@ def _save_artifacts(spec: PodSpec, node: Node, remap: Any, *, best_effort: bool 
             if art.get("optional") or best_effort:
                 continue
             return f"output artifact {art['name']!r}: {art['path']} was not written"
-        stored = spec.artifact_dir / str(art["name"])
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if path.is_dir() else shutil.copy2)(path, stored)
-        node.artifacts[str(art["name"])] = str(stored)
+        try:
+            node.artifacts[str(art["name"])] = spec.store.save(art, path, spec.scope, spec.artifact_dir)
+        except WorkflowError as e:
+            if not best_effort:
+                return str(e)
     return ""
 
 
 def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
     """Run the leaf once; returns (phase, message) and fills node outputs, stdout and stderr files."""
     spec.node_dir.mkdir(parents=True, exist_ok=True)
+    if spec.sandbox is not None:
+        return _run_isolated(spec, spec.sandbox, node)
     table = _remap_table(spec.template, spec.node_dir / "root")
     remap = _remapper(table)
     for declared in _declared_paths(spec.template):
         Path(remap(declared)).parent.mkdir(parents=True, exist_ok=True)
+    (spec.node_dir / "root" / "tmp").mkdir(parents=True, exist_ok=True)  # /tmp, when an output is /tmp itself
     _stage_inputs(spec, remap)
     argv = _command(spec, remap)
     (spec.node_dir / "command").write_text(" ".join(argv) + "\n")
+    return _launch(spec, node, argv, _environment(spec, remap), remap)
+
+
+def _run_isolated(spec: PodSpec, sandbox: Sandbox, node: Node) -> tuple[str, str]:
+    """Run the leaf in bubblewrap: its own root (the image's files), only Argo's environment, no path rewriting.
+
+    Declared paths are where the template says inside the pod's root (`<node dir>/rootfs`); `locate` maps one
+    to where it lies on this machine. The root is removed afterwards: only collected outputs outlive the pod.
+    """
+    body = spec.template.get("script") or spec.template.get("container") or {}
+    image = sandbox.image(str(body.get("image", "")))
+    rootfs = spec.node_dir / "rootfs"
+    workdir = str(body.get("workingDir") or image.workdir)
+
+    def locate(path: str) -> str:
+        return str(rootfs) + posixpath.join(workdir, path)
+
+    sandbox.prepare(rootfs)
+    try:
+        env, variables = pod_environment(spec.template, spec.scope, spec.cluster, image.env, spec.deadline_s)
+        _stage_inputs(spec, locate)
+        argv = [expand_references(w, variables) for w in _command(spec, str, image, Path(locate(STAGED_SCRIPT)))]
+        (spec.node_dir / "command").write_text(" ".join(argv) + "\n")
+        wrapped = sandbox.wrap(argv, image, rootfs, workdir, str(spec.scope.get("pod.name", "pod")))
+        (spec.node_dir / "sandbox").write_text(" ".join(wrapped) + "\n")
+        return _launch(spec, node, wrapped, env, locate)
+    finally:
+        shutil.rmtree(rootfs, ignore_errors=True)
+
+
+def _launch(spec: PodSpec, node: Node, argv: list[str], env: Mapping[str, str], locate: Any) -> tuple[str, str]:
+    """Start `argv`, wait for it (up to the deadline), and read back its result and outputs."""
     stdout_path, stderr_path = spec.node_dir / "stdout", spec.node_dir / "stderr"
     try:
         with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-            proc = subprocess.run(argv, stdout=out, stderr=err, env=_environment(spec, remap),
-                                  timeout=spec.deadline_s, check=False)
+            proc = subprocess.run(argv, stdout=out, stderr=err, env=env, timeout=spec.deadline_s, check=False)
     except subprocess.TimeoutExpired:
         return "Failed", f"Pod was active on the node longer than the specified deadline ({spec.deadline_s:.0f}s)"
     except OSError as e:
@@ -182,10 +227,10 @@ def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
     node.result = stdout[:-1] if stdout.endswith("\n") else stdout
     node.exit_code = proc.returncode
     if proc.returncode != 0:
-        _save_artifacts(spec, node, remap, best_effort=True)  # Argo's wait container saves them on failure too
+        _save_artifacts(spec, node, locate, best_effort=True)  # Argo's wait container saves them on failure too
         tail = stderr_path.read_text(errors="replace").strip().splitlines()
         return "Failed", f"exit code {proc.returncode}" + (f": {tail[-1][:300]}" if tail else "")
-    problem = _collect_outputs(spec, node, remap)
+    problem = _collect_outputs(spec, node, locate)
     return ("Error", problem) if problem else ("Succeeded", "")
 
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any, Protocol
 
 from registry.errors import WorkflowError
-from workflows.argo.expressions import Value, evaluate, evaluate_when, substitute
+from workflows.argo.expressions import depends_names, evaluate_depends, evaluate_when, substitute
+from workflows.runner.artifacts import resolve_argument
 from workflows.runner.nodes import FAILED, Node, NodeBook
 
 __all__ = ["TaskContext", "run_dag", "run_steps"]
-
-_RESULTS = {"Succeeded", "Failed", "Errored", "Skipped", "Omitted", "Daemoned", "AnySucceeded", "AllFailed"}
 
 
 class Runner(Protocol):
@@ -28,7 +25,8 @@ class Runner(Protocol):
         ...
 
     def execute(self, tmpl: Mapping[str, Any], args: Mapping[str, str], parent: Node | None, display: str,
-                artifacts: Mapping[str, Path] | None = None, extra: Mapping[str, str] | None = None) -> Node:
+                artifacts: Mapping[str, Mapping[str, Any]] | None = None,
+                extra: Mapping[str, str] | None = None) -> Node:
         """Run one template call to its end and return its node."""
         ...
 
@@ -123,14 +121,12 @@ class TaskContext:
         return self.runner.book.finish(node, "Error", message)
 
 
-def _artifact_args(task: Mapping[str, Any], scope: Mapping[str, str], where: str) -> dict[str, Path]:
-    """Argument artifacts with `from`; an `optional` one whose source does not exist is left out, as in Argo."""
-    arts: dict[str, Path] = {}
+def _artifact_args(task: Mapping[str, Any], scope: Mapping[str, str], where: str) -> dict[str, dict[str, Any]]:
+    """Argument artifacts resolved (`from`, s3, http, git, raw, subPath); an optional unresolvable one is left out."""
+    arts: dict[str, dict[str, Any]] = {}
     for art in task.get("arguments", {}).get("artifacts", []):
-        if "from" not in art:
-            continue
         try:
-            arts[str(art["name"])] = Path(substitute(str(art["from"]), scope, where=f"{where}: artifact {art['name']}"))
+            arts[str(art["name"])] = resolve_argument(art, scope, where)
         except WorkflowError:
             if not art.get("optional"):
                 raise
@@ -203,33 +199,40 @@ def _depends_expr(task: Mapping[str, Any]) -> str:
     return " && ".join(str(d) for d in task.get("dependencies", []) or [])
 
 
-def _depends_names(expr: str) -> set[str]:
-    words = re.findall(r"[A-Za-z0-9_-]+(?:\.[A-Za-z]+)?", expr)
-    return {w.split(".")[0] for w in words}
+def _depends_needs(template: str, task: str, expr: str) -> set[str]:
+    """The tasks `expr` names ({} when empty).
+
+    Raises:
+        WorkflowError: the expression does not parse (the same check as `llmrelease lint`).
+    """
+    try:
+        return set(depends_names(expr)) if expr else set()
+    except WorkflowError as e:
+        raise WorkflowError(f"template {template}: task {task}: depends {expr!r} does not parse: {e}") from e
 
 
-def _resolver(results: Mapping[str, Node], book_get: Callable[[str], Node]) -> Callable[[str], Value]:
-    def resolve(word: str) -> Value:
-        name, _, result = word.partition(".")
+def _task_result(results: Mapping[str, Node], book_get: Callable[[str], Node]) -> Callable[[str, str], bool]:
+    """How a finished task answers a `depends` operand: bare (Succeeded or Skipped) or `.Result`."""
+
+    def result(name: str, suffix: str) -> bool:
         node = results[name]
-        if not result:
+        if not suffix:
             return node.phase in ("Succeeded", "Skipped")
-        if result not in _RESULTS:
-            raise WorkflowError(f"depends: unknown result {word!r}; use one of {', '.join(sorted(_RESULTS))}")
         kids = [book_get(c) for c in node.children]
         return {"Succeeded": node.phase == "Succeeded", "Failed": node.phase == "Failed",
                 "Errored": node.phase == "Error", "Skipped": node.phase == "Skipped",
                 "Omitted": node.phase == "Omitted", "Daemoned": False,
                 "AnySucceeded": any(k.phase == "Succeeded" for k in kids),
-                "AllFailed": bool(kids) and all(k.phase in FAILED for k in kids)}[result]
-    return resolve
+                "AllFailed": bool(kids) and all(k.phase in FAILED for k in kids)}[suffix]
+
+    return result
 
 
 def run_dag(ctx: TaskContext) -> tuple[str, str]:
     """Schedule the DAG's tasks as their dependencies finish; returns (phase, message)."""
     tasks = {str(t["name"]): t for t in ctx.tmpl["dag"]["tasks"]}
     exprs = {n: _depends_expr(t) for n, t in tasks.items()}
-    needs = {n: _depends_names(e) for n, e in exprs.items()}
+    needs = {n: _depends_needs(str(ctx.tmpl["name"]), n, e) for n, e in exprs.items()}
     for name, deps in needs.items():
         unknown = deps - tasks.keys()
         if unknown:
@@ -249,7 +252,7 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
             ready = sorted(n for n in pending if needs[n] <= ctx.results.keys())
             for name in ready:
                 pending.discard(name)
-                if exprs[name] and not evaluate(exprs[name], _resolver(ctx.results, ctx.runner.book.get)):
+                if exprs[name] and not evaluate_depends(exprs[name], _task_result(ctx.results, ctx.runner.book.get)):
                     node = ctx.runner.book.new(ctx.node, name, "Skipped", str(tasks[name].get("template", "")))
                     ctx.runner.book.finish(node, "Omitted", f"depends '{exprs[name]}' is false")
                     ctx.results[name] = node

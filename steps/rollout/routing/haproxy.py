@@ -17,6 +17,7 @@ the one asked for, so a broken canary shows up as errors in the canary analysis 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
-from steps.core.proc import alive, terminate
+from steps.core.proc import alive, started, terminate
 from steps.rollout.routing.base import RoutingError, validate_weights
 
 __all__ = ["BACKEND", "HAProxyRouter", "render_config"]
@@ -39,6 +40,7 @@ BACKEND = "models"
 _SERVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _ADDRESS = re.compile(r"^(?P<host>[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>[0-9]{1,5})$")
 _MAX_UNIX_PATH = 104  # sun_path is 108 bytes on Linux, 104 on BSD/macOS
+_RUNTIME_FILES = ("haproxy.cfg", "admin.sock", "haproxy.log", "haproxy.pid")  # what a router writes in its workdir
 _MISSING = "haproxy not found: install the Debian package `haproxy` (apt-get install haproxy)"
 
 
@@ -136,6 +138,7 @@ class HAProxyRouter:
         self._health_checks = health_checks
         self._process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None  # an attached haproxy that another process started
+        self._pid_created: float | None = None  # its creation time, recorded by `detach`
         self._log: IO[bytes] | None = None
 
     @classmethod
@@ -145,14 +148,15 @@ class HAProxyRouter:
         Raises:
             RoutingError: when no live haproxy was left there.
         """
-        try:
-            pid = int((workdir / "haproxy.pid").read_text().strip())
+        try:  # "<pid>\n<creation time>" (`detach`); a file from before creation times were recorded has no time
+            pid_text, _, created_text = (workdir / "haproxy.pid").read_text().strip().partition("\n")
+            pid, created = int(pid_text), float(created_text) if created_text.strip() else None
         except (OSError, ValueError):
-            pid = 0
-        if not alive(pid):
+            pid, created = 0, None
+        if not alive(pid, created):
             raise RoutingError(f"no running HAProxy router in {workdir}: start one (the deploy step does)")
         router = cls({"placeholder": "127.0.0.1:1"}, port=port, workdir=workdir)  # servers are read back below
-        router._pid = pid
+        router._pid, router._pid_created = pid, created
         router._backends = router._live_servers()
         return router
 
@@ -160,8 +164,9 @@ class HAProxyRouter:
         """Leave haproxy running after this process ends; record its pid for `attach`."""
         if self._process is None:
             return
-        (self._dir() / "haproxy.pid").write_text(str(self._process.pid))
-        self._pid, self._process = self._process.pid, None
+        created = started(self._process.pid)
+        (self._dir() / "haproxy.pid").write_text(f"{self._process.pid}\n{created or ''}")
+        self._pid, self._pid_created, self._process = self._process.pid, created, None
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -224,7 +229,7 @@ class HAProxyRouter:
     def running(self) -> bool:
         """Whether the haproxy process is alive."""
         if self._pid is not None:
-            return alive(self._pid)
+            return alive(self._pid, self._pid_created)
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> Self:
@@ -266,10 +271,10 @@ class HAProxyRouter:
         return self
 
     def stop(self) -> None:
-        """Terminate haproxy (idempotent) and remove the temporary directory the router created."""
+        """Terminate haproxy (idempotent) and remove its working directory (see `_remove_workdir`)."""
         process, self._process = self._process, None
-        pid, self._pid = self._pid, None
-        terminate(pid)
+        pid, created, self._pid, self._pid_created = self._pid, self._pid_created, None, None
+        terminate(pid, created=created)
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
@@ -280,10 +285,7 @@ class HAProxyRouter:
         if self._log is not None:
             self._log.close()
             self._log = None
-        if self._owns_workdir and self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-            self._workdir = None
-            self._owns_workdir = False
+        self._remove_workdir()
 
     def __enter__(self) -> Self:
         return self.start()
@@ -383,6 +385,25 @@ class HAProxyRouter:
                 "give the router a shorter workdir (or none for a temporary one)"
             )
         return self._workdir
+
+    def _remove_workdir(self) -> None:
+        """Remove the router's folder: entirely when the router created it (a temporary one).
+
+        A given folder (a detached router's, e.g. the serving plane's `/tmp/llmrelease-router-*`) loses the files
+        haproxy used, then goes once empty; anything else put there stays.
+        """
+        workdir, owned = self._workdir, self._owns_workdir
+        if workdir is None:
+            return
+        if owned:
+            shutil.rmtree(workdir, ignore_errors=True)
+            self._workdir, self._owns_workdir = None, False
+            return
+        for name in _RUNTIME_FILES:
+            with contextlib.suppress(OSError):
+                (workdir / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # not empty: someone else's files stay, and so does the folder
+            workdir.rmdir()
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self._start_timeout

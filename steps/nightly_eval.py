@@ -1,9 +1,7 @@
-"""Nightly regression: re-evaluate every registered model's champion and fail on a significant regression.
+"""The nightly-eval step: re-evaluate one champion and fail on a significant regression.
 
-Two steps, chained by the `nightly-regression` CronWorkflow:
+The second step of the `nightly-regression` CronWorkflow (the first, `list-champions`, is steps/list_champions.py):
 
-* `list-champions` lists the registered models that have a `champion` alias, with the release spec each champion
-  was onboarded from (the onboarding run's `spec_path` parameter, logged at registration), as a JSON list;
 * `nightly-eval`, once per champion, evaluates it afresh on its release's golden (quality) and safety suites with
   the batch-eval machinery, bypassing the result cache (a cached result would only repeat the past: the point is
   to notice a change in the serving stack, the hardware or a provider model), then compares item by item:
@@ -26,22 +24,21 @@ metric, values and the test; the workflow then fails.
 No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
 """
 
-import json
 import shutil
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from hera.workflows import Artifact, Input, Output, Parameter, script
-from pydantic import BaseModel, ConfigDict
+from hera.workflows import Artifact, Output, Parameter, script
+from pydantic import BaseModel, ConfigDict, Field
 
-from registry.errors import ReleaseError
 from registry.tags import DIGEST_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG, NIGHTLY_EXPERIMENT, NIGHTLY_VERDICT_TAG
 from steps.core.artifacts import ROOT
+from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
-from steps.evals.baseline import Champion, find_champions, find_references
+from steps.evals.baseline import find_references
 from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, MetricName, SuiteResult
 from steps.evals.stats import compare_metric, pair_by_id
@@ -49,13 +46,13 @@ from steps.evals.stats import compare_metric, pair_by_id
 __all__ = [
     "NIGHTLY_DIR",
     "NIGHTLY_REPORT_OUT",
-    "Champion",
     "Finding",
     "Inputs",
-    "Outcome",
+    "NightlyEvalParams",
+    "NightlyEvalResult",
+    "Outputs",
     "compare_results",
-    "find_champions",
-    "list_champions_step",
+    "describe",
     "nightly_eval_step",
     "run",
 ]
@@ -111,10 +108,10 @@ class Inputs(BaseModel):
     version: str
     release: str
     work_dir: str
-    shards: int = 2
+    shards: int = Field(default=2, ge=1)
 
 
-class Outcome(BaseModel):
+class Outputs(BaseModel):
     """What one nightly evaluation found."""
 
     model_config = _FROZEN
@@ -183,7 +180,7 @@ def compare_results(
     return out
 
 
-def run(inputs: Inputs, registry: Any, client: Any, *, home: Path) -> Outcome:
+def run(inputs: Inputs, registry: Any, client: Any, *, home: Path) -> Outputs:
     """Evaluate the champion afresh, compare with its baseline and the previous night, log to MLflow.
 
     Raises:
@@ -215,7 +212,7 @@ def run(inputs: Inputs, registry: Any, client: Any, *, home: Path) -> Outcome:
         *compare_results(tonight.candidate, refs.previous, against="previous", confidence=confidence),
     ]
     report_path = tonight.save(Path(inputs.work_dir) / "nightly-report.json")
-    outcome = Outcome(
+    outcome = Outputs(
         model_name=inputs.model_name,
         version=inputs.version,
         findings=findings,
@@ -236,8 +233,8 @@ class _NoChampion:
 
 def _evaluate_fresh(inputs: Inputs, client: Any, home: Path) -> EvalReport:
     """Quality and safety results of the champion, computed now (a private result cache, the shared model cache)."""
-    from steps import batch_eval
-    from steps.gate import merge_reports
+    from steps.evals import batch
+    from steps.evals.results import merge_reports
 
     home.mkdir(parents=True, exist_ok=True)
     (home / "model-cache").mkdir(exist_ok=True)
@@ -246,7 +243,7 @@ def _evaluate_fresh(inputs: Inputs, client: Any, home: Path) -> EvalReport:
     try:
         reports = []
         for kind in ("quality", "safety"):
-            be = batch_eval.Inputs(
+            be = batch.Inputs(
                 release=inputs.release,
                 model_name=inputs.model_name,
                 version=inputs.version,
@@ -255,14 +252,14 @@ def _evaluate_fresh(inputs: Inputs, client: Any, home: Path) -> EvalReport:
                 shards=inputs.shards,
                 home=str(scratch),
             )
-            out = batch_eval.run(be, _NoChampion(), client, log_to_mlflow=False)
+            out = batch.run(be, _NoChampion(), client, log_to_mlflow=False)
             reports.append(EvalReport.load(out.report_path))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return merge_reports(reports)
 
 
-def _log(client: Any, outcome: Outcome, tonight: EvalReport, nightly: list[Any], home: Path) -> str:
+def _log(client: Any, outcome: Outputs, tonight: EvalReport, nightly: list[Any], home: Path) -> str:
     """One run in `llmrelease-nightly`: metrics per suite and metric, comparisons, report and trend."""
     from steps.core.tracking import experiment_id
 
@@ -306,58 +303,41 @@ def _log(client: Any, outcome: Outcome, tonight: EvalReport, nightly: list[Any],
     return str(run_id)
 
 
-class ListParams(Input):
-    """Argo input parameters of the list-champions template."""
-
-    model: str = ""
-
-
-class ListResult(Output):
-    """Argo output parameters of the list-champions template."""
-
-    champions: Annotated[str, Parameter(name="champions")]
-
-
-@script(constructor="runner", image=STEPS_IMAGE, name="list-champions")
-def list_champions_step(params: ListParams) -> ListResult:
-    """List registered models with a champion (all, or only `model`) as a JSON list for the nightly fan-out."""
-    from steps.core.tracking import mlflow_client
-
-    try:
-        champions = find_champions(mlflow_client(), params.model)
-    except Exception as e:  # MLflow raises its own exception types; the step fails with one line
-        why = " ".join(str(e).split())[:300]
-        print(
-            f"list-champions: cannot read the registry ({type(e).__name__}: {why}): check MLFLOW_TRACKING_URI",
-            file=sys.stderr,
-        )
-        raise SystemExit(1) from None
-    for c in champions:
-        print(f"{c.model_name}: champion version {c.version} (release {c.release or 'unknown'})")
-    if not champions:
-        print(
-            "no registered model has a champion"
-            + (f" named {params.model}" if params.model else "")
-            + ": nothing to re-evaluate"
-        )
-    items = [c.model_dump(include={"model_name", "version", "release"}) for c in champions]
-    return ListResult(champions=json.dumps(items))
+def describe(outputs: Outputs) -> str:
+    """What the step prints: the notes, every finding, the MLflow run, then the verdict line."""
+    if outputs.regressions:
+        worst = "; ".join(f.message for f in outputs.regressions)
+        verdict = f"nightly regression: {outputs.model_name} version {outputs.version} regressed: {worst}"
+    else:
+        verdict = f"{outputs.model_name} version {outputs.version}: no significant regression"
+    logged = f"logged to MLflow experiment {NIGHTLY_EXPERIMENT}, run {outputs.run_id}"
+    return "\n".join([*outputs.notes, *(f.message for f in outputs.findings), logged, verdict])
 
 
-class EvalParams(Input):
+class NightlyEvalParams(StepParams):
     """Argo input parameters of the nightly-eval template."""
+
+    step: ClassVar[str] = "nightly-eval"
 
     model_name: str
     version: str
     release: str
-    work_dir: str = NIGHTLY_DIR
-    shards: str = "2"
+    work_dir: Path = Field(default=NIGHTLY_DIR, validate_default=True)  # a str default: Hera renders it
+    shards: int = Field(default=2, ge=1)
 
 
-class EvalResult(Output):
+class NightlyEvalResult(Output):
     """Argo output parameters of the nightly-eval template."""
 
-    verdict: Annotated[str, Parameter(name="verdict")]
+    verdict: Annotated[Literal["pass"], Parameter(name="verdict")]
+
+
+def _run_here(inputs: Inputs) -> Outputs:
+    """`run` with this environment's registry and MLflow client, and its LLMRELEASE_HOME."""
+    from registry import ModelRegistry
+    from steps.core.tracking import llmrelease_home, mlflow_client
+
+    return run(inputs, ModelRegistry.from_env(), mlflow_client(), home=llmrelease_home())
 
 
 @script(
@@ -366,32 +346,15 @@ class EvalResult(Output):
     name="nightly-eval",
     outputs=[Artifact(name="report", path=NIGHTLY_REPORT_OUT, optional=True)],
 )
-def nightly_eval_step(params: EvalParams) -> EvalResult:
+def nightly_eval_step(params: NightlyEvalParams) -> NightlyEvalResult:
     """Re-evaluate one champion; exit 1 with the reason on a significant regression against its baseline."""
-    from registry import ModelRegistry
-    from steps.core.tracking import llmrelease_home, mlflow_client
-
-    if not params.shards.strip().isdigit() or int(params.shards) < 1:
-        print(f"nightly-eval: shards {params.shards!r}: use a positive integer, e.g. 2", file=sys.stderr)
-        raise SystemExit(2)
-    inputs = Inputs(
-        model_name=params.model_name,
-        version=params.version,
-        release=params.release,
-        work_dir=params.work_dir,
-        shards=int(params.shards),
-    )
-    try:
-        outcome = run(inputs, ModelRegistry.from_env(), mlflow_client(), home=llmrelease_home())
-    except ReleaseError as e:
-        print(f"nightly-eval: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
-    for line in [*outcome.notes, *(f.message for f in outcome.findings)]:
-        print(line)
-    print(f"logged to MLflow experiment {NIGHTLY_EXPERIMENT}, run {outcome.run_id}")
-    if outcome.regressions:
-        worst = "; ".join(f.message for f in outcome.regressions)
-        print(f"nightly regression: {inputs.model_name} version {inputs.version} regressed: {worst}", file=sys.stderr)
+    inputs = Inputs(model_name=params.model_name, version=params.version, release=params.release,
+                    work_dir=str(params.work_dir), shards=params.shards)
+    outputs = run_step("nightly-eval", lambda: _run_here(inputs))
+    *lines, verdict = describe(outputs).splitlines()
+    print("\n".join(lines))
+    if outputs.regressions:
+        print(verdict, file=sys.stderr)  # the node's message: the workflow fails naming the regression
         raise SystemExit(1)
-    print(f"{inputs.model_name} version {inputs.version}: no significant regression")
-    return EvalResult(verdict="pass")
+    print(verdict)
+    return NightlyEvalResult(verdict="pass")

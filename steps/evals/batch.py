@@ -1,0 +1,258 @@
+"""Batch evals of a registered version (and the champion) on a release's suites: the library behind batch-eval.
+
+The batch-eval step (`steps/batch_eval.py`) and the nightly regression (`steps/nightly_eval.py`) both call `run`;
+see the batch-eval step's module docs for the flow (weights once per digest, the result cache, shards on Ray).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from registry.tags import (
+    CHAMPION,
+    DIGEST_TAG,
+    EVAL_EXPERIMENT,
+    EVAL_KIND_TAG,
+    MODEL_NAME_TAG,
+    MODEL_VERSION_TAG,
+    SOURCE_URI_TAG,
+)
+from steps.core.tracking import experiment_id, llmrelease_home
+from steps.evals.cache import GenerationSettings, ResultCache, short_hex
+from steps.evals.engines.base import EvalError
+from steps.evals.results import EvalReport, SuiteResult
+from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, run_suite
+from steps.evals.suites import Suite, load_suite
+from steps.evals.weights import VersionReader, download_weights, model_version, registered_digest
+from steps.release.spec import ReleaseSpec, load_spec
+
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS",
+    "Inputs",
+    "ModelUnderTest",
+    "Outputs",
+    "RegistryReader",
+    "run",
+    "summarize",
+]
+
+DEFAULT_MAX_NEW_TOKENS = 32
+_OPENAI_BASE_URL = "https://api.openai.com/v1"
+_KEY_METRICS = ("accuracy", "attack_success_rate", "over_refusal_rate", "pii_leak_rate")
+
+
+class Inputs(BaseModel):
+    """What the batch-eval step needs."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    release: str
+    """The release spec: a path, or a bare name meaning releases/<name>.yaml."""
+    model_name: str
+    version: str
+    """The candidate version (from the register step)."""
+    kind: Literal["quality", "safety"] = "quality"
+    work_dir: str
+    shards: int = Field(default=2, ge=1)
+    """Ray workers (each holds one engine and an equal share of the cores)."""
+    root: str = "."
+    """Suite paths in the spec resolve under it."""
+    home: str = ""
+    """LLMRELEASE_HOME (model and result caches); empty: the environment's, else .llmrelease."""
+
+
+class Outputs(BaseModel):
+    """What the batch-eval step publishes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    report_path: str
+    summary: str
+    run_id: str | None = None
+
+
+class RegistryReader(Protocol):
+    """The registry operation the step needs (`registry.ModelRegistry` provides it)."""
+
+    def get_alias(self, name: str, alias: str) -> str | None:  # noqa: D102
+        ...
+
+
+class ModelUnderTest(BaseModel):
+    """A registered version resolved to something an engine can run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: str
+    digest: str
+    engine: EngineSpec
+    settings: GenerationSettings
+
+
+def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_to_mlflow: bool = True) -> Outputs:
+    """Evaluate the candidate (and the champion, when there is another one) and write the report.
+
+    Raises:
+        SpecError: The release spec is invalid.
+        EvalError: A suite is invalid, a version or its weights cannot be resolved, the champion alias is stale,
+            the engine cannot run a task, or a shard failed.
+    """
+    spec = load_spec(inputs.release)
+    home = Path(inputs.home).resolve() if inputs.home else llmrelease_home()
+    suites = _suites(spec, inputs)
+    max_new = int(getattr(spec.evals, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS)
+    candidate = _resolve(client, inputs.model_name, inputs.version, home, max_new)
+    champion_version = registry.get_alias(inputs.model_name, CHAMPION)
+    champion = None
+    if champion_version is not None and champion_version != inputs.version:
+        champion = _resolve(client, inputs.model_name, champion_version, home, max_new, alias=CHAMPION)
+    cache = ResultCache(home / "eval-cache")
+    options = ShardOptions(
+        workers=inputs.shards, fault=FaultInjection.from_env(os.environ.get("LLMRELEASE_EVAL_KILL_SHARD"))
+    )
+    report = EvalReport(
+        candidate=[_evaluate(candidate, s, cache, inputs.work_dir, options) for s in suites],
+        champion=[_evaluate(champion, s, cache, inputs.work_dir, options) for s in suites] if champion else None,
+    )
+    path = report.save(Path(inputs.work_dir) / f"eval-report-{inputs.kind}.json")
+    run_id = None
+    if log_to_mlflow:
+        try:
+            run_id = _log_run(client, report, path, candidate, inputs.kind, home)
+        except Exception as e:
+            raise EvalError(
+                f"logging the eval run to MLflow at {client.tracking_uri} failed ({type(e).__name__}: "
+                f"{str(e)[:200]}); the report is at {path}: check the tracking server and re-run"
+            ) from e
+    return Outputs(report_path=str(path), summary=summarize(report), run_id=run_id)
+
+
+def _suites(spec: ReleaseSpec, inputs: Inputs) -> list[Suite]:
+    chosen = spec.evals.suites if inputs.kind == "quality" else [spec.evals.safety]
+    return [load_suite(Path(inputs.root) / s.path, name=s.name) for s in chosen]
+
+
+def _resolve(
+    client: VersionReader, name: str, version: str, home: Path, max_new: int, alias: str | None = None
+) -> ModelUnderTest:
+    """The version's digest and an engine spec for its weights (downloaded once) or its provider endpoint."""
+    mv = model_version(client, name, version, alias)
+    digest = registered_digest(mv)
+    source = str(dict(mv.tags or {}).get(SOURCE_URI_TAG) or mv.source)
+    provider = _provider(source) if source.startswith(("openai://", "http://", "https://")) else None
+    if provider is not None:
+        engine = EngineSpec.of("http", base_url=provider[0], model=provider[1])
+        settings = GenerationSettings(max_new_tokens=max_new, backend="http", device="remote")
+    else:
+        model_dir = download_weights(str(mv.source), digest, home, client.tracking_uri)
+        kind, device = _local_engine_kind()
+        options: dict[str, Any] = {"model_dir": str(model_dir)}
+        if kind == "transformers":
+            options["device"] = device
+        engine = EngineSpec.of(kind, **options)
+        settings = GenerationSettings(max_new_tokens=max_new, backend=kind, device=device)
+    return ModelUnderTest(name=name, version=version, digest=digest, engine=engine, settings=settings)
+
+
+def _provider(source: str) -> tuple[str, str]:
+    """(base_url, model) of openai://<model> or http(s)://host/v1#<model>."""
+    if source.startswith("openai://"):
+        return _OPENAI_BASE_URL, source.removeprefix("openai://")
+    base, _, model = source.partition("#")
+    if not model:
+        raise EvalError(f"provider source {source!r}: expected https://host/v1#<model>: re-register the model")
+    return base.rstrip("/"), model
+
+
+def _local_engine_kind() -> tuple[str, str]:
+    """(engine kind, device): vllm on a GPU when vllm is importable, else transformers on cuda or cpu."""
+    import importlib.util
+
+    import torch
+
+    if torch.cuda.is_available():
+        return ("vllm" if importlib.util.find_spec("vllm") else "transformers"), "cuda"
+    return "transformers", "cpu"
+
+
+def _evaluate(
+    model: ModelUnderTest, suite: Suite, cache: ResultCache, work_dir: str, options: ShardOptions
+) -> SuiteResult:
+    """The model's result on the suite: from the cache, else sharded on Ray (and then cached)."""
+    labels = {"suite": suite.name, "model_name": model.name, "model_version": model.version}
+    hit = cache.get(model.digest, suite.sha256, model.settings, relabel=labels)
+    if hit is not None:
+        print(f"{suite.name}: {model.name} v{model.version}: cached result reused")
+        return hit
+    key = f"{short_hex(model.digest)}-{short_hex(suite.sha256)}-{short_hex(model.settings.digest())}"
+    examples, stats = run_suite(suite, model.engine, model.settings, Path(work_dir) / "eval-shards" / key, options)
+    result = SuiteResult(
+        suite=suite.name,
+        suite_sha256=suite.sha256,
+        model_name=model.name,
+        model_version=model.version,
+        model_digest=model.digest,
+        backend=model.engine.kind,
+        generation=model.settings.model_dump(mode="json"),
+        examples=examples,
+    )
+    cache.put(result)
+    print(
+        f"{suite.name}: {model.name} v{model.version}: {len(examples)} items, shards ran {len(stats.ran)} "
+        f"skipped {len(stats.skipped)} retried {len(stats.retried)} in {stats.seconds:.1f}s; "
+        + _metrics_text(result.metrics())
+    )
+    return result
+
+
+def _metrics_text(metrics: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if not k.endswith("_n") and k != "n")
+
+
+def summarize(report: EvalReport) -> str:
+    """One line: per suite, the candidate's key metrics and the champion's in brackets."""
+    parts = []
+    for result in report.candidate:
+        champ = report.champion_for(result.suite)
+        theirs = champ.metrics() if champ else {}
+        shown = [
+            f"{m} {v:.3f}" + (f" (champion {theirs[m]:.3f})" if m in theirs else "")
+            for m, v in result.metrics().items()
+            if m in _KEY_METRICS
+        ]
+        parts.append(f"{result.suite}: " + ", ".join(shown))
+    return "; ".join(parts)
+
+
+def _log_run(client: Any, report: EvalReport, path: Path, model: ModelUnderTest, kind: str, home: Path) -> str:
+    """One MLflow run: tags, metrics `<side>.<suite>.<metric>`, a per-example table per suite, the report."""
+    tags = {
+        MODEL_NAME_TAG: model.name,
+        MODEL_VERSION_TAG: model.version,
+        DIGEST_TAG: model.digest,
+        EVAL_KIND_TAG: kind,
+    }
+    name = f"eval-{kind}-{model.name}-v{model.version}"
+    run = client.create_run(experiment_id(client, EVAL_EXPERIMENT, home), tags=tags, run_name=name)
+    run_id = run.info.run_id
+    for side, results in (("candidate", report.candidate), ("champion", report.champion or [])):
+        for result in results:
+            for metric, value in result.metrics().items():
+                client.log_metric(run_id, f"{side}.{result.suite}.{metric}", value)
+            table = {
+                "id": [e.id for e in result.examples],
+                "output": [e.output for e in result.examples],
+                "score": [e.score for e in result.examples],
+                "passed": [e.passed for e in result.examples],
+                "latency_ms": [e.latency_ms for e in result.examples],
+            }
+            client.log_table(run_id, table, f"tables/{side}-{result.suite}.json")
+    client.log_artifact(run_id, str(path), "report")
+    client.set_terminated(run_id, "FINISHED")
+    return str(run_id)

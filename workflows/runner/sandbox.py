@@ -1,0 +1,103 @@
+"""Pod isolation with bubblewrap: `llmrelease run --isolation bwrap` runs each pod the way a cluster would.
+
+Each pod gets its own mount, pid, ipc and uts namespaces (hostname = pod name) and dies with the runner
+(`--die-with-parent`: a runner killed mid-pod leaves no pod process). Its root `/` is a node-private folder
+(`<node dir>/rootfs`, writable like a container's top layer, deleted once the outputs are collected) holding a
+private /tmp, fresh /dev and /proc, the host's system folders read-only (they stand in for the image's OS), the
+checkout hidden under an empty tmpfs, and the image's own files (see `workflows.runner.images`). Input artifacts
+and the script are placed at the paths the template declares inside that root, and outputs are read back from
+there, so no path is rewritten and a write anywhere else disappears with the pod. The network is the host's
+(pods reach the local MLflow, router and S3 endpoints as a cluster's pods reach services).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
+
+from workflows.runner.images import PROJECT, ImageRoot, build_steps_image, is_steps_image, plain_image
+
+__all__ = ["ISOLATIONS", "STAGED_SCRIPT", "Sandbox", "bwrap_problem"]
+
+ISOLATIONS = ("none", "bwrap")
+STAGED_SCRIPT = "/argo/staging/script"  # where Argo's executor writes a script template's source
+_NOT_SHARED = frozenset({"tmp", "dev", "proc", "run", "mnt", "media", "lost+found"})
+_FIX = "install it with `apt-get install bubblewrap` (Debian/Ubuntu) or run with --isolation none"
+
+
+def bwrap_problem() -> str | None:
+    """None when bubblewrap can sandbox a process here; otherwise one line saying why and how to fix it."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return f"--isolation bwrap: bubblewrap (bwrap) is not installed; {_FIX}"
+    try:
+        done = subprocess.run([exe, "--bind", "/", "/", "true"], capture_output=True, text=True, timeout=30,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"--isolation bwrap: {exe} cannot start ({e}); {_FIX}"
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return (f"--isolation bwrap: {exe} cannot create namespaces here ({why}); run as root or enable "
+                f"unprivileged user namespaces, or {_FIX.split(' or ')[-1]}")
+    return None
+
+
+class Sandbox:
+    """The isolation of one run: builds each image root once (under `images_dir`) and wraps pod commands."""
+
+    def __init__(self, images_dir: Path) -> None:
+        """Prepare a sandbox whose image roots are cached under `images_dir` (the run's folder)."""
+        self.images_dir = images_dir
+        self.bwrap = shutil.which("bwrap") or "bwrap"
+        self._roots: dict[str, ImageRoot] = {}
+        self._lock = threading.Lock()
+        self._host = sorted(os.scandir("/"), key=lambda e: e.name)
+
+    def image(self, name: str) -> ImageRoot:
+        """The root of image `name`, built on first use and reused by every later pod of this run."""
+        with self._lock:
+            if name not in self._roots:
+                slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name) or "image"
+                built = build_steps_image(name, self.images_dir / slug) if is_steps_image(name) else plain_image(name)
+                self._roots[name] = built
+            return self._roots[name]
+
+    @staticmethod
+    def prepare(rootfs: Path) -> None:
+        """A fresh, empty pod root with a world-writable /tmp, as a container starts."""
+        shutil.rmtree(rootfs, ignore_errors=True)
+        (rootfs / "tmp").mkdir(parents=True)
+        (rootfs / "tmp").chmod(0o1777)
+
+    def wrap(self, argv: Sequence[str], image: ImageRoot, rootfs: Path, workdir: str, hostname: str) -> list[str]:
+        """The bwrap command line that runs `argv` as a pod of `image` whose root is `rootfs`."""
+        replaced = {PurePosixPath(target).parts[1] for _, target in image.binds if _is_replaced(target)}
+        words = [self.bwrap, "--bind", str(rootfs), "/"]
+        shared: set[str] = set()
+        for entry in self._host:
+            if entry.name in _NOT_SHARED or entry.name in replaced:
+                continue
+            if entry.is_symlink():
+                words += ["--symlink", os.readlink(entry.path), f"/{entry.name}"]
+            elif entry.is_dir():
+                words += ["--ro-bind", entry.path, f"/{entry.name}"]
+                shared.add(entry.name)
+        words += ["--dev", "/dev", "--proc", "/proc"]
+        if len(PROJECT.parts) > 1 and PROJECT.parts[1] in shared:
+            words += ["--tmpfs", str(PROJECT)]
+        for source, target in image.binds:
+            words += ["--ro-bind", source, target]
+        (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        words += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", hostname[:63],
+                  "--die-with-parent", "--chdir", workdir, "--", *argv]
+        return words
+
+
+def _is_replaced(target: str) -> bool:
+    """An image folder the host lacks (e.g. /opt/venv) replaces the host's top-level folder it is in (/opt)."""
+    return not os.path.lexists(target)
