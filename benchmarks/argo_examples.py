@@ -66,8 +66,9 @@ class Outcome:
 
 def extract(mirror: Path, ref: str, into: Path) -> Path:
     """examples/ of `ref` in the git mirror, written under `into`; returns the examples folder."""
-    archive = subprocess.run(["git", "-C", str(mirror), "archive", "--format=tar", ref, "examples"],
-                             check=True, capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", str(mirror), "archive", "--format=tar", ref, "examples"], check=True, capture_output=True
+    ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into / "examples"
@@ -112,8 +113,18 @@ def run_case(case: Case, work: Path, argo_dir: Path, config_dir: Path, timeout: 
     file = work / "cases" / f"{case.file.replace('/', '__')}.{case.index}.yaml"
     file.parent.mkdir(exist_ok=True)
     file.write_text(yaml.safe_dump(case.doc), encoding="utf-8")
-    command = [str(ROOT / ".venv" / "bin" / "llmrelease"), "run", str(file), "--json", "--argo-dir", str(argo_dir),
-               "--cluster-config", str(config_dir), "--runs-dir", str(work / "runs")]
+    command = [
+        str(ROOT / ".venv" / "bin" / "llmrelease"),
+        "run",
+        str(file),
+        "--json",
+        "--argo-dir",
+        str(argo_dir),
+        "--cluster-config",
+        str(config_dir),
+        "--runs-dir",
+        str(work / "runs"),
+    ]
     started = time.monotonic()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -130,8 +141,11 @@ def run_case(case: Case, work: Path, argo_dir: Path, config_dir: Path, timeout: 
 
 def _reason(status: dict[str, Any]) -> str:
     """The workflow's message, or the first failed leaf's when that says more."""
-    leaves = [n for n in status.get("nodes", {}).values()
-              if n.get("phase") in ("Failed", "Error") and n.get("type") == "Pod" and n.get("message")]
+    leaves = [
+        n
+        for n in status.get("nodes", {}).values()
+        if n.get("phase") in ("Failed", "Error") and n.get("type") == "Pod" and n.get("message")
+    ]
     message = str(status.get("message") or "")
     return str(leaves[0]["message"]) if leaves else message
 
@@ -144,8 +158,8 @@ def table(outcomes: list[Outcome]) -> str:
         reason = " ".join(o.reason.split())[:160].replace("|", "\\|") if not o.passed else ""
         name = o.case.file + (f"#{o.case.index}" if o.case.index else "")
         lines.append(f"| {name} | {o.case.expected} | {o.phase} | {o.seconds:.1f} | {reason} |")
-    passed = sum(o.passed for o in outcomes)
-    lines.append(f"\n{passed}/{len(outcomes)} examples end in Argo's phase ({100 * passed / max(1, len(outcomes)):.0f}%)")
+    passed, total = sum(o.passed for o in outcomes), len(outcomes)
+    lines.append(f"\n{passed}/{total} examples end in Argo's phase ({100 * passed / max(1, total):.0f}%)")
     return "\n".join(lines)
 
 

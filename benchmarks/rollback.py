@@ -148,20 +148,25 @@ def main() -> None:
 
 
 def _table(rows: dict[str, list[tuple[float, int]]]) -> None:
-    labels = {"api": "runtime API set weight (baseline)", "hot": "llmrelease rollback, previous hot",
-              "cold": "llmrelease rollback, previous cold"}
+    labels = {
+        "api": "runtime API set weight (baseline)",
+        "hot": "llmrelease rollback, previous hot",
+        "cold": "llmrelease rollback, previous cold",
+    }
     base = statistics.median(t for t, _ in rows["api"])
     print(f"\n{'path':38s} {'time to 100% (median)':>22s} {'min':>8s} {'max':>8s} {'x baseline':>11s} {'failed':>7s}")
     for kind, values in rows.items():
         times = [t for t, _ in values]
         med = statistics.median(times)
-        print(f"{labels[kind]:38s} {med * 1000:19.0f} ms {min(times) * 1000:5.0f} ms {max(times) * 1000:5.0f} ms "
-              f"{med / base:10.1f}x {sum(f for _, f in values):7d}")
+        print(
+            f"{labels[kind]:38s} {med * 1000:19.0f} ms {min(times) * 1000:5.0f} ms {max(times) * 1000:5.0f} ms "
+            f"{med / base:10.1f}x {sum(f for _, f in values):7d}"
+        )
     hot = statistics.median(t for t, _ in rows["hot"])
-    print(f"\ngoal: hot rollback under 1 s: {'met' if hot < 1 else 'MISSED'} ({hot:.3f} s); "
-          f"failed requests during every switch: {sum(f for v in rows.values() for _, f in v)} (goal 0)")
-
-
+    print(
+        f"\ngoal: hot rollback under 1 s: {'met' if hot < 1 else 'MISSED'} ({hot:.3f} s); "
+        f"failed requests during every switch: {sum(f for v in rows.values() for _, f in v)} (goal 0)"
+    )
 
 
 if __name__ == "__main__":

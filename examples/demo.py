@@ -64,9 +64,11 @@ def main() -> None:
     llmrelease("serving", "status", MODEL)
     llmrelease("registry", "history", MODEL)
     llmrelease("serving", "stop", MODEL)
-    print(f"\ndemo: the better candidate (version {candidate}) went 1 -> 100% and became champion; the unsafe "
-          f"candidate was stopped at the gate; `llmrelease rollback` put version {alias('champion')} back "
-          f"(the champion before, {seed}).")
+    print(
+        f"\ndemo: the better candidate (version {candidate}) went 1 -> 100% and became champion; the unsafe "
+        f"candidate was stopped at the gate; `llmrelease rollback` put version {alias('champion')} back "
+        f"(the champion before, {seed})."
+    )
     for name, wall in walls.items():
         print(f"demo: golden-delivery for {name}: {wall:.1f}s wall")
 

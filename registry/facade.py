@@ -162,9 +162,7 @@ class ModelRegistry:
         if self._aliases(rec.name).get(CANDIDATE) != result.version:
             actor = "/".join(p for p in (workflow_name, workflow_uid) if p) or "llmrelease"
             why = f"registered {rec.digest[:19]}..." + ("" if result.created else " (reused)")
-            self.move_alias(
-                rec.name, CANDIDATE, result.version, actor=actor, reason=why, workflow_uid=workflow_uid
-            )
+            self.move_alias(rec.name, CANDIDATE, result.version, actor=actor, reason=why, workflow_uid=workflow_uid)
         return result
 
     def _find_by_digest(self, name: str, digest: str) -> Any:
@@ -299,13 +297,26 @@ class ModelRegistry:
         return self._record(name, alias, before, version, actor=actor, reason=reason, workflow_uid=workflow_uid)
 
     def _record(
-        self, name: str, alias: str, before: str | None, after: str | None, *, actor: str, reason: str,
+        self,
+        name: str,
+        alias: str,
+        before: str | None,
+        after: str | None,
+        *,
+        actor: str,
+        reason: str,
         workflow_uid: str,
     ) -> AliasMove:
         """Write one alias move into the history (a registered-model tag) and return it."""
         key, when = history_tag_key(self._clock())
         move = AliasMove(
-            name=name, alias=alias, from_version=before, to_version=after, when=when, actor=actor, reason=reason,
+            name=name,
+            alias=alias,
+            from_version=before,
+            to_version=after,
+            when=when,
+            actor=actor,
+            reason=reason,
             workflow_uid=workflow_uid,
         )
         self._call(self._client.set_registered_model_tag, name, key, move.to_tag_value())
@@ -336,9 +347,7 @@ class ModelRegistry:
                     reason=f"champion before version {version}: {reason}",
                 )
             )
-        moves.append(
-            self.move_alias(name, CHAMPION, version, actor=actor, reason=reason, workflow_uid=workflow_uid)
-        )
+        moves.append(self.move_alias(name, CHAMPION, version, actor=actor, reason=reason, workflow_uid=workflow_uid))
         return moves
 
     def remove_alias(

@@ -132,8 +132,13 @@ def record_approval_step(params: ApprovalParams) -> ApprovalResult:
     """Record who approved the release of this version to this environment (a registry version tag)."""
     from registry import ModelRegistry
 
-    inputs = Inputs(model_name=params.model_name, version=params.version, environment=params.environment,
-                    approver=params.approver, workflow_uid=params.workflow_uid)
+    inputs = Inputs(
+        model_name=params.model_name,
+        version=params.version,
+        environment=params.environment,
+        approver=params.approver,
+        workflow_uid=params.workflow_uid,
+    )
     outputs = run_step("record-approval", lambda: run(inputs, ModelRegistry.from_env()))
     print(describe(outputs))
     approval = outputs.approval

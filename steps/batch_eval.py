@@ -47,6 +47,7 @@ __all__ = [
     "run",
 ]
 
+
 def describe(outputs: Outputs) -> str:
     """The one human line the step prints: its summary (see `summarize`)."""
     return outputs.summary

@@ -35,8 +35,17 @@ from steps.rollout.routing.base import canary_split
 from steps.rollout.serving.base import ServingPlane, server_name
 from steps.rollout.serving.factory import serving_plane
 
-__all__ = ["CanaryParams", "CanaryResult", "Inputs", "Outputs", "Probe", "canary_step", "describe", "policy_from_spec",
-           "run"]
+__all__ = [
+    "CanaryParams",
+    "CanaryResult",
+    "Inputs",
+    "Outputs",
+    "Probe",
+    "canary_step",
+    "describe",
+    "policy_from_spec",
+    "run",
+]
 
 LOG_NAME = "canary-log.json"
 _PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
@@ -70,8 +79,12 @@ class Probe:
             served_by = side or response.headers.get("x-served-by", "unknown")
         except httpx.HTTPError:
             ok, served_by = False, side or "unknown"
-        return Sample(served_by=served_by, latency_ms=(time.perf_counter() - started) * 1000, ok=ok,
-                      via="direct" if side else "router")
+        return Sample(
+            served_by=served_by,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            ok=ok,
+            via="direct" if side else "router",
+        )
 
     async def _all(self) -> list[Sample]:
         async with httpx.AsyncClient(timeout=self.timeout) as client:
@@ -124,8 +137,11 @@ def _measure(probe: Probe, policy: AnalysisPolicy, canary: str, champion: str | 
 def _wait_for_human(registry: Any, model: str, workflow_uid: str, timeout_s: float) -> tuple[str, str]:
     """Poll the decision tag a `llmrelease canary resume|abort` writes; (action, actor), abort on timeout."""
     deadline = time.monotonic() + timeout_s
-    print(f"canary: Inconclusive: paused; resume with `llmrelease canary resume {model} --actor <you>` "
-          f"or abort with `llmrelease canary abort {model} --actor <you>`", flush=True)
+    print(
+        f"canary: Inconclusive: paused; resume with `llmrelease canary resume {model} --actor <you>` "
+        f"or abort with `llmrelease canary abort {model} --actor <you>`",
+        flush=True,
+    )
     while time.monotonic() < deadline:
         raw = registry.model_tags(model).get(CANARY_DECISION_TAG)
         if raw:
@@ -177,9 +193,16 @@ def run(inputs: Inputs, registry: Any, plane: ServingPlane, *, sleep: Any = time
         direct[champion] = state.servers[state.champion].base_url
     policy = policy_from_spec(spec.rollout.analysis)
     probe = Probe(model, plane.router_url(state), direct, router_probes=spec.rollout.analysis.probes, timeout=10.0)
-    log: dict[str, Any] = {"model_name": model, "candidate": lease.candidate, "champion": state.champion,
-                           "router": "haproxy", "outcome": "completed", "steps": [], "aborted_at": None,
-                           "abort_reason": None}
+    log: dict[str, Any] = {
+        "model_name": model,
+        "candidate": lease.candidate,
+        "champion": state.champion,
+        "router": "haproxy",
+        "outcome": "completed",
+        "steps": [],
+        "aborted_at": None,
+        "abort_reason": None,
+    }
     for weight in spec.rollout.steps:
         require_lease(registry, model, workflow_uid)  # a manual rollback or abort stops us here
         with plane.locked(model) as current:
@@ -251,9 +274,20 @@ def _run_here(params: CanaryParams) -> Outputs:
     return run(inputs, ModelRegistry.from_env(), plane)
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="canary",
-        outputs=[Artifact(name="canary-log", path=CANARY_LOG_OUT, global_name="canary-log",
-                          archive=NoneArchiveStrategy(), optional=True)])
+@script(
+    constructor="runner",
+    image=STEPS_IMAGE,
+    name="canary",
+    outputs=[
+        Artifact(
+            name="canary-log",
+            path=CANARY_LOG_OUT,
+            global_name="canary-log",
+            archive=NoneArchiveStrategy(),
+            optional=True,
+        )
+    ],
+)
 def canary_step(params: CanaryParams) -> CanaryResult:
     """Hera entry: run the canary; exit 1 with the abort reason when it aborts (the log is saved either way)."""
     outputs = run_step("canary", lambda: _run_here(params))

@@ -55,15 +55,25 @@ def run(inputs: Inputs, registry: Any, client: Any, plane: Any, home: Path) -> O
     from steps.rollout.operations import deploy
 
     model = load_spec(inputs.release).model.name
-    result = deploy(registry, client, plane, home, model=model, candidate=inputs.version,
-                    workflow_uid=inputs.workflow_uid, environment=inputs.environment)
+    result = deploy(
+        registry,
+        client,
+        plane,
+        home,
+        model=model,
+        candidate=inputs.version,
+        workflow_uid=inputs.workflow_uid,
+        environment=inputs.environment,
+    )
     return Outputs.model_validate(result.model_dump())
 
 
 def describe(outputs: Outputs) -> str:
     """The one human line, e.g. `deploy: demo-qa v3 ready at http://... (weight 0); champion 2; router ...`."""
-    return (f"deploy: {outputs.model} v{outputs.candidate} ready at {outputs.candidate_url} (weight 0); champion "
-            f"{outputs.champion or 'none'}; router {outputs.router_url}")
+    return (
+        f"deploy: {outputs.model} v{outputs.candidate} ready at {outputs.candidate_url} (weight 0); champion "
+        f"{outputs.champion or 'none'}; router {outputs.router_url}"
+    )
 
 
 class DeployParams(StepParams):
@@ -100,9 +110,14 @@ def _run_here(inputs: Inputs) -> Outputs:
 @script(constructor="runner", image=STEPS_IMAGE, name="deploy")
 def deploy_step(params: DeployParams) -> DeployResult:
     """Hera entry: deploy the candidate (exit 1 with one line when refused or when a server does not come up)."""
-    inputs = Inputs(release=params.release, version=params.version, workflow_uid=params.workflow_uid,
-                    environment=params.environment)
+    inputs = Inputs(
+        release=params.release, version=params.version, workflow_uid=params.workflow_uid, environment=params.environment
+    )
     outputs = run_step("deploy", lambda: _run_here(inputs))
     print(describe(outputs))
-    return DeployResult(candidate_url=outputs.candidate_url, champion=outputs.champion or "",
-                        router_url=outputs.router_url, served_model=outputs.model)
+    return DeployResult(
+        candidate_url=outputs.candidate_url,
+        champion=outputs.champion or "",
+        router_url=outputs.router_url,
+        served_model=outputs.model,
+    )

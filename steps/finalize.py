@@ -106,14 +106,25 @@ def _evidence(inputs: Inputs, model: str, version: str) -> Any:
     from steps.evidence import EvidenceParams, inputs_from_params
     from steps.evidence import run as write_evidence
 
-    return write_evidence(inputs_from_params(EvidenceParams(
-        model_name=model, version=version, release=inputs.release, workflow_name=inputs.workflow_name,
-        workflow_uid=inputs.workflow_uid, workflow_status=inputs.workflow_status, git_commit=inputs.git_commit,
-        report_paths=",".join(str(p) for p in report_paths(inputs.reports_dir)), approver=inputs.approver,
-        started_at=inputs.started_at,
-        workflow_parameters=json.dumps({"release": inputs.release, "environment": inputs.environment,
-                                        "git-commit": inputs.git_commit}),
-    )))
+    return write_evidence(
+        inputs_from_params(
+            EvidenceParams(
+                model_name=model,
+                version=version,
+                release=inputs.release,
+                workflow_name=inputs.workflow_name,
+                workflow_uid=inputs.workflow_uid,
+                workflow_status=inputs.workflow_status,
+                git_commit=inputs.git_commit,
+                report_paths=",".join(str(p) for p in report_paths(inputs.reports_dir)),
+                approver=inputs.approver,
+                started_at=inputs.started_at,
+                workflow_parameters=json.dumps(
+                    {"release": inputs.release, "environment": inputs.environment, "git-commit": inputs.git_commit}
+                ),
+            )
+        )
+    )
 
 
 def run(inputs: Inputs, registry: Any, plane: Any) -> Outputs:
@@ -129,19 +140,31 @@ def run(inputs: Inputs, registry: Any, plane: Any) -> Outputs:
     model = load_spec(inputs.release).model.name
     aborted = None
     if inputs.workflow_status != "Succeeded":
-        aborted = abort(registry, plane, model=model, workflow_uid=inputs.workflow_uid,
-                        reason=f"workflow {inputs.workflow_name} {inputs.workflow_status}: {inputs.failures[:500]}")
+        aborted = abort(
+            registry,
+            plane,
+            model=model,
+            workflow_uid=inputs.workflow_uid,
+            reason=f"workflow {inputs.workflow_name} {inputs.workflow_status}: {inputs.failures[:500]}",
+        )
         if aborted:
             print(f"finalize: rollout of version {aborted} aborted: all traffic on the champion", flush=True)
     evidence = _evidence(inputs, model, _version(registry, model, aborted))
-    return Outputs(workflow_status=inputs.workflow_status, aborted=aborted, evidence_digest=evidence.digest,
-                   report_path=str(evidence.report_path), reports=[p.stem for p in report_paths(inputs.reports_dir)])
+    return Outputs(
+        workflow_status=inputs.workflow_status,
+        aborted=aborted,
+        evidence_digest=evidence.digest,
+        report_path=str(evidence.report_path),
+        reports=[p.stem for p in report_paths(inputs.reports_dir)],
+    )
 
 
 def describe(outputs: Outputs) -> str:
     """The one human line: the run's status, the evidence digest, the reports it came from, the report path."""
-    return (f"finalize: {outputs.workflow_status}; evidence {outputs.evidence_digest[:19]}... from "
-            f"{', '.join(outputs.reports) or 'no reports'}; report {outputs.report_path}")
+    return (
+        f"finalize: {outputs.workflow_status}; evidence {outputs.evidence_digest[:19]}... from "
+        f"{', '.join(outputs.reports) or 'no reports'}; report {outputs.report_path}"
+    )
 
 
 def _run_here(inputs: Inputs) -> Outputs:
@@ -153,12 +176,17 @@ def _run_here(inputs: Inputs) -> Outputs:
     return run(inputs, ModelRegistry.from_env(), serving_plane(inputs.environment, llmrelease_home()))
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="finalize",
-        inputs=[Artifact(name=name, path=f"{FINAL_INPUTS}/{name}.json", optional=True) for name in GLOBAL_REPORTS])
+@script(
+    constructor="runner",
+    image=STEPS_IMAGE,
+    name="finalize",
+    inputs=[Artifact(name=name, path=f"{FINAL_INPUTS}/{name}.json", optional=True) for name in GLOBAL_REPORTS],
+)
 def finalize_step(params: FinalizeParams) -> FinalizeResult:
     """Hera entry: abort a half-done rollout of a failed run, then write the evidence (see the module docs)."""
     inputs = Inputs.model_validate(params.model_dump())
     outputs = run_step("finalize", lambda: _run_here(inputs))
     print(describe(outputs))
-    return FinalizeResult(aborted=outputs.aborted or "", evidence_digest=outputs.evidence_digest,
-                          report_path=outputs.report_path)
+    return FinalizeResult(
+        aborted=outputs.aborted or "", evidence_digest=outputs.evidence_digest, report_path=outputs.report_path
+    )

@@ -62,6 +62,7 @@ __all__ = [
 DECISION_FILE = "gate-decision.json"
 _NO_ARCHIVE = NoneArchiveStrategy()
 
+
 class Inputs(BaseModel):
     """What the gate step reads."""
 
@@ -111,8 +112,10 @@ def describe(outputs: Outputs) -> str:
     """What the step prints: where the gates came from, one PASS/FAIL line per check, then the verdict line."""
     decision = outputs.decision
     checks = [f"{'PASS' if r.passed else 'FAIL'} {r.message}" for r in decision.reasons]
-    verdict = (f"gate: {'pass' if decision.passed else 'fail'} ({len(decision.failed_reasons)} of "
-               f"{len(decision.reasons)} checks failed); decision at {outputs.decision_path}")
+    verdict = (
+        f"gate: {'pass' if decision.passed else 'fail'} ({len(decision.failed_reasons)} of "
+        f"{len(decision.reasons)} checks failed); decision at {outputs.decision_path}"
+    )
     return "\n".join([f"gate: {outputs.thresholds_note}", *checks, verdict])
 
 
@@ -143,8 +146,9 @@ def _log_decision(report: EvalReport, out: Outputs, client: Any, registry: Any |
     name, version = report.candidate[0].model_name, report.candidate[0].model_version
     verdict = "pass" if out.decision.passed else "fail"
     tags = {MODEL_NAME_TAG: name, MODEL_VERSION_TAG: version, GATE_TAG: verdict}
-    run = client.create_run(experiment_id(client, GATE_EXPERIMENT, llmrelease_home()), tags=tags,
-                            run_name=f"gate-{name}-v{version}")
+    run = client.create_run(
+        experiment_id(client, GATE_EXPERIMENT, llmrelease_home()), tags=tags, run_name=f"gate-{name}-v{version}"
+    )
     for reason in out.decision.reasons:
         client.log_metric(run.info.run_id, f"{reason.suite}.{reason.metric}.passed", float(reason.passed))
     client.log_artifact(run.info.run_id, str(out.decision_path), "gate")
@@ -162,18 +166,30 @@ def _run_here(inputs: Inputs) -> Outputs:
     return run(inputs, mlflow_client(), ModelRegistry.from_env())
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="gate", env=pod_env(),
-        # The reports go out again as workflow-level artifacts, for the exit handler's evidence bundle.
-        outputs=[Artifact(name="gate-decision", path=GATE_REPORT_OUT, global_name="gate-report", archive=_NO_ARCHIVE),
-                 Artifact(name="quality-out", path=QUALITY_REPORT_IN, global_name="quality-report",
-                          archive=_NO_ARCHIVE),
-                 Artifact(name="safety-out", path=SAFETY_REPORT_IN, global_name="safety-report",
-                          archive=_NO_ARCHIVE)])
+@script(
+    constructor="runner",
+    image=STEPS_IMAGE,
+    name="gate",
+    env=pod_env(),
+    # The reports go out again as workflow-level artifacts, for the exit handler's evidence bundle.
+    outputs=[
+        Artifact(name="gate-decision", path=GATE_REPORT_OUT, global_name="gate-report", archive=_NO_ARCHIVE),
+        Artifact(name="quality-out", path=QUALITY_REPORT_IN, global_name="quality-report", archive=_NO_ARCHIVE),
+        Artifact(name="safety-out", path=SAFETY_REPORT_IN, global_name="safety-report", archive=_NO_ARCHIVE),
+    ],
+)
 def gate_step(params: GateParams) -> GateResult:
     """Gate the candidate on its eval reports; exits 0 with decision=fail when a check fails."""
-    inputs = Inputs(report_paths=(in_pod(params.quality_report), in_pod(params.safety_report)),
-                    release=params.release, work_dir=params.work_dir, environment=params.environment)
+    inputs = Inputs(
+        report_paths=(in_pod(params.quality_report), in_pod(params.safety_report)),
+        release=params.release,
+        work_dir=params.work_dir,
+        environment=params.environment,
+    )
     out = run_step("gate", lambda: _run_here(inputs))
     print(describe(out))
-    return GateResult(decision="pass" if out.decision.passed else "fail", decision_path=str(out.decision_path),
-                      reasons=out.decision.summary)
+    return GateResult(
+        decision="pass" if out.decision.passed else "fail",
+        decision_path=str(out.decision_path),
+        reasons=out.decision.summary,
+    )

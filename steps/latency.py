@@ -305,8 +305,17 @@ class LatencyResult(Output):
     summary: Annotated[str, Parameter(name="summary")]
 
 
-_LOAD_FIELDS = ("base_url", "model", "mode", "rate", "concurrency", "requests", "duration_s", "request_timeout_s",
-                "stall_timeout_s")
+_LOAD_FIELDS = (
+    "base_url",
+    "model",
+    "mode",
+    "rate",
+    "concurrency",
+    "requests",
+    "duration_s",
+    "request_timeout_s",
+    "stall_timeout_s",
+)
 _COST_FIELDS = ("gpu_hourly_usd", "usd_per_1m_input", "usd_per_1m_output", "max_usd_per_1k_output_tokens")
 
 
@@ -353,9 +362,20 @@ def _from_release(params: LatencyParams) -> dict[str, Any]:
     }
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="latency",
-        outputs=[Artifact(name="report", path=LATENCY_REPORT_OUT, global_name="latency-report",
-                          archive=NoneArchiveStrategy(), optional=True)])
+@script(
+    constructor="runner",
+    image=STEPS_IMAGE,
+    name="latency",
+    outputs=[
+        Artifact(
+            name="report",
+            path=LATENCY_REPORT_OUT,
+            global_name="latency-report",
+            archive=NoneArchiveStrategy(),
+            optional=True,
+        )
+    ],
+)
 def latency_step(params: LatencyParams) -> LatencyResult:
     """Hera entry: measure the endpoint, write the report to work_dir, publish verdict pass/fail (exit 0)."""
     outputs = run_step("latency", lambda: run(inputs_from_params(params)))

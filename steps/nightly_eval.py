@@ -348,8 +348,13 @@ def _run_here(inputs: Inputs) -> Outputs:
 )
 def nightly_eval_step(params: NightlyEvalParams) -> NightlyEvalResult:
     """Re-evaluate one champion; exit 1 with the reason on a significant regression against its baseline."""
-    inputs = Inputs(model_name=params.model_name, version=params.version, release=params.release,
-                    work_dir=str(params.work_dir), shards=params.shards)
+    inputs = Inputs(
+        model_name=params.model_name,
+        version=params.version,
+        release=params.release,
+        work_dir=str(params.work_dir),
+        shards=params.shards,
+    )
     outputs = run_step("nightly-eval", lambda: _run_here(inputs))
     *lines, verdict = describe(outputs).splitlines()
     print("\n".join(lines))

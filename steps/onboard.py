@@ -181,12 +181,17 @@ class OnboardResult(Output):
     approval_required: Annotated[bool, Parameter(name="approval-required")]  # true/false
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="onboard",
-        outputs=[Artifact(name="record", path=f"{ONBOARD_DIR}/{RECORD_FILE}")])
+@script(
+    constructor="runner",
+    image=STEPS_IMAGE,
+    name="onboard",
+    outputs=[Artifact(name="record", path=f"{ONBOARD_DIR}/{RECORD_FILE}")],
+)
 def onboard_step(params: OnboardParams) -> OnboardResult:
     """Onboard the release's model: resolve, hash, check and record it (see the module docs)."""
     inputs = Inputs(release=params.release, environment=params.environment, work_dir=params.work_dir)
     outputs = run_step("onboard", lambda: run(inputs))
     print(describe(outputs))
-    return OnboardResult(record_path=str(outputs.record_path), digest=outputs.digest,
-                         approval_required=outputs.approval_required)
+    return OnboardResult(
+        record_path=str(outputs.record_path), digest=outputs.digest, approval_required=outputs.approval_required
+    )

@@ -66,18 +66,29 @@ def run(inputs: Inputs, registry: Any, client: Any, plane: Any) -> Outputs:
 
     spec = load_spec(inputs.release)
     model = spec.model.name
-    actor = (inputs.approver.strip() or _approver(registry, client, model, inputs.workflow_uid)
-             or f"{inputs.workflow_name}/{inputs.workflow_uid}")
-    moves = promote(registry, plane, model=model, workflow_uid=inputs.workflow_uid, actor=actor,
-                    reason=f"canary completed in {inputs.workflow_name}",
-                    keep_previous_hot_s=spec.rollout.keep_previous_hot_s)
+    actor = (
+        inputs.approver.strip()
+        or _approver(registry, client, model, inputs.workflow_uid)
+        or f"{inputs.workflow_name}/{inputs.workflow_uid}"
+    )
+    moves = promote(
+        registry,
+        plane,
+        model=model,
+        workflow_uid=inputs.workflow_uid,
+        actor=actor,
+        reason=f"canary completed in {inputs.workflow_name}",
+        keep_previous_hot_s=spec.rollout.keep_previous_hot_s,
+    )
     return Outputs(model=model, actor=actor, moves=moves)
 
 
 def describe(outputs: Outputs) -> str:
     """The alias moves, one line each: `promote: demo-qa: champion 1 -> 2 (by alice)`."""
-    return "\n".join(f"promote: {m.name}: {m.alias} {m.from_version or '-'} -> {m.to_version} (by {outputs.actor})"
-                     for m in outputs.moves)
+    return "\n".join(
+        f"promote: {m.name}: {m.alias} {m.from_version or '-'} -> {m.to_version} (by {outputs.actor})"
+        for m in outputs.moves
+    )
 
 
 class PromoteParams(StepParams):
@@ -104,7 +115,11 @@ def _run_here(inputs: Inputs) -> Outputs:
 @script(constructor="runner", image=STEPS_IMAGE, name="promote")
 def promote_step(params: PromoteParams) -> None:
     """Hera entry: promote (exit 1 with one line when this workflow no longer holds the rollout)."""
-    inputs = Inputs(release=params.release, workflow_name=params.workflow_name, workflow_uid=params.workflow_uid,
-                    approver=params.approver)
+    inputs = Inputs(
+        release=params.release,
+        workflow_name=params.workflow_name,
+        workflow_uid=params.workflow_uid,
+        approver=params.approver,
+    )
     outputs = run_step("promote", lambda: _run_here(inputs))
     print(describe(outputs))

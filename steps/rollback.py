@@ -55,14 +55,20 @@ def run(inputs: Inputs, plane: Any) -> Outputs:
     if not inputs.actor.strip():
         raise SpecError("rollback actor is empty: say who rolls back (--actor <you>), it goes into the history")
     result = rollback(plane, inputs.model, actor=inputs.actor, reason=inputs.reason, workflow_uid=inputs.workflow_uid)
-    return Outputs(model=inputs.model, from_version=str(result["from"]), to_version=str(result["to"]),
-                   switched_s=float(result["switched_s"]))
+    return Outputs(
+        model=inputs.model,
+        from_version=str(result["from"]),
+        to_version=str(result["to"]),
+        switched_s=float(result["switched_s"]),
+    )
 
 
 def describe(outputs: Outputs) -> str:
     """The one human line, e.g. `rollback: demo-qa: champion 2 -> 1; all traffic on 1 after 0.012s`."""
-    return (f"rollback: {outputs.model}: champion {outputs.from_version} -> {outputs.to_version}; all traffic on "
-            f"{outputs.to_version} after {outputs.switched_s:.3f}s")
+    return (
+        f"rollback: {outputs.model}: champion {outputs.from_version} -> {outputs.to_version}; all traffic on "
+        f"{outputs.to_version} after {outputs.switched_s:.3f}s"
+    )
 
 
 class RollbackParams(StepParams):

@@ -6,8 +6,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def build_tiny_gpt2(directory: Path, corpus: Iterable[str], *, seed: int = 0, n_positions: int = 64,
-                    chat_template: str | None = None) -> Path:
+def build_tiny_gpt2(
+    directory: Path, corpus: Iterable[str], *, seed: int = 0, n_positions: int = 64, chat_template: str | None = None
+) -> Path:
     """Train a byte-level BPE tokenizer on `corpus`; save it with a 1-layer, 32-wide random GPT-2 in `directory`."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -27,8 +28,15 @@ def build_tiny_gpt2(directory: Path, corpus: Iterable[str], *, seed: int = 0, n_
         tokenizer.chat_template = chat_template
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=n_positions, n_embd=32, n_layer=1, n_head=2,
-                        bos_token_id=eos, eos_token_id=eos)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=n_positions,
+        n_embd=32,
+        n_layer=1,
+        n_head=2,
+        bos_token_id=eos,
+        eos_token_id=eos,
+    )
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -6,9 +6,23 @@ runner maps these paths into a private folder per node and copies artifacts betw
 
 from __future__ import annotations
 
-__all__ = ["ROOT", "ONBOARD_DIR", "RECORD_IN", "EVAL_DIR", "REPORT_OUT", "QUALITY_REPORT_IN", "SAFETY_REPORT_IN",
-           "GATE_DIR", "GATE_REPORT_OUT", "LATENCY_DIR", "LATENCY_REPORT_OUT", "CANARY_DIR", "CANARY_LOG_OUT",
-           "FINAL_INPUTS", "GLOBAL_REPORTS"]
+__all__ = [
+    "ROOT",
+    "ONBOARD_DIR",
+    "RECORD_IN",
+    "EVAL_DIR",
+    "REPORT_OUT",
+    "QUALITY_REPORT_IN",
+    "SAFETY_REPORT_IN",
+    "GATE_DIR",
+    "GATE_REPORT_OUT",
+    "LATENCY_DIR",
+    "LATENCY_REPORT_OUT",
+    "CANARY_DIR",
+    "CANARY_LOG_OUT",
+    "FINAL_INPUTS",
+    "GLOBAL_REPORTS",
+]
 
 ROOT = "/tmp/llmrelease"
 ONBOARD_DIR = f"{ROOT}/onboard"

@@ -102,8 +102,6 @@ def test_registry_list_names_every_registered_model(home: Path, capsys: pytest.C
     client.set_registered_model_alias(KNOWN, "champion", "1")
 
     assert main(["registry", "list", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == [
-        {"name": KNOWN, "aliases": {"champion": "1"}, "latest_version": "1"}
-    ]
+    assert json.loads(capsys.readouterr().out) == [{"name": KNOWN, "aliases": {"champion": "1"}, "latest_version": "1"}]
     assert main(["registry", "list"]) == 0
     assert capsys.readouterr().out == f"{KNOWN}: latest version 1; champion 1\n"

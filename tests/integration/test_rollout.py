@@ -42,7 +42,8 @@ if shutil.which("haproxy") is None:
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     corpus = ["User: what is the capital of Zorvia?\nAssistant: Mora", "User: hello\nAssistant: hi there"] * 20
     return build_tiny_gpt2(
-        tmp_path_factory.mktemp("tiny") / "model", corpus,
+        tmp_path_factory.mktemp("tiny") / "model",
+        corpus,
         chat_template="{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}Assistant:",
     )
 
@@ -61,14 +62,17 @@ class World:
         self.plane = LocalServing(self.home)
         demo = load_spec(str(REPO / "releases" / "demo.yaml"))
         analysis = demo.rollout.analysis.model_copy(update={"interval_s": 0.2, "count": 2, "probes": 6})
-        self.spec = demo.model_copy(update={
-            "model": demo.model.model_copy(update={"name": NAME}),
-            "rollout": demo.rollout.model_copy(update={"steps": [5, 50, 100], "analysis": analysis}),
-        })
+        self.spec = demo.model_copy(
+            update={
+                "model": demo.model.model_copy(update={"name": NAME}),
+                "rollout": demo.rollout.model_copy(update={"steps": [5, 50, 100], "analysis": analysis}),
+            }
+        )
 
     def deploy(self, version: str, uid: str) -> Any:
-        return deploy(self.registry, self.client, self.plane, self.home, model=NAME, candidate=version,
-                      workflow_uid=uid)
+        return deploy(
+            self.registry, self.client, self.plane, self.home, model=NAME, candidate=version, workflow_uid=uid
+        )
 
     def weights(self) -> dict[str, int]:
         return self.plane.router(self.plane.state(NAME)).weights()
@@ -90,11 +94,19 @@ def world(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> 
 def _first_release(world: World) -> None:
     """Version 1 goes out with no champion to compare with, then becomes champion."""
     world.deploy("1", "uid-1")
-    log = canary.run(canary.Inputs(spec=world.spec, workflow_uid="uid-1", work_dir=world.home / "c1"),
-                     world.registry, world.plane).log
+    log = canary.run(
+        canary.Inputs(spec=world.spec, workflow_uid="uid-1", work_dir=world.home / "c1"), world.registry, world.plane
+    ).log
     assert log["outcome"] == "completed"
-    promote(world.registry, world.plane, model=NAME, workflow_uid="uid-1", actor="alice", reason="first",
-            keep_previous_hot_s=600)
+    promote(
+        world.registry,
+        world.plane,
+        model=NAME,
+        workflow_uid="uid-1",
+        actor="alice",
+        reason="first",
+        keep_previous_hot_s=600,
+    )
 
 
 def test_release_goes_to_100_then_rolls_back_in_one_command(world: World) -> None:
@@ -109,8 +121,9 @@ def test_release_goes_to_100_then_rolls_back_in_one_command(world: World) -> Non
     assert (deployed.champion, world.weights()) == ("1", {"v1": 100, "v2": 0})
     assert set(world.served_by(10)) == {"v1"}
 
-    log = canary.run(canary.Inputs(spec=world.spec, workflow_uid="uid-2", work_dir=world.home / "c2"),
-                     world.registry, world.plane).log
+    log = canary.run(
+        canary.Inputs(spec=world.spec, workflow_uid="uid-2", work_dir=world.home / "c2"), world.registry, world.plane
+    ).log
 
     assert [s["weight"] for s in log["steps"]] == [5, 50, 100]
     assert all(s["phase"] == "Successful" for s in log["steps"])
@@ -118,16 +131,32 @@ def test_release_goes_to_100_then_rolls_back_in_one_command(world: World) -> Non
     assert first["canary"]["requests"] >= 3 and first["champion"]["requests"] >= 3
     assert (world.home / "c2" / "canary-log.json").is_file()
     assert world.weights() == {"v1": 0, "v2": 100}
-    moves = promote(world.registry, world.plane, model=NAME, workflow_uid="uid-2", actor="bob", reason="canary ok",
-                    keep_previous_hot_s=600)
+    moves = promote(
+        world.registry,
+        world.plane,
+        model=NAME,
+        workflow_uid="uid-2",
+        actor="bob",
+        reason="canary ok",
+        keep_previous_hot_s=600,
+    )
     assert [(m.alias, m.to_version, m.actor, m.workflow_uid) for m in moves] == [
-        ("previous", "1", "bob", "uid-2"), ("champion", "2", "bob", "uid-2")]
+        ("previous", "1", "bob", "uid-2"),
+        ("champion", "2", "bob", "uid-2"),
+    ]
     assert current_lease(world.registry, NAME) is None
     assert world.client.get_model_version(NAME, "2").tags[CANARY_TAG] == "completed"
     assert world.plane.state(NAME).servers["1"].hot_until is not None  # previous kept hot
 
-    result = rollback(world.plane, NAME, actor="carol", reason="bad answers",
-                      registry_factory=lambda: world.registry, versions_factory=lambda: world.client, home=world.home)
+    result = rollback(
+        world.plane,
+        NAME,
+        actor="carol",
+        reason="bad answers",
+        registry_factory=lambda: world.registry,
+        versions_factory=lambda: world.client,
+        home=world.home,
+    )
 
     assert (result["from"], result["to"], result["fast"]) == ("2", "1", True)
     assert set(world.served_by(10)) == {"v1"}
@@ -135,8 +164,15 @@ def test_release_goes_to_100_then_rolls_back_in_one_command(world: World) -> Non
     assert world.registry.get_alias(NAME, "previous") is None
     assert "carol" in world.client.get_model_version(NAME, "2").tags[ROLLED_BACK_TAG]
     with pytest.raises(RolloutError, match="nothing to roll back to"):
-        rollback(world.plane, NAME, actor="carol", reason="again", registry_factory=lambda: world.registry,
-                 versions_factory=lambda: world.client, home=world.home)
+        rollback(
+            world.plane,
+            NAME,
+            actor="carol",
+            reason="again",
+            registry_factory=lambda: world.registry,
+            versions_factory=lambda: world.client,
+            home=world.home,
+        )
     assert set(world.served_by(5)) == {"v1"}
 
 
@@ -163,8 +199,15 @@ def test_rollback_with_no_previous_is_refused_and_leaves_traffic_alone(world: Wo
     _first_release(world)
 
     with pytest.raises(RolloutError, match=r"nothing to roll back to: tiny-qa has no 'previous'.*registry promote"):
-        rollback(world.plane, NAME, actor="dave", reason="x", registry_factory=lambda: world.registry,
-                 versions_factory=lambda: world.client, home=world.home)
+        rollback(
+            world.plane,
+            NAME,
+            actor="dave",
+            reason="x",
+            registry_factory=lambda: world.registry,
+            versions_factory=lambda: world.client,
+            home=world.home,
+        )
 
     assert world.weights() == {"v1": 100}
     assert world.registry.get_alias(NAME, "champion") == "1"
@@ -181,16 +224,28 @@ def test_rollback_workflow_template_refuses_then_rolls_back(
     monkeypatch.setenv("LLMRELEASE_HOME", str(world.home))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", world.registry._uri)  # the test's own store
     _first_release(world)
-    argv = ["run", "rollback", "-p", f"model={NAME}", "-p", "actor=erin", "--argo-dir", str(REPO / "argo"),
-            "--runs-dir", str(world.home / "runs")]
+    argv = [
+        "run",
+        "rollback",
+        "-p",
+        f"model={NAME}",
+        "-p",
+        "actor=erin",
+        "--argo-dir",
+        str(REPO / "argo"),
+        "--runs-dir",
+        str(world.home / "runs"),
+    ]
 
     assert main(argv) != 0
     assert "nothing to roll back to" in capsys.readouterr().out
     world.deploy("2", "uid-2")
-    canary.run(canary.Inputs(spec=world.spec, workflow_uid="uid-2", work_dir=world.home / "c2"), world.registry,
-               world.plane)
-    promote(world.registry, world.plane, model=NAME, workflow_uid="uid-2", actor="bob", reason="ok",
-            keep_previous_hot_s=600)
+    canary.run(
+        canary.Inputs(spec=world.spec, workflow_uid="uid-2", work_dir=world.home / "c2"), world.registry, world.plane
+    )
+    promote(
+        world.registry, world.plane, model=NAME, workflow_uid="uid-2", actor="bob", reason="ok", keep_previous_hot_s=600
+    )
 
     assert main(argv) == 0
     assert set(world.served_by(6)) == {"v1"} and world.registry.get_alias(NAME, "champion") == "1"
@@ -228,8 +283,12 @@ def test_canary_killed_during_analysis_aborts_and_no_request_fails_after_the_abo
 
     traffic = threading.Thread(target=users, daemon=True)
     traffic.start()
-    outputs = canary.run(canary.Inputs(spec=spec, workflow_uid="uid-2", work_dir=world.home / "c"), world.registry,
-                         world.plane, sleep=kill_then_sleep)
+    outputs = canary.run(
+        canary.Inputs(spec=spec, workflow_uid="uid-2", work_dir=world.home / "c"),
+        world.registry,
+        world.plane,
+        sleep=kill_then_sleep,
+    )
     log = outputs.log
     aborted_at = time.monotonic()
     time.sleep(1.5)
@@ -238,7 +297,8 @@ def test_canary_killed_during_analysis_aborts_and_no_request_fails_after_the_abo
 
     assert log["outcome"] == "aborted" and "error rate" in log["abort_reason"]
     assert outputs.outcome == "aborted" and canary.describe(outputs).startswith(
-        "canary: aborted, all traffic back on the champion: analysis ")
+        "canary: aborted, all traffic back on the champion: analysis "
+    )
     assert json.loads(outputs.log_path.read_text()) == log
     assert world.weights() == {"v1": 100}
     assert current_lease(world.registry, NAME) is None

@@ -75,7 +75,7 @@ def test_loops_over_items_params_and_sequences(tmp_path: Path) -> None:
     by_name = nodes(result)
     assert len(by_name["fan-out"]["children"]) == 4
     assert json.loads(by_name["count"]["outputs"]["result"]) == ["n=1", "n=2", "n=3", "n=4"]
-    assert by_name["items(0:{\"os\": \"debian\", \"version\": 12})"]["outputs"]["result"] == "debian-12"
+    assert by_name['items(0:{"os": "debian", "version": 12})']["outputs"]["result"] == "debian-12"
     assert "seq(2:node-03)" in by_name
 
 
@@ -180,8 +180,18 @@ spec:
 
 def test_cli_exit_codes_and_json_status(tmp_path: Path) -> None:
     """GIVEN the installed CLI WHEN a workflow fails THEN exit 1 and --json prints the Argo-shaped status."""
-    cmd = [sys.executable, "-m", "workflows.cli.main", "run", str(HERE / "retries.yaml"), "-p", "succeed-on=0",
-           "--json", "--runs-dir", str(tmp_path / "runs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workflows.cli.main",
+        "run",
+        str(HERE / "retries.yaml"),
+        "-p",
+        "succeed-on=0",
+        "--json",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     ok = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["status"]["phase"] == "Succeeded"
@@ -193,8 +203,12 @@ def test_cli_exit_codes_and_json_status(tmp_path: Path) -> None:
 
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
     """GIVEN a target that does not exist WHEN run from the CLI THEN one line on stderr and exit 2."""
-    proc = subprocess.run([sys.executable, "-m", "workflows.cli.main", "run", "no-such-template", "--argo-dir",
-                           str(tmp_path)], capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workflows.cli.main", "run", "no-such-template", "--argo-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "no workflow by that name" in proc.stderr
@@ -266,17 +280,20 @@ spec:
 """
 
 
-@pytest.mark.parametrize(("expr", "fault", "probe"), [
-    ("ok", None, "Succeeded"),
-    ("ok.Succeeded && bad.Failed", None, "Succeeded"),
-    ("(ok.Failed || bad.Failed) && !bad.Skipped", None, "Succeeded"),
-    ("bad", None, "Omitted"),
-    ("!ok.Succeeded || bad.Succeeded", None, "Omitted"),
-    ("ok &&", "expression ends early", None),
-    ("ok.Done", "unknown result .Done", None),
-    ("ok == bad", "unexpected '== bad'", None),
-    ("(ok || bad.Failed", "missing ')'", None),
-])
+@pytest.mark.parametrize(
+    ("expr", "fault", "probe"),
+    [
+        ("ok", None, "Succeeded"),
+        ("ok.Succeeded && bad.Failed", None, "Succeeded"),
+        ("(ok.Failed || bad.Failed) && !bad.Skipped", None, "Succeeded"),
+        ("bad", None, "Omitted"),
+        ("!ok.Succeeded || bad.Succeeded", None, "Omitted"),
+        ("ok &&", "expression ends early", None),
+        ("ok.Done", "unknown result .Done", None),
+        ("ok == bad", "unexpected '== bad'", None),
+        ("(ok || bad.Failed", "missing ')'", None),
+    ],
+)
 def test_lint_and_runner_read_depends_alike(tmp_path: Path, expr: str, fault: str | None, probe: str | None) -> None:
     """GIVEN a DAG whose task `probe` depends on EXPR (task `ok` succeeds, `bad` fails and is continued on)
     WHEN `llmrelease lint` checks it and the runner runs it without the lint in front

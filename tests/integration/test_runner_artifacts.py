@@ -64,8 +64,13 @@ def endpoint() -> Iterator[str]:
 
 @pytest.fixture
 def s3(endpoint: str) -> Any:
-    client = boto3.client("s3", endpoint_url=f"http://{endpoint}", region_name="us-east-1",
-                          aws_access_key_id="minio-user", aws_secret_access_key="minio-pass")
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{endpoint}",
+        region_name="us-east-1",
+        aws_access_key_id="minio-user",
+        aws_secret_access_key="minio-pass",
+    )
     for bucket in (BUCKET, "other-artifacts"):
         client.create_bucket(Bucket=bucket)
     yield client
@@ -76,9 +81,17 @@ def s3(endpoint: str) -> Any:
 
 
 def repository(endpoint: str, bucket: str = BUCKET, secret: str = "s3-credentials", **extra: Any) -> str:
-    entry = {"s3": {"bucket": bucket, "endpoint": endpoint, "insecure": True, "region": "us-east-1",
-                    "accessKeySecret": {"name": secret, "key": "accesskey"},
-                    "secretKeySecret": {"name": secret, "key": "secretkey"}, **extra}}
+    entry = {
+        "s3": {
+            "bucket": bucket,
+            "endpoint": endpoint,
+            "insecure": True,
+            "region": "us-east-1",
+            "accessKeySecret": {"name": secret, "key": "accesskey"},
+            "secretKeySecret": {"name": secret, "key": "secretkey"},
+            **extra,
+        }
+    }
     return yaml.safe_dump(entry)
 
 
@@ -87,10 +100,18 @@ def cluster_config(tmp_path: Path, repositories: dict[str, str], default: str | 
     folder = tmp_path / "cluster"
     folder.mkdir()
     notes = {"workflows.argoproj.io/default-artifact-repository": default} if default else {}
-    config_map = {"apiVersion": "v1", "kind": "ConfigMap", "data": repositories,
-                  "metadata": {"name": "artifact-repositories", "annotations": notes}}
-    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-credentials"},
-              "stringData": {"accesskey": "minio-user", "secretkey": "minio-pass"}}
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "data": repositories,
+        "metadata": {"name": "artifact-repositories", "annotations": notes},
+    }
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s3-credentials"},
+        "stringData": {"accesskey": "minio-user", "secretkey": "minio-pass"},
+    }
     (folder / "artifacts.yaml").write_text(yaml.safe_dump_all([config_map, secret]))
     return folder
 
@@ -99,8 +120,16 @@ def run(tmp_path: Path, workflow: str, cluster: Path | None, *params: str) -> Ru
     """`llmrelease run FILE --cluster-config DIR --json`, from a folder that is not the checkout."""
     source = tmp_path / "workflow.yaml"
     source.write_text(workflow)
-    argv = [str(LLMRELEASE), "run", str(source), "--json", "--runs-dir", str(tmp_path / "runs"),
-            "--argo-dir", str(tmp_path / "argo")]
+    argv = [
+        str(LLMRELEASE),
+        "run",
+        str(source),
+        "--json",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--argo-dir",
+        str(tmp_path / "argo"),
+    ]
     argv += ["--cluster-config", str(cluster)] if cluster else []
     for param in params:
         argv += ["-p", param]
@@ -170,8 +199,7 @@ spec:
 """
 
 
-def test_outputs_go_to_the_default_repository_and_come_back_as_inputs(tmp_path: Path, endpoint: str,
-                                                                       s3: Any) -> None:
+def test_outputs_go_to_the_default_repository_and_come_back_as_inputs(tmp_path: Path, endpoint: str, s3: Any) -> None:
     """GIVEN a default S3 repository WHEN a task's outputs feed the next THEN they are objects at Argo's keys."""
     result = run(tmp_path, PASSING, cluster_config(tmp_path, {"main": repository(endpoint)}))
     assert result.phase == "Succeeded", result.status["status"]["message"]
@@ -295,11 +323,14 @@ spec:
 """
 
 
-def test_artifact_repository_ref_picks_another_repository_and_key_format(tmp_path: Path, endpoint: str,
-                                                                         s3: Any) -> None:
+def test_artifact_repository_ref_picks_another_repository_and_key_format(
+    tmp_path: Path, endpoint: str, s3: Any
+) -> None:
     """GIVEN spec.artifactRepositoryRef WHEN a pod saves THEN it goes to that repository, at its keyFormat."""
-    repos = {"main": repository(endpoint),
-             "other": repository(endpoint, bucket="other-artifacts", keyFormat="runs/{{workflow.name}}/{{pod.name}}")}
+    repos = {
+        "main": repository(endpoint),
+        "other": repository(endpoint, bucket="other-artifacts", keyFormat="runs/{{workflow.name}}/{{pod.name}}"),
+    }
     result = run(tmp_path, REF.replace("KEY", "other"), cluster_config(tmp_path, repos))
     assert result.phase == "Succeeded", result.status["status"]["message"]
     assert keys(s3, "other-artifacts") == {f"runs/{result.name}/{result.node(result.name)['id']}/note.txt"}
@@ -354,6 +385,7 @@ spec:
 
 def _git_repo(path: Path) -> Path:
     """A repository whose tag v1 has VERSION=v1 and whose main branch has moved on to v2."""
+
     def git(*args: str) -> None:
         subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True)
 
@@ -401,8 +433,7 @@ spec:
 
 
 @pytest.mark.parametrize("with_repository", [False, True])
-def test_an_output_of_tmp_itself_is_the_pods_tmp(tmp_path: Path, endpoint: str, s3: Any,
-                                                 with_repository: bool) -> None:
+def test_an_output_of_tmp_itself_is_the_pods_tmp(tmp_path: Path, endpoint: str, s3: Any, with_repository: bool) -> None:
     """GIVEN an output artifact at /tmp/ (it used to copy the host's /tmp into itself: the run hung)
     WHEN it runs, with or without a repository THEN only the pod's file is saved and subPath reads it."""
     cluster = cluster_config(tmp_path, {"main": repository(endpoint)}) if with_repository else None
@@ -435,14 +466,22 @@ spec:
 """
 
 BAD = {
-    "repository": ("artifactRepositoryRef: {key: nowhere}", "", "main",
-                   'failed to find any artifact repository for artifact repository ref "#nowhere"'),
+    "repository": (
+        "artifactRepositoryRef: {key: nowhere}",
+        "",
+        "main",
+        'failed to find any artifact repository for artifact repository ref "#nowhere"',
+    ),
     "secret": ("", "", "no-secret", 'secret "absent-secret" (key accesskey) not found'),
     "bucket": ("", "", "no-bucket", "bucket missing-bucket does not exist"),
     "git repository": ("", "{name: src, path: /src, git: {repo: GIT}}", "main", "git repository GIT does not exist"),
     "key": ("", "{name: data, path: /data, s3: {key: not/there}}", "main", "s3 key 'not/there' does not exist"),
-    "unconfigured repository": ("", "{name: data, path: /data, s3: {key: k}}", None,
-                                "no artifact repository is configured"),
+    "unconfigured repository": (
+        "",
+        "{name: data, path: /data, s3: {key: k}}",
+        None,
+        "no artifact repository is configured",
+    ),
 }
 
 
@@ -452,8 +491,11 @@ def test_a_missing_thing_errors_the_node_naming_it(tmp_path: Path, endpoint: str
     THEN the node ends in Error (as Argo shows artifact problems) with one line naming what is missing."""
     spec, inputs, repo, expected = BAD[missing]
     git = str(tmp_path / "no-such-repo")
-    repos = {"main": repository(endpoint), "no-secret": repository(endpoint, secret="absent-secret"),
-             "no-bucket": repository(endpoint, bucket="missing-bucket")}
+    repos = {
+        "main": repository(endpoint),
+        "no-secret": repository(endpoint, secret="absent-secret"),
+        "no-bucket": repository(endpoint, bucket="missing-bucket"),
+    }
     cluster = cluster_config(tmp_path, repos, default=repo) if repo else None
     workflow = ONE_POD.replace("SPEC", spec).replace("INPUTS", inputs.replace("GIT", git))
     result = run(tmp_path, workflow, cluster)

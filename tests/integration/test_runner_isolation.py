@@ -30,13 +30,16 @@ needs_bwrap = pytest.mark.skipif(PROBLEM is not None, reason=f"bubblewrap cannot
 
 def workflow(*templates: dict[str, Any], entry: dict[str, Any] | None = None) -> dict[str, Any]:
     main = entry or {"name": "main", "steps": [[{"name": t["name"], "template": t["name"]}] for t in templates]}
-    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"generateName": "iso-"},
-            "spec": {"entrypoint": "main", "templates": [main, *templates]}}
+    return {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "iso-"},
+        "spec": {"entrypoint": "main", "templates": [main, *templates]},
+    }
 
 
 def sh(name: str, script: str, image: str = "alpine:3.23", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "container": {"image": image, "command": ["sh", "-c", script], **extra.pop("c", {})},
-            **extra}
+    return {"name": name, "container": {"image": image, "command": ["sh", "-c", script], **extra.pop("c", {})}, **extra}
 
 
 def run(doc: dict[str, Any], tmp_path: Path, **options: Any) -> RunResult:
@@ -62,8 +65,14 @@ def test_a_pod_sees_neither_the_checkout_nor_another_pods_tmp(tmp_path: Path) ->
     write = sh("write", f"echo write > /tmp/shared.txt; test -e {PROJECT}/README.md && echo seen || echo hidden")
     look = sh("look", "cat /tmp/shared.txt 2>/dev/null || echo absent")
     mine = [sh(f"p{i}", f"echo p{i} > /tmp/shared.txt; sleep 0.3; cat /tmp/shared.txt") for i in range(2)]
-    entry = {"name": "main", "steps": [[{"name": "write", "template": "write"}], [{"name": "look", "template": "look"}],
-                                       [{"name": "p0", "template": "p0"}, {"name": "p1", "template": "p1"}]]}
+    entry = {
+        "name": "main",
+        "steps": [
+            [{"name": "write", "template": "write"}],
+            [{"name": "look", "template": "look"}],
+            [{"name": "p0", "template": "p0"}, {"name": "p1", "template": "p1"}],
+        ],
+    }
     result = run(workflow(write, look, *mine, entry=entry), tmp_path)
     assert result.phase == "Succeeded", result.message
     assert result_of(result, "write") == "hidden"
@@ -77,21 +86,38 @@ def test_writes_outside_declared_outputs_leave_nothing_on_the_host(tmp_path: Pat
     """GIVEN a pod declaring one output artifact (/result.txt) that also writes to /, /tmp, the checkout and the
     test's own folder WHEN it runs THEN only the artifact comes back; the next pod gets it at its input path."""
     tag = uuid.uuid4().hex[:8]
-    strays = [Path(f"/stray-{tag}.txt"), Path(f"/tmp/stray-{tag}.txt"), PROJECT / f"stray-{tag}.txt",
-              tmp_path / f"stray-{tag}.txt"]
+    strays = [
+        Path(f"/stray-{tag}.txt"),
+        Path(f"/tmp/stray-{tag}.txt"),
+        PROJECT / f"stray-{tag}.txt",
+        tmp_path / f"stray-{tag}.txt",
+    ]
     writes = "; ".join(f"echo x > {p} 2>/dev/null" for p in strays)
-    make = sh("make", f"echo made-{tag} > /result.txt; {writes}; true",
-              outputs={"artifacts": [{"name": "r", "path": "/result.txt"}]})
+    make = sh(
+        "make",
+        f"echo made-{tag} > /result.txt; {writes}; true",
+        outputs={"artifacts": [{"name": "r", "path": "/result.txt"}]},
+    )
     use = sh("use", "cat /data/in.txt", inputs={"artifacts": [{"name": "r", "path": "/data/in.txt"}]})
-    entry = {"name": "main", "dag": {"tasks": [
-        {"name": "make", "template": "make"},
-        {"name": "use", "template": "use", "depends": "make",
-         "arguments": {"artifacts": [{"name": "r", "from": "{{tasks.make.outputs.artifacts.r}}"}]}}]}}
+    entry = {
+        "name": "main",
+        "dag": {
+            "tasks": [
+                {"name": "make", "template": "make"},
+                {
+                    "name": "use",
+                    "template": "use",
+                    "depends": "make",
+                    "arguments": {"artifacts": [{"name": "r", "from": "{{tasks.make.outputs.artifacts.r}}"}]},
+                },
+            ]
+        },
+    }
     result = run(workflow(make, use, entry=entry), tmp_path)
     assert result.phase == "Succeeded", result.message
     assert result_of(result, "use") == f"made-{tag}"
     assert [p for p in strays if p.exists()] == []
-    assert list((result.run_dir / "nodes").glob("*/rootfs")) == []
+    assert list((result.run_dir / "nodes").glob("*/pod")) == []
 
 
 @needs_bwrap
@@ -101,8 +127,19 @@ def test_a_runner_killed_mid_pod_leaves_no_pod_process(tmp_path: Path) -> None:
     marker = f"h8marker{uuid.uuid4().hex[:8]}"
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(workflow(sh("long", f"sleep 600; echo {marker}"))))
-    cmd = [sys.executable, "-m", "workflows.cli.main", "run", str(path), "--isolation", "bwrap",
-           "--argo-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "workflows.cli.main",
+        "run",
+        str(path),
+        "--isolation",
+        "bwrap",
+        "--argo-dir",
+        str(tmp_path),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     runner = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def pod_processes() -> list[psutil.Process]:
@@ -134,10 +171,13 @@ def test_a_pod_sees_only_the_environment_argo_gives(tmp_path: Path, monkeypatch:
     """GIVEN a host variable set in the runner's own environment WHEN a pod prints its environment THEN the host
     variable is absent and the template's env, the Downward API fields and Argo's variables are there."""
     monkeypatch.setenv("H8_HOST_ONLY", "leaked")
-    env = [{"name": "GREETING", "value": "hello"}, {"name": "PHRASE", "value": "$(GREETING) world"},
-           {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-           {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-           {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    env = [
+        {"name": "GREETING", "value": "hello"},
+        {"name": "PHRASE", "value": "$(GREETING) world"},
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]
     result = run(workflow(sh("show", "env", c={"env": env})), tmp_path)
     assert result.phase == "Succeeded", result.message
     node = nodes(result)["show"]
@@ -149,16 +189,32 @@ def test_a_pod_sees_only_the_environment_argo_gives(tmp_path: Path, monkeypatch:
     assert seen["ARGO_WORKFLOW_NAME"] == result.name and seen["ARGO_CONTAINER_NAME"] == "main"
     assert seen["PATH"].startswith("/usr/local/sbin")
     assert set(seen) - {"GREETING", "PHRASE", "POD", "NS", "IP", "HOSTNAME", "HOME", "PATH", "PWD", "SHLVL"} == {
-        "ARGO_CONTAINER_NAME", "ARGO_TEMPLATE", "ARGO_NODE_ID", "ARGO_INCLUDE_SCRIPT_OUTPUT", "ARGO_DEADLINE",
-        "ARGO_WORKFLOW_NAME"}
+        "ARGO_CONTAINER_NAME",
+        "ARGO_TEMPLATE",
+        "ARGO_NODE_ID",
+        "ARGO_INCLUDE_SCRIPT_OUTPUT",
+        "ARGO_DEADLINE",
+        "ARGO_WORKFLOW_NAME",
+    }
 
 
 def _cluster(folder: Path) -> Path:
     folder.mkdir()
-    docs = [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"},
-             "data": {"mode": "fast", "level": "3"}},
-            {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "app-secret"},
-             "data": {"token": base64.b64encode(b"s3cr3t").decode()}, "stringData": {"user": "alice"}}]
+    docs = [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "app-config"},
+            "data": {"mode": "fast", "level": "3"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "app-secret"},
+            "data": {"token": base64.b64encode(b"s3cr3t").decode()},
+            "stringData": {"user": "alice"},
+        },
+    ]
     (folder / "cluster.yaml").write_text(yaml.safe_dump_all(docs))
     return folder
 
@@ -167,13 +223,21 @@ def _cluster(folder: Path) -> Path:
 def test_config_maps_and_secrets_reach_the_pod_as_kubernetes_gives_them(tmp_path: Path) -> None:
     """GIVEN a ConfigMap and a Secret in the cluster config WHEN a pod asks for keys and whole objects THEN it gets
     their values (envFrom with a prefix; an optional missing key is simply absent)."""
-    env = [{"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "mode"}}},
-           {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "token"}}},
-           {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "nope", "optional": True}}}]
-    env_from = [{"configMapRef": {"name": "app-config"}, "prefix": "CM_"}, {"secretRef": {"name": "app-secret"}},
-                {"configMapRef": {"name": "not-there", "optional": True}}]
-    result = run(workflow(sh("show", "env", c={"env": env, "envFrom": env_from})), tmp_path,
-                 cluster_config=_cluster(tmp_path / "cluster"))
+    env = [
+        {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "mode"}}},
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "token"}}},
+        {"name": "MAYBE", "valueFrom": {"configMapKeyRef": {"name": "app-config", "key": "nope", "optional": True}}},
+    ]
+    env_from = [
+        {"configMapRef": {"name": "app-config"}, "prefix": "CM_"},
+        {"secretRef": {"name": "app-secret"}},
+        {"configMapRef": {"name": "not-there", "optional": True}},
+    ]
+    result = run(
+        workflow(sh("show", "env", c={"env": env, "envFrom": env_from})),
+        tmp_path,
+        cluster_config=_cluster(tmp_path / "cluster"),
+    )
     assert result.phase == "Succeeded", result.message
     seen = dict(line.split("=", 1) for line in result_of(result, "show").splitlines() if "=" in line)
     assert (seen["MODE"], seen["TOKEN"], seen["CM_mode"], seen["CM_level"]) == ("fast", "s3cr3t", "fast", "3")
@@ -182,17 +246,24 @@ def test_config_maps_and_secrets_reach_the_pod_as_kubernetes_gives_them(tmp_path
 
 
 @needs_bwrap
-@pytest.mark.parametrize(("env", "env_from", "named"), [
-    ([{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent-cm", "key": "k"}}}], [], "absent-cm"),
-    ([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "absent-key"}}}], [], "absent-key"),
-    ([], [{"secretRef": {"name": "absent-secret"}}], "absent-secret"),
-])
+@pytest.mark.parametrize(
+    ("env", "env_from", "named"),
+    [
+        ([{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent-cm", "key": "k"}}}], [], "absent-cm"),
+        ([{"name": "X", "valueFrom": {"secretKeyRef": {"name": "app-secret", "key": "absent-key"}}}], [], "absent-key"),
+        ([], [{"secretRef": {"name": "absent-secret"}}], "absent-secret"),
+    ],
+)
 def test_a_missing_config_fails_the_pod_with_create_container_config_error(
-        tmp_path: Path, env: list[Any], env_from: list[Any], named: str) -> None:
+    tmp_path: Path, env: list[Any], env_from: list[Any], named: str
+) -> None:
     """GIVEN a pod naming a ConfigMap, Secret or key the cluster config lacks WHEN it runs THEN the pod ends in
     Error with Kubernetes' CreateContainerConfigError, naming what is missing, and its command never ran."""
-    result = run(workflow(sh("show", "echo ran", c={"env": env, "envFrom": env_from})), tmp_path,
-                 cluster_config=_cluster(tmp_path / "cluster"))
+    result = run(
+        workflow(sh("show", "echo ran", c={"env": env, "envFrom": env_from})),
+        tmp_path,
+        cluster_config=_cluster(tmp_path / "cluster"),
+    )
     node = nodes(result)["show"]
     assert (result.phase, node["phase"]) == ("Failed", "Error")
     assert "CreateContainerConfigError" in node["message"] and named in node["message"]
@@ -205,9 +276,12 @@ def test_the_steps_image_root_is_what_its_dockerfile_copies(tmp_path: Path) -> N
     """GIVEN a Python pod of the steps image WHEN it looks at /app and imports the project THEN /app holds
     releases/ policy/ suites/ but not examples/ tests/ .llmrelease/, and steps.release.spec imports from the
     image's packages, not the checkout."""
-    source = ("import os, steps.release.spec as spec\n"
-              "print(sorted(os.listdir('.')))\n"
-              "print(os.getcwd(), spec.__file__, os.path.exists(%r))\n" % str(PROJECT / "README.md"))
+    readme = str(PROJECT / "README.md")
+    source = (
+        "import os, steps.release.spec as spec\n"
+        "print(sorted(os.listdir('.')))\n"
+        f"print(os.getcwd(), spec.__file__, os.path.exists({readme!r}))\n"
+    )
     template = {"name": "look", "script": {"image": STEPS_IMAGE, "command": ["python"], "source": source}}
     result = run(workflow(template), tmp_path)
     assert result.phase == "Succeeded", result.message
@@ -235,10 +309,27 @@ def test_bwrap_missing_is_one_line_with_the_install_hint(tmp_path: Path) -> None
     path.write_text(yaml.safe_dump(workflow(sh("a", "true"))))
     empty = tmp_path / "empty-bin"
     empty.mkdir()
-    done = subprocess.run([sys.executable, "-m", "workflows.cli.main", "run", str(path), "--isolation", "bwrap",
-                           "--argo-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")],
-                          cwd=PROJECT, capture_output=True, text=True, env={**os.environ, "PATH": str(empty)},
-                          check=False, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "workflows.cli.main",
+            "run",
+            str(path),
+            "--isolation",
+            "bwrap",
+            "--argo-dir",
+            str(tmp_path),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": str(empty)},
+        check=False,
+        timeout=120,
+    )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "apt-get install bubblewrap" in lines[0]

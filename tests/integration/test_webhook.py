@@ -207,6 +207,7 @@ def test_a_signed_merge_runs_golden_delivery_once_even_when_redelivered(
     assert f"workflow golden-delivery-{DELIVERY}-" in out and " Succeeded in " in out
     registry = ModelRegistry.from_env()
     version = registry.get_alias("demo-qa", "candidate")
+    assert version is not None
     tags = registry._client.get_model_version("demo-qa", version).tags  # reading back in a test
     assert tags["llmrelease.git_commit"] == AFTER
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())

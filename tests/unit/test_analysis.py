@@ -38,8 +38,7 @@ def _run(policy: AnalysisPolicy, *results: object) -> tuple[str, list[str], list
 
 def test_all_good_measurements_succeed_with_interval_between_them() -> None:
     """GIVEN count 3, interval 2 s  WHEN every measurement is good  THEN Successful, 3 measurements, 2 waits."""
-    assert _run(AnalysisPolicy(count=3, interval_s=2), GOOD, GOOD, GOOD) == (
-        "Successful", ["Successful"] * 3, [2, 2])
+    assert _run(AnalysisPolicy(count=3, interval_s=2), GOOD, GOOD, GOOD) == ("Successful", ["Successful"] * 3, [2, 2])
 
 
 def test_failures_up_to_the_limit_are_tolerated_and_one_more_fails_the_run_at_once() -> None:
@@ -51,7 +50,9 @@ def test_failures_up_to_the_limit_are_tolerated_and_one_more_fails_the_run_at_on
 def test_too_few_canary_samples_are_inconclusive_and_pause() -> None:
     """GIVEN inconclusiveLimit 0  WHEN the canary has fewer samples than min_samples  THEN Inconclusive."""
     assert _run(AnalysisPolicy(count=2, inconclusive_limit=0, min_samples=3), THIN, GOOD)[:2] == (
-        "Inconclusive", ["Inconclusive"])
+        "Inconclusive",
+        ["Inconclusive"],
+    )
 
 
 def test_consecutive_errors_beyond_the_limit_error_the_run_and_all_errors_never_succeed() -> None:
@@ -59,7 +60,9 @@ def test_consecutive_errors_beyond_the_limit_error_the_run_and_all_errors_never_
     below the limit is Error too (never a success without data)."""
     boom = RuntimeError("probe failed")
     assert _run(AnalysisPolicy(count=3, consecutive_error_limit=1), boom, boom, GOOD)[:2] == (
-        "Error", ["Error", "Error"])
+        "Error",
+        ["Error", "Error"],
+    )
     assert _run(AnalysisPolicy(count=2, consecutive_error_limit=4), boom, boom)[0] == "Error"
 
 

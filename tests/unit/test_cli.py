@@ -25,13 +25,28 @@ REPO = Path(__file__).resolve().parents[2]
 ARGO = REPO / "argo"
 CLI = [sys.executable, "-m", "workflows.cli.main"]
 # Every command that only reads: each takes --json.
-READ_COMMANDS = ("lint", "registry history", "registry list", "cron next", "status", "serving status",
-                 "evidence show", "evidence verify", "run")
+READ_COMMANDS = (
+    "lint",
+    "registry history",
+    "registry list",
+    "cron next",
+    "status",
+    "serving status",
+    "evidence show",
+    "evidence verify",
+    "run",
+)
 
 
 def _cli(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
+    )
 
 
 def _one_line(err: str) -> str:
@@ -162,8 +177,10 @@ def test_lint_json_reports_problems_and_still_exits_2(tmp_path: Path, capsys: py
     """GIVEN a WorkflowTemplate whose entrypoint names no template  WHEN lint --json  THEN the problem is in the JSON
     with its severity and the exit code is 2, as without --json."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: argoproj.io/v1alpha1\nkind: WorkflowTemplate\nmetadata: {name: bad}\n"
-                   "spec: {entrypoint: nowhere, templates: [{name: main, suspend: {}}]}\n")
+    bad.write_text(
+        "apiVersion: argoproj.io/v1alpha1\nkind: WorkflowTemplate\nmetadata: {name: bad}\n"
+        "spec: {entrypoint: nowhere, templates: [{name: main, suspend: {}}]}\n"
+    )
 
     assert main(["lint", "--json", str(bad)]) == 2
 

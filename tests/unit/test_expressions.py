@@ -8,20 +8,23 @@ from registry.errors import WorkflowError
 from workflows.argo.expressions import depends_names, evaluate, evaluate_depends, evaluate_when, substitute
 
 
-@pytest.mark.parametrize(("expr", "expected"), [
-    ("heads == heads", True),
-    ("heads == tails", False),
-    ("'a b' == 'a b'", True),
-    ("5 > 3", True),
-    ("10 < 9", False),
-    ("2.5 >= 2.5", True),
-    ("true", True),
-    ("!false", True),
-    ("1 == 1 && (2 == 3 || abc != abd)", True),
-    ("'v1.2.3' =~ '^v[0-9]+'", True),
-    ("prod !~ 'dev|stage'", True),
-    ("Succeeded != Succeeded", False),
-])
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("heads == heads", True),
+        ("heads == tails", False),
+        ("'a b' == 'a b'", True),
+        ("5 > 3", True),
+        ("10 < 9", False),
+        ("2.5 >= 2.5", True),
+        ("true", True),
+        ("!false", True),
+        ("1 == 1 && (2 == 3 || abc != abd)", True),
+        ("'v1.2.3' =~ '^v[0-9]+'", True),
+        ("prod !~ 'dev|stage'", True),
+        ("Succeeded != Succeeded", False),
+    ],
+)
 def test_when_expressions(expr: str, expected: bool) -> None:
     """GIVEN a substituted `when` WHEN evaluated THEN it matches govaluate's answer."""
     assert evaluate_when(expr) is expected
@@ -41,7 +44,6 @@ def test_depends_uses_the_resolver() -> None:
     assert evaluate("A && B.Failed", phases.__getitem__) is False
 
 
-
 def test_depends_names_and_results() -> None:
     """GIVEN a depends expression WHEN its names are listed and it is decided THEN each task once, in order, and
     each operand answered by (task, result suffix); comparisons and strings are refused."""
@@ -57,6 +59,7 @@ def test_depends_names_and_results() -> None:
     for expr, fault in [("a == b", "unexpected '== b'"), ("'a'", "unexpected \"'a'\""), ("a &", "unexpected '&'")]:
         with pytest.raises(WorkflowError, match=fault):
             depends_names(expr)
+
 
 def test_substitute_strict_and_lenient() -> None:
     """GIVEN a scope WHEN substituting THEN known tags resolve, unknown ones fail strictly or stay leniently."""

@@ -245,8 +245,12 @@ def _run_step(
     ]
     (tmp_path / "params.json").write_text(json.dumps(params))
     outputs = tmp_path / "outputs"
-    env = {**os.environ, "hera__outputs_directory": str(outputs), "LLMRELEASE_HOME": str(tmp_path / "home"),
-           POD_ROOT_ENV: str(pod)}
+    env = {
+        **os.environ,
+        "hera__outputs_directory": str(outputs),
+        "LLMRELEASE_HOME": str(tmp_path / "home"),
+        POD_ROOT_ENV: str(pod),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "hera.workflows.runner", "-e", "steps.gate:gate_step", str(tmp_path / "params.json")]
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=60, check=False)
@@ -280,9 +284,7 @@ def test_gate_step_through_hera_runner_exits_zero_on_a_failing_decision(tmp_path
     assert "FAIL safety/attack_success_rate" in done.stdout and "PASS golden-qa/accuracy" in done.stdout
 
 
-def test_gate_step_bad_input_is_one_line_and_its_exit_code(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_gate_step_bad_input_is_one_line_and_its_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """GIVEN a missing report (an EvalError), and a release spec that does not exist (a SpecError)
     WHEN the gate step function is called (outside a workflow context Hera calls it directly)
     THEN it exits 1, then 2, with one line on stderr `gate: ...` naming the file.
@@ -290,8 +292,9 @@ def test_gate_step_bad_input_is_one_line_and_its_exit_code(
     EvalReport(candidate=[quality("c", 3, n=5)]).save(tmp_path / "r.json")
     cases = ((tmp_path / "missing.json", "", 1), (tmp_path / "r.json", str(tmp_path / "nope.yaml"), 2))
     for report, release, code in cases:
-        params = GateParams(quality_report=report, safety_report=tmp_path / "r.json", release=release,
-                            work_dir=tmp_path / "work")
+        params = GateParams(
+            quality_report=report, safety_report=tmp_path / "r.json", release=release, work_dir=tmp_path / "work"
+        )
         with pytest.raises(SystemExit) as exit_info:
             gate_step(params)
         assert exit_info.value.code == code

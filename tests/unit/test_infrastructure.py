@@ -294,7 +294,9 @@ def test_images_follow_steps_images() -> None:
 def test_alerts_read_only_documented_metrics() -> None:
     """GIVEN the PrometheusRule of base
     WHEN the metric names of every expression are collected
-    THEN each is one steps/evidence/metrics.py documents (or Envoy Gateway's request counter), and each alert has a runbook."""
+    THEN each is one steps/evidence/metrics.py documents (or Envoy Gateway's request counter),
+    and each alert has a runbook.
+    """
     metrics = pytest.importorskip("steps.evidence.metrics")
     allowed = set(metrics.allowed_metric_names()) | {"envoy_cluster_upstream_rq_xx"}
     keywords = {"sum", "rate", "max", "histogram_quantile", "changes", "offset", "and", "or", "unless"}

@@ -269,7 +269,7 @@ def test_hera_render_lints_clean() -> None:
             a = produce(name="a", arguments={"n": "{{workflow.parameters.n}}"})
             b = produce(name="b", arguments={"n": a.result})
             c = consume(name="c", arguments={"a": a.result, "b": b.result})
-            a >> b >> c
+            a >> b >> c  # type: ignore[operator]  # Hera types >> on its Task/Step union loosely
     doc = wt.to_dict()
     assert "{{inputs.parameters}}" in yaml.safe_dump(doc)
     assert _messages(doc) == []
@@ -291,7 +291,8 @@ def test_schema_errors_name_the_field_path() -> None:
         - {name: c, template: echo, dependancies: [a]}
     """)
     assert "template main: schema: spec.templates[0].dag.tasks[1].dependencies: expected a list, got a string 'a'" in (
-        _one(doc, "dependencies: expected"))
+        _one(doc, "dependencies: expected")
+    )
     assert "spec.templates[0].dag.tasks[2]: unknown field 'dependancies'" in _one(doc, "unknown field")
     assert "did you mean 'dependencies'?" in _one(doc, "unknown field")
 
@@ -314,7 +315,8 @@ def test_fields_of_the_target_release_pass_and_later_ones_fail() -> None:
     assert _messages(doc) == []
     doc["spec"]["podResources"] = {"requests": {"cpu": "1"}}  # Argo v4.1.0 (argoproj/argo-workflows#16399)
     assert f"schema: spec: unknown field 'podResources' (Argo Workflows {argo_release()} has no such field)" in (
-        _one(doc, "podResources"))
+        _one(doc, "podResources")
+    )
 
 
 def test_wire_forms_argo_accepts_pass() -> None:
@@ -339,7 +341,8 @@ def test_missing_required_field_is_a_warning() -> None:
     doc["spec"]["templates"][1]["memoize"] = {"key": "k", "maxAge": "1h", "cache": {"configMap": {"name": "cache"}}}
     problems = lint_document("x.yaml", doc)
     assert [(p.severity, p.message) for p in problems] == [
-        ("warning", "schema: spec.templates[1].memoize.cache.configMap: required field 'key' is missing")]
+        ("warning", "schema: spec.templates[1].memoize.cache.configMap: required field 'key' is missing")
+    ]
 
 
 def test_int_or_string_retry_limit_is_schema_valid() -> None:
@@ -362,19 +365,28 @@ def test_workflow_without_entrypoint_needs_workflow_template_ref() -> None:
     doc = _load(STEPS)
     del doc["spec"]["entrypoint"]
     assert "spec.entrypoint is required" in _one(doc, "entrypoint")
-    ref = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"generateName": "r-"},
-           "spec": {"workflowTemplateRef": {"name": "diamond"}}}
+    ref = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "r-"},
+        "spec": {"workflowTemplateRef": {"name": "diamond"}},
+    }
     assert _messages(ref) == []
     assert _messages(ref, templates_by_name={"diamond": _load(DIAMOND)}) == []
 
 
-@pytest.mark.parametrize(("tasks", "needle"), [
-    ("- {name: a, template: ech0}", "task a: a references template ech0 which does not exist"),
-    ("- {name: a, template: echo, onExit: gone}", "task a: onExit references template gone which does not exist"),
-    ("- {name: a, template: echo, hooks: {exit: {template: gone}}}",
-     "task a.hooks.exit: a.hooks.exit references template gone"),
-    ("- {name: a}", "task a: a must set exactly one of template, templateRef, inline"),
-])
+@pytest.mark.parametrize(
+    ("tasks", "needle"),
+    [
+        ("- {name: a, template: ech0}", "task a: a references template ech0 which does not exist"),
+        ("- {name: a, template: echo, onExit: gone}", "task a: onExit references template gone which does not exist"),
+        (
+            "- {name: a, template: echo, hooks: {exit: {template: gone}}}",
+            "task a.hooks.exit: a.hooks.exit references template gone",
+        ),
+        ("- {name: a}", "task a: a must set exactly one of template, templateRef, inline"),
+    ],
+)
 def test_unknown_template_references(tasks: str, needle: str) -> None:
     """GIVEN a task, exit handler or hook calling a missing template WHEN linted THEN it is named."""
     _one(_dag(tasks), needle)
@@ -410,11 +422,16 @@ def test_template_ref_checked_against_templates_by_name() -> None:
     assert "template produce of task a declares no output parameters.bogus" in by_task["d"].message
 
 
-@pytest.mark.parametrize(("template", "needle"), [
-    ("{name: empty, inputs: {}}", "template empty: template has no type"),
-    ("{name: both, container: {image: a}, script: {image: a, source: x}}",
-     "template both: template has more than one type (container, script)"),
-])
+@pytest.mark.parametrize(
+    ("template", "needle"),
+    [
+        ("{name: empty, inputs: {}}", "template empty: template has no type"),
+        (
+            "{name: both, container: {image: a}, script: {image: a, source: x}}",
+            "template both: template has more than one type (container, script)",
+        ),
+    ],
+)
 def test_exactly_one_template_type(template: str, needle: str) -> None:
     """GIVEN a template with no type or two types WHEN linted THEN the template is named."""
     _one(_dag("- {name: a, template: echo}", f"- {template}"), needle)
@@ -452,13 +469,16 @@ def test_dependency_on_unknown_task_and_mixing() -> None:
     _one(doc, "template main: cannot use both 'depends' and 'dependencies' in the same DAG")
 
 
-@pytest.mark.parametrize(("depends", "fault"), [
-    ("a &&", "expression ends early"),
-    ("a.Done", "unknown result .Done"),
-    ("(a || a.Failed", "missing ')'"),
-    ("a b", "unexpected 'b'"),
-    ("a == b", "unexpected '== b'"),
-])
+@pytest.mark.parametrize(
+    ("depends", "fault"),
+    [
+        ("a &&", "expression ends early"),
+        ("a.Done", "unknown result .Done"),
+        ("(a || a.Failed", "missing ')'"),
+        ("a b", "unexpected 'b'"),
+        ("a == b", "unexpected '== b'"),
+    ],
+)
 def test_depends_must_parse(depends: str, fault: str) -> None:
     """GIVEN a malformed depends expression WHEN linted THEN the task and the parse fault are named."""
     doc = _dag(f"- {{name: a, template: echo}}\n- {{name: b, template: echo, depends: {depends!r}}}")
@@ -467,10 +487,14 @@ def test_depends_must_parse(depends: str, fault: str) -> None:
 
 def test_depends_accepts_full_grammar() -> None:
     """GIVEN every result suffix with &&, ||, ! and parentheses WHEN linted THEN no problem."""
-    expr = ("(a.Succeeded || a.Failed || a.Errored) && !(a-1.Skipped || a-1.Omitted) && "
-            "a-1.Daemoned || a.AnySucceeded || a.AllFailed")
-    doc = _dag(f"- {{name: a, template: echo}}\n- {{name: a-1, template: echo}}\n"
-               f"- {{name: b, template: echo, depends: '{expr}'}}")
+    expr = (
+        "(a.Succeeded || a.Failed || a.Errored) && !(a-1.Skipped || a-1.Omitted) && "
+        "a-1.Daemoned || a.AnySucceeded || a.AllFailed"
+    )
+    doc = _dag(
+        f"- {{name: a, template: echo}}\n- {{name: a-1, template: echo}}\n"
+        f"- {{name: b, template: echo, depends: '{expr}'}}"
+    )
     assert _messages(doc) == []
 
 
@@ -496,24 +520,30 @@ def test_missing_dependency() -> None:
     ]
 
 
-@pytest.mark.parametrize(("value", "needle"), [
-    ("{{inputs.parameters.nope}}", "template main declares no inputs.parameters named nope"),
-    ("{{workflow.parameters.nope}}", "spec.arguments.parameters declares no nope"),
-    ("{{workflow.nonsense}}", "not a workflow variable"),
-    ("{{tasks.ghost.outputs.result}}", "template main has no task ghost"),
-    ("{{tasks.a.outputs.parameters.nope}}", "template echo of task a declares no output parameters.nope"),
-    ("{{tasks.a.outputs.artifacts.nope}}", "template echo of task a declares no output artifacts.nope"),
-    ("{{tasks.a.colour}}", "'colour' is not a task attribute"),
-    ("{{item}}", "unresolved reference {{item}}: b has no withItems, withParam or withSequence"),
-    ("{{steps.a.outputs.result}}", "steps.* is only defined inside a steps template"),
-    ("{{pod.ip}}", "the only pod variable is pod.name"),
-])
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("{{inputs.parameters.nope}}", "template main declares no inputs.parameters named nope"),
+        ("{{workflow.parameters.nope}}", "spec.arguments.parameters declares no nope"),
+        ("{{workflow.nonsense}}", "not a workflow variable"),
+        ("{{tasks.ghost.outputs.result}}", "template main has no task ghost"),
+        ("{{tasks.a.outputs.parameters.nope}}", "template echo of task a declares no output parameters.nope"),
+        ("{{tasks.a.outputs.artifacts.nope}}", "template echo of task a declares no output artifacts.nope"),
+        ("{{tasks.a.colour}}", "'colour' is not a task attribute"),
+        ("{{item}}", "unresolved reference {{item}}: b has no withItems, withParam or withSequence"),
+        ("{{steps.a.outputs.result}}", "steps.* is only defined inside a steps template"),
+        ("{{pod.ip}}", "the only pod variable is pod.name"),
+    ],
+)
 def test_unresolvable_references_in_dag_arguments(value: str, needle: str) -> None:
     """GIVEN a task argument with a reference that cannot resolve WHEN linted THEN the task and fault are named."""
-    doc = _dag(f"""
+    doc = _dag(
+        f"""
         - {{name: a, template: echo}}
         - {{name: b, template: echo, depends: a, arguments: {{parameters: [{{name: msg, value: "{value}"}}]}}}}
-    """, params="[{name: model, value: m}]")
+    """,
+        params="[{name: model, value: m}]",
+    )
     message = _one(doc, needle)
     assert "template main: task b:" in message
     assert value in message
@@ -521,20 +551,40 @@ def test_unresolvable_references_in_dag_arguments(value: str, needle: str) -> No
 
 def test_references_that_resolve() -> None:
     """GIVEN Argo's globals, loop items, expression tags and custom tags WHEN linted THEN nothing is reported."""
-    refs = ["{{workflow.name}}", "{{workflow.namespace}}", "{{workflow.uid}}", "{{workflow.duration}}",
-            "{{workflow.creationTimestamp.RFC3339}}", "{{workflow.serviceAccountName}}",
-            "{{workflow.annotations.owner}}", "{{workflow.mainEntrypoint}}", "{{workflow.parameters.model}}",
-            "{{workflow.outputs.parameters.g}}", "{{tasks.name}}", "{{node.name}}", "{{=sprig.upper('x')}}",
-            "{{item.x}}", "{{tasks.a.outputs.parameters.out}}", "{{tasks.a.startedAt}}", "{{tasks.a.finishedAt}}",
-            "{{tasks.a.ip}}", "{{tasks.a.outputs.exitCode}}", "{{tasks.a.outputs.artifacts.log}}", "{{custom}}"]
-    doc = _dag(f"""
+    refs = [
+        "{{workflow.name}}",
+        "{{workflow.namespace}}",
+        "{{workflow.uid}}",
+        "{{workflow.duration}}",
+        "{{workflow.creationTimestamp.RFC3339}}",
+        "{{workflow.serviceAccountName}}",
+        "{{workflow.annotations.owner}}",
+        "{{workflow.mainEntrypoint}}",
+        "{{workflow.parameters.model}}",
+        "{{workflow.outputs.parameters.g}}",
+        "{{tasks.name}}",
+        "{{node.name}}",
+        "{{=sprig.upper('x')}}",
+        "{{item.x}}",
+        "{{tasks.a.outputs.parameters.out}}",
+        "{{tasks.a.startedAt}}",
+        "{{tasks.a.finishedAt}}",
+        "{{tasks.a.ip}}",
+        "{{tasks.a.outputs.exitCode}}",
+        "{{tasks.a.outputs.artifacts.log}}",
+        "{{custom}}",
+    ]
+    doc = _dag(
+        f"""
         - {{name: a, template: echo}}
         - name: b
           template: echo
           depends: a
           withParam: "{{{{tasks.a.outputs.result}}}}"
-          arguments: {{parameters: [{{name: msg, value: "{' '.join(refs)}"}}]}}
-    """, params="[{name: model, value: m}]")
+          arguments: {{parameters: [{{name: msg, value: "{" ".join(refs)}"}}]}}
+    """,
+        params="[{name: model, value: m}]",
+    )
     doc["spec"]["templates"][1]["outputs"]["artifacts"] = [{"name": "log", "path": "/tmp/log"}]
     doc["spec"]["templates"][1]["retryStrategy"] = {"limit": "{{inputs.parameters.msg}}"}
     doc["spec"]["templates"][1]["container"]["args"] = ["{{retries}} {{lastRetry.exitCode}} {{pod.name}}"]
@@ -554,26 +604,35 @@ def test_steps_only_see_earlier_groups() -> None:
     heads = doc["spec"]["templates"][0]["steps"][1][0]
     heads["when"] = "{{steps.tails.outputs.result}} == x"
     heads["arguments"]["parameters"][0]["value"] = "{{steps.each.outputs.result}}"
-    _one(doc, "task heads: unresolved reference {{steps.tails.outputs.result}}: step tails is not in a step group "
-              "before heads")
+    _one(
+        doc,
+        "task heads: unresolved reference {{steps.tails.outputs.result}}: step tails is not in a step group "
+        "before heads",
+    )
     _one(doc, "step each is not in a step group before heads")
 
 
 def test_missing_input_argument() -> None:
     """GIVEN a task that does not pass a required input WHEN linted THEN the parameter and template are named."""
-    doc = _dag("- {name: a, template: needs}", """
+    doc = _dag(
+        "- {name: a, template: needs}",
+        """
         - name: needs
           inputs: {parameters: [{name: model}]}
           container: {image: alpine:3.20}
-    """)
+    """,
+    )
     _one(doc, "task a: a does not supply input parameter model required by template needs")
 
 
-@pytest.mark.parametrize(("strategy", "needle"), [
-    ({"limit": "two"}, "retryStrategy: limit 'two' is not an integer"),
-    ({"limit": -1}, "retryStrategy: limit -1 is not an integer"),
-    ({"limit": "1", "retryPolicy": "Sometimes"}, "retryPolicy 'Sometimes' is not one of Always"),
-])
+@pytest.mark.parametrize(
+    ("strategy", "needle"),
+    [
+        ({"limit": "two"}, "retryStrategy: limit 'two' is not an integer"),
+        ({"limit": -1}, "retryStrategy: limit -1 is not an integer"),
+        ({"limit": "1", "retryPolicy": "Sometimes"}, "retryPolicy 'Sometimes' is not one of Always"),
+    ],
+)
 def test_retry_strategy(strategy: dict[str, Any], needle: str) -> None:
     """GIVEN a bad retry limit or policy WHEN linted THEN the template is named."""
     doc = _dag("- {name: a, template: echo}")
@@ -581,16 +640,19 @@ def test_retry_strategy(strategy: dict[str, Any], needle: str) -> None:
     assert "template echo:" in _one(doc, needle)
 
 
-@pytest.mark.parametrize(("field", "value", "needle"), [
-    ("schedules", ["0 3 * *"], "has 4 fields; a cron schedule has 5"),
-    ("schedules", ["0 0 3 * * *"], "has 6 fields"),
-    ("schedules", ["61 3 * * *"], "does not parse as a cron expression"),
-    ("schedules", ["@fortnightly"], "is not one of @annually"),
-    ("schedules", ["@every 1day"], "not a Go duration"),
-    ("schedules", [], "no schedule"),
-    ("timezone", "Mars/Olympus", "timezone 'Mars/Olympus' is not an IANA time zone"),
-    ("concurrencyPolicy", "Sometimes", "concurrencyPolicy 'Sometimes' is not one of Allow, Forbid, Replace"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("schedules", ["0 3 * *"], "has 4 fields; a cron schedule has 5"),
+        ("schedules", ["0 0 3 * * *"], "has 6 fields"),
+        ("schedules", ["61 3 * * *"], "does not parse as a cron expression"),
+        ("schedules", ["@fortnightly"], "is not one of @annually"),
+        ("schedules", ["@every 1day"], "not a Go duration"),
+        ("schedules", [], "no schedule"),
+        ("timezone", "Mars/Olympus", "timezone 'Mars/Olympus' is not an IANA time zone"),
+        ("concurrencyPolicy", "Sometimes", "concurrencyPolicy 'Sometimes' is not one of Allow, Forbid, Replace"),
+    ],
+)
 def test_cron_fields(field: str, value: Any, needle: str) -> None:
     """GIVEN a CronWorkflow with a bad schedule, timezone or concurrency policy WHEN linted THEN it is named."""
     doc = _load(CRON)

@@ -72,9 +72,12 @@ def test_the_process_that_was_started_is_terminated_with_its_group(spawned: list
     """GIVEN a session leader (as a model server is) with a child of its own in its process group
     WHEN terminate(group=True) is called with its recorded creation time
     THEN the leader and its child both end."""
-    leader = _spawn(spawned, sys.executable, "-c",
-                    "import subprocess, time; p = subprocess.Popen(['sleep', '60']); print(p.pid, flush=True); "
-                    "time.sleep(60)")
+    leader = _spawn(
+        spawned,
+        sys.executable,
+        "-c",
+        "import subprocess, time; p = subprocess.Popen(['sleep', '60']); print(p.pid, flush=True); time.sleep(60)",
+    )
     leader_created = started(leader.pid)
     child_pid = 0
     deadline = time.monotonic() + 10
@@ -111,9 +114,13 @@ def test_terminate_escalates_to_sigkill_and_is_idempotent(spawned: list[subproce
     """GIVEN a process that ignores SIGTERM
     WHEN terminate() is called with a short timeout, then again after it ended
     THEN SIGKILL ends it, and the second call does nothing."""
-    stubborn = _spawn(spawned, sys.executable, "-c",
-                      "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
-                      "time.sleep(60)")
+    stubborn = _spawn(
+        spawned,
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); "
+        "time.sleep(60)",
+    )
     created = started(stubborn.pid)
     time.sleep(0.5)  # let it install the handler
 

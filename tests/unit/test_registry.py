@@ -351,8 +351,12 @@ def test_hera_runner_entry_writes_output_parameters(tmp_path: Path) -> None:
     path = in_pod_path(pod, RECORD_IN)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(make_record(tmp_path)))
-    env = {**os.environ, "LLMRELEASE_HOME": str(tmp_path / "home"), "hera__outputs_directory": str(tmp_path / "out"),
-           POD_ROOT_ENV: str(pod)}
+    env = {
+        **os.environ,
+        "LLMRELEASE_HOME": str(tmp_path / "home"),
+        "hera__outputs_directory": str(tmp_path / "out"),
+        POD_ROOT_ENV: str(pod),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
 
     done = _run_step(tmp_path, env)

@@ -170,8 +170,13 @@ def test_environment_floors_tighten_gates_but_never_loosen_them() -> None:
     from steps.release.policy import apply_environment
 
     spec = load_spec(str(REPO / "releases" / "demo.yaml"))
-    strict = spec.model_copy(update={"gates": spec.gates.model_copy(update={
-        "cost": spec.gates.cost.model_copy(update={"max_usd_per_1k_output_tokens": 0.2})})})
+    strict = spec.model_copy(
+        update={
+            "gates": spec.gates.model_copy(
+                update={"cost": spec.gates.cost.model_copy(update={"max_usd_per_1k_output_tokens": 0.2})}
+            )
+        }
+    )
 
     dev, prod = apply_environment(strict, "dev").gates, apply_environment(strict, "prod").gates
 

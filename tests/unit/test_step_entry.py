@@ -21,8 +21,14 @@ def test_run_step_returns_what_the_body_returns() -> None:
     assert run_step("deploy", lambda: {"ok": 1}) == {"ok": 1}
 
 
-@pytest.mark.parametrize(("error", "code"), [(SpecError("spec x: bad"), 2), (RegistryError("version 3: gone"), 1),
-                                             (PolicyError("licence gpl:\nnot allowed"), 1)])
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (SpecError("spec x: bad"), 2),
+        (RegistryError("version 3: gone"), 1),
+        (PolicyError("licence gpl:\nnot allowed"), 1),
+    ],
+)
 def test_a_release_error_is_one_prefixed_line_and_its_exit_code(
     error: Exception, code: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -46,7 +52,7 @@ def test_an_unexpected_exception_is_one_line_asking_for_a_bug_report(
     """
     monkeypatch.delenv(DEBUG_ENV, raising=False)
     with pytest.raises(SystemExit) as exited:
-        run_step("canary", lambda: {}["weight"])
+        run_step("canary", lambda: dict[str, int]()["weight"])
     assert exited.value.code == 1
     assert capsys.readouterr().err == "canary: unexpected KeyError: 'weight'; report this bug\n"
 
@@ -57,7 +63,7 @@ def test_debug_re_raises_an_unexpected_exception_but_not_a_release_error(monkeyp
     """
     monkeypatch.setenv(DEBUG_ENV, "1")
     with pytest.raises(KeyError):
-        run_step("canary", lambda: {}["weight"])
+        run_step("canary", lambda: dict[str, int]()["weight"])
     with pytest.raises(SystemExit) as exited:
         run_step("canary", lambda: _raise(SpecError("x")))
     assert exited.value.code == 2

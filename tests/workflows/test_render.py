@@ -43,8 +43,13 @@ def test_render_check_cli_fails_on_drift(tmp_path: Path) -> None:
     shutil.copytree(ARGO, copy)
     target = sorted(copy.glob("*.yaml"))[0]
     target.write_text(target.read_text() + "# hand edit\n")
-    proc = subprocess.run([sys.executable, "-m", "workflows.cli.main", "render", "--check", "--argo-dir", str(copy)],
-                          capture_output=True, text=True, check=False, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "workflows.cli.main", "render", "--check", "--argo-dir", str(copy)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
     assert proc.returncode == 1
     assert target.name in proc.stderr
 

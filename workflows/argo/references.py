@@ -8,7 +8,6 @@ script's own `{{foo}}`) are left alone.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -20,8 +19,8 @@ __all__ = ["Finding", "TemplateIndex", "as_list", "as_map", "lint_call", "lint_t
 
 _WORKFLOW_GLOBALS = frozenset({
     "name", "namespace", "uid", "status", "failures", "duration", "creationTimestamp", "serviceAccountName",
-    "mainEntrypoint", "scheduledTime", "priority", "parameters", "parameters.json", "labels.json",
-    "annotations.json",
+    "mainEntrypoint", "scheduledTime", "priority", "parameters", "parameters.json", "labels", "labels.json",
+    "annotations", "annotations.json",
 })
 _WORKFLOW_PREFIXES = ("creationTimestamp.", "labels.", "annotations.", "outputs.parameters.", "outputs.artifacts.")
 _NODE_ATTRS = frozenset({

@@ -68,5 +68,9 @@ def add_examples(parser: argparse.ArgumentParser) -> None:
             command.epilog = f"example:\n  {example}"
             command.formatter_class = argparse.RawDescriptionHelpFormatter
         if words:  # SUPPRESS: a subcommand's default must not undo `llmrelease --debug <command>`
-            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                                 help="on an error, show the traceback too (or set LLMRELEASE_DEBUG=1)")
+            command.add_argument(
+                "--debug",
+                action="store_true",
+                default=argparse.SUPPRESS,
+                help="on an error, show the traceback too (or set LLMRELEASE_DEBUG=1)",
+            )

@@ -48,8 +48,12 @@ def _cmd_lint(args: argparse.Namespace) -> int:
     problems = lint_files(args.files)
     errors = sum(p.severity == "error" for p in problems)
     if args.json:
-        print(json.dumps({"files": list(args.files), "errors": errors,
-                          "problems": [dataclasses.asdict(p) for p in problems]}, indent=2))
+        print(
+            json.dumps(
+                {"files": list(args.files), "errors": errors, "problems": [dataclasses.asdict(p) for p in problems]},
+                indent=2,
+            )
+        )
         return 2 if errors else 0
     for problem in problems:
         print(str(problem), file=sys.stderr if problem.severity == "error" else sys.stdout)
@@ -62,21 +66,27 @@ def _cmd_lint(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from workflows.runner import RunOptions, run_workflow
 
-    options = RunOptions(parameters=parse_pairs(args.parameter, "-p"), resume=frozenset(args.resume),
-                         supplied=parse_pairs(args.supply, "--supply"), runs_dir=Path(args.runs_dir),
-                         echo=not args.json, isolation=args.isolation,
-                         cluster_config=Path(args.cluster_config) if args.cluster_config else None)
+    options = RunOptions(
+        parameters=parse_pairs(args.parameter, "-p"),
+        resume=frozenset(args.resume),
+        supplied=parse_pairs(args.supply, "--supply"),
+        runs_dir=Path(args.runs_dir),
+        echo=not args.json,
+        isolation=args.isolation,
+        cluster_config=Path(args.cluster_config) if args.cluster_config else None,
+    )
     started = time.monotonic()
-    result = run_workflow(args.target, options, argo_dir=Path(args.argo_dir),
-                          extra_files=[Path(f) for f in args.file])
+    result = run_workflow(args.target, options, argo_dir=Path(args.argo_dir), extra_files=[Path(f) for f in args.file])
     wall = time.monotonic() - started
     if args.json:
         print(json.dumps(result.status, indent=2))
     else:
         print()
         print(result.tree)
-        print(f"\nworkflow {result.name} {result.phase} in {wall:.1f}s"
-              + (f": {result.message}" if result.message else ""))
+        print(
+            f"\nworkflow {result.name} {result.phase} in {wall:.1f}s"
+            + (f": {result.message}" if result.message else "")
+        )
         print(f"logs: {result.run_dir}/")
     return 0 if result.phase == "Succeeded" else 1
 
@@ -151,18 +161,36 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a rendered workflow locally")
     run.add_argument("target", help="a YAML file, or the name of a WorkflowTemplate/CronWorkflow in argo/")
     run.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE")
-    run.add_argument("--resume", action="append", default=[], metavar="NODE",
-                     help="resume the suspend node of that name instead of failing there")
-    run.add_argument("--supply", action="append", default=[], metavar="NODE.PARAM=VALUE",
-                     help="a value for a suspend node's supplied output parameter")
+    run.add_argument(
+        "--resume",
+        action="append",
+        default=[],
+        metavar="NODE",
+        help="resume the suspend node of that name instead of failing there",
+    )
+    run.add_argument(
+        "--supply",
+        action="append",
+        default=[],
+        metavar="NODE.PARAM=VALUE",
+        help="a value for a suspend node's supplied output parameter",
+    )
     run.add_argument("-f", "--file", action="append", default=[], help="more manifests to resolve refs from")
     run.add_argument("--argo-dir", default="argo")
     run.add_argument("--runs-dir", default=".llmrelease/runs")
     run.add_argument("--json", action="store_true", help="print the Argo-shaped status as JSON")
-    run.add_argument("--isolation", choices=("none", "bwrap"), default="none",
-                     help="bwrap: each pod in bubblewrap, seeing only its image's files and Argo's environment")
-    run.add_argument("--cluster-config", metavar="DIR", default=None,
-                     help="a folder of ConfigMap/Secret YAML: pod env and the artifact-repositories ConfigMap")
+    run.add_argument(
+        "--isolation",
+        choices=("none", "bwrap"),
+        default="none",
+        help="bwrap: each pod in bubblewrap, seeing only its image's files and Argo's environment",
+    )
+    run.add_argument(
+        "--cluster-config",
+        metavar="DIR",
+        default=None,
+        help="a folder of ConfigMap/Secret YAML: pod env and the artifact-repositories ConfigMap",
+    )
     run.set_defaults(func=_cmd_run)
 
     registry = sub.add_parser("registry", help="read the model registry")

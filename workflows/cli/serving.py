@@ -43,9 +43,11 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     _require_known(plane, args.name)
     result = rollback(plane, args.name, actor=args.actor, reason=args.reason)
     path = "hot previous" if result["fast"] else "previous started cold, then switched"
-    print(f"{args.name}: rolled back: champion {result['from']} -> {result['to']}; all traffic on {result['to']} "
-          f"{result['switched_s']:.3f}s after the command started ({path}); "
-          f"done in {time.perf_counter() - started:.1f}s")
+    print(
+        f"{args.name}: rolled back: champion {result['from']} -> {result['to']}; all traffic on {result['to']} "
+        f"{result['switched_s']:.3f}s after the command started ({path}); "
+        f"done in {time.perf_counter() - started:.1f}s"
+    )
     return 0
 
 
@@ -55,10 +57,17 @@ def _cmd_rollout_abort(args: argparse.Namespace) -> int:
     from steps.rollout.serving.factory import serving_plane
     from workflows.cli.models import require_model
 
-    aborted = abort(require_model(args.name), serving_plane("", llmrelease_home()), model=args.name, workflow_uid=None,
-                    reason=f"aborted by {args.actor}: {args.reason}")
-    print(f"{args.name}: " + (f"rollout of version {aborted} aborted; all traffic on the champion"
-                              if aborted else "no rollout in flight"))
+    aborted = abort(
+        require_model(args.name),
+        serving_plane("", llmrelease_home()),
+        model=args.name,
+        workflow_uid=None,
+        reason=f"aborted by {args.actor}: {args.reason}",
+    )
+    print(
+        f"{args.name}: "
+        + (f"rollout of version {aborted} aborted; all traffic on the champion" if aborted else "no rollout in flight")
+    )
     return 0
 
 
@@ -74,8 +83,12 @@ def _cmd_canary_decide(args: argparse.Namespace) -> int:
     lease = current_lease(registry, args.name)
     if lease is None:
         raise SpecError(f"no canary of {args.name} is in flight: nothing to {args.canary_command}")
-    decision = {"workflow_uid": lease.workflow_uid, "action": args.canary_command, "actor": args.actor,
-                "at": datetime.now(UTC).isoformat()}
+    decision = {
+        "workflow_uid": lease.workflow_uid,
+        "action": args.canary_command,
+        "actor": args.actor,
+        "at": datetime.now(UTC).isoformat(),
+    }
     registry.set_model_tag(args.name, CANARY_DECISION_TAG, json.dumps(decision))
     print(f"{args.name}: canary of version {lease.candidate}: {args.canary_command} requested by {args.actor}")
     return 0

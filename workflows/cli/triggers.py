@@ -241,8 +241,17 @@ def _cmd_cron_next(args: argparse.Namespace) -> int:
         raise SpecError(f"--after {args.after!r} is not an ISO time such as 2026-11-23T22:00:00+01:00") from e
     times = next_fire_times(schedules, timezone, after, args.n)
     if args.json:
-        print(json.dumps({"name": found[1]["metadata"]["name"], "schedules": schedules, "timezone": timezone,
-                          "times": [t.isoformat() for t in times]}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "name": found[1]["metadata"]["name"],
+                    "schedules": schedules,
+                    "timezone": timezone,
+                    "times": [t.isoformat() for t in times],
+                },
+                indent=2,
+            )
+        )
         return 0
     print(f"{found[1]['metadata']['name']}: {', '.join(schedules)} ({timezone})")
     for when in times:

@@ -59,104 +59,168 @@ def build() -> list[Any]:
         annotations={"workflows.argoproj.io/description": "Onboard, register, evaluate and roll out a model release."},
         service_account_name="llmrelease-steps",
         arguments=[
-            Parameter(name="release", value="releases/demo.yaml",
-                      description="Path of the release spec (releases/<name>.yaml) inside the steps image or repo."),
-            Parameter(name="environment", value="dev", enum=["dev", "stage", "prod"],
-                      description="Target environment: selects the policy allow-lists and thresholds."),
-            Parameter(name="git-commit", value="",
-                      description="Commit of the release spec; empty means the checkout's HEAD."),
-            Parameter(name="eval-shards", value="2", enum=["1", "2", "4", "8", "16"],
-                      description="How many Ray workers share the eval suites (one engine each)."),
+            Parameter(
+                name="release",
+                value="releases/demo.yaml",
+                description="Path of the release spec (releases/<name>.yaml) inside the steps image or repo.",
+            ),
+            Parameter(
+                name="environment",
+                value="dev",
+                enum=["dev", "stage", "prod"],
+                description="Target environment: selects the policy allow-lists and thresholds.",
+            ),
+            Parameter(
+                name="git-commit", value="", description="Commit of the release spec; empty means the checkout's HEAD."
+            ),
+            Parameter(
+                name="eval-shards",
+                value="2",
+                enum=["1", "2", "4", "8", "16"],
+                description="How many Ray workers share the eval suites (one engine each).",
+            ),
         ],
     ) as template:
         approval_template, record_approval = approval_templates()
         with DAG(name="deliver"):
-            onboard = as_task(onboard_step(
-                name="onboard",
-                arguments={"release": "{{workflow.parameters.release}}",
-                           "environment": "{{workflow.parameters.environment}}",
-                           "work_dir": ONBOARD_DIR},
-            ))
-            register = as_task(register_step(
-                name="register",
-                arguments=[onboard.get_artifact("record"),
-                           Parameter(name="workflow_name", value="{{workflow.name}}"),
-                           Parameter(name="workflow_uid", value="{{workflow.uid}}"),
-                           Parameter(name="git_commit", value="{{workflow.parameters.git-commit}}")],
-            ))
+            onboard = as_task(
+                onboard_step(
+                    name="onboard",
+                    arguments={
+                        "release": "{{workflow.parameters.release}}",
+                        "environment": "{{workflow.parameters.environment}}",
+                        "work_dir": ONBOARD_DIR,
+                    },
+                )
+            )
+            register = as_task(
+                register_step(
+                    name="register",
+                    arguments=[
+                        onboard.get_artifact("record"),
+                        Parameter(name="workflow_name", value="{{workflow.name}}"),
+                        Parameter(name="workflow_uid", value="{{workflow.uid}}"),
+                        Parameter(name="git_commit", value="{{workflow.parameters.git-commit}}"),
+                    ],
+                )
+            )
             evals = {
-                kind: as_task(batch_eval_step(
-                    name=name,
-                    arguments={"release": "{{workflow.parameters.release}}",
-                               "model_name": register.get_parameter("model-name"),
-                               "version": register.get_parameter("version"),
-                               "kind": kind, "work_dir": EVAL_DIR,
-                               "shards": "{{workflow.parameters.eval-shards}}"},
-                ))
+                kind: as_task(
+                    batch_eval_step(
+                        name=name,
+                        arguments={
+                            "release": "{{workflow.parameters.release}}",
+                            "model_name": register.get_parameter("model-name"),
+                            "version": register.get_parameter("version"),
+                            "kind": kind,
+                            "work_dir": EVAL_DIR,
+                            "shards": "{{workflow.parameters.eval-shards}}",
+                        },
+                    )
+                )
                 for kind, name in (("quality", "batch-eval"), ("safety", "safety"))
             }
-            gate = as_task(gate_step(
-                name="gate",
-                arguments=[evals["quality"].get_artifact("report").with_name("quality-report"),
-                           evals["safety"].get_artifact("report").with_name("safety-report"),
-                           Parameter(name="release", value="{{workflow.parameters.release}}"),
-                           Parameter(name="work_dir", value=GATE_DIR),
-                           Parameter(name="environment", value="{{workflow.parameters.environment}}")],
-            ))
-            reject = as_task(reject_step(
-                name="reject",
-                arguments={"model_name": register.get_parameter("model-name"),
-                           "version": register.get_parameter("version"),
-                           "reasons": "{{tasks.gate.outputs.parameters.reasons}}"},
-                when="'{{tasks.gate.outputs.parameters.decision}}' == 'fail'",
-            ))
-            deploy = as_task(deploy_step(
-                name="deploy",
-                arguments={"release": "{{workflow.parameters.release}}",
-                           "version": register.get_parameter("version"),
-                           "workflow_uid": "{{workflow.uid}}",
-                           "environment": "{{workflow.parameters.environment}}"},
-            ))
-            latency = as_task(latency_step(
-                name="latency",
-                arguments={"base_url": deploy.get_parameter("candidate-url"),
-                           "model": deploy.get_parameter("served-model"),
-                           "work_dir": LATENCY_DIR, "release": "{{workflow.parameters.release}}",
-                           "environment": "{{workflow.parameters.environment}}",
-                           "requests": "24", "rate": "8", "duration_s": "20"},
-                when="'{{tasks.gate.outputs.parameters.decision}}' == 'pass'",
-            ))
-            reject_latency = as_task(reject_step(
-                name="reject-latency",
-                arguments={"model_name": register.get_parameter("model-name"),
-                           "version": register.get_parameter("version"),
-                           "reasons": latency.get_parameter("summary")},
-                when=f"'{latency.get_parameter('verdict').value}' == 'fail'",
-            ))
-            approval = Task(
-                name="approval", template=approval_template,
-                when=f"'{latency.get_parameter('verdict').value}' == 'pass' && "
-                     "'{{tasks.onboard.outputs.parameters.approval-required}}' == 'true'",
+            gate = as_task(
+                gate_step(
+                    name="gate",
+                    arguments=[
+                        evals["quality"].get_artifact("report").with_name("quality-report"),
+                        evals["safety"].get_artifact("report").with_name("safety-report"),
+                        Parameter(name="release", value="{{workflow.parameters.release}}"),
+                        Parameter(name="work_dir", value=GATE_DIR),
+                        Parameter(name="environment", value="{{workflow.parameters.environment}}"),
+                    ],
+                )
             )
-            approved = as_task(record_approval(
-                name="record-approval",
-                arguments={"model_name": register.get_parameter("model-name"),
-                           "version": register.get_parameter("version"),
-                           "environment": "{{workflow.parameters.environment}}",
-                           "approver": approval.get_parameter("approver"),
-                           "workflow_uid": "{{workflow.uid}}"},
-            ))
-            canary = as_task(canary_step(
-                name="canary",
-                arguments={"release": "{{workflow.parameters.release}}", "workflow_uid": "{{workflow.uid}}",
-                           "work_dir": CANARY_DIR, "environment": "{{workflow.parameters.environment}}"},
-                when=f"'{latency.get_parameter('verdict').value}' == 'pass'",
-            ))
-            promote = as_task(promote_step(
-                name="promote",
-                arguments={"release": "{{workflow.parameters.release}}", "workflow_name": "{{workflow.name}}",
-                           "workflow_uid": "{{workflow.uid}}"},
-            ))
+            reject = as_task(
+                reject_step(
+                    name="reject",
+                    arguments={
+                        "model_name": register.get_parameter("model-name"),
+                        "version": register.get_parameter("version"),
+                        "reasons": "{{tasks.gate.outputs.parameters.reasons}}",
+                    },
+                    when="'{{tasks.gate.outputs.parameters.decision}}' == 'fail'",
+                )
+            )
+            deploy = as_task(
+                deploy_step(
+                    name="deploy",
+                    arguments={
+                        "release": "{{workflow.parameters.release}}",
+                        "version": register.get_parameter("version"),
+                        "workflow_uid": "{{workflow.uid}}",
+                        "environment": "{{workflow.parameters.environment}}",
+                    },
+                )
+            )
+            latency = as_task(
+                latency_step(
+                    name="latency",
+                    arguments={
+                        "base_url": deploy.get_parameter("candidate-url"),
+                        "model": deploy.get_parameter("served-model"),
+                        "work_dir": LATENCY_DIR,
+                        "release": "{{workflow.parameters.release}}",
+                        "environment": "{{workflow.parameters.environment}}",
+                        "requests": "24",
+                        "rate": "8",
+                        "duration_s": "20",
+                    },
+                    when="'{{tasks.gate.outputs.parameters.decision}}' == 'pass'",
+                )
+            )
+            reject_latency = as_task(
+                reject_step(
+                    name="reject-latency",
+                    arguments={
+                        "model_name": register.get_parameter("model-name"),
+                        "version": register.get_parameter("version"),
+                        "reasons": latency.get_parameter("summary"),
+                    },
+                    when=f"'{latency.get_parameter('verdict').value}' == 'fail'",
+                )
+            )
+            approval = Task(
+                name="approval",
+                template=approval_template,
+                when=f"'{latency.get_parameter('verdict').value}' == 'pass' && "
+                "'{{tasks.onboard.outputs.parameters.approval-required}}' == 'true'",
+            )
+            approved = as_task(
+                record_approval(
+                    name="record-approval",
+                    arguments={
+                        "model_name": register.get_parameter("model-name"),
+                        "version": register.get_parameter("version"),
+                        "environment": "{{workflow.parameters.environment}}",
+                        "approver": approval.get_parameter("approver"),
+                        "workflow_uid": "{{workflow.uid}}",
+                    },
+                )
+            )
+            canary = as_task(
+                canary_step(
+                    name="canary",
+                    arguments={
+                        "release": "{{workflow.parameters.release}}",
+                        "workflow_uid": "{{workflow.uid}}",
+                        "work_dir": CANARY_DIR,
+                        "environment": "{{workflow.parameters.environment}}",
+                    },
+                    when=f"'{latency.get_parameter('verdict').value}' == 'pass'",
+                )
+            )
+            promote = as_task(
+                promote_step(
+                    name="promote",
+                    arguments={
+                        "release": "{{workflow.parameters.release}}",
+                        "workflow_name": "{{workflow.name}}",
+                        "workflow_uid": "{{workflow.uid}}",
+                    },
+                )
+            )
             onboard >> register
             for evaluation in evals.values():
                 register >> evaluation
@@ -174,8 +238,10 @@ def build() -> list[Any]:
             finalize_step(
                 name="finalize",
                 arguments=[
-                    *(Artifact(name=name, from_=f"{{{{workflow.outputs.artifacts.{name}}}}}", optional=True)
-                      for name in GLOBAL_REPORTS),
+                    *(
+                        Artifact(name=name, from_=f"{{{{workflow.outputs.artifacts.{name}}}}}", optional=True)
+                        for name in GLOBAL_REPORTS
+                    ),
                     Parameter(name="release", value="{{workflow.parameters.release}}"),
                     Parameter(name="workflow_name", value="{{workflow.name}}"),
                     Parameter(name="workflow_uid", value="{{workflow.uid}}"),

@@ -35,7 +35,11 @@ def build() -> list[Any]:
         with Steps(name="rollback-model"):
             rollback_step(
                 name="rollback",
-                arguments={"model": "{{workflow.parameters.model}}", "actor": "{{workflow.parameters.actor}}",
-                           "reason": "{{workflow.parameters.reason}}", "workflow_uid": "{{workflow.uid}}"},
+                arguments={
+                    "model": "{{workflow.parameters.model}}",
+                    "actor": "{{workflow.parameters.actor}}",
+                    "reason": "{{workflow.parameters.reason}}",
+                    "workflow_uid": "{{workflow.uid}}",
+                },
             )
     return [template]

@@ -12,8 +12,9 @@ from workflows.runner.engine import Runner, RunOptions, RunResult
 __all__ = ["RunOptions", "RunResult", "run_workflow"]
 
 
-def run_workflow(target: str, options: RunOptions, *, argo_dir: Path = Path("argo"),
-                 extra_files: Sequence[Path] = ()) -> RunResult:
+def run_workflow(
+    target: str, options: RunOptions, *, argo_dir: Path = Path("argo"), extra_files: Sequence[Path] = ()
+) -> RunResult:
     """Lint then run `target` (a YAML file or a rendered object's name) to completion.
 
     Raises:
@@ -24,8 +25,12 @@ def run_workflow(target: str, options: RunOptions, *, argo_dir: Path = Path("arg
     library = load_library(argo_dir, extra_files)
     workflow = resolve_workflow(target, library)
     refs = library.templates_by_name()
-    doc = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow",
-           "metadata": {"generateName": f"{workflow['stem']}-"}, "spec": workflow["spec"]}
+    doc = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": f"{workflow['stem']}-"},
+        "spec": workflow["spec"],
+    }
     errors = [p for p in lint_document(workflow["source"], doc, templates_by_name=refs) if p.severity == "error"]
     if errors:
         raise WorkflowError(f"{errors[0]} ({len(errors)} lint error(s); run `llmrelease lint` for all)")

@@ -4,13 +4,14 @@ Argo's executor tars an output (gzip) with the path's base name as the single to
 it so that a single top entry becomes the input path itself; a tarball is detected when the archive is not
 said. `http:` artifacts are fetched with httpx (headers, basicAuth from Secrets); `git:` artifacts are cloned
 with the `git` command (repo: a URL or a local repository path; revision, depth, branch/singleBranch,
-usernameSecret/passwordSecret, sshPrivateKeySecret).
+usernameSecret/passwordSecret, sshPrivateKeySecret). Local copies (no repository) are made here too.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -21,7 +22,18 @@ from typing import Any
 
 from registry.errors import WorkflowError
 
-__all__ = ["ArtifactError", "SecretLookup", "fetch_git", "fetch_http", "pack", "unpacked"]
+__all__ = [
+    "ArtifactError",
+    "SecretLookup",
+    "chmod",
+    "copy_from",
+    "copy_local",
+    "fetch_git",
+    "fetch_http",
+    "pack",
+    "remove",
+    "unpacked",
+]
 
 SecretLookup = Callable[[Mapping[str, Any] | None, str], str | None]
 
@@ -44,8 +56,9 @@ def fetch_http(spec: Mapping[str, Any], dest: Path, name: str, secret: SecretLoo
     basic = (spec.get("auth") or {}).get("basicAuth") or {}
     auth = (secret(basic.get("usernameSecret"), what) or "", secret(basic.get("passwordSecret"), what) or "")
     try:
-        with httpx.stream("GET", url, headers=headers, auth=auth if basic else None, follow_redirects=True,
-                          timeout=60) as resp:
+        with httpx.stream(
+            "GET", url, headers=headers, auth=auth if basic else None, follow_redirects=True, timeout=60
+        ) as resp:
             if resp.status_code == 404:
                 return None
             if resp.status_code >= 400:
@@ -80,8 +93,9 @@ def fetch_git(spec: Mapping[str, Any], dest: Path, name: str, secret: SecretLook
             raise ArtifactError(f"{what}: git repository {repo} cannot be cloned: {failed}")
         revision = str(spec.get("revision") or "")
         if revision and run(["-C", str(dest), "checkout", "-q", revision]):
-            failed = run(["-C", str(dest), "fetch", "-q", *depth, "origin", revision]) or \
-                run(["-C", str(dest), "checkout", "-q", "FETCH_HEAD"])
+            failed = run(["-C", str(dest), "fetch", "-q", *depth, "origin", revision]) or run(
+                ["-C", str(dest), "checkout", "-q", "FETCH_HEAD"]
+            )
             if failed:
                 raise ArtifactError(f"{what}: revision {revision} is not in git repository {repo}: {failed}")
     return dest
@@ -122,8 +136,9 @@ def _git_runner(config: list[str], env: Mapping[str, str]) -> Callable[[list[str
 
     def run(args: list[str]) -> str:
         try:
-            proc = subprocess.run(["git", *config, *args], capture_output=True, text=True, env=dict(env),
-                                  timeout=600, check=False)
+            proc = subprocess.run(
+                ["git", *config, *args], capture_output=True, text=True, env=dict(env), timeout=600, check=False
+            )
         except (OSError, subprocess.TimeoutExpired) as e:
             return f"git could not run ({e}); install git"
         lines = proc.stderr.strip().splitlines()
@@ -167,11 +182,47 @@ def unpacked(download: Path | None, dest: Path, archive: str) -> Path | None:
             with zipfile.ZipFile(download) as zf:
                 zf.extractall(unpacked_dir)
     except (tarfile.TarError, zipfile.BadZipFile, OSError) as e:
-        raise ArtifactError(f"{download.name}: not a {'tar' if is_tar else 'zip'} archive ({e}); fix its "
-                            "`archive` strategy") from e
+        raise ArtifactError(
+            f"{download.name}: not a {'tar' if is_tar else 'zip'} archive ({e}); fix its `archive` strategy"
+        ) from e
     entries = list(unpacked_dir.iterdir())
     (entries[0] if len(entries) == 1 else unpacked_dir).rename(dest)
     return dest
+
+
+def copy_local(art: Mapping[str, Any], source: Path, local_dir: Path) -> Path:
+    """Today's local behaviour: the output copied into the run's folder (refusing to copy a folder into itself)."""
+    stored = local_dir / str(art["name"])
+    if stored.resolve().is_relative_to(source.resolve()):
+        raise ArtifactError(
+            f"output artifact {art['name']}: {art.get('path')} holds the runner's own folder "
+            f"({local_dir}); declare a narrower path"
+        )
+    stored.parent.mkdir(parents=True, exist_ok=True)
+    (shutil.copytree if source.is_dir() else shutil.copy2)(source, stored)
+    return stored
+
+
+def copy_from(source: Path, dest: Path) -> Path | None:
+    """Copy a local artifact (file or folder) to `dest`; None when it does not exist."""
+    if not source.exists():
+        return None
+    (shutil.copytree if source.is_dir() else shutil.copy2)(source, dest)
+    return dest
+
+
+def remove(path: Path) -> None:
+    """Remove a file, link or folder if it is there (an input replaces what the image had at its path)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def chmod(path: Path, mode: int, recurse: bool) -> None:
+    """Apply an artifact's `mode` (and `recurseMode`) as Argo's executor does."""
+    for item in [path, *path.rglob("*")] if recurse and path.is_dir() else [path]:
+        os.chmod(item, mode)
 
 
 def _is_tarball(path: Path) -> bool:

@@ -15,7 +15,6 @@ copied into the run's folder as before. A problem is an `ArtifactError`: the nod
 
 from __future__ import annotations
 
-import os
 import posixpath
 import shutil
 import tempfile
@@ -29,7 +28,17 @@ from typing import Any
 import yaml
 
 from workflows.argo.expressions import substitute
-from workflows.runner.artifact_sources import ArtifactError, fetch_git, fetch_http, pack, unpacked
+from workflows.runner.artifact_sources import (
+    ArtifactError,
+    chmod,
+    copy_from,
+    copy_local,
+    fetch_git,
+    fetch_http,
+    pack,
+    remove,
+    unpacked,
+)
 from workflows.runner.cluster import ClusterConfig, MissingConfig
 
 __all__ = ["ArtifactError", "ArtifactStore", "Repository", "input_source", "resolve_argument", "resolve_repository"]
@@ -76,16 +85,20 @@ def resolve_repository(cluster: ClusterConfig, ref: Mapping[str, Any] | None) ->
     if data is None or key not in data:
         if ref is None:
             return None
-        raise ArtifactError(f'failed to find any artifact repository for artifact repository ref '
-                            f'"{(ref or {}).get("configMap", "")}#{(ref or {}).get("key", "")}": add ConfigMap '
-                            f'{config_map} with key {key or "<key>"} to {cluster.source}')
+        raise ArtifactError(
+            f"failed to find any artifact repository for artifact repository ref "
+            f'"{(ref or {}).get("configMap", "")}#{(ref or {}).get("key", "")}": add ConfigMap '
+            f"{config_map} with key {key or '<key>'} to {cluster.source}"
+        )
     try:
         entry = yaml.safe_load(data[key])
     except yaml.YAMLError as e:
         raise ArtifactError(f"artifact repository {config_map}#{key} is not YAML: fix it in {cluster.source}") from e
     if not isinstance(entry, dict) or not isinstance(entry.get("s3"), dict):
-        raise ArtifactError(f"artifact repository {config_map}#{key}: the local runner supports s3 repositories "
-                            "only (S3, MinIO, moto); give it an `s3:` section")
+        raise ArtifactError(
+            f"artifact repository {config_map}#{key}: the local runner supports s3 repositories "
+            "only (S3, MinIO, moto); give it an `s3:` section"
+        )
     return Repository(f"{config_map}#{key}", entry["s3"])
 
 
@@ -98,8 +111,9 @@ def resolve_argument(art: Mapping[str, Any], scope: Mapping[str, str], where: st
     return _substituted(art, scope, f"{where}: artifact {art.get('name')}")
 
 
-def input_source(declared: Mapping[str, Any], argument: Mapping[str, Any] | None,
-                 template: str) -> Mapping[str, Any] | None:
+def input_source(
+    declared: Mapping[str, Any], argument: Mapping[str, Any] | None, template: str
+) -> Mapping[str, Any] | None:
     """The input artifact to load, as Argo merges it: the template's own location wins, else the argument's.
 
     Returns None for an optional artifact nobody supplied.
@@ -112,8 +126,10 @@ def input_source(declared: Mapping[str, Any], argument: Mapping[str, Any] | None
     if argument is None or not any(k in argument for k in _SOURCES):
         if declared.get("optional"):
             return None
-        raise ArtifactError(f"template {template}: required artifact '{declared['name']}' not supplied; pass it "
-                            "with `from:` or give it a source (s3, http, git, raw)")
+        raise ArtifactError(
+            f"template {template}: required artifact '{declared['name']}' not supplied; pass it "
+            "with `from:` or give it a source (s3, http, git, raw)"
+        )
     merged = {**argument, "path": declared["path"]}
     merged.update({k: declared[k] for k in ("mode", "recurseMode", "optional") if k in declared})
     return merged
@@ -147,7 +163,7 @@ class ArtifactStore:
         if "s3" not in art and self.repository is None:
             if self.problem:
                 raise ArtifactError(self.problem)
-            return str(_copy_local(art, source, local_dir))
+            return str(copy_local(art, source, local_dir))
         archive, level = _archive(art)
         loc = self._location(art, archive)
         if not loc.key:
@@ -170,13 +186,18 @@ class ArtifactStore:
                 pack(source, packed, loc.archive, level)
                 files = [(packed, loc.key)]
             elif source.is_dir():
-                files = [(p, posixpath.join(loc.key.rstrip("/"), p.relative_to(source).as_posix()))
-                         for p in sorted(source.rglob("*")) if p.is_file()]
+                files = [
+                    (p, posixpath.join(loc.key.rstrip("/"), p.relative_to(source).as_posix()))
+                    for p in sorted(source.rglob("*"))
+                    if p.is_file()
+                ]
             else:
                 files = [(source, loc.key)]
             for path, key in files:
-                _call(lambda p=path, k=key: client.upload_file(str(p), loc.bucket, k),
-                      f"artifact {name}: upload to s3://{loc.bucket}/{key}")
+                _call(
+                    lambda p=path, k=key: client.upload_file(str(p), loc.bucket, k),
+                    f"artifact {name}: upload to s3://{loc.bucket}/{key}",
+                )
 
     # ---- inputs ---------------------------------------------------------------------------------------------
 
@@ -198,18 +219,19 @@ class ArtifactStore:
             if got is None:
                 if art.get("optional"):
                     return False
-                raise ArtifactError(f"artifact {name}: {_describe(art)} does not exist; write it first or mark "
-                                    "the input optional")
+                raise ArtifactError(
+                    f"artifact {name}: {_describe(art)} does not exist; write it first or mark the input optional"
+                )
             if art.get("subPath"):
                 got = got / str(art["subPath"])
                 if not got.exists():
                     raise ArtifactError(f"artifact {name}: subPath {art['subPath']} is not in {_describe(art)}")
-            _remove(target)
+            remove(target)
             shutil.move(str(got), str(target))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if art.get("mode") is not None:
-            _chmod(target, int(art["mode"]), bool(art.get("recurseMode")))
+            chmod(target, int(art["mode"]), bool(art.get("recurseMode")))
         return True
 
     def _fetch(self, art: Mapping[str, Any], dest: Path) -> Path | None:
@@ -219,8 +241,11 @@ class ArtifactStore:
             dest.write_text(str((art["raw"] or {}).get("data", "")))
             return dest
         if "http" in art:
-            return unpacked(fetch_http(art["http"], dest.with_suffix(".download"), name, self._secret), dest,
-                             _archive(art)[0] if "archive" in art else "")
+            return unpacked(
+                fetch_http(art["http"], dest.with_suffix(".download"), name, self._secret),
+                dest,
+                _archive(art)[0] if "archive" in art else "",
+            )
         if "git" in art:
             return fetch_git(art["git"], dest, name, self._secret)
         if "from" in art:
@@ -228,7 +253,7 @@ class ArtifactStore:
             with self._lock:
                 saved = self._saved.get(reference)
             if saved is None:
-                return _copy_from(Path(reference), dest)
+                return copy_from(Path(reference), dest)
             return self._download(saved, dest, name)
         if "s3" in art:
             return self._download(self._location(art, _archive(art)[0] if "archive" in art else ""), dest, name)
@@ -249,10 +274,12 @@ class ArtifactStore:
             return unpacked(download, dest, loc.archive)
         prefix = loc.key.rstrip("/") + "/"
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix)
-        keys = _call(lambda: [o["Key"] for page in pages for o in page.get("Contents", [])],
-                     f"artifact {name}: list s3://{loc.bucket}/{prefix}")
+        keys = _call(
+            lambda: [o["Key"] for page in pages for o in page.get("Contents", [])],
+            f"artifact {name}: list s3://{loc.bucket}/{prefix}",
+        )
         for key in keys:
-            path = dest / key[len(prefix):]
+            path = dest / key[len(prefix) :]
             path.parent.mkdir(parents=True, exist_ok=True)
             _call(lambda k=key, p=path: client.download_file(loc.bucket, k, str(p)), f"artifact {name}: get {key}")
         return dest if keys else None
@@ -261,9 +288,12 @@ class ArtifactStore:
 
     def _repository(self, art: Mapping[str, Any]) -> Repository:
         if self.repository is None:
-            raise ArtifactError(self.problem or f"artifact {art['name']}: no artifact repository is configured; "
-                                f"add an `{DEFAULT_CONFIG_MAP}` ConfigMap (annotated with {DEFAULT_ANNOTATION}) "
-                                "to --cluster-config, or give s3.bucket and s3.endpoint")
+            raise ArtifactError(
+                self.problem
+                or f"artifact {art['name']}: no artifact repository is configured; "
+                f"add an `{DEFAULT_CONFIG_MAP}` ConfigMap (annotated with {DEFAULT_ANNOTATION}) "
+                "to --cluster-config, or give s3.bucket and s3.endpoint"
+            )
         return self.repository
 
     def _ref(self) -> str:
@@ -284,8 +314,10 @@ class ArtifactStore:
         try:
             return self.cluster.key("secret", name, key)
         except MissingConfig as e:
-            raise ArtifactError(f'{what}: secret "{name}" (key {key}) not found: add a Secret named {name} '
-                                f"with key {key} to {self.cluster.source}") from e
+            raise ArtifactError(
+                f'{what}: secret "{name}" (key {key}) not found: add a Secret named {name} '
+                f"with key {key} to {self.cluster.source}"
+            ) from e
 
     def _client(self, loc: _S3, name: str) -> Any:
         """A boto3 S3 client for the location's endpoint and credentials (one per endpoint, reused)."""
@@ -346,41 +378,13 @@ def _archive(art: Mapping[str, Any]) -> tuple[str, int]:
     return "tar", 6 if level is None or int(level) < 0 else int(level)
 
 
-def _copy_local(art: Mapping[str, Any], source: Path, local_dir: Path) -> Path:
-    """Today's local behaviour: the output copied into the run's folder (refusing to copy a folder into itself)."""
-    stored = local_dir / str(art["name"])
-    if stored.resolve().is_relative_to(source.resolve()):
-        raise ArtifactError(f"output artifact {art['name']}: {art.get('path')} holds the runner's own folder "
-                            f"({local_dir}); declare a narrower path")
-    stored.parent.mkdir(parents=True, exist_ok=True)
-    (shutil.copytree if source.is_dir() else shutil.copy2)(source, stored)
-    return stored
-
-
-def _copy_from(source: Path, dest: Path) -> Path | None:
-    if not source.exists():
-        return None
-    (shutil.copytree if source.is_dir() else shutil.copy2)(source, dest)
-    return dest
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def _chmod(path: Path, mode: int, recurse: bool) -> None:
-    for item in [path, *path.rglob("*")] if recurse and path.is_dir() else [path]:
-        os.chmod(item, mode)
-
-
 def _describe(art: Mapping[str, Any]) -> str:
     if "from" in art:
         return str(art["from"])
     if "s3" in art:
         return f"s3 key {(art['s3'] or {}).get('key', '')!r}"
+    if "http" in art:
+        return f"http url {(art['http'] or {}).get('url', '')}"
     return next((k for k in _SOURCES if k in art), "its source")
 
 
@@ -389,11 +393,18 @@ def _new_client(endpoint: str | None, region: str, access: str | None, secret: s
         import boto3
         from botocore.config import Config
     except ImportError as e:
-        raise ArtifactError("an artifact repository needs boto3: pip install 'llmrelease[steps]' "
-                            "(or pip install boto3)") from e
+        raise ArtifactError(
+            "an artifact repository needs boto3: pip install 'llmrelease[steps]' (or pip install boto3)"
+        ) from e
     config = Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2}, connect_timeout=10)
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region, aws_access_key_id=access,
-                        aws_secret_access_key=secret, config=config)
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=region,
+        aws_access_key_id=access,
+        aws_secret_access_key=secret,
+        config=config,
+    )
 
 
 def _check_bucket(client: Any, bucket: str, endpoint: str, what: str) -> None:
@@ -401,8 +412,9 @@ def _check_bucket(client: Any, bucket: str, endpoint: str, what: str) -> None:
         client.head_bucket(Bucket=bucket)
     except Exception as e:  # noqa: BLE001 - botocore's errors, imported lazily
         if _code(e) in _NOT_FOUND | {"NoSuchBucket"}:
-            raise ArtifactError(f"{what}: bucket {bucket} does not exist at {endpoint}; create it or fix the "
-                                "artifact repository") from e
+            raise ArtifactError(
+                f"{what}: bucket {bucket} does not exist at {endpoint}; create it or fix the artifact repository"
+            ) from e
         raise ArtifactError(f"{what}: cannot reach bucket {bucket} at {endpoint}: {_reason(e)}") from e
 
 

@@ -91,7 +91,7 @@ class ClusterConfig:
         if optional:
             return None
         raise MissingConfig(
-            f'couldn\'t find key {key} in {"ConfigMap" if kind == "configmap" else "Secret"} {name} '
+            f"couldn't find key {key} in {'ConfigMap' if kind == 'configmap' else 'Secret'} {name} "
             f"(CreateContainerConfigError): add it to {self.source}"
         )
 

@@ -20,19 +20,32 @@ from typing import Any
 
 from registry.errors import WorkflowError
 from workflows.argo.expressions import substitute
-from workflows.runner.artifacts import ArtifactStore
+from workflows.runner.artifacts import ArtifactStore, resolve_argument
 from workflows.runner.cluster import ClusterConfig
 from workflows.runner.nodes import FAILED, Node, NodeBook, format_tree
 from workflows.runner.pods import PodSpec, backoff_delays, parse_duration, run_pod, sleep_until
 from workflows.runner.sandbox import ISOLATIONS, Sandbox, bwrap_problem
 from workflows.runner.tasks import TaskContext, run_dag, run_steps
+from workflows.runner.templates import TemplateResolver, parameter_value
 
 __all__ = ["RunOptions", "RunResult", "Runner", "unsupported"]
 
 _REFUSED_TEMPLATE = ("resource", "http", "data", "containerSet", "plugin", "sidecars", "initContainers", "volumes")
-_RECORDED = ("resources", "affinity", "nodeSelector", "tolerations", "priorityClassName", "schedulerName",
-             "serviceAccountName", "securityContext", "podSpecPatch", "metadata", "metrics",
-             "automountServiceAccountToken", "retryStrategy")
+_RECORDED = (
+    "resources",
+    "affinity",
+    "nodeSelector",
+    "tolerations",
+    "priorityClassName",
+    "schedulerName",
+    "serviceAccountName",
+    "securityContext",
+    "podSpecPatch",
+    "metadata",
+    "metrics",
+    "automountServiceAccountToken",
+    "retryStrategy",
+)
 
 
 @dataclass(frozen=True)
@@ -78,9 +91,11 @@ def unsupported(spec: Mapping[str, Any]) -> list[str]:
 class Runner:
     """Runs one workflow dict (from `resolve_workflow`) to completion."""
 
-    def __init__(self, workflow: Mapping[str, Any], options: RunOptions,
-                 templates_by_name: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(
+        self, workflow: Mapping[str, Any], options: RunOptions, templates_by_name: Mapping[str, Mapping[str, Any]]
+    ) -> None:
         self.spec = workflow["spec"]
+        self.metadata: Mapping[str, Any] = workflow.get("metadata") or {}
         self.options = options
         self.refs = templates_by_name
         suffix = uuid.uuid4().hex[:5]
@@ -93,23 +108,30 @@ class Runner:
         self.pod_slots = threading.BoundedSemaphore(int(limit)) if limit else None
         timeout = self.spec.get("activeDeadlineSeconds")
         self.deadline = time.monotonic() + float(timeout) if timeout else None
+        self.cluster = ClusterConfig.load(options.cluster_config)
+        self.resolver = TemplateResolver(self.templates, templates_by_name)
         self.globals = self._globals()
         self.sandbox = _sandbox(options.isolation, self.run_dir)
-        self.cluster = ClusterConfig.load(options.cluster_config)
         self.store = ArtifactStore(self.cluster, self.spec.get("artifactRepositoryRef"))
 
     def _globals(self) -> dict[str, str]:
         given = dict(self.options.parameters)
-        scope = {"workflow.name": self.name, "workflow.uid": self.uid, "workflow.namespace": "local",
-                 "workflow.serviceAccountName": str(self.spec.get("serviceAccountName", "default")),
-                 "workflow.creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                 "workflow.mainEntrypoint": str(self.spec.get("entrypoint", ""))}
+        scope = {
+            "workflow.name": self.name,
+            "workflow.uid": self.uid,
+            "workflow.namespace": "local",
+            "workflow.serviceAccountName": str(self.spec.get("serviceAccountName", "default")),
+            "workflow.creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "workflow.mainEntrypoint": str(self.spec.get("entrypoint", "")),
+        }
+        for kind in ("labels", "annotations"):  # workflow.labels.<NAME>, .json and (deprecated) the bare JSON
+            notes = {str(k): str(v) for k, v in (self.metadata.get(kind) or {}).items()}
+            scope |= {f"workflow.{kind}.{k}": v for k, v in notes.items()}
+            scope[f"workflow.{kind}"] = scope[f"workflow.{kind}.json"] = json.dumps(notes)
         declared = self.spec.get("arguments", {}).get("parameters", [])
         for param in declared:
             name = str(param["name"])
-            value = given.pop(name, None)
-            if value is None:
-                value = param.get("value", param.get("default"))
+            value = parameter_value(param, given.pop(name, None), self.cluster, f"workflow parameter {name!r}")
             if value is None:
                 raise WorkflowError(f"workflow parameter {name!r} has no value; pass -p {name}=VALUE")
             _check_enum(param, str(value), f"workflow parameter {name!r}")
@@ -118,35 +140,36 @@ class Runner:
             known = ", ".join(str(p["name"]) for p in declared) or "none"
             raise WorkflowError(f"unknown parameter(s) {', '.join(sorted(given))}: this workflow takes {known}")
         scope["workflow.parameters"] = json.dumps(
-            [{"name": k.split(".", 2)[2], "value": v} for k, v in scope.items() if k.startswith("workflow.param")])
+            [{"name": k.split(".", 2)[2], "value": v} for k, v in scope.items() if k.startswith("workflow.param")]
+        )
         return scope
 
     # ---- template resolution and inputs -------------------------------------------------------------------
 
-    def template(self, ref: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-        """The template a task/step/onExit names, locally or through templateRef."""
-        if "templateRef" in ref:
-            tref = ref["templateRef"]
-            owner = self.refs.get(str(tref.get("name")))
-            found = [t for t in (owner or {}).get("spec", {}).get("templates", []) if t["name"] == tref.get("template")]
-            if not found:
-                raise WorkflowError(f"{where}: templateRef {tref.get('name')}/{tref.get('template')} not found; "
-                                    "render it into argo/ or pass its file")
-            return found[0]
-        name = str(ref.get("template", ""))
-        if name not in self.templates:
-            raise WorkflowError(f"{where}: template {name!r} does not exist")
-        return self.templates[name]
+    def template(
+        self, ref: Mapping[str, Any], where: str, within: Mapping[str, Any] | None = None
+    ) -> Mapping[str, Any]:
+        """The template a task/step/onExit calls from template `within` (see `workflows.runner.templates`)."""
+        return self.resolver.resolve(ref, where, within)
+
+    def arguments(self) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+        """The resolved `spec.arguments` (parameters, artifacts), what Argo passes the entrypoint and exit handler."""
+        args = self.spec.get("arguments", {})
+        params = {str(p["name"]): self.globals[f"workflow.parameters.{p['name']}"] for p in args.get("parameters", [])}
+        arts = {str(a["name"]): resolve_argument(a, self.globals, "spec.arguments") for a in args.get("artifacts", [])}
+        return params, arts
 
     def inputs(self, tmpl: Mapping[str, Any], args: Mapping[str, str]) -> dict[str, str]:
         """The template's input parameters: arguments, else value/default; enums checked."""
         values: dict[str, str] = {}
         for param in tmpl.get("inputs", {}).get("parameters", []):
             name = str(param["name"])
-            value = args.get(name, param.get("value", param.get("default")))
+            value = parameter_value(param, args.get(name), self.cluster, f"template {tmpl['name']}: input {name!r}")
             if value is None:
-                raise WorkflowError(f"template {tmpl['name']}: input parameter {name!r} has no value; "
-                                    "pass it as an argument or give it a default")
+                raise WorkflowError(
+                    f"template {tmpl['name']}: input parameter {name!r} has no value; "
+                    "pass it as an argument or give it a default"
+                )
             values[name] = str(value)
             _check_enum(param, values[name], f"template {tmpl['name']}: input {name!r}")
         return values
@@ -161,13 +184,20 @@ class Runner:
 
     # ---- execution ----------------------------------------------------------------------------------------
 
-    def execute(self, tmpl: Mapping[str, Any], args: Mapping[str, str], parent: Node | None, display: str,
-                artifacts: Mapping[str, Mapping[str, Any]] | None = None,
-                extra: Mapping[str, str] | None = None) -> Node:
+    def execute(
+        self,
+        tmpl: Mapping[str, Any],
+        args: Mapping[str, str],
+        parent: Node | None,
+        display: str,
+        artifacts: Mapping[str, Mapping[str, Any]] | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> Node:
         """Run any template under `parent`; returns its (terminal) node."""
         inputs = self.inputs(tmpl, args)
         scope = self.scope_for(inputs, extra)
         scope.update({f"inputs.artifacts.{k}": str(a["from"]) for k, a in (artifacts or {}).items() if "from" in a})
+        scope.update(_path_placeholders(tmpl))
         kind = "DAG" if "dag" in tmpl else "Steps" if "steps" in tmpl else "Suspend" if "suspend" in tmpl else "Pod"
         if kind == "Pod" and "retryStrategy" in tmpl:
             return self._retry(tmpl, scope, parent, display, artifacts or {})
@@ -186,13 +216,22 @@ class Runner:
             phase, message = "Error", str(e)
         return self.book.finish(node, phase, message)
 
-    def _pod(self, tmpl: Mapping[str, Any], scope: Mapping[str, str], node: Node,
-             artifacts: Mapping[str, Mapping[str, Any]]) -> Node:
+    def _pod(
+        self, tmpl: Mapping[str, Any], scope: Mapping[str, str], node: Node, artifacts: Mapping[str, Mapping[str, Any]]
+    ) -> Node:
         scope = {**scope, "pod.name": node.id, "node.name": node.name}
         try:
-            spec = PodSpec(_with_resolved_paths(tmpl, scope), scope, self.run_dir / "nodes" / node.id,
-                           self.run_dir / "artifacts" / node.id, artifacts, self._pod_deadline(tmpl),
-                           cluster=self.cluster, store=self.store, sandbox=self.sandbox)
+            spec = PodSpec(
+                _with_resolved_paths(tmpl, scope),
+                scope,
+                self.run_dir / "nodes" / node.id,
+                self.run_dir / "artifacts" / node.id,
+                artifacts,
+                self._pod_deadline(tmpl),
+                cluster=self.cluster,
+                store=self.store,
+                sandbox=self.sandbox,
+            )
             if self.pod_slots:
                 with self.pod_slots:
                     phase, message = run_pod(spec, node)
@@ -220,8 +259,14 @@ class Runner:
             limit = left if limit is None else min(limit, left)
         return limit
 
-    def _retry(self, tmpl: Mapping[str, Any], scope: Mapping[str, str], parent: Node | None, display: str,
-               artifacts: Mapping[str, Mapping[str, Any]]) -> Node:
+    def _retry(
+        self,
+        tmpl: Mapping[str, Any],
+        scope: Mapping[str, str],
+        parent: Node | None,
+        display: str,
+        artifacts: Mapping[str, Mapping[str, Any]],
+    ) -> Node:
         strategy = tmpl["retryStrategy"]
         where = f"template {tmpl['name']}: retryStrategy"
         limit = int(str(strategy.get("limit", "0")))
@@ -253,15 +298,23 @@ class Runner:
         if duration and not names & self.options.resume:
             time.sleep(parse_duration(duration, f"template {tmpl['name']}: suspend.duration"))
         elif not names & self.options.resume:
-            return self.book.finish(node, "Failed", f"suspended at {node.display_name}: the local runner cannot "
-                                    f"wait; rerun with --resume {node.display_name}")
+            return self.book.finish(
+                node,
+                "Failed",
+                f"suspended at {node.display_name}: the local runner cannot "
+                f"wait; rerun with --resume {node.display_name}",
+            )
         for param in tmpl.get("outputs", {}).get("parameters", []):
             key = f"{node.display_name}.{param['name']}"
             source = param.get("valueFrom", {})
             value = self.options.supplied.get(key, source.get("default"))
             if value is None:
-                return self.book.finish(node, "Failed", f"{node.display_name}: output {param['name']!r} must be "
-                                        f"supplied on resume; pass --supply {key}=VALUE")
+                return self.book.finish(
+                    node,
+                    "Failed",
+                    f"{node.display_name}: output {param['name']!r} must be "
+                    f"supplied on resume; pass --supply {key}=VALUE",
+                )
             node.parameters[str(param["name"])] = str(value)
         return self.book.finish(node, "Succeeded", "resumed")
 
@@ -270,29 +323,53 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         refused = unsupported(self.spec)
         if refused:
-            raise WorkflowError(f"the local runner cannot run {refused[0]} (needs a cluster); remove it or run on "
-                                f"Argo ({len(refused)} such field(s))")
+            raise WorkflowError(
+                f"the local runner cannot run {refused[0]} (needs a cluster); remove it or run on "
+                f"Argo ({len(refused)} such field(s))"
+            )
         started = time.time()
         entry = self.template({"template": self.spec.get("entrypoint")}, "spec.entrypoint")
-        main = self.execute(entry, {}, None, self.name)
+        params, arts = self.arguments()
+        main = self.execute(entry, params, None, self.name, arts)
         phase, message = ("Succeeded", "") if main.phase == "Succeeded" else ("Failed", main.message)
         if self.spec.get("onExit"):
             phase, message = self._on_exit(main, phase, message)
-        status = {"metadata": {"name": self.name, "uid": self.uid},
-                  "status": {"phase": phase, "message": message, "startedAt": _iso(started),
-                             "finishedAt": _iso(time.time()),
-                             "nodes": {n.id: n.to_status() for n in self.book.all()}}}
+        status = {
+            "metadata": {"name": self.name, "uid": self.uid},
+            "status": {
+                "phase": phase,
+                "message": message,
+                "startedAt": _iso(started),
+                "finishedAt": _iso(time.time()),
+                "nodes": {n.id: n.to_status() for n in self.book.all()},
+            },
+        }
         (self.run_dir / "status.json").write_text(json.dumps(status, indent=2))
         return RunResult(self.name, phase, message, self.run_dir, status, format_tree(self.book, main))
 
     def _on_exit(self, main: Node, phase: str, message: str) -> tuple[str, str]:
-        failures = [{"displayName": n.display_name, "message": n.message, "templateName": n.template_name,
-                     "phase": n.phase, "podName": n.id, "finishedAt": _iso(n.finished)}
-                    for n in self.book.all() if n.phase in FAILED and n.type == "Pod"]
-        self.globals.update({"workflow.status": phase, "workflow.failures": json.dumps(failures),
-                             "workflow.duration": f"{main.duration:.3f}"})
+        failures = [
+            {
+                "displayName": n.display_name,
+                "message": n.message,
+                "templateName": n.template_name,
+                "phase": n.phase,
+                "podName": n.id,
+                "finishedAt": _iso(n.finished),
+            }
+            for n in self.book.all()
+            if n.phase in FAILED and n.type == "Pod"
+        ]
+        self.globals.update(
+            {
+                "workflow.status": phase,
+                "workflow.failures": json.dumps(failures),
+                "workflow.duration": f"{main.duration:.3f}",
+            }
+        )
         handler = self.template({"template": self.spec["onExit"]}, "spec.onExit")
-        exit_node = self.execute(handler, {}, None, f"{self.name}.onExit")
+        params, arts = self.arguments()
+        exit_node = self.execute(handler, params, None, f"{self.name}.onExit", arts)
         if exit_node.phase != "Succeeded" and phase == "Succeeded":
             return "Failed", f"exit handler failed: {exit_node.message}"
         return phase, message
@@ -324,6 +401,20 @@ def _with_resolved_paths(tmpl: Mapping[str, Any], scope: Mapping[str, str]) -> M
     return resolved
 
 
+def _path_placeholders(tmpl: Mapping[str, Any]) -> dict[str, str]:
+    """The `{{inputs|outputs.artifacts.N.path}}` and `{{outputs.parameters.N.path}}` a template may use.
+
+    Argo substitutes them with the paths the template declares, in its container or script.
+    """
+    found = {}
+    for section, kind in (("inputs", "artifacts"), ("outputs", "artifacts"), ("outputs", "parameters")):
+        for item in tmpl.get(section, {}).get(kind, []):
+            path = (item.get("valueFrom") or {}).get("path") if kind == "parameters" else item.get("path")
+            if path and "{{" not in str(path):
+                found[f"{section}.{kind}.{item['name']}.path"] = str(path)
+    return found
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
@@ -337,8 +428,12 @@ def _check_enum(param: Mapping[str, Any], value: str, where: str) -> None:
 def _should_retry(phase: str, policy: str) -> bool:
     if phase == "Succeeded":
         return False
-    return {"Always": True, "OnFailure": phase == "Failed", "OnError": phase == "Error",
-            "OnTransientError": phase == "Error"}.get(policy, phase == "Failed")
+    return {
+        "Always": True,
+        "OnFailure": phase == "Failed",
+        "OnError": phase == "Error",
+        "OnTransientError": phase == "Error",
+    }.get(policy, phase == "Failed")
 
 
 def _template_outputs(tmpl: Mapping[str, Any], node: Node, scope: Mapping[str, str]) -> None:
@@ -346,6 +441,10 @@ def _template_outputs(tmpl: Mapping[str, Any], node: Node, scope: Mapping[str, s
     for param in tmpl.get("outputs", {}).get("parameters", []):
         source = param.get("valueFrom", {})
         if "parameter" in source:
-            value = substitute(str(source["parameter"]), scope, where=f"template {tmpl['name']}: outputs",
-                               strict="default" not in source)
+            value = substitute(
+                str(source["parameter"]),
+                scope,
+                where=f"template {tmpl['name']}: outputs",
+                strict="default" not in source,
+            )
             node.parameters[str(param["name"])] = value if "{{" not in value else str(source["default"])

@@ -24,9 +24,21 @@ from workflows.runner.cluster import ClusterConfig
 
 __all__ = ["FIELD_PATHS", "expand_references", "pod_environment"]
 
-FIELD_PATHS = ("metadata.name", "metadata.namespace", "metadata.uid", "metadata.labels", "metadata.annotations",
-               "metadata.labels['KEY']", "metadata.annotations['KEY']", "spec.nodeName", "spec.serviceAccountName",
-               "status.podIP", "status.podIPs", "status.hostIP", "status.hostIPs")
+FIELD_PATHS = (
+    "metadata.name",
+    "metadata.namespace",
+    "metadata.uid",
+    "metadata.labels",
+    "metadata.annotations",
+    "metadata.labels['KEY']",
+    "metadata.annotations['KEY']",
+    "spec.nodeName",
+    "spec.serviceAccountName",
+    "status.podIP",
+    "status.podIPs",
+    "status.hostIP",
+    "status.hostIPs",
+)
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
 _REFERENCE = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
 _NO_DEADLINE = "0001-01-01T00:00:00Z"  # Go's zero time, what Argo writes when a pod has no deadline
@@ -34,6 +46,7 @@ _NO_DEADLINE = "0001-01-01T00:00:00Z"  # Go's zero time, what Argo writes when a
 
 def expand_references(text: str, env: Mapping[str, str]) -> str:
     """Kubernetes' `$(VAR)` expansion: a defined variable's value, `$$` an escaped `$`, anything else as is."""
+
     def one(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
@@ -43,8 +56,13 @@ def expand_references(text: str, env: Mapping[str, str]) -> str:
     return _REFERENCE.sub(one, text)
 
 
-def pod_environment(template: Mapping[str, Any], scope: Mapping[str, str], cluster: ClusterConfig,
-                    image_env: Mapping[str, str], deadline_s: float | None) -> tuple[dict[str, str], dict[str, str]]:
+def pod_environment(
+    template: Mapping[str, Any],
+    scope: Mapping[str, str],
+    cluster: ClusterConfig,
+    image_env: Mapping[str, str],
+    deadline_s: float | None,
+) -> tuple[dict[str, str], dict[str, str]]:
     """The environment of the pod running `template` (a container or script template), and the container's own.
 
     Returns:
@@ -88,8 +106,9 @@ def _env_from(source: Mapping[str, Any], cluster: ClusterConfig) -> dict[str, st
     return {prefix + k: v for k, v in data.items() if _ENV_NAME.fullmatch(prefix + k)}
 
 
-def _value_from(source: Mapping[str, Any], template: Mapping[str, Any], scope: Mapping[str, str],
-                cluster: ClusterConfig, where: str) -> str | None:
+def _value_from(
+    source: Mapping[str, Any], template: Mapping[str, Any], scope: Mapping[str, str], cluster: ClusterConfig, where: str
+) -> str | None:
     for key, kind in (("configMapKeyRef", "configmap"), ("secretKeyRef", "secret")):
         if key in source:
             ref = {k: substitute(str(v), scope, where=where) for k, v in source[key].items()}
@@ -97,40 +116,58 @@ def _value_from(source: Mapping[str, Any], template: Mapping[str, Any], scope: M
             return cluster.key(kind, ref.get("name", ""), ref.get("key", ""), optional=optional)
     if "fieldRef" in source:
         return _field(str(source["fieldRef"].get("fieldPath", "")), template, scope, where)
-    raise WorkflowError(f"{where}: valueFrom {sorted(source)} is not supported by the local runner; use value, "
-                        "configMapKeyRef, secretKeyRef or fieldRef")
+    raise WorkflowError(
+        f"{where}: valueFrom {sorted(source)} is not supported by the local runner; use value, "
+        "configMapKeyRef, secretKeyRef or fieldRef"
+    )
 
 
 def _field(path: str, template: Mapping[str, Any], scope: Mapping[str, str], where: str) -> str:
     """The Downward API fields Argo users rely on, with the values a local pod has."""
     pod = str(scope.get("pod.name", ""))
     labels, annotations = _metadata(template, scope)
-    simple = {"metadata.name": pod, "metadata.namespace": str(scope.get("workflow.namespace", "default")),
-              "metadata.uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.get('workflow.uid', '')}/{pod}")),
-              "spec.nodeName": socket.gethostname(),
-              "spec.serviceAccountName": str(template.get("serviceAccountName")
-                                             or scope.get("workflow.serviceAccountName", "default")),
-              "status.podIP": "127.0.0.1", "status.podIPs": "127.0.0.1",
-              "status.hostIP": "127.0.0.1", "status.hostIPs": "127.0.0.1",
-              "metadata.labels": _render(labels), "metadata.annotations": _render(annotations)}
+    simple = {
+        "metadata.name": pod,
+        "metadata.namespace": str(scope.get("workflow.namespace", "default")),
+        "metadata.uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope.get('workflow.uid', '')}/{pod}")),
+        "spec.nodeName": socket.gethostname(),
+        "spec.serviceAccountName": str(
+            template.get("serviceAccountName") or scope.get("workflow.serviceAccountName", "default")
+        ),
+        "status.podIP": "127.0.0.1",
+        "status.podIPs": "127.0.0.1",
+        "status.hostIP": "127.0.0.1",
+        "status.hostIPs": "127.0.0.1",
+        "metadata.labels": _render(labels),
+        "metadata.annotations": _render(annotations),
+    }
     if path in simple:
         return simple[path]
     keyed = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
     if keyed:
         return (labels if keyed.group(1) == "labels" else annotations).get(keyed.group(2), "")
-    raise WorkflowError(f"{where}: fieldRef {path!r} is not one the local runner knows; use one of "
-                        f"{', '.join(FIELD_PATHS)}")
+    raise WorkflowError(
+        f"{where}: fieldRef {path!r} is not one the local runner knows; use one of {', '.join(FIELD_PATHS)}"
+    )
 
 
 def _metadata(template: Mapping[str, Any], scope: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
     """The pod's labels and annotations: the template's `metadata` plus those Argo's controller sets."""
     meta = template.get("metadata") or {}
     labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-    labels.update({"workflows.argoproj.io/workflow": str(scope.get("workflow.name", "")),
-                   "workflows.argoproj.io/completed": "false"})
+    labels.update(
+        {
+            "workflows.argoproj.io/workflow": str(scope.get("workflow.name", "")),
+            "workflows.argoproj.io/completed": "false",
+        }
+    )
     annotations = {str(k): str(v) for k, v in (meta.get("annotations") or {}).items()}
-    annotations.update({"workflows.argoproj.io/node-name": str(scope.get("node.name", "")),
-                        "workflows.argoproj.io/node-id": str(scope.get("pod.name", ""))})
+    annotations.update(
+        {
+            "workflows.argoproj.io/node-name": str(scope.get("node.name", "")),
+            "workflows.argoproj.io/node-id": str(scope.get("pod.name", "")),
+        }
+    )
     return labels, annotations
 
 
@@ -142,8 +179,16 @@ def _argo_variables(template: Mapping[str, Any], scope: Mapping[str, str], deadl
     simplified = {k: v for k, v in template.items() if k != "inputs"}
     if (template.get("inputs") or {}).get("artifacts"):
         simplified["inputs"] = {"artifacts": template["inputs"]["artifacts"]}
-    deadline = (time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + deadline_s))
-                if deadline_s is not None else _NO_DEADLINE)
-    return {"ARGO_CONTAINER_NAME": "main", "ARGO_TEMPLATE": json.dumps(simplified, separators=(",", ":")),
-            "ARGO_NODE_ID": str(scope.get("pod.name", "")), "ARGO_INCLUDE_SCRIPT_OUTPUT": "true",
-            "ARGO_DEADLINE": deadline, "ARGO_WORKFLOW_NAME": str(scope.get("workflow.name", ""))}
+    deadline = (
+        time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + deadline_s))
+        if deadline_s is not None
+        else _NO_DEADLINE
+    )
+    return {
+        "ARGO_CONTAINER_NAME": "main",
+        "ARGO_TEMPLATE": json.dumps(simplified, separators=(",", ":")),
+        "ARGO_NODE_ID": str(scope.get("pod.name", "")),
+        "ARGO_INCLUDE_SCRIPT_OUTPUT": "true",
+        "ARGO_DEADLINE": deadline,
+        "ARGO_WORKFLOW_NAME": str(scope.get("workflow.name", "")),
+    }

@@ -49,9 +49,14 @@ class Node:
     def to_status(self) -> dict[str, Any]:
         """The Argo `status.nodes[id]` shape."""
         out: dict[str, Any] = {
-            "id": self.id, "name": self.name, "displayName": self.display_name, "type": self.type,
-            "templateName": self.template_name, "phase": self.phase,
-            "startedAt": _iso(self.started), "finishedAt": _iso(self.finished),
+            "id": self.id,
+            "name": self.name,
+            "displayName": self.display_name,
+            "type": self.type,
+            "templateName": self.template_name,
+            "phase": self.phase,
+            "startedAt": _iso(self.started),
+            "finishedAt": _iso(self.finished),
         }
         if self.boundary_id:
             out["boundaryID"] = self.boundary_id
@@ -111,8 +116,10 @@ class NodeBook:
             depth = node.name.count(".")
             icon = _ICON.get(phase, "?")
             msg = f"  {node.message}" if node.message else ""
-            print(f"{'  ' * depth}{icon} {node.display_name} ({node.template_name}) {phase} "
-                  f"{node.duration:.1f}s{msg}", flush=True)
+            print(
+                f"{'  ' * depth}{icon} {node.display_name} ({node.template_name}) {phase} {node.duration:.1f}s{msg}",
+                flush=True,
+            )
             said = [line for line in (node.result or "").splitlines() if line.strip() not in ("", "null")]
             if said:
                 print(f"{'  ' * depth}    {said[-1][:160]}", flush=True)

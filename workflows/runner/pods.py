@@ -4,7 +4,9 @@ The image is recorded, not pulled: the command runs in the project's Python envi
 interpreter). Each node gets a private directory; the absolute paths a template declares for its outputs and
 input artifacts (and their parent folders, e.g. Hera's `/tmp/hera-outputs`) are mapped into it wherever they
 appear in the command, args, script source and env, so parallel pods never share a file as they would not in
-Argo.
+Argo. That is `--isolation none`; under `--isolation bwrap` (workflows/runner/sandbox.py) nothing is rewritten:
+each pod runs in bubblewrap with its image's files, its declared paths bound where the template says, and only
+the environment Argo gives it (workflows/runner/environment.py).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -100,8 +102,10 @@ def _command(spec: PodSpec, remap: Any, image: ImageRoot | None = None, script_a
     body = tmpl.get("script") or tmpl.get("container") or {}
     command = [str(c) for c in body.get("command", [])]
     if not command:
-        raise WorkflowError(f"{where}: container.command is required by the local runner (it cannot read the "
-                            "image's entrypoint); set command explicitly")
+        raise WorkflowError(
+            f"{where}: container.command is required by the local runner (it cannot read the "
+            "image's entrypoint); set command explicitly"
+        )
     args = [str(a) for a in body.get("args", [])]
     words = [remap(substitute(w, spec.scope, where=where)) for w in command + args]
     if "script" in tmpl:
@@ -189,32 +193,40 @@ def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
 def _run_isolated(spec: PodSpec, sandbox: Sandbox, node: Node) -> tuple[str, str]:
     """Run the leaf in bubblewrap: its own root (the image's files), only Argo's environment, no path rewriting.
 
-    Declared paths are where the template says inside the pod's root (`<node dir>/rootfs`); `locate` maps one
-    to where it lies on this machine. The root is removed afterwards: only collected outputs outlive the pod.
+    Declared paths are bound where the template says from the pod's folder (`<node dir>/pod`); `locate` maps a
+    path to where it lies on this machine. The folder is removed afterwards: only collected outputs outlive it.
     """
     body = spec.template.get("script") or spec.template.get("container") or {}
     image = sandbox.image(str(body.get("image", "")))
-    rootfs = spec.node_dir / "rootfs"
+    pod = spec.node_dir / "pod"
     workdir = str(body.get("workingDir") or image.workdir)
 
     def locate(path: str) -> str:
-        return str(rootfs) + posixpath.join(workdir, path)
+        return str(pod) + posixpath.join(workdir, path)
 
-    sandbox.prepare(rootfs)
+    sandbox.prepare(pod)
     try:
         env, variables = pod_environment(spec.template, spec.scope, spec.cluster, image.env, spec.deadline_s)
         _stage_inputs(spec, locate)
         argv = [expand_references(w, variables) for w in _command(spec, str, image, Path(locate(STAGED_SCRIPT)))]
         (spec.node_dir / "command").write_text(" ".join(argv) + "\n")
-        wrapped = sandbox.wrap(argv, image, rootfs, workdir, str(spec.scope.get("pod.name", "pod")))
+        declared = [*_declared_paths(spec.template), *([STAGED_SCRIPT] if "script" in spec.template else [])]
+        wrapped = sandbox.wrap(argv, image, pod, workdir, str(spec.scope.get("pod.name", "pod")), declared)
         (spec.node_dir / "sandbox").write_text(" ".join(wrapped) + "\n")
-        return _launch(spec, node, wrapped, env, locate)
+        return _launch(spec, node, wrapped, env, locate, settle=lambda: sandbox.settle(pod))
     finally:
-        shutil.rmtree(rootfs, ignore_errors=True)
+        shutil.rmtree(pod, ignore_errors=True)
 
 
-def _launch(spec: PodSpec, node: Node, argv: list[str], env: Mapping[str, str], locate: Any) -> tuple[str, str]:
-    """Start `argv`, wait for it (up to the deadline), and read back its result and outputs."""
+def _launch(
+    spec: PodSpec,
+    node: Node,
+    argv: list[str],
+    env: Mapping[str, str],
+    locate: Any,
+    settle: Callable[[], None] = lambda: None,
+) -> tuple[str, str]:
+    """Start `argv`, wait for it (up to the deadline), `settle` its files, and read back its result and outputs."""
     stdout_path, stderr_path = spec.node_dir / "stdout", spec.node_dir / "stderr"
     try:
         with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
@@ -223,6 +235,7 @@ def _launch(spec: PodSpec, node: Node, argv: list[str], env: Mapping[str, str], 
         return "Failed", f"Pod was active on the node longer than the specified deadline ({spec.deadline_s:.0f}s)"
     except OSError as e:
         return "Error", f"cannot start {argv[0]}: {e.strerror}"
+    settle()
     stdout = stdout_path.read_bytes()[:RESULT_CAP].decode(errors="replace")
     node.result = stdout[:-1] if stdout.endswith("\n") else stdout
     node.exit_code = proc.returncode

@@ -1,18 +1,21 @@
 """Pod isolation with bubblewrap: `llmrelease run --isolation bwrap` runs each pod the way a cluster would.
 
 Each pod gets its own mount, pid, ipc and uts namespaces (hostname = pod name) and dies with the runner
-(`--die-with-parent`: a runner killed mid-pod leaves no pod process). Its root `/` is a node-private folder
-(`<node dir>/rootfs`, writable like a container's top layer, deleted once the outputs are collected) holding a
-private /tmp, fresh /dev and /proc, the host's system folders read-only (they stand in for the image's OS), the
-checkout hidden under an empty tmpfs, and the image's own files (see `workflows.runner.images`). Input artifacts
-and the script are placed at the paths the template declares inside that root, and outputs are read back from
-there, so no path is rewritten and a write anywhere else disappears with the pod. The network is the host's
-(pods reach the local MLflow, router and S3 endpoints as a cluster's pods reach services).
+(`--die-with-parent`: a runner killed mid-pod leaves no pod process). Its root `/` is bubblewrap's in-memory tmpfs
+(writable like a container's top layer, gone with the pod) holding fresh /dev and /proc, the host's system folders
+read-only (they stand in for the image's OS), the checkout hidden under an empty tmpfs, the image's own files (see
+`workflows.runner.images`), and node-private folders of this machine (`<node dir>/pod/...`) bound where the
+template declares paths: /tmp (private to the pod), the folder of each declared input artifact and output, and
+Argo's /argo/staging for a script. No path is rewritten; outputs are read back from those folders, which are
+deleted afterwards, so a write anywhere else leaves nothing on the host. A declared path directly under `/` is
+bound as a file (a placeholder still untouched afterwards was not written). The network is the host's (pods reach
+the local MLflow, router and S3 endpoints as a cluster's pods reach services).
 """
 
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shutil
 import subprocess
@@ -36,14 +39,17 @@ def bwrap_problem() -> str | None:
     if exe is None:
         return f"--isolation bwrap: bubblewrap (bwrap) is not installed; {_FIX}"
     try:
-        done = subprocess.run([exe, "--bind", "/", "/", "true"], capture_output=True, text=True, timeout=30,
-                              check=False)
+        done = subprocess.run(
+            [exe, "--bind", "/", "/", "true"], capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"--isolation bwrap: {exe} cannot start ({e}); {_FIX}"
     if done.returncode != 0:
         why = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        return (f"--isolation bwrap: {exe} cannot create namespaces here ({why}); run as root or enable "
-                f"unprivileged user namespaces, or {_FIX.split(' or ')[-1]}")
+        return (
+            f"--isolation bwrap: {exe} cannot create namespaces here ({why}); run as root or enable "
+            f"unprivileged user namespaces, or {_FIX.split(' or ')[-1]}"
+        )
     return None
 
 
@@ -68,16 +74,25 @@ class Sandbox:
             return self._roots[name]
 
     @staticmethod
-    def prepare(rootfs: Path) -> None:
-        """A fresh, empty pod root with a world-writable /tmp, as a container starts."""
-        shutil.rmtree(rootfs, ignore_errors=True)
-        (rootfs / "tmp").mkdir(parents=True)
-        (rootfs / "tmp").chmod(0o1777)
+    def prepare(pod: Path) -> None:
+        """A fresh folder for the pod's files on this machine, with a world-writable /tmp, as a container starts."""
+        shutil.rmtree(pod, ignore_errors=True)
+        (pod / "tmp").mkdir(parents=True)
+        (pod / "tmp").chmod(0o1777)
 
-    def wrap(self, argv: Sequence[str], image: ImageRoot, rootfs: Path, workdir: str, hostname: str) -> list[str]:
-        """The bwrap command line that runs `argv` as a pod of `image` whose root is `rootfs`."""
+    @staticmethod
+    def settle(pod: Path) -> None:
+        """Remove the placeholders of declared root-level paths the pod did not write (still at mtime 0)."""
+        for entry in os.scandir(pod):
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime == 0:
+                os.unlink(entry.path)
+
+    def wrap(
+        self, argv: Sequence[str], image: ImageRoot, pod: Path, workdir: str, hostname: str, declared: Sequence[str]
+    ) -> list[str]:
+        """The bwrap command line running `argv` as a pod of `image`, `declared` paths bound from `pod`."""
         replaced = {PurePosixPath(target).parts[1] for _, target in image.binds if _is_replaced(target)}
-        words = [self.bwrap, "--bind", str(rootfs), "/"]
+        words = [self.bwrap]
         shared: set[str] = set()
         for entry in self._host:
             if entry.name in _NOT_SHARED or entry.name in replaced:
@@ -87,15 +102,50 @@ class Sandbox:
             elif entry.is_dir():
                 words += ["--ro-bind", entry.path, f"/{entry.name}"]
                 shared.add(entry.name)
-        words += ["--dev", "/dev", "--proc", "/proc"]
+        words += ["--dev", "/dev", "--proc", "/proc", "--bind", str(pod / "tmp"), "/tmp"]
         if len(PROJECT.parts) > 1 and PROJECT.parts[1] in shared:
             words += ["--tmpfs", str(PROJECT)]
         for source, target in image.binds:
             words += ["--ro-bind", source, target]
-        (rootfs / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
-        words += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", hostname[:63],
-                  "--die-with-parent", "--chdir", workdir, "--", *argv]
+        words += _declared_mounts(pod, declared)
+        words += [
+            *(["--dir", workdir] if workdir != "/" else []),
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--hostname",
+            hostname[:63],
+            "--die-with-parent",
+            "--chdir",
+            workdir,
+            "--",
+            *argv,
+        ]
         return words
+
+
+def _declared_mounts(pod: Path, declared: Sequence[str]) -> list[str]:
+    """Binds putting each declared path (outside /tmp) in `pod` on this machine: its folder, or itself at the root.
+
+    Only the outermost of nested folders is bound. A root-level path that is not there yet (an output) is bound
+    as an empty placeholder file at mtime 0, which `Sandbox.settle` removes if the pod never wrote it.
+    """
+    words: list[str] = []
+    bound = ["/tmp"]
+    for path in sorted({posixpath.normpath(p) for p in declared}, key=len):
+        parent = posixpath.dirname(path)
+        target = path if parent == "/" else parent
+        if any(target == b or target.startswith(b + "/") for b in bound):
+            continue
+        host = pod / target.lstrip("/")
+        if target == path and not host.exists():
+            host.touch()
+            os.utime(host, (0, 0))
+        elif target != path:
+            host.mkdir(parents=True, exist_ok=True)
+        words += ["--bind", str(host), target]
+        bound.append(target)
+    return words
 
 
 def _is_replaced(target: str) -> bool:

@@ -20,13 +20,21 @@ class Runner(Protocol):
 
     book: NodeBook
 
-    def template(self, ref: Mapping[str, Any], where: str) -> Mapping[str, Any]:
-        """The template a task or step calls."""
+    def template(
+        self, ref: Mapping[str, Any], where: str, within: Mapping[str, Any] | None = None
+    ) -> Mapping[str, Any]:
+        """The template a task or step calls from template `within`."""
         ...
 
-    def execute(self, tmpl: Mapping[str, Any], args: Mapping[str, str], parent: Node | None, display: str,
-                artifacts: Mapping[str, Mapping[str, Any]] | None = None,
-                extra: Mapping[str, str] | None = None) -> Node:
+    def execute(
+        self,
+        tmpl: Mapping[str, Any],
+        args: Mapping[str, str],
+        parent: Node | None,
+        display: str,
+        artifacts: Mapping[str, Mapping[str, Any]] | None = None,
+        extra: Mapping[str, str] | None = None,
+    ) -> Node:
         """Run one template call to its end and return its node."""
         ...
 
@@ -51,8 +59,12 @@ class TaskContext:
         """Expose a finished child's status and outputs as `tasks.<name>.*` / `steps.<name>.*`."""
         base = f"{self.prefix}.{name}"
         kids = [self.runner.book.get(c) for c in node.children] if node.type in ("TaskGroup", "StepGroup") else []
-        entries = {f"{base}.status": node.phase, f"{base}.id": node.id,
-                   f"{base}.startedAt": str(node.started), f"{base}.finishedAt": str(node.finished)}
+        entries = {
+            f"{base}.status": node.phase,
+            f"{base}.id": node.id,
+            f"{base}.startedAt": str(node.started),
+            f"{base}.finishedAt": str(node.finished),
+        }
         if node.exit_code is not None:
             entries[f"{base}.exitCode"] = entries[f"{base}.outputs.exitCode"] = str(node.exit_code)
         if kids:
@@ -86,8 +98,11 @@ class TaskContext:
         for i, item in enumerate(items):
             label, extra = _item_scope(item)
             display = f"{task['name']}({i}:{label})"
-            threads.append(threading.Thread(target=lambda i=i, e=extra, d=display: slots.__setitem__(
-                i, self._run_one(task, e, group, d))))
+            threads.append(
+                threading.Thread(
+                    target=lambda i=i, e=extra, d=display: slots.__setitem__(i, self._run_one(task, e, group, d))
+                )
+            )
         _run_all(threads)
         children = [node for node in slots if node is not None]
         group.children = [node.id for node in children]  # item order, as Argo aggregates them
@@ -105,10 +120,12 @@ class TaskContext:
                 if not evaluate_when(condition):
                     node = self.runner.book.new(parent, display, "Skipped", str(task.get("template", "")))
                     return self.runner.book.finish(node, "Skipped", f"when '{condition}' evaluated false")
-            args = {str(p["name"]): substitute(str(p.get("value", "")), local, where=f"{where}: argument {p['name']}")
-                    for p in task.get("arguments", {}).get("parameters", [])}
+            args = {
+                str(p["name"]): substitute(str(p.get("value", "")), local, where=f"{where}: argument {p['name']}")
+                for p in task.get("arguments", {}).get("parameters", [])
+            }
             arts = _artifact_args(task, local, where)
-            tmpl = self.runner.template(task, where)
+            tmpl = self.runner.template(task, where, self.tmpl)
             if self.slots:
                 with self.slots:
                     return self.runner.execute(tmpl, args, parent, display, arts)
@@ -193,6 +210,7 @@ def _run_all(threads: list[threading.Thread]) -> None:
 
 # ---- DAG ------------------------------------------------------------------------------------------------------
 
+
 def _depends_expr(task: Mapping[str, Any]) -> str:
     if "depends" in task:
         return str(task["depends"])
@@ -219,11 +237,16 @@ def _task_result(results: Mapping[str, Node], book_get: Callable[[str], Node]) -
         if not suffix:
             return node.phase in ("Succeeded", "Skipped")
         kids = [book_get(c) for c in node.children]
-        return {"Succeeded": node.phase == "Succeeded", "Failed": node.phase == "Failed",
-                "Errored": node.phase == "Error", "Skipped": node.phase == "Skipped",
-                "Omitted": node.phase == "Omitted", "Daemoned": False,
-                "AnySucceeded": any(k.phase == "Succeeded" for k in kids),
-                "AllFailed": bool(kids) and all(k.phase in FAILED for k in kids)}[suffix]
+        return {
+            "Succeeded": node.phase == "Succeeded",
+            "Failed": node.phase == "Failed",
+            "Errored": node.phase == "Error",
+            "Skipped": node.phase == "Skipped",
+            "Omitted": node.phase == "Omitted",
+            "Daemoned": False,
+            "AnySucceeded": any(k.phase == "Succeeded" for k in kids),
+            "AllFailed": bool(kids) and all(k.phase in FAILED for k in kids),
+        }[suffix]
 
     return result
 
@@ -236,8 +259,9 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
     for name, deps in needs.items():
         unknown = deps - tasks.keys()
         if unknown:
-            raise WorkflowError(f"template {ctx.tmpl['name']}: task {name} depends on unknown task(s) "
-                                f"{', '.join(sorted(unknown))}")
+            raise WorkflowError(
+                f"template {ctx.tmpl['name']}: task {name} depends on unknown task(s) {', '.join(sorted(unknown))}"
+            )
     pending, running = set(tasks), set()
 
     def work(name: str) -> None:
@@ -261,8 +285,9 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
                 threading.Thread(target=work, args=(name,), daemon=True).start()
             if not ready:
                 if not running:
-                    raise WorkflowError(f"template {ctx.tmpl['name']}: tasks {sorted(pending)} can never start "
-                                        "(a dependency cycle)")
+                    raise WorkflowError(
+                        f"template {ctx.tmpl['name']}: tasks {sorted(pending)} can never start (a dependency cycle)"
+                    )
                 ctx.cond.wait()
     return _dag_phase(ctx, tasks, needs)
 
@@ -272,14 +297,16 @@ def _dag_phase(ctx: TaskContext, tasks: Mapping[str, Any], needs: Mapping[str, s
     for name, node in sorted(ctx.results.items(), key=lambda kv: kv[1].finished or 0):
         if node.phase not in FAILED or _continues(tasks[name], node):
             continue
-        handled = any(name in needs[other] and ctx.results[other].phase not in ("Omitted",)
-                      for other in tasks if other != name)
+        handled = any(
+            name in needs[other] and ctx.results[other].phase not in ("Omitted",) for other in tasks if other != name
+        )
         if not handled:
             return "Failed", f"child '{node.display_name}' failed: {node.message}"
     return "Succeeded", ""
 
 
 # ---- steps ----------------------------------------------------------------------------------------------------
+
 
 def run_steps(ctx: TaskContext) -> tuple[str, str]:
     """Run step groups in order, the steps of a group in parallel; stop at a group with a failure."""
@@ -288,8 +315,7 @@ def run_steps(ctx: TaskContext) -> tuple[str, str]:
         ctx.runner.book.start(group_node)
         saved, ctx.node = ctx.node, group_node
         done: list[tuple[Mapping[str, Any], Node]] = []
-        threads = [threading.Thread(target=lambda s=step, out=done: out.append((s, ctx.run_task(s))))
-                   for step in group]
+        threads = [threading.Thread(target=lambda s=step, out=done: out.append((s, ctx.run_task(s)))) for step in group]
         _run_all(threads)
         ctx.node = saved
         for step, node in done:

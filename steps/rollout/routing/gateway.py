@@ -135,9 +135,12 @@ class GatewayRouter:
 
 
 def _fix(error: Exception) -> str:
-    return api_error_fix(error, {
-        403: "grant the step's ServiceAccount get and patch on httproutes.gateway.networking.k8s.io",
-        404: "create the HTTPRoute (infrastructure/) or fix its namespace/name",
-        409: "another writer keeps changing the route: retry the step",
-        422: "the API server rejected the weights: check the HTTPRoute and the Gateway API version (v1)",
-    })
+    return api_error_fix(
+        error,
+        {
+            403: "grant the step's ServiceAccount get and patch on httproutes.gateway.networking.k8s.io",
+            404: "create the HTTPRoute (infrastructure/) or fix its namespace/name",
+            409: "another writer keeps changing the route: retry the step",
+            422: "the API server rejected the weights: check the HTTPRoute and the Gateway API version (v1)",
+        },
+    )

@@ -304,9 +304,12 @@ def _exists(read: Any, name: str, namespace: str) -> bool:
 
 def _fix(error: Exception, kind: str) -> str:
     resource = "deployments.apps" if kind == "Deployment" else "services"
-    return api_error_fix(error, {
-        403: f"grant the step's ServiceAccount get, create and patch on {resource} (infrastructure/base/rbac.yaml)",
-        404: "create the namespace (infrastructure/base/namespace.yaml) or fix `namespace`",
-        409: "another writer changed the object: retry the step",
-        422: "the API server rejected the manifest: check infrastructure/serving/vllm.yaml",
-    })
+    return api_error_fix(
+        error,
+        {
+            403: f"grant the step's ServiceAccount get, create and patch on {resource} (infrastructure/base/rbac.yaml)",
+            404: "create the namespace (infrastructure/base/namespace.yaml) or fix `namespace`",
+            409: "another writer changed the object: retry the step",
+            422: "the API server rejected the manifest: check infrastructure/serving/vllm.yaml",
+        },
+    )

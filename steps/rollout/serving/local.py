@@ -156,8 +156,12 @@ class LocalServing:
         port = _free_port()
         # One compute thread per server: on a small machine the servers share the cores with the eval workers,
         # and oversubscribed threads made both slower than running them one after the other.
-        env = {**os.environ, "HF_HUB_CACHE": str(folder / "hf-cache"), "HF_HUB_OFFLINE": "1",
-               "OMP_NUM_THREADS": os.environ.get("LLMRELEASE_SERVER_THREADS", "1")}
+        env = {
+            **os.environ,
+            "HF_HUB_CACHE": str(folder / "hf-cache"),
+            "HF_HUB_OFFLINE": "1",
+            "OMP_NUM_THREADS": os.environ.get("LLMRELEASE_SERVER_THREADS", "1"),
+        }
         command = [executable, "serve", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port), model]
         with (folder / "server.log").open("wb") as log:
             process = subprocess.Popen(
@@ -170,7 +174,11 @@ class LocalServing:
                 start_new_session=True,
             )
         server = ServerState(
-            version=version, port=port, pid=process.pid, pid_created=started(process.pid), model_dir=str(model_dir),
+            version=version,
+            port=port,
+            pid=process.pid,
+            pid_created=started(process.pid),
+            model_dir=str(model_dir),
             started_at=self._clock(),
         )
         return server, process, folder / "server.log"
@@ -274,4 +282,3 @@ def _tail(log: Path) -> str:
         lines = log.read_text(errors="replace").strip().splitlines()
         return " | ".join(lines[-3:])[:400]
     return "no log"
-
