@@ -1,41 +1,37 @@
 """The MLflow client the registry facade talks to, and how it survives an unreachable tracking server.
 
-MlflowClient retries failed HTTP requests itself, by default for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
-backoff factor 2). So before each facade operation an HTTP tracking server's `/health` is probed with httpx,
-retried with tenacity (exponential backoff, bounded by `retry_seconds`); MLflow's own long retries then only
-start if the server dies in the middle of an operation. Every client call is also wrapped in the same bounded
-retry, on connection errors only: an answer from the server (404, 400, 500) is never retried here.
+MlflowClient retries failed HTTP requests itself, by default for minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7,
+backoff factor 2): `bounded_mlflow_client` turns that off (unless the variable is set) so that the one policy
+of `registry.retry` bounds every call: connection errors, timeouts and 429/502/503/504 are retried with
+exponential backoff until the total deadline (60 s by default, LLMRELEASE_SERVICE_DEADLINE_S), then one
+`RegistryError` line names the server, its URL and what to check. Before each facade operation an HTTP tracking
+server's `/health` is probed under the same policy. An answer from the server (404, 400, 500) is never retried.
 """
 
 from __future__ import annotations
 
-import time
+import os
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
 from registry.errors import RegistryError
+from registry.retry import RETRY_STATUSES, RetryPolicy, Service, describe_error, is_connection_error, service_deadline
 
 __all__ = [
     "MlflowClientLike",
+    "RetryingClient",
     "VersionTagger",
+    "bounded_mlflow_client",
     "call_with_retry",
     "check_reachable",
     "error_code",
     "is_connection_error",
     "is_http",
+    "mlflow_service",
+    "plain_mlflow_client",
     "short_error",
 ]
 
-_CONNECTION_HINTS = (
-    "Connection refused",
-    "NewConnectionError",
-    "ConnectionError",
-    "ConnectTimeout",
-    "RemoteDisconnected",
-    "Name or service not known",
-    "Failed to establish",
-)
-_CONNECTION_TYPES = frozenset({"ConnectionError", "ConnectTimeout", "NewConnectionError", "MaxRetryError"})
 _T = TypeVar("_T")
 
 
@@ -99,69 +95,94 @@ class MlflowClientLike(Protocol):
     def set_model_version_tag(self, name: str, version: str, key: str, value: Any) -> Any: ...  # noqa: D102
 
 
-def call_with_retry(fn: Callable[..., _T], *args: Any, uri: str, retry_seconds: float, **kwargs: Any) -> _T:
-    """Call `fn(*args, **kwargs)`, retrying connection errors with exponential backoff.
+def mlflow_service(uri: str) -> Service:
+    """The MLflow tracking server at `uri`, for the retry policy's final line."""
+    return Service("MLflow tracking server", uri, "start it or set MLFLOW_TRACKING_URI", RegistryError)
+
+
+def call_with_retry(
+    fn: Callable[..., _T], *args: Any, uri: str, retry_seconds: float | None = None, **kwargs: Any
+) -> _T:
+    """Call `fn(*args, **kwargs)` under the one retry policy (`registry.retry`), naming MLflow at `uri`.
 
     Args:
         fn: The call to make.
         *args: Its positional arguments.
         uri: The tracking URI, named in the error.
-        retry_seconds: No new try starts after this many seconds.
+        retry_seconds: The total deadline; None: `service_deadline()` (LLMRELEASE_SERVICE_DEADLINE_S, 60 s).
         **kwargs: Its keyword arguments.
 
     Returns:
         What `fn` returns.
 
     Raises:
-        RegistryError: Every try failed to connect. Other errors propagate unchanged, untried again.
+        RegistryError: Every try failed transiently. Other errors propagate unchanged, untried again.
     """
-    from tenacity import RetryError, Retrying, retry_if_exception, stop_before_delay, wait_exponential
-
-    retrying = Retrying(
-        stop=stop_before_delay(retry_seconds),
-        wait=wait_exponential(multiplier=0.25, max=4.0),
-        retry=retry_if_exception(is_connection_error),
-    )
-    started = time.monotonic()
-    try:
-        return retrying(fn, *args, **kwargs)
-    except RetryError as e:
-        last = e.last_attempt
-        raise RegistryError(
-            f"MLflow tracking server at {uri} unreachable after {last.attempt_number} tries "
-            f"({time.monotonic() - started:.1f}s, last error: {short_error(last.exception())}): "
-            "start it or set MLFLOW_TRACKING_URI"
-        ) from last.exception()
+    deadline = service_deadline() if retry_seconds is None else retry_seconds
+    return RetryPolicy(deadline_s=deadline).call(fn, *args, service=mlflow_service(uri), **kwargs)
 
 
-def check_reachable(uri: str, retry_seconds: float) -> None:
+def check_reachable(uri: str, retry_seconds: float | None = None) -> None:
     """Probe an HTTP(S) tracking server's /health until it answers; no-op for other stores.
 
     Raises:
-        RegistryError: The server did not answer within `retry_seconds`.
+        RegistryError: The server did not answer within the deadline (`retry_seconds`, else the default).
     """
     if not is_http(uri):
         return
     import httpx
 
+    deadline = service_deadline() if retry_seconds is None else retry_seconds
+
     def probe() -> None:
-        httpx.get(f"{uri.rstrip('/')}/health", timeout=min(5.0, max(retry_seconds, 0.5)))
+        response = httpx.get(f"{uri.rstrip('/')}/health", timeout=min(5.0, max(deadline, 0.5)))
+        if response.status_code in RETRY_STATUSES:
+            response.raise_for_status()
 
-    call_with_retry(probe, uri=uri, retry_seconds=retry_seconds)
+    call_with_retry(probe, uri=uri, retry_seconds=deadline)
 
 
-def is_connection_error(exc: BaseException) -> bool:
-    """True for failures to reach a server (refused, DNS, connect timeout), not for answers it gave."""
-    import httpx
+class RetryingClient:
+    """Any client (an `MlflowClient`) whose every method call runs under `call_with_retry`; attributes pass through."""
 
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ConnectionError | httpx.TransportError):
-            return True
-        if type(seen).__name__ in _CONNECTION_TYPES:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "API request to" in str(exc) and any(hint in str(exc) for hint in _CONNECTION_HINTS)
+    def __init__(self, client: Any, uri: str, retry_seconds: float | None = None) -> None:
+        """Wrap `client`, naming `uri` in errors; `retry_seconds` None: the default deadline."""
+        self._client = client
+        self._uri = uri
+        self._retry_seconds = retry_seconds
+
+    @property
+    def wrapped(self) -> Any:
+        """The client itself, for calls that must not be retried."""
+        return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        """`client.<name>`, retried under the policy when it is a method."""
+        value = getattr(self._client, name)
+        if not callable(value):
+            return value
+
+        def retried(*args: Any, **kwargs: Any) -> Any:
+            return call_with_retry(value, *args, uri=self._uri, retry_seconds=self._retry_seconds, **kwargs)
+
+        return retried
+
+
+def plain_mlflow_client(uri: str) -> Any:
+    """An `MlflowClient` on `uri` (tracking and registry) whose own HTTP retries are off: the caller retries.
+
+    MLflow reads MLFLOW_HTTP_REQUEST_MAX_RETRIES on every request; it is set to 0 for this process unless the
+    operator set it, so that the policy's deadline, not MLflow's minutes of backoff, bounds a call.
+    """
+    from mlflow.tracking import MlflowClient
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def bounded_mlflow_client(uri: str, retry_seconds: float | None = None) -> RetryingClient:
+    """`plain_mlflow_client(uri)` with every call under the one policy (`RetryingClient`)."""
+    return RetryingClient(plain_mlflow_client(uri), uri, retry_seconds)
 
 
 def is_http(uri: str) -> bool:
@@ -175,7 +196,5 @@ def error_code(exc: BaseException) -> str:
 
 
 def short_error(exc: BaseException | None) -> str:
-    """`exc` as `Type: message` on one line, cut to 160 characters."""
-    text = " ".join(str(exc).split()) if exc is not None else ""
-    name = type(exc).__name__ if exc is not None else "error"
-    return f"{name}: {text[:160]}{'...' if len(text) > 160 else ''}"
+    """`exc` as `Type: message` on one line, cut at a word boundary (never mid-word) near 300 characters."""
+    return describe_error(exc)

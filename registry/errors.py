@@ -12,6 +12,7 @@ __all__ = [
     "PolicyError",
     "OnboardingError",
     "RegistryError",
+    "IntegrityError",
     "WorkflowError",
 ]
 
@@ -38,6 +39,10 @@ class OnboardingError(ReleaseError):
 
 class RegistryError(ReleaseError):
     """The model registry (MLflow) refused, was unreachable, or holds an inconsistent state."""
+
+
+class IntegrityError(ReleaseError):
+    """Weights differ from the manifest they were onboarded or registered under: names the file and both digests."""
 
 
 class WorkflowError(ReleaseError):

@@ -21,10 +21,12 @@ from registry.client import (
     check_reachable,
     error_code,
     is_http,
+    plain_mlflow_client,
     short_error,
 )
 from registry.errors import RegistryError
 from registry.history import AliasMove, history_tag_key, moves_from_tags
+from registry.integrity import MANIFEST_ARTIFACT, check_manifest_digest, verify_folder
 from registry.record import (
     OnboardingView,
     S3ClientLike,
@@ -78,7 +80,7 @@ class ModelRegistry:
         *,
         tracking_uri: str | None = None,
         artifact_root: Path | None = None,
-        retry_seconds: float = 15.0,
+        retry_seconds: float | None = None,
         clock: Callable[[], int] = time.time_ns,
         s3_client: S3ClientLike | None = None,
     ) -> None:
@@ -89,7 +91,8 @@ class ModelRegistry:
             tracking_uri: For messages and the reachability probe; read from the client if None.
             artifact_root: Where the onboarding experiment keeps artifacts when the facade creates it;
                 None lets the tracking server decide.
-            retry_seconds: Total time to retry connection errors before giving up.
+            retry_seconds: The total deadline of one call, retries included (`registry.retry`); None: the
+                default, LLMRELEASE_SERVICE_DEADLINE_S or 60 s.
             clock: Nanoseconds since the epoch; stamps history entries.
             s3_client: A boto3 S3 client for checking s3:// weights; built from the environment if None.
         """
@@ -101,17 +104,17 @@ class ModelRegistry:
         self._s3 = s3_client
 
     @classmethod
-    def from_uri(cls, uri: str, *, artifact_root: Path | None = None, retry_seconds: float = 15.0) -> ModelRegistry:
+    def from_uri(
+        cls, uri: str, *, artifact_root: Path | None = None, retry_seconds: float | None = None
+    ) -> ModelRegistry:
         """A registry on the tracking (and registry) store at `uri`; creates a sqlite file's folder."""
-        from mlflow.tracking import MlflowClient
-
         if uri.startswith("sqlite:///"):
             Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client = plain_mlflow_client(uri)
         return cls(client, tracking_uri=uri, artifact_root=artifact_root, retry_seconds=retry_seconds)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, *, retry_seconds: float = 15.0) -> ModelRegistry:
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, retry_seconds: float | None = None) -> ModelRegistry:
         """A registry on MLFLOW_TRACKING_URI, or on `<LLMRELEASE_HOME or .llmrelease>/mlflow.db` (sqlite).
 
         Artifacts of a local store go under `<home>/mlartifacts`, never `./mlruns`.
@@ -139,12 +142,16 @@ class ModelRegistry:
         Raises:
             SpecError: The record is malformed.
             OnboardingError: The weights it names are missing.
+            IntegrityError: The record's files do not hash to its digest, or the local weights differ from the
+                record (file, expected and found sha256); nothing is registered.
             RegistryError: MLflow refused or is unreachable.
         """
         from mlflow.exceptions import MlflowException
 
         raw = record.model_dump(mode="json") if isinstance(record, BaseModel) else dict(record)
         rec = parse_record(raw)
+        if rec.kind == "weights":
+            check_manifest_digest(rec.files, rec.digest, where=f"onboarding record of {rec.name!r}")
         self._check_reachable()
         tags = _version_tags(rec, git_commit=git_commit, workflow_name=workflow_name, workflow_uid=workflow_uid)
         try:
@@ -188,6 +195,13 @@ class ModelRegistry:
         if rec.in_s3:
             self._s3 = check_s3_weights(rec, self._s3)
         check_local_weights(rec)
+        if rec.copies_weights:  # the bytes uploaded below are the bytes onboarded, or nothing is registered
+            verify_folder(
+                Path(str(rec.local_path)),
+                rec.files,
+                what=f"model {rec.name!r} at {rec.local_path}",
+                fix="the weights changed since onboarding; re-run the onboard step, then register",
+            )
         run = self._call(
             self._client.create_run,
             experiment_id,
@@ -208,7 +222,7 @@ class ModelRegistry:
         self._call(self._client.log_dict, run_id, raw, "onboarding/record.json")
         self._call(self._client.log_dict, run_id, rec.card.model_dump(), "onboarding/card.json")
         manifest = {"digest": rec.digest, "files": [f.model_dump() for f in rec.files]}
-        self._call(self._client.log_dict, run_id, manifest, "onboarding/manifest.json")
+        self._call(self._client.log_dict, run_id, manifest, MANIFEST_ARTIFACT)
         params = {
             "kind": rec.kind,
             "environment": rec.environment,

@@ -99,45 +99,38 @@ def report_paths(reports_dir: str | Path) -> list[Path]:
     return [p for name in GLOBAL_REPORTS if (p := Path(reports_dir) / f"{name}.json").is_file()]
 
 
-def _evidence(inputs: Inputs, model: str, version: str) -> Any:
-    """Write the evidence bundle and the release report (the registry gives the digest and the approvals)."""
+def _evidence(inputs: Inputs, model: str, version: str, *, online: bool = True) -> Any:
+    """Write the evidence bundle and the release report (the registry gives the digest and the approvals).
+
+    With `online` False (MLflow unreachable) the registry is not asked and the bundle stays in the local store.
+    """
     import json
 
     from steps.evidence import EvidenceParams, inputs_from_params
     from steps.evidence import run as write_evidence
 
-    return write_evidence(
-        inputs_from_params(
-            EvidenceParams(
-                model_name=model,
-                version=version,
-                release=inputs.release,
-                workflow_name=inputs.workflow_name,
-                workflow_uid=inputs.workflow_uid,
-                workflow_status=inputs.workflow_status,
-                git_commit=inputs.git_commit,
-                report_paths=",".join(str(p) for p in report_paths(inputs.reports_dir)),
-                approver=inputs.approver,
-                started_at=inputs.started_at,
-                workflow_parameters=json.dumps(
-                    {"release": inputs.release, "environment": inputs.environment, "git-commit": inputs.git_commit}
-                ),
-            )
-        )
+    params = EvidenceParams(
+        model_name=model,
+        version=version,
+        release=inputs.release,
+        workflow_name=inputs.workflow_name,
+        workflow_uid=inputs.workflow_uid,
+        workflow_status=inputs.workflow_status,
+        git_commit=inputs.git_commit,
+        report_paths=",".join(str(p) for p in report_paths(inputs.reports_dir)),
+        approver=inputs.approver,
+        started_at=inputs.started_at,
+        workflow_parameters=json.dumps(
+            {"release": inputs.release, "environment": inputs.environment, "git-commit": inputs.git_commit}
+        ),
     )
+    return write_evidence(inputs_from_params(params, offline=not online), store=online)
 
 
-def run(inputs: Inputs, registry: Any, plane: Any) -> Outputs:
-    """Abort the run's rollout when the run did not succeed and still holds it, then write the evidence.
-
-    Raises:
-        SpecError: The release spec is missing or invalid.
-        ReleaseError: The abort or the evidence failed (registry, serving plane or evidence store).
-    """
-    from steps.release.spec import load_spec
+def _close_rollout(inputs: Inputs, registry: Any, plane: Any, model: str) -> tuple[str | None, str]:
+    """Abort this run's rollout when the run did not succeed; returns (aborted version, released version)."""
     from steps.rollout.operations import abort
 
-    model = load_spec(inputs.release).model.name
     aborted = None
     if inputs.workflow_status != "Succeeded":
         aborted = abort(
@@ -149,7 +142,49 @@ def run(inputs: Inputs, registry: Any, plane: Any) -> Outputs:
         )
         if aborted:
             print(f"finalize: rollout of version {aborted} aborted: all traffic on the champion", flush=True)
-    evidence = _evidence(inputs, model, _version(registry, model, aborted))
+    return aborted, _version(registry, model, aborted)
+
+
+def _with_evidence(fault: Exception, note: str) -> Exception:
+    """`fault` (a `ReleaseError`) with `note` (where the evidence is) appended, same class and exit code."""
+    from registry.errors import ReleaseError
+
+    message = f"{fault}; {note}"
+    try:
+        error = type(fault)(message)
+    except TypeError:  # a subclass with its own constructor
+        error = ReleaseError(message)
+    error.exit_code = getattr(fault, "exit_code", 1)  # type: ignore[attr-defined]
+    return error
+
+
+def run(inputs: Inputs, registry: Any, plane: Any) -> Outputs:
+    """Abort the run's rollout when the run did not succeed and still holds it, then write the evidence.
+
+    Every run leaves an evidence bundle: with an invalid spec or an unreachable MLflow it is written to the local
+    store ($LLMRELEASE_HOME/evidence/...) and the error's one line ends with where it is.
+
+    Raises:
+        SpecError: The release spec is missing or invalid (the evidence is still written).
+        ReleaseError: The abort or the evidence failed (registry, serving plane or evidence store).
+    """
+    from registry.errors import RegistryError, ReleaseError
+    from steps.release.spec import load_spec
+
+    fault: ReleaseError | None = None
+    model, aborted, version = "", None, ""
+    try:
+        model = load_spec(inputs.release).model.name
+        aborted, version = _close_rollout(inputs, registry, plane, model)
+    except ReleaseError as e:
+        fault = e
+    online = not isinstance(fault, RegistryError)
+    try:
+        evidence = _evidence(inputs, model, version, online=online)
+    except RegistryError as e:  # its line says where the bundle is kept
+        raise (e if fault is None else _with_evidence(fault, str(e))) from fault or e
+    if fault is not None:
+        raise _with_evidence(fault, f"the evidence bundle is kept locally at {evidence.bundle_path}") from fault
     return Outputs(
         workflow_status=inputs.workflow_status,
         aborted=aborted,

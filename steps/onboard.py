@@ -18,9 +18,11 @@ from hera.workflows import Artifact, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
 from registry.errors import OnboardingError
+from registry.retry import DEFAULT_DEADLINE_S, service_deadline
 from steps.core.artifacts import ONBOARD_DIR
 from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
+from steps.evals.engines.probe import ProviderProbe, probe_provider
 from steps.onboarding.datasets import check_datasets
 from steps.onboarding.sources import S3Client, Source, resolve_source
 from steps.onboarding.weights import (
@@ -66,12 +68,14 @@ class Outputs(BaseModel):
     """The environment is one of the spec's `rollout.approval_required_in`: a person approves the rollout."""
 
 
-def run(inputs: Inputs, s3: S3Client | None = None) -> Outputs:
+def run(inputs: Inputs, s3: S3Client | None = None, probe: ProviderProbe | None = probe_provider) -> Outputs:
     """Onboard the model of `inputs.release` for `inputs.environment`.
 
     Args:
         inputs: The step's inputs.
         s3: A boto3 S3 client for s3:// sources; built from the environment (AWS_ENDPOINT_URL, ...) when None.
+        probe: Asks a provider source for a one-token completion before anything is recorded
+            (`steps.evals.engines.probe`); None skips it (tests of the record alone).
 
     Returns:
         The record's path, the model digest and the record.
@@ -98,6 +102,8 @@ def run(inputs: Inputs, s3: S3Client | None = None) -> Outputs:
             model_name=spec.model.name,
             provider=source.provider_key,
         )
+        if probe is not None and source.provider is not None:
+            probe(source.provider, service_deadline(default=rules.service_deadline_s or DEFAULT_DEADLINE_S))
     config, memory = (None, None)
     if source.kind == "weights":
         config, memory = _check_weights(source, spec, policy, inputs.environment, rules.allow_pickle)

@@ -12,11 +12,11 @@ __all__ = ["llmrelease_home", "tracking_uri", "mlflow_client", "experiment_id"]
 
 
 def mlflow_client(environ: Mapping[str, str] | None = None) -> Any:
-    """An MlflowClient on the tracking and registry store of `tracking_uri`."""
-    from mlflow.tracking import MlflowClient
+    """An MlflowClient on the store of `tracking_uri`, every call under the one retry policy (`registry.retry`)."""
+    from registry.client import bounded_mlflow_client
+    from registry.retry import service_deadline
 
-    uri = tracking_uri(environ)
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+    return bounded_mlflow_client(tracking_uri(environ), service_deadline(environ))
 
 
 def experiment_id(client: Any, name: str, home: Path) -> str:

@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.retry import describe_error
 from registry.tags import (
     CHAMPION,
     DIGEST_TAG,
@@ -127,8 +128,8 @@ def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_
             run_id = _log_run(client, report, path, candidate, inputs.kind, home)
         except Exception as e:
             raise EvalError(
-                f"logging the eval run to MLflow at {client.tracking_uri} failed ({type(e).__name__}: "
-                f"{str(e)[:200]}); the report is at {path}: check the tracking server and re-run"
+                f"logging the eval run to MLflow at {client.tracking_uri} failed ({describe_error(e)}); "
+                f"the report is at {path}: check the tracking server and re-run"
             ) from e
     return Outputs(report_path=str(path), summary=summarize(report), run_id=run_id)
 
@@ -150,7 +151,7 @@ def _resolve(
         engine = EngineSpec.of("http", base_url=provider[0], model=provider[1])
         settings = GenerationSettings(max_new_tokens=max_new, backend="http", device="remote")
     else:
-        model_dir = download_weights(str(mv.source), digest, home, client.tracking_uri)
+        model_dir = download_weights(str(mv.source), digest, home, client.tracking_uri, mv.run_id or "")
         kind, device = _local_engine_kind()
         options: dict[str, Any] = {"model_dir": str(model_dir)}
         if kind == "transformers":

@@ -1,11 +1,16 @@
 """Registered versions resolved to weights on this machine: the digest-keyed model cache.
 
 Used by the eval step and by the serving plane; both read a version's weights through `weights_dir`.
+Nothing is used unverified: the version's manifest (in its onboarding run) must hash to the version's digest tag,
+and the downloaded files must match the manifest, before a cache entry is published; it is then marked verified
+(`.verified` holds the digest) and reused without re-hashing. An entry without the marker (written before) is
+verified once; one that fails is removed.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shutil
 import tempfile
@@ -14,12 +19,22 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
-from registry.errors import ReleaseError
+from registry.errors import IntegrityError, ReleaseError
+from registry.integrity import MANIFEST_ARTIFACT, Manifest, verify_folder
 from registry.tags import DIGEST_TAG
 from steps.evals.cache import short_hex
 from steps.evals.engines.base import EvalError
 
-__all__ = ["VersionReader", "download_weights", "model_version", "registered_digest", "weights_dir"]
+__all__ = [
+    "VersionReader",
+    "download_weights",
+    "fetch_manifest",
+    "model_version",
+    "registered_digest",
+    "weights_dir",
+]
+
+_MARKERS = (".complete", ".verified")
 
 
 class VersionReader(Protocol):
@@ -71,32 +86,91 @@ def registered_digest(mv: Any) -> str:
 def weights_dir(client: VersionReader, name: str, version: str, home: Path) -> Path:
     """The local weights folder of a registered version (downloaded into the model cache the first time)."""
     mv = model_version(client, name, version, None)
-    return download_weights(str(mv.source), registered_digest(mv), home, client.tracking_uri)
+    return download_weights(str(mv.source), registered_digest(mv), home, client.tracking_uri, mv.run_id or "")
 
 
-def download_weights(source: str, digest: str, home: Path, tracking_uri: str) -> Path:
-    """The weights folder for `digest`, downloaded from `source` into the model cache the first time only.
+def fetch_manifest(run_id: str, digest: str, tracking_uri: str) -> Manifest:
+    """The weights manifest logged in onboarding run `run_id`, checked to hash to `digest`.
+
+    Raises:
+        EvalError: The run or its manifest cannot be read.
+        IntegrityError: The manifest does not hash to `digest` (both digests named).
+    """
+    import mlflow.artifacts
+
+    if not run_id:
+        raise EvalError(f"weights {digest[:19]}... have no onboarding run: re-register the model (register step)")
+    try:
+        with tempfile.TemporaryDirectory(prefix="llmrelease-manifest-") as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=MANIFEST_ARTIFACT, dst_path=tmp, tracking_uri=tracking_uri
+            )
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except Exception as e:
+        raise EvalError(
+            f"cannot read the weights manifest {MANIFEST_ARTIFACT} of run {run_id} ({type(e).__name__}: "
+            f"{str(e)[:200]}): check MLFLOW_TRACKING_URI and the artifact store"
+        ) from e
+    return Manifest.load(raw, expected=digest, where=f"{MANIFEST_ARTIFACT} of run {run_id}")
+
+
+def download_weights(source: str, digest: str, home: Path, tracking_uri: str, run_id: str) -> Path:
+    """The verified weights folder for `digest`, downloaded from `source` into the model cache the first time only.
 
     Safe when parallel steps (batch-eval and safety) share the cache: the first writer downloads under an
     exclusive lock (`model-cache/.<digest>.lock`, fcntl) and publishes the folder with one rename; the others
     wait on the lock, then find the folder complete and reuse it. A folder left half-written by a killed writer
     (no `.complete` marker) is replaced; a complete one is never removed.
 
+    The files are checked against the manifest of onboarding run `run_id` (`fetch_manifest`) before the entry
+    is published; a complete entry marked verified for `digest` is reused without MLflow.
+
     Raises:
         EvalError: The download failed; names the source and what to check.
+        IntegrityError: A file differs from the manifest (file, expected and found sha256); the entry is removed.
     """
     target = home / "model-cache" / short_hex(digest, 64)
     found = _complete(target)
-    if found is not None:
+    if found is not None and _verified(target, digest):
         return found
-    if Path(source).is_dir():  # a plain local path (registered in place)
+    manifest = fetch_manifest(run_id, digest, tracking_uri)
+    if Path(source).is_dir():  # a plain local path (registered in place): verified on every use
+        verify_folder(Path(source), manifest.files, what=f"weights {source} ({digest[:19]}...)", fix=_FIX)
         return Path(source)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(target.parent / f".{target.name}.lock"):
         found = _complete(target)  # another writer finished while this one waited
         if found is not None:
-            return found
-        return _download(source, target, tracking_uri)
+            return _verify_entry(target, found, manifest, source)
+        return _download(source, target, tracking_uri, manifest)
+
+
+_FIX = "the stored weights differ from what was registered; do not use them: re-register from the onboarded weights"
+
+
+def _verified(target: Path, digest: str) -> bool:
+    """Whether the entry carries the marker of a verification against `digest`."""
+    try:
+        return (target / ".verified").read_text(encoding="utf-8").strip() == digest
+    except OSError:
+        return False
+
+
+def _verify_entry(target: Path, folder: Path, manifest: Manifest, source: str) -> Path:
+    """Verify a complete entry once (the caller holds the lock): mark it, or remove it and raise."""
+    if not _verified(target, manifest.digest):
+        try:
+            _check(folder, target, manifest, source)
+        except IntegrityError:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        (target / ".verified").write_text(manifest.digest, encoding="utf-8")
+    return folder
+
+
+def _check(folder: Path, target: Path, manifest: Manifest, source: str) -> None:
+    ignore = _MARKERS if folder.resolve() == target.resolve() else ()
+    verify_folder(folder, manifest.files, what=f"weights {source} ({manifest.digest[:19]}...)", fix=_FIX, ignore=ignore)
 
 
 def _complete(target: Path) -> Path | None:
@@ -120,8 +194,8 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _download(source: str, target: Path, tracking_uri: str) -> Path:
-    """Download `source` into a staging folder, then publish it as `target` (the caller holds the lock)."""
+def _download(source: str, target: Path, tracking_uri: str, manifest: Manifest) -> Path:
+    """Download `source` into a staging folder, verify it, then publish it as `target` (the caller holds the lock)."""
     import mlflow.artifacts
 
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}.", dir=target.parent))
@@ -130,6 +204,8 @@ def _download(source: str, target: Path, tracking_uri: str) -> Path:
             mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri)
         )
         relative = got.relative_to(staging)
+        _check(got, staging, manifest, source)  # a mismatch leaves nothing behind (staging removed below)
+        (staging / ".verified").write_text(manifest.digest, encoding="utf-8")
         (staging / ".complete").write_text(str(relative), encoding="utf-8")
         shutil.rmtree(target, ignore_errors=True)  # half-written by a writer that died: never a complete one
         os.replace(staging, target)

@@ -102,6 +102,10 @@ def run(inputs: Inputs, *, store: bool = True, key_path: str | None = None) -> O
     report = write_report(bundle)
     try:
         run_id = _store_in_mlflow(inputs, bundle, digest) if store else ""
+    except RegistryError as e:  # unreachable within the deadline (registry.retry): say where the bundle is
+        raise RegistryError(
+            f"storing evidence {digest[:23]}... in MLflow failed: {e}; the bundle is kept at {bundle}"
+        ) from e
     except ReleaseError:
         raise
     except Exception as e:  # MlflowException, OSError: one line naming where the bundle still is
@@ -154,11 +158,11 @@ def _version_facts(name: str, version: str) -> tuple[str, list[dict[str, Any]]]:
     return tags.get(DIGEST_TAG, ""), approvals
 
 
-def inputs_from_params(params: EvidenceParams) -> Inputs:
-    """Typed inputs from the Argo string parameters (the registry gives the digest and approvals)."""
+def inputs_from_params(params: EvidenceParams, *, offline: bool = False) -> Inputs:
+    """Typed inputs from the Argo string parameters (the registry gives the digest and approvals unless `offline`)."""
     from steps.core.git import resolve_git_commit
 
-    digest, approvals = _version_facts(params.model_name, params.version)
+    digest, approvals = ("", []) if offline else _version_facts(params.model_name, params.version)
     try:
         wf_params = json.loads(params.workflow_parameters) if params.workflow_parameters.strip() else {}
     except ValueError:

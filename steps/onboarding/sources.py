@@ -17,6 +17,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from registry.errors import OnboardingError
+from registry.retry import RetryPolicy, Service, describe_error
 from steps.core.hashing import digest_of, hash_files, sha256_stream
 from steps.release.records import FileEntry, ProviderRef
 
@@ -202,9 +203,12 @@ def _s3_list(s3: S3Client, bucket: str, prefix: str, source: str) -> list[tuple[
     """(relative path, key, size) of every object under the prefix, sorted by path."""
     from botocore.exceptions import BotoCoreError, ClientError
 
+    def pages() -> list[Any]:
+        return list(s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""))
+
     found: list[tuple[str, str, int]] = []
     try:
-        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
+        for page in RetryPolicy.from_env().call(pages, service=_s3_service(bucket)):
             for obj in page.get("Contents", []):
                 key = str(obj["Key"])
                 rel = key[len(prefix) + 1 :] if prefix else key
@@ -215,7 +219,7 @@ def _s3_list(s3: S3Client, bucket: str, prefix: str, source: str) -> list[tuple[
                 found.append((rel, key, int(obj["Size"])))
     except (BotoCoreError, ClientError) as e:
         raise OnboardingError(
-            f"model.source {source!r}: cannot list the bucket ({type(e).__name__}: {str(e)[:160]}); check the bucket, "
+            f"model.source {source!r}: cannot list the bucket ({describe_error(e)}); check the bucket, "
             "AWS_ENDPOINT_URL and the credentials"
         ) from e
     if not found:
@@ -227,14 +231,25 @@ def _s3_download(s3: S3Client, bucket: str, key: str, size: int, target: Path, r
     from botocore.exceptions import BotoCoreError, ClientError
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    try:
+
+    def fetch() -> tuple[str, int]:
         body = s3.get_object(Bucket=bucket, Key=key)["Body"]
         with open(target, "wb") as sink:
-            digest, got = sha256_stream(body, sink)
+            return sha256_stream(body, sink)
+
+    try:
+        digest, got = RetryPolicy.from_env().call(fetch, service=_s3_service(bucket))
     except (BotoCoreError, ClientError, OSError) as e:
         raise OnboardingError(
-            f"model.source: download of s3://{bucket}/{key} failed ({type(e).__name__}: {str(e)[:160]}); retry"
+            f"model.source: download of s3://{bucket}/{key} failed ({describe_error(e)}); check AWS_ENDPOINT_URL "
+            "and the credentials, then retry"
         ) from e
     if got != size:
         raise OnboardingError(f"model.source: s3://{bucket}/{key} gave {got} bytes, the listing said {size}; retry")
     return FileEntry(path=rel, sha256=digest, size=got)
+
+
+def _s3_service(bucket: str) -> Service:
+    """S3 (the endpoint of AWS_ENDPOINT_URL) for the retry policy's final line."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    return Service(f"S3 ({endpoint})", f"s3://{bucket}", "check AWS_ENDPOINT_URL and the credentials", OnboardingError)

@@ -54,6 +54,12 @@ class EnvironmentPolicy(BaseModel):
     allow_pickle: bool = Field(default=False, description="whether pickle weights (.bin, .pt, ...) are accepted")
     floors: Floors = Field(default_factory=Floors, description="minimum gates every release in it must meet")
     router: Literal["haproxy", "gateway"] | None = Field(default=None, description="overrides rollout.router")
+    service_deadline_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="total deadline in seconds of one call to MLflow, S3 or a provider, retries included "
+        "(registry.retry); LLMRELEASE_SERVICE_DEADLINE_S overrides it; default 60",
+    )
     plane: Literal["local", "kubernetes"] = Field(
         default="local",
         description="where versions are served: local (transformers serve + HAProxy on this machine); "

@@ -193,7 +193,7 @@ def record_for(model_dir: Path, name: str = NAME) -> dict[str, Any]:
         for p in sorted(model_dir.iterdir())
         if p.is_file()
     ]
-    digest = "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    digest = "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return {
         "name": name,
         "environment": "dev",

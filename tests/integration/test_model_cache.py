@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from registry.integrity import MANIFEST_ARTIFACT, ManifestFile, manifest_digest
 from steps.evals.weights import download_weights
 
 REPO = Path(__file__).resolve().parents[2]
-DIGEST = "sha256:" + "ab" * 32
 ROUNDS = 3
 # A step, once per round: wait at that round's start line, fetch the weights into that round's (empty) cache, then
 # read every file as an engine loading them would, and write down what it read.
@@ -27,12 +27,12 @@ WORKER = """
 import hashlib, json, os, sys, time
 from pathlib import Path
 from steps.evals.weights import download_weights
-source, digest, uri, base = sys.argv[1:]
+source, digest, uri, run_id, base = sys.argv[1:]
 for n in range(int(os.environ["ROUNDS"])):
     Path(f"{base}/ready-{n}-{os.getpid()}").touch()
     while not Path(f"{base}/go-{n}").exists():
         time.sleep(0.001)
-    folder = download_weights(source, digest, Path(f"{base}/home-{n}"), uri)
+    folder = download_weights(source, digest, Path(f"{base}/home-{n}"), uri, run_id)
     time.sleep(0.05)
     files = {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in folder.rglob("*") if p.is_file()}
@@ -40,9 +40,13 @@ for n in range(int(os.environ["ROUNDS"])):
 """
 
 
+Logged = tuple[str, str, dict[str, str], str, str]
+
+
 @pytest.fixture(scope="module")
-def logged_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, dict[str, str]]:
-    """(artifact URI of a `model/` folder logged to a local MLflow run, tracking URI, relative path -> sha256)."""
+def logged_weights(tmp_path_factory: pytest.TempPathFactory) -> Logged:
+    """(artifact URI of a `model/` folder logged to a local MLflow run with its manifest, as register logs them,
+    tracking URI, relative path -> sha256, run id, manifest digest)."""
     import mlflow
 
     tmp_path = tmp_path_factory.mktemp("store")
@@ -57,10 +61,15 @@ def logged_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, 
     experiment = client.create_experiment("cache", artifact_location=(tmp_path / "artifacts").as_uri())
     run = client.create_run(experiment)
     client.log_artifacts(run.info.run_id, str(weights), artifact_path="model")
+    hashes = _hashes(weights)
+    files = [ManifestFile(path=p, sha256=h, size=(weights / p).stat().st_size) for p, h in hashes.items()]
+    digest = manifest_digest(files)
+    manifest = {"digest": digest, "files": [f.model_dump() for f in files]}
+    client.log_dict(run.info.run_id, manifest, MANIFEST_ARTIFACT)
     client.set_terminated(run.info.run_id)
     source = f"{client.get_run(run.info.run_id).info.artifact_uri}/model"
     assert source.startswith("file://")  # not a plain folder: the cache must download it
-    return source, uri, _hashes(weights)
+    return source, uri, hashes, run.info.run_id, digest
 
 
 def _hashes(folder: Path) -> dict[str, str]:
@@ -73,19 +82,20 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 @pytest.mark.slow
 def test_four_parallel_downloads_of_one_version_all_succeed_and_share_one_folder(
-    tmp_path: Path, logged_weights: tuple[str, str, dict[str, str]]
+    tmp_path: Path, logged_weights: Logged
 ) -> None:
     """GIVEN 4 processes released at the same instant to fetch the same weights into one empty cache (3 rounds)
     WHEN each calls download_weights and reads the folder it got
     THEN all succeed and read the logged bytes from the same folder; the cache holds one entry and its lock, no
     staging folder (before: a later writer's rename failed with "Directory not empty", or its rmtree removed the
     folder an earlier one was reading: the code before the lock failed this test in 4 runs of 4)."""
-    source, uri, expected = logged_weights
+    source, uri, expected, run_id, digest = logged_weights
+    hex_ = digest.removeprefix("sha256:")
     logs = [(tmp_path / f"worker-{i}.log").open("w") for i in range(4)]  # files, not pipes: nothing blocks
     env = {**os.environ, "ROUNDS": str(ROUNDS), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     workers = [
         subprocess.Popen(
-            [sys.executable, "-c", WORKER, source, DIGEST, uri, str(tmp_path)],
+            [sys.executable, "-c", WORKER, source, digest, uri, run_id, str(tmp_path)],
             cwd=REPO,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -109,20 +119,18 @@ def test_four_parallel_downloads_of_one_version_all_succeed_and_share_one_folder
         assert len(seen) == 4
         assert len({s["folder"] for s in seen}) == 1 and all(s["files"] == expected for s in seen), f"round {n}"
         entries = sorted(p.name for p in (tmp_path / f"home-{n}" / "model-cache").iterdir())
-        assert entries == [f".{'ab' * 32}.lock", "ab" * 32]  # one entry, its lock, no staging folder left behind
+        assert entries == [f".{hex_}.lock", hex_]  # one entry, its lock, no staging folder left behind
 
 
-def test_a_half_written_entry_is_replaced_and_a_complete_one_is_reused(
-    tmp_path: Path, logged_weights: tuple[str, str, dict[str, str]]
-) -> None:
+def test_a_half_written_entry_is_replaced_and_a_complete_one_is_reused(tmp_path: Path, logged_weights: Logged) -> None:
     """GIVEN a cache entry left without its .complete marker (a writer killed mid-publish) WHEN downloaded THEN it
     is replaced by the full weights; GIVEN then a complete entry THEN it is reused even with the store gone."""
-    source, uri, expected = logged_weights
+    source, uri, expected, run_id, digest = logged_weights
     home = tmp_path / "home"
-    partial = home / "model-cache" / ("ab" * 32)
+    partial = home / "model-cache" / digest.removeprefix("sha256:")
     partial.mkdir(parents=True)
     (partial / "junk.bin").write_bytes(b"half")
-    folder = download_weights(source, DIGEST, home, uri)
+    folder = download_weights(source, digest, home, uri, run_id)
     assert _hashes(folder) == expected and not (partial / "junk.bin").exists()
     gone = "file:///nonexistent/artifacts/model"
-    assert download_weights(gone, DIGEST, home, uri) == folder
+    assert download_weights(gone, digest, home, uri, "no-such-run") == folder  # verified: no MLflow call

@@ -64,7 +64,7 @@ def record(name: str, weights: Path, spec: Path) -> dict[str, Any]:
         for p in sorted(weights.iterdir())
         if p.is_file()
     ]
-    digest = "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    digest = "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return {
         "name": name,
         "environment": "dev",

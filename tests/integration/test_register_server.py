@@ -106,7 +106,8 @@ def _record(files: dict[str, bytes], **fields: Any) -> dict[str, Any]:
         {"path": path, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         for path, data in sorted(files.items())
     ]
-    digest = "sha256:" + hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    canonical = json.dumps(manifest, sort_keys=True, separators=(",", ":"))
+    digest = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
     base = {
         "name": NAME,
         "environment": "staging",

@@ -123,11 +123,12 @@ def test_exit_handler_sees_failed_status_and_failures(tmp_path: Path) -> None:
     assert by_name["celebrate"]["phase"] == "Skipped"
 
 
-def test_suspend_without_resume_fails_clearly(tmp_path: Path) -> None:
-    """GIVEN a suspend step WHEN not resumed THEN the workflow fails saying how to resume."""
+def test_suspend_without_resume_stays_running(tmp_path: Path) -> None:
+    """GIVEN a suspend step WHEN not resumed THEN the workflow stays Running (suspended), saying how to resume."""
     result = run("suspend.yaml", tmp_path)
-    assert result.phase == "Failed"
-    assert "--resume approve" in result.message
+    assert result.phase == "Running"
+    assert f"llmrelease resume {result.name}" in result.message
+    assert nodes(result)["approve"]["phase"] == "Running"
     assert "release" not in nodes(result)
 
 
@@ -315,4 +316,4 @@ def test_lint_and_runner_read_depends_alike(tmp_path: Path, expr: str, fault: st
         assert nodes(result)["probe"]["phase"] == probe
     else:
         assert len(problems) == 1 and f"depends {expr!r} does not parse: {fault}" in problems[0]
-        assert result.phase == "Failed" and f"task probe: depends {expr!r} does not parse: {fault}" in result.message
+        assert result.phase == "Error" and f"task probe: depends {expr!r} does not parse: {fault}" in result.message

@@ -488,7 +488,9 @@ BAD = {
 @pytest.mark.parametrize("missing", sorted(BAD))
 def test_a_missing_thing_errors_the_node_naming_it(tmp_path: Path, endpoint: str, s3: Any, missing: str) -> None:
     """GIVEN a repository, secret, bucket, git repository or key that is not there WHEN the pod runs
-    THEN the node ends in Error (as Argo shows artifact problems) with one line naming what is missing."""
+    THEN the node, and so the workflow, ends in Error (as Argo shows artifact problems) with one line naming
+    what is missing.
+    """
     spec, inputs, repo, expected = BAD[missing]
     git = str(tmp_path / "no-such-repo")
     repos = {
@@ -499,7 +501,7 @@ def test_a_missing_thing_errors_the_node_naming_it(tmp_path: Path, endpoint: str
     cluster = cluster_config(tmp_path, repos, default=repo) if repo else None
     workflow = ONE_POD.replace("SPEC", spec).replace("INPUTS", inputs.replace("GIT", git))
     result = run(tmp_path, workflow, cluster)
-    assert (result.phase, result.rc) == ("Failed", 1)
+    assert (result.phase, result.rc) == ("Error", 1)
     node = result.node(result.name)
     assert node["phase"] == "Error"
     assert expected.replace("GIT", git) in node["message"]

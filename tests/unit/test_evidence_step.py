@@ -163,6 +163,7 @@ def test_mlflow_down_fails_the_step_in_one_line_and_keeps_the_bundle(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("LLMRELEASE_SERVICE_DEADLINE_S", "2")
     with pytest.raises(RegistryError, match="the bundle is kept at") as err:
         run(run_inputs(write_run_files(tmp_path / "run")))
     assert "\n" not in str(err.value)

@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 
 from registry.errors import OnboardingError, PolicyError, ReleaseError, SpecError
 from steps.core.hashing import canonical_json, sha256_file
+from steps.evals.engines.probe import API_KEY_ENV, ProviderProbe, probe_provider
 from steps.onboard import Inputs, Outputs, run
 from steps.onboarding.weights import estimate_memory
 from steps.release.records import RECORD_FILE, ConfigSummary
@@ -108,7 +109,8 @@ class Workspace:
         path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
         return path
 
-    def onboard(self, environment: str = "dev") -> Outputs:
+    def onboard(self, environment: str = "dev", probe: ProviderProbe | None = None) -> Outputs:
+        """Onboard; provider sources are probed only when a test passes `probe` (see test_onboard_probe.py)."""
         return run(
             Inputs(
                 release=str(self.root / "releases" / "tiny.yaml"),
@@ -116,7 +118,8 @@ class Workspace:
                 work_dir=str(self.work),
                 root=str(self.root),
                 policy_path=str(self.root / "policy" / "platform-policy.yaml"),
-            )
+            ),
+            probe=probe,
         )
 
     def refused(self, kind: type[ReleaseError], *fragments: str, environment: str = "dev") -> str:
@@ -216,6 +219,51 @@ def test_openai_provider_is_checked_against_the_environment_policy(ws: Workspace
     ws.record.unlink()
     ws.spec(model__source="openai://gpt-4o")
     ws.refused(PolicyError, "environments.prod.providers", "'api.openai.com/gpt-4o'", environment="prod")
+
+
+def test_a_provider_is_probed_with_a_real_one_token_completion_before_any_record(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a provider source on the project's local OpenAI-compatible server and a key in OPENAI_API_KEY
+    WHEN onboarded with the real probe THEN the record is written; with the key unset THEN one line naming the
+    variable, and no record."""
+    from tests.fake_openai_server import FakeConfig, FakeServer
+
+    with FakeServer(FakeConfig(service_ms=1, tokens=1)) as server:
+        ws.spec(model__source=f"{server.base_url}#demo-qa")
+        monkeypatch.setenv(API_KEY_ENV, "test-key")
+        assert ws.onboard(probe=probe_provider).record.provider is not None
+        ws.record.unlink()
+        monkeypatch.delenv(API_KEY_ENV)
+        with pytest.raises(OnboardingError) as info:
+            ws.onboard(probe=probe_provider)
+    message = str(info.value)
+    assert f"env {API_KEY_ENV} is not set" in message and "\n" not in message and "demo-qa" in message
+    assert not ws.record.exists()
+
+
+def test_an_unreachable_provider_fails_onboarding_within_the_deadline(
+    ws: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a provider source on a closed port, a key, and LLMRELEASE_SERVICE_DEADLINE_S=2
+    WHEN onboarded with the real probe THEN one full line names the URL and what to check, well within the
+    deadline plus slack, and no record is written."""
+    import time
+
+    from tests.fake_openai_server import unused_port
+
+    url = f"http://127.0.0.1:{unused_port()}/v1"
+    ws.spec(model__source=f"{url}#demo-qa")
+    monkeypatch.setenv(API_KEY_ENV, "test-key")
+    monkeypatch.setenv("LLMRELEASE_SERVICE_DEADLINE_S", "2")
+    started = time.monotonic()
+    with pytest.raises(OnboardingError) as info:
+        ws.onboard(probe=probe_provider)
+    assert time.monotonic() - started < 2 + 10
+    message = str(info.value)
+    assert f"cannot reach {url}/chat/completions (ConnectError)" in message, message
+    assert message.endswith("check base_url and that the server is up (nothing was registered)")
+    assert "\n" not in message and not ws.record.exists()
 
 
 def test_pickle_is_accepted_only_where_the_policy_allows_it_and_never_loaded(ws: Workspace) -> None:

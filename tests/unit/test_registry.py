@@ -39,7 +39,7 @@ def make_record(root: Path, payload: bytes = b"weights-v1", name: str = NAME) ->
         {"path": p.name, "sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size}
         for p in sorted(weights.iterdir())
     ]
-    digest = "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+    digest = "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return {
         "name": name,
         "environment": "dev",

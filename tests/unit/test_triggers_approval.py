@@ -161,7 +161,7 @@ def test_not_resumed_or_resumed_without_a_name_records_nothing(store: Store, tmp
     approver THEN record-approval fails naming `approver`; in both cases the version has no approval tag."""
     path = approval_workflow(tmp_path / "approve.yaml")
     waiting = run_local(path, tmp_path)
-    assert waiting.phase == "Failed" and "--resume approval" in waiting.tree
+    assert waiting.phase == "Running" and "llmrelease resume" in waiting.message
     blank = run_local(path, tmp_path, resume=frozenset({"approval"}), supplied={"approval.approver": " "})
     assert blank.phase == "Failed"
     assert "approver is empty" in blank.tree

@@ -17,6 +17,11 @@ EXAMPLES: dict[str, str] = {
     "lint": "llmrelease lint argo/*.yaml\n  llmrelease lint --json argo/golden-delivery.yaml",
     "run": "llmrelease run golden-delivery -p release=releases/demo.yaml -p environment=dev --resume approval \\\n"
     "    --supply approval.approver=alice",
+    "list": "llmrelease list\n  llmrelease list --json",
+    "get": "llmrelease get golden-delivery-3f9a1\n  llmrelease get golden-delivery-3f9a1 --json",
+    "resume": "llmrelease resume golden-delivery-3f9a1 --node approval --supply approver=alice",
+    "stop": "llmrelease stop golden-delivery-3f9a1      # exit handlers run",
+    "terminate": "llmrelease terminate golden-delivery-3f9a1 # no exit handlers",
     "registry": "llmrelease registry list",
     "registry list": "llmrelease registry list --json",
     "registry history": "llmrelease registry history demo-qa\n  llmrelease registry history demo-qa --json",

@@ -20,6 +20,7 @@ from registry.errors import SpecError
 from workflows.cli.errors import debug_requested, quiet_libraries, report
 from workflows.cli.examples import add_examples
 from workflows.cli.options import parse_pairs
+from workflows.cli.runs import print_result
 
 __all__ = ["main"]
 
@@ -77,18 +78,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     started = time.monotonic()
     result = run_workflow(args.target, options, argo_dir=Path(args.argo_dir), extra_files=[Path(f) for f in args.file])
-    wall = time.monotonic() - started
-    if args.json:
-        print(json.dumps(result.status, indent=2))
-    else:
-        print()
-        print(result.tree)
-        print(
-            f"\nworkflow {result.name} {result.phase} in {wall:.1f}s"
-            + (f": {result.message}" if result.message else "")
-        )
-        print(f"logs: {result.run_dir}/")
-    return 0 if result.phase == "Succeeded" else 1
+    return print_result(result, time.monotonic() - started, as_json=args.json)
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
@@ -139,7 +129,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 # More commands live in modules of their own; each has `add_commands(subparsers)` and sets `func` on its parsers.
-_COMMAND_MODULES = ("workflows.cli.serving", "workflows.cli.triggers", "workflows.cli.evidence")
+_COMMAND_MODULES = ("workflows.cli.runs", "workflows.cli.serving", "workflows.cli.triggers", "workflows.cli.evidence")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -166,7 +156,7 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NODE",
-        help="resume the suspend node of that name instead of failing there",
+        help="resume the suspend node of that name at once instead of suspending there",
     )
     run.add_argument(
         "--supply",

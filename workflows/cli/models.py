@@ -18,8 +18,6 @@ if TYPE_CHECKING:
 
 __all__ = ["registered_models", "require_model"]
 
-_RETRY_SECONDS = 15.0
-
 
 def registered_models() -> list[dict[str, Any]]:
     """Every registered model: name, aliases (alias -> version) and latest version, sorted by name.
@@ -27,22 +25,18 @@ def registered_models() -> list[dict[str, Any]]:
     Raises:
         RegistryError: The tracking server is unreachable.
     """
-    from mlflow.tracking import MlflowClient
-
-    from registry.client import call_with_retry, check_reachable
+    from registry.client import call_with_retry, check_reachable, plain_mlflow_client
     from registry.settings import tracking_uri
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    check_reachable(uri, _RETRY_SECONDS)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    check_reachable(uri)
+    client = plain_mlflow_client(uri)
     found: list[dict[str, Any]] = []
     token: str | None = None
     while True:
-        page = call_with_retry(
-            client.search_registered_models, max_results=200, page_token=token, uri=uri, retry_seconds=_RETRY_SECONDS
-        )
+        page = call_with_retry(client.search_registered_models, max_results=200, page_token=token, uri=uri)
         for model in page:
             versions = [int(v.version) for v in model.latest_versions or [] if str(v.version).isdigit()]
             found.append(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from registry.errors import WorkflowError
 from workflows.argo.manifests import load_library, resolve_workflow
-from workflows.runner.engine import Runner, RunOptions, RunResult
+from workflows.runner.engine import Runner
+from workflows.runner.options import RunOptions, RunResult
+from workflows.runner.state import list_runs, load_saved
 
-__all__ = ["RunOptions", "RunResult", "run_workflow"]
+__all__ = ["RunOptions", "RunResult", "continue_workflow", "list_runs", "load_saved", "run_workflow"]
 
 
 def run_workflow(
@@ -35,3 +38,51 @@ def run_workflow(
     if errors:
         raise WorkflowError(f"{errors[0]} ({len(errors)} lint error(s); run `llmrelease lint` for all)")
     return Runner(workflow, options, refs).run()
+
+
+def continue_workflow(
+    name: str,
+    runs_dir: Path,
+    *,
+    nodes: frozenset[str] = frozenset(),
+    supplied: Mapping[str, str] | None = None,
+    shutdown: str = "",
+    echo: bool = True,
+) -> RunResult:
+    """Resume (`nodes`, or every suspend node when empty), stop or terminate (`shutdown`) a suspended workflow.
+
+    Its saved nodes are taken as they were; a running workflow (another process) is asked to stop instead.
+
+    Raises:
+        WorkflowError: No such workflow, it has ended, or it is still running (for a resume).
+    """
+    saved = load_saved(runs_dir, name)
+    if saved.phase not in ("Running", "Pending"):
+        raise WorkflowError(f"workflow {name} has ended ({saved.phase}); only a Running workflow can be continued")
+    pid = saved.options.get("pid")
+    if pid and pid != os.getpid() and _alive(int(pid)):
+        if not shutdown:
+            raise WorkflowError(f"workflow {name} is still running (pid {pid}); resume it once it is suspended")
+        (runs_dir / name / "shutdown").write_text(shutdown)  # the running process stops starting nodes
+        raise WorkflowError(f"workflow {name} is running (pid {pid}): asked it to {shutdown.lower()}")
+    options = RunOptions(
+        resume=nodes,
+        supplied=dict(supplied or {}),
+        runs_dir=runs_dir,
+        echo=echo,
+        isolation=str(saved.options.get("isolation") or "none"),
+        cluster_config=Path(saved.options["cluster_config"]) if saved.options.get("cluster_config") else None,
+        resume_all=not nodes and not shutdown,
+        shutdown=shutdown,
+    )
+    return Runner(saved.workflow, options, saved.refs, saved=saved).run()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -3,34 +3,46 @@
 Covers dag (enhanced `depends` and legacy `dependencies`) and steps templates, nesting, container and script
 leaves, parameters and artifacts, `when`, withItems / withParam / withSequence, parallelism, retryStrategy,
 activeDeadlineSeconds, suspend, and onExit with `workflow.status` / `workflow.failures`. What needs a cluster
-is refused up front (see `unsupported`).
+is refused up front (see `workflows.runner.options.unsupported`).
 """
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 import json
+import os
 import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from registry.errors import WorkflowError
-from workflows.argo.expressions import substitute
 from workflows.runner.artifacts import ArtifactStore, resolve_argument
 from workflows.runner.cluster import ClusterConfig
 from workflows.runner.nodes import FAILED, Node, NodeBook, format_tree
-from workflows.runner.pods import PodSpec, backoff_delays, parse_duration, run_pod, sleep_until
-from workflows.runner.sandbox import ISOLATIONS, Sandbox, bwrap_problem
+from workflows.runner.options import RunOptions, RunResult, unsupported
+from workflows.runner.pods import PodSpec, parse_duration, run_pod, sleep_until
+from workflows.runner.retry import Backoff, expression_allows, retry_scope, retry_wanted
+from workflows.runner.sandbox import sandbox_for
+from workflows.runner.state import STATE, STATUS, SavedRun, last_seq, requested_shutdown, write_json
+from workflows.runner.sync import acquire, locks_of
 from workflows.runner.tasks import TaskContext, run_dag, run_steps
-from workflows.runner.templates import TemplateResolver, parameter_value
+from workflows.runner.templates import (
+    TemplateResolver,
+    check_enum,
+    parameter_value,
+    path_placeholders,
+    template_outputs,
+    with_resolved_paths,
+)
 
-__all__ = ["RunOptions", "RunResult", "Runner", "unsupported"]
+__all__ = ["Runner"]
 
-_REFUSED_TEMPLATE = ("resource", "http", "data", "containerSet", "plugin", "sidecars", "initContainers", "volumes")
+NAMESPACE = "local"  # `workflow.namespace`, and the namespace of locks
+_TERMINAL = frozenset({"Succeeded", "Failed", "Error", "Skipped", "Omitted"})
+_REUSED = frozenset({"Pod", "Retry", "Suspend"})  # leaves a resumed run takes as they were
+_DEADLINES = ("activeDeadlineSeconds", "timeout")
 _RECORDED = (
     "resources",
     "affinity",
@@ -48,70 +60,41 @@ _RECORDED = (
 )
 
 
-@dataclass(frozen=True)
-class RunOptions:
-    """What the user gave `llmrelease run`."""
-
-    parameters: Mapping[str, str] = field(default_factory=dict)
-    resume: frozenset[str] = frozenset()
-    supplied: Mapping[str, str] = field(default_factory=dict)
-    runs_dir: Path = Path(".llmrelease/runs")
-    echo: bool = True
-    isolation: str = "none"  # "bwrap": each pod in bubblewrap (workflows/runner/sandbox.py); "none": a subprocess
-    cluster_config: Path | None = None  # a folder of ConfigMap/Secret YAML (`--cluster-config DIR`)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """The outcome: Argo-shaped status and where the logs are."""
-
-    name: str
-    phase: str
-    message: str
-    run_dir: Path
-    status: dict[str, Any]
-    tree: str
-
-
-def unsupported(spec: Mapping[str, Any]) -> list[str]:
-    """Fields the local runner cannot honour, each as 'where: field', found before anything runs."""
-    found = [f"spec.{key}" for key in ("volumes", "volumeClaimTemplates", "hostNetwork") if spec.get(key)]
-    for tmpl in spec.get("templates", []):
-        where = f"template {tmpl.get('name')}"
-        found += [f"{where}: {key}" for key in _REFUSED_TEMPLATE if tmpl.get(key)]
-        if tmpl.get("daemon"):
-            found.append(f"{where}: daemon")
-        body = tmpl.get("container") or tmpl.get("script") or {}
-        found += [f"{where}: {key}" for key in ("volumeMounts", "volumeDevices") if body.get(key)]
-        for task in tmpl.get("dag", {}).get("tasks", []):
-            found += [f"{where}: task {task.get('name')}: {k}" for k in ("onExit", "hooks") if task.get(k)]
-    return found
-
-
 class Runner:
     """Runs one workflow dict (from `resolve_workflow`) to completion."""
 
     def __init__(
-        self, workflow: Mapping[str, Any], options: RunOptions, templates_by_name: Mapping[str, Mapping[str, Any]]
+        self,
+        workflow: Mapping[str, Any],
+        options: RunOptions,
+        templates_by_name: Mapping[str, Mapping[str, Any]],
+        saved: SavedRun | None = None,
     ) -> None:
+        self.workflow = {k: workflow.get(k) for k in ("stem", "spec", "metadata")}
         self.spec = workflow["spec"]
         self.metadata: Mapping[str, Any] = workflow.get("metadata") or {}
         self.options = options
         self.refs = templates_by_name
-        suffix = uuid.uuid4().hex[:5]
-        self.name = f"{workflow['stem']}-{suffix}"
-        self.uid = str(uuid.uuid4())
+        self.saved = saved
+        self.name = saved.name if saved else f"{workflow['stem']}-{uuid.uuid4().hex[:5]}"
+        self.uid = saved.uid if saved else str(uuid.uuid4())
+        self.started = saved.started if saved else time.time()
         self.run_dir = options.runs_dir / self.name
-        self.book = NodeBook(self.name, echo=options.echo)
+        old = saved.saved_nodes() if saved else {}
+        self.saved_by_id, self.saved_by_name = old, {n.name: n for n in old.values()}
+        self.book = NodeBook(self.name, echo=options.echo, first_seq=last_seq(old))
         self.templates = {str(t["name"]): t for t in self.spec.get("templates", [])}
         limit = self.spec.get("parallelism")
         self.pod_slots = threading.BoundedSemaphore(int(limit)) if limit else None
         timeout = self.spec.get("activeDeadlineSeconds")
-        self.deadline = time.monotonic() + float(timeout) if timeout else None
+        self.deadline = self.started + float(timeout) if timeout else None  # wall time: it spans a suspension
         self.cluster = ClusterConfig.load(options.cluster_config)
         self.resolver = TemplateResolver(self.templates, templates_by_name)
-        self.globals = self._globals()
-        self.sandbox = _sandbox(options.isolation, self.run_dir)
+        self.globals = dict(saved.globals) if saved else self._globals()
+        self._save_lock = threading.Lock()
+        self.exiting = False  # running the exit handler
+        self.book.on_finish = lambda _node: self._save_running()
+        self.sandbox = sandbox_for(options.isolation, self.run_dir)
         self.store = ArtifactStore(self.cluster, self.spec.get("artifactRepositoryRef"))
 
     def _globals(self) -> dict[str, str]:
@@ -119,7 +102,7 @@ class Runner:
         scope = {
             "workflow.name": self.name,
             "workflow.uid": self.uid,
-            "workflow.namespace": "local",
+            "workflow.namespace": NAMESPACE,
             "workflow.serviceAccountName": str(self.spec.get("serviceAccountName", "default")),
             "workflow.creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "workflow.mainEntrypoint": str(self.spec.get("entrypoint", "")),
@@ -134,7 +117,7 @@ class Runner:
             value = parameter_value(param, given.pop(name, None), self.cluster, f"workflow parameter {name!r}")
             if value is None:
                 raise WorkflowError(f"workflow parameter {name!r} has no value; pass -p {name}=VALUE")
-            _check_enum(param, str(value), f"workflow parameter {name!r}")
+            check_enum(param, str(value), f"workflow parameter {name!r}")
             scope[f"workflow.parameters.{name}"] = str(value)
         if given:
             known = ", ".join(str(p["name"]) for p in declared) or "none"
@@ -171,7 +154,7 @@ class Runner:
                     "pass it as an argument or give it a default"
                 )
             values[name] = str(value)
-            _check_enum(param, values[name], f"template {tmpl['name']}: input {name!r}")
+            check_enum(param, values[name], f"template {tmpl['name']}: input {name!r}")
         return values
 
     def scope_for(self, inputs: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -197,24 +180,88 @@ class Runner:
         inputs = self.inputs(tmpl, args)
         scope = self.scope_for(inputs, extra)
         scope.update({f"inputs.artifacts.{k}": str(a["from"]) for k, a in (artifacts or {}).items() if "from" in a})
-        scope.update(_path_placeholders(tmpl))
+        scope.update(path_placeholders(tmpl))
         kind = "DAG" if "dag" in tmpl else "Steps" if "steps" in tmpl else "Suspend" if "suspend" in tmpl else "Pod"
-        if kind == "Pod" and "retryStrategy" in tmpl:
-            return self._retry(tmpl, scope, parent, display, artifacts or {})
-        node = self.book.new(parent, display, kind, str(tmpl["name"]))
-        self.book.start(node)
+        reused = self._reuse(parent, display)
+        if reused is not None:
+            self._export_globals(tmpl, reused)
+            return reused
+        retried = kind == "Pod" and "retryStrategy" in tmpl
+        node = self.book.new(parent, display, "Retry" if retried else kind, str(tmpl["name"]))
         node.scheduling = {k: tmpl[k] for k in _RECORDED if k in tmpl}
+        stopped = self._stopped(kind)
+        if stopped:
+            return self.book.finish(node, "Failed", stopped)
         try:
+            where = f"template {tmpl['name']}: synchronization"
+            held = acquire(locks_of(tmpl.get("synchronization"), self.cluster, NAMESPACE, where), self._waiting(node))
+        except WorkflowError as e:
+            return self.book.finish(node, "Error", str(e))
+        try:
+            self.book.start(node)
+            node.message = ""
+            return self._run_node(tmpl, scope, node, kind, artifacts or {})
+        finally:
+            held.release()
+
+    def _run_node(
+        self,
+        tmpl: Mapping[str, Any],
+        scope: dict[str, str],
+        node: Node,
+        kind: str,
+        artifacts: Mapping[str, Mapping[str, Any]],
+    ) -> Node:
+        try:
+            if node.type == "Retry":
+                return self._retry(tmpl, scope, node, artifacts)
             if kind == "Pod":
-                return self._pod(tmpl, scope, node, artifacts or {})
+                return self._pod(tmpl, scope, node, artifacts)
             if kind == "Suspend":
                 return self._suspend(tmpl, node)
             ctx = TaskContext(self, tmpl, node, scope)
             phase, message = run_dag(ctx) if kind == "DAG" else run_steps(ctx)
-            _template_outputs(tmpl, node, ctx.scope)
+            if phase == "Running":  # a suspend node inside waits for `llmrelease resume`
+                return node
+            template_outputs(tmpl, node, ctx.scope)
         except WorkflowError as e:
             phase, message = "Error", str(e)
         return self.book.finish(node, phase, message)
+
+    def _reuse(self, parent: Node | None, display: str) -> Node | None:
+        """The node of that name a resumed run already finished (with its children), else None."""
+        old = self.saved_by_name.get(display if parent is None else f"{parent.name}.{display}")
+        if old is None or old.type not in _REUSED or old.phase not in _TERMINAL:
+            return None
+
+        def adopt(node: Node, under: Node | None) -> Node:
+            self.book.adopt(node, under)
+            for child in node.children:
+                if child in self.saved_by_id:
+                    adopt(self.saved_by_id[child], None)
+            return node
+
+        return adopt(old, parent)
+
+    def _stopped(self, kind: str) -> str:
+        """Why a node may not start: the workflow was stopped/terminated, or its deadline passed ("" if it may)."""
+        if kind not in ("Pod", "Suspend") or self.exiting:  # Argo runs exit handlers after stop and deadline
+            return ""
+        strategy = self.options.shutdown or requested_shutdown(self.run_dir)
+        if strategy:
+            return f"Stopped with strategy '{strategy}'"
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "Step exceeded its deadline"
+        return ""
+
+    def _waiting(self, node: Node) -> Any:
+        """What a node does while a lock is held elsewhere: Pending, with Argo's message, saved for `get`."""
+
+        def waiting(message: str) -> None:
+            node.phase, node.message = "Pending", message
+            self.persist("Running", "")
+
+        return waiting
 
     def _pod(
         self, tmpl: Mapping[str, Any], scope: Mapping[str, str], node: Node, artifacts: Mapping[str, Mapping[str, Any]]
@@ -222,7 +269,7 @@ class Runner:
         scope = {**scope, "pod.name": node.id, "node.name": node.name}
         try:
             spec = PodSpec(
-                _with_resolved_paths(tmpl, scope),
+                with_resolved_paths(tmpl, scope),
                 scope,
                 self.run_dir / "nodes" / node.id,
                 self.run_dir / "artifacts" / node.id,
@@ -251,63 +298,81 @@ class Runner:
                     self.globals[f"workflow.outputs.{kind}.{item['globalName']}"] = str(found[item["name"]])
 
     def _pod_deadline(self, tmpl: Mapping[str, Any]) -> float | None:
-        """Seconds a pod may run: its activeDeadlineSeconds, capped by what is left of the workflow's."""
-        deadline = tmpl.get("activeDeadlineSeconds")
-        limit = parse_duration(deadline, f"template {tmpl['name']}") if deadline else None
+        """Seconds a pod may run: its activeDeadlineSeconds and `timeout`, capped by what is left of the workflow's.
+
+        Argo enforces a template's `timeout` through the pod's activeDeadlineSeconds (checkTemplateTimeouts).
+        """
+        limits = [parse_duration(tmpl[k], f"template {tmpl['name']}: {k}") for k in _DEADLINES if tmpl.get(k)]
         if self.deadline is not None:
-            left = max(0.0, self.deadline - time.monotonic())
-            limit = left if limit is None else min(limit, left)
-        return limit
+            limits.append(max(0.0, self.deadline - time.time()))
+        return min(limits) if limits else None
 
     def _retry(
-        self,
-        tmpl: Mapping[str, Any],
-        scope: Mapping[str, str],
-        parent: Node | None,
-        display: str,
-        artifacts: Mapping[str, Mapping[str, Any]],
+        self, tmpl: Mapping[str, Any], scope: Mapping[str, str], group: Node, artifacts: Mapping[str, Mapping[str, Any]]
     ) -> Node:
+        """Attempts `<display>(n)` under the Retry node `group` until one succeeds or the strategy says stop."""
         strategy = tmpl["retryStrategy"]
         where = f"template {tmpl['name']}: retryStrategy"
-        limit = int(str(strategy.get("limit", "0")))
-        policy = str(strategy.get("retryPolicy", "OnFailure"))
-        delay, factor, max_total = backoff_delays(strategy, where)
-        cap = parse_duration(strategy["backoff"]["cap"], where) if (strategy.get("backoff") or {}).get("cap") else None
-        group = self.book.new(parent, display, "Retry", str(tmpl["name"]))
-        self.book.start(group)
-        first = time.monotonic()
-        attempt_node = group
-        for attempt in range(limit + 1):
-            attempt_node = self.book.new(group, f"{display}({attempt})", "Pod", str(tmpl["name"]))
-            self.book.start(attempt_node)
-            self._pod(tmpl, {**scope, "retries": str(attempt)}, attempt_node, artifacts)
-            if not _should_retry(attempt_node.phase, policy) or attempt == limit:
-                break
-            wait = min(delay * factor**attempt, cap) if cap else delay * factor**attempt
-            if max_total is not None and time.monotonic() + wait - first > max_total:
-                attempt_node.message += " (retry stopped: backoff.maxDuration reached)"
-                break
+        limit = strategy.get("limit")
+        policy = str(strategy.get("retryPolicy") or "OnFailure")
+        backoff = Backoff(strategy, where)
+        first = time.time()
+        attempt, last = 0, None
+        while True:
+            node = self.book.new(group, f"{group.display_name}({attempt})", "Pod", str(tmpl["name"]))
+            stopped = self._stopped("Pod")
+            if stopped:
+                self.book.finish(node, "Failed", stopped)
+                return self.book.finish(group, "Failed", stopped)
+            self.book.start(node)
+            self._pod(tmpl, {**scope, **retry_scope(attempt, last)}, node, artifacts)
+            last = node
+            for attr in ("parameters", "result", "exit_code", "artifacts"):
+                setattr(group, attr, getattr(node, attr))
+            why = self._no_retry(strategy, policy, node, attempt, limit, where)
+            if why is None:
+                wait = backoff.wait(attempt)
+                if backoff.max_duration is not None and time.time() + wait > first + backoff.max_duration:
+                    why = "Backoff would exceed max duration limit"
+            if why is not None:
+                return self.book.finish(group, node.phase, why or node.message)
             sleep_until(time.monotonic() + wait)
-        for attr in ("parameters", "result", "exit_code", "artifacts"):
-            setattr(group, attr, getattr(attempt_node, attr))
-        return self.book.finish(group, attempt_node.phase, attempt_node.message)
+            attempt += 1
+
+    def _no_retry(
+        self, strategy: Mapping[str, Any], policy: str, node: Node, attempt: int, limit: object, where: str
+    ) -> str | None:
+        """Why the attempt `node` is the last ("" keeps its own message), or None to retry (Argo's order)."""
+        if not retry_wanted(node.phase, node.message, policy):
+            return ""
+        if limit is not None and attempt >= int(str(limit)):
+            return "No more retries left"
+        if strategy.get("expression") and not expression_allows(str(strategy["expression"]), node, where):
+            return "retryStrategy.expression evaluated to false"
+        if self.deadline is not None and time.time() >= self.deadline:
+            return f"retry exceeded workflow deadline {_iso(self.deadline)}"
+        return None
 
     def _suspend(self, tmpl: Mapping[str, Any], node: Node) -> Node:
+        """Wait out a `duration`, or stay Running (suspended) until `llmrelease resume`; then take supplied values."""
         names = {node.display_name, node.name, str(tmpl["name"])}
+        resumed = self.options.resume_all or bool(names & self.options.resume)
         duration = tmpl["suspend"].get("duration") if isinstance(tmpl["suspend"], Mapping) else None
-        if duration and not names & self.options.resume:
-            time.sleep(parse_duration(duration, f"template {tmpl['name']}: suspend.duration"))
-        elif not names & self.options.resume:
-            return self.book.finish(
-                node,
-                "Failed",
-                f"suspended at {node.display_name}: the local runner cannot "
-                f"wait; rerun with --resume {node.display_name}",
-            )
+        if duration and not resumed:
+            before = self.saved_by_name.get(node.name)
+            node.started = before.started if before and before.started else node.started
+            until = (node.started or time.time()) + parse_duration(duration, f"template {tmpl['name']}: suspend")
+            time.sleep(max(0.0, min(until, self.deadline or until) - time.time()))
+            if self.deadline is not None and time.time() >= self.deadline:
+                return self.book.finish(node, "Failed", "Step exceeded its deadline")
+        elif not resumed:
+            node.phase = "Running"  # Argo: the node stays Running until resumed
+            self.persist("Running", "")
+            return node
         for param in tmpl.get("outputs", {}).get("parameters", []):
             key = f"{node.display_name}.{param['name']}"
             source = param.get("valueFrom", {})
-            value = self.options.supplied.get(key, source.get("default"))
+            value = self.options.supplied.get(key, self.options.supplied.get(str(param["name"]), source.get("default")))
             if value is None:
                 return self.book.finish(
                     node,
@@ -318,8 +383,12 @@ class Runner:
             node.parameters[str(param["name"])] = str(value)
         return self.book.finish(node, "Succeeded", "resumed")
 
+    def suspended(self) -> list[Node]:
+        """The suspend nodes waiting to be resumed."""
+        return [n for n in self.book.all() if n.type == "Suspend" and n.phase == "Running"]
+
     def run(self) -> RunResult:
-        """Run entrypoint then onExit; returns the Argo-shaped outcome."""
+        """Run entrypoint then onExit (or stop at a suspend node); returns the Argo-shaped outcome."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         refused = unsupported(self.spec)
         if refused:
@@ -327,25 +396,77 @@ class Runner:
                 f"the local runner cannot run {refused[0]} (needs a cluster); remove it or run on "
                 f"Argo ({len(refused)} such field(s))"
             )
-        started = time.time()
+        self.persist("Pending", "")
+        locks = locks_of(self.spec.get("synchronization"), self.cluster, NAMESPACE, "spec.synchronization")
+        held = acquire(locks, lambda message: self._save_pending(message))
+        try:
+            main = self._main()
+            phase, message = self._outcome(main)
+        finally:
+            held.release()
+        status = self.persist(phase, message, final=True)
+        return RunResult(self.name, phase, message, self.run_dir, status, format_tree(self.book, main))
+
+    def _main(self) -> Node:
         entry = self.template({"template": self.spec.get("entrypoint")}, "spec.entrypoint")
         params, arts = self.arguments()
-        main = self.execute(entry, params, None, self.name, arts)
-        phase, message = ("Succeeded", "") if main.phase == "Succeeded" else ("Failed", main.message)
-        if self.spec.get("onExit"):
+        return self.execute(entry, params, None, self.name, arts)
+
+    def _outcome(self, main: Node) -> tuple[str, str]:
+        """The workflow's phase and message from its entry node, after the exit handler (Argo's rules)."""
+        if main.phase == "Running":
+            waiting = ", ".join(n.display_name for n in self.suspended())
+            return "Running", (
+                f"suspended at {waiting}: resume with `llmrelease resume {self.name}` "
+                f"(--node NODE, --supply PARAM=VALUE), or `llmrelease stop|terminate {self.name}`"
+            )
+        strategy = self.options.shutdown or requested_shutdown(self.run_dir)
+        if main.phase in FAILED:
+            phase, message = main.phase, f"Stopped with strategy '{strategy}'" if strategy else main.message
+        else:
+            phase, message = "Succeeded", ""
+        if self.spec.get("onExit") and strategy != "Terminate":
             phase, message = self._on_exit(main, phase, message)
-        status = {
-            "metadata": {"name": self.name, "uid": self.uid},
-            "status": {
-                "phase": phase,
-                "message": message,
-                "startedAt": _iso(started),
-                "finishedAt": _iso(time.time()),
-                "nodes": {n.id: n.to_status() for n in self.book.all()},
-            },
-        }
-        (self.run_dir / "status.json").write_text(json.dumps(status, indent=2))
-        return RunResult(self.name, phase, message, self.run_dir, status, format_tree(self.book, main))
+        return phase, message
+
+    def _save_running(self) -> None:
+        self.persist("Running", "")
+
+    def _save_pending(self, message: str) -> None:
+        self.persist("Pending", message)
+
+    def persist(self, phase: str, message: str, *, final: bool = False) -> dict[str, Any]:
+        """Write `status.json` (Argo's shape) and `state.json` (what resume needs); returns the status."""
+        with self._save_lock:
+            nodes = self.book.all()
+            status = {
+                "metadata": {"name": self.name, "uid": self.uid, "namespace": NAMESPACE},
+                "status": {
+                    "phase": phase,
+                    "message": message,
+                    "startedAt": _iso(self.started),
+                    "finishedAt": _iso(time.time()) if final and phase != "Running" else None,
+                    "nodes": {n.id: n.to_status() for n in nodes},
+                },
+            }
+            state = SavedRun(
+                self.name,
+                self.uid,
+                self.workflow,
+                dict(self.refs),
+                self.globals,
+                {
+                    "isolation": self.options.isolation,
+                    "cluster_config": str(self.options.cluster_config or ""),
+                    "pid": None if final else os.getpid(),
+                },
+                self.started,
+                [dataclasses.asdict(n) for n in nodes],
+                phase,
+            )
+            write_json(self.run_dir / STATUS, status)
+            write_json(self.run_dir / STATE, dataclasses.asdict(state))
+            return status
 
     def _on_exit(self, main: Node, phase: str, message: str) -> tuple[str, str]:
         failures = [
@@ -367,84 +488,14 @@ class Runner:
                 "workflow.duration": f"{main.duration:.3f}",
             }
         )
+        self.exiting = True
         handler = self.template({"template": self.spec["onExit"]}, "spec.onExit")
         params, arts = self.arguments()
         exit_node = self.execute(handler, params, None, f"{self.name}.onExit", arts)
-        if exit_node.phase != "Succeeded" and phase == "Succeeded":
-            return "Failed", f"exit handler failed: {exit_node.message}"
+        if exit_node.phase in FAILED and phase == "Succeeded":
+            return exit_node.phase, exit_node.message  # Argo: the exit node's phase and message
         return phase, message
-
-
-def _sandbox(isolation: str, run_dir: Path) -> Sandbox | None:
-    """The run's bubblewrap sandbox for `--isolation bwrap`, None for `none`; refused where bwrap cannot run."""
-    if isolation not in ISOLATIONS:
-        raise WorkflowError(f"--isolation {isolation}: not one of {', '.join(ISOLATIONS)}")
-    if isolation == "none":
-        return None
-    problem = bwrap_problem()
-    if problem:
-        raise WorkflowError(problem)
-    return Sandbox(run_dir / "images")
-
-
-def _with_resolved_paths(tmpl: Mapping[str, Any], scope: Mapping[str, str]) -> Mapping[str, Any]:
-    """The template with `{{...}}` substituted in its artifact and output-parameter paths, as Argo does."""
-    if "{{" not in json.dumps([tmpl.get("inputs", {}), tmpl.get("outputs", {})]):
-        return tmpl
-    where = f"template {tmpl['name']}: path"
-    resolved = copy.deepcopy(dict(tmpl))
-    for section, kind in (("inputs", "artifacts"), ("outputs", "artifacts"), ("outputs", "parameters")):
-        for item in resolved.get(section, {}).get(kind, []):
-            holder = item.get("valueFrom", {}) if kind == "parameters" else item
-            if "path" in holder:
-                holder["path"] = substitute(str(holder["path"]), scope, where=where)
-    return resolved
-
-
-def _path_placeholders(tmpl: Mapping[str, Any]) -> dict[str, str]:
-    """The `{{inputs|outputs.artifacts.N.path}}` and `{{outputs.parameters.N.path}}` a template may use.
-
-    Argo substitutes them with the paths the template declares, in its container or script.
-    """
-    found = {}
-    for section, kind in (("inputs", "artifacts"), ("outputs", "artifacts"), ("outputs", "parameters")):
-        for item in tmpl.get(section, {}).get(kind, []):
-            path = (item.get("valueFrom") or {}).get("path") if kind == "parameters" else item.get("path")
-            if path and "{{" not in str(path):
-                found[f"{section}.{kind}.{item['name']}.path"] = str(path)
-    return found
 
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
-def _check_enum(param: Mapping[str, Any], value: str, where: str) -> None:
-    allowed = [str(v) for v in param.get("enum", []) or []]
-    if allowed and value not in allowed:
-        raise WorkflowError(f"{where}: value {value!r} is not one of {', '.join(allowed)}")
-
-
-def _should_retry(phase: str, policy: str) -> bool:
-    if phase == "Succeeded":
-        return False
-    return {
-        "Always": True,
-        "OnFailure": phase == "Failed",
-        "OnError": phase == "Error",
-        "OnTransientError": phase == "Error",
-    }.get(policy, phase == "Failed")
-
-
-def _template_outputs(tmpl: Mapping[str, Any], node: Node, scope: Mapping[str, str]) -> None:
-    """dag/steps outputs: valueFrom.parameter references to their children's outputs."""
-    for param in tmpl.get("outputs", {}).get("parameters", []):
-        source = param.get("valueFrom", {})
-        if "parameter" in source:
-            value = substitute(
-                str(source["parameter"]),
-                scope,
-                where=f"template {tmpl['name']}: outputs",
-                strict="default" not in source,
-            )
-            node.parameters[str(param["name"])] = value if "{{" not in value else str(source["default"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -83,12 +84,21 @@ class Node:
 class NodeBook:
     """Thread-safe store of the run's nodes; prints a line as each node finishes."""
 
-    def __init__(self, workflow_name: str, *, echo: bool) -> None:
+    def __init__(self, workflow_name: str, *, echo: bool, first_seq: int = 0) -> None:
         self.workflow_name = workflow_name
         self.echo = echo
         self._nodes: dict[str, Node] = {}
         self._lock = threading.Lock()
-        self._seq = 0
+        self._seq = first_seq  # a resumed run numbers its new nodes after the saved ones
+        self.on_finish: Callable[[Node], None] | None = None  # the runner saves its state after each node
+
+    def adopt(self, node: Node, parent: Node | None) -> Node:
+        """Add a node saved by an earlier process of this run (a resumed workflow), keeping its id."""
+        with self._lock:
+            self._nodes[node.id] = node
+            if parent is not None and node.id not in parent.children:
+                parent.children.append(node.id)
+        return node
 
     def new(self, parent: Node | None, display_name: str, type_: str, template: str, boundary: str = "") -> Node:
         """Create a node under `parent` (None: the root)."""
@@ -123,6 +133,8 @@ class NodeBook:
             said = [line for line in (node.result or "").splitlines() if line.strip() not in ("", "null")]
             if said:
                 print(f"{'  ' * depth}    {said[-1][:160]}", flush=True)
+        if self.on_finish is not None:
+            self.on_finish(node)
         return node
 
     def get(self, node_id: str) -> Node:

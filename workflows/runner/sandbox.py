@@ -23,9 +23,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from registry.errors import WorkflowError
 from workflows.runner.images import PROJECT, ImageRoot, build_steps_image, is_steps_image, plain_image
 
-__all__ = ["ISOLATIONS", "STAGED_SCRIPT", "Sandbox", "bwrap_problem"]
+__all__ = ["ISOLATIONS", "STAGED_SCRIPT", "Sandbox", "bwrap_problem", "sandbox_for"]
 
 ISOLATIONS = ("none", "bwrap")
 STAGED_SCRIPT = "/argo/staging/script"  # where Argo's executor writes a script template's source
@@ -151,3 +152,15 @@ def _declared_mounts(pod: Path, declared: Sequence[str]) -> list[str]:
 def _is_replaced(target: str) -> bool:
     """An image folder the host lacks (e.g. /opt/venv) replaces the host's top-level folder it is in (/opt)."""
     return not os.path.lexists(target)
+
+
+def sandbox_for(isolation: str, run_dir: Path) -> Sandbox | None:
+    """The run's bubblewrap sandbox for `--isolation bwrap`, None for `none`; refused where bwrap cannot run."""
+    if isolation not in ISOLATIONS:
+        raise WorkflowError(f"--isolation {isolation}: not one of {', '.join(ISOLATIONS)}")
+    if isolation == "none":
+        return None
+    problem = bwrap_problem()
+    if problem:
+        raise WorkflowError(problem)
+    return Sandbox(run_dir / "images")

@@ -106,6 +106,9 @@ class TaskContext:
         _run_all(threads)
         children = [node for node in slots if node is not None]
         group.children = [node.id for node in children]  # item order, as Argo aggregates them
+        if any(c.phase == "Running" for c in children):  # a suspended item: the group waits with it
+            group.phase = "Running"
+            return group
         failed = [c for c in children if c.phase in FAILED and not _continues(task, c)]
         phase = "Failed" if failed else "Succeeded"
         return self.runner.book.finish(group, phase, f"child '{failed[0].display_name}' failed" if failed else "")
@@ -273,7 +276,8 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
 
     with ctx.cond:
         while pending or running:
-            ready = sorted(n for n in pending if needs[n] <= ctx.results.keys())
+            done = {n for n, node in ctx.results.items() if node.phase != "Running"}  # Running: suspended
+            ready = sorted(n for n in pending if needs[n] <= done)
             for name in ready:
                 pending.discard(name)
                 if exprs[name] and not evaluate_depends(exprs[name], _task_result(ctx.results, ctx.runner.book.get)):
@@ -284,6 +288,8 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
                 running.add(name)
                 threading.Thread(target=work, args=(name,), daemon=True).start()
             if not ready:
+                if not running and len(done) < len(ctx.results):
+                    return "Running", ""  # the rest waits on a suspended task: `llmrelease resume`
                 if not running:
                     raise WorkflowError(
                         f"template {ctx.tmpl['name']}: tasks {sorted(pending)} can never start (a dependency cycle)"
@@ -294,6 +300,8 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
 
 def _dag_phase(ctx: TaskContext, tasks: Mapping[str, Any], needs: Mapping[str, set[str]]) -> tuple[str, str]:
     """Failed when a failure is neither continued-on nor handled by a task that ran because of it."""
+    if any(node.phase == "Running" for node in ctx.results.values()):
+        return "Running", ""
     for name, node in sorted(ctx.results.items(), key=lambda kv: kv[1].finished or 0):
         if node.phase not in FAILED or _continues(tasks[name], node):
             continue
@@ -320,6 +328,8 @@ def run_steps(ctx: TaskContext) -> tuple[str, str]:
         ctx.node = saved
         for step, node in done:
             ctx.publish(str(step["name"]), node)
+        if any(node.phase == "Running" for _, node in done):  # a suspended step: resume continues from here
+            return "Running", ""
         failed = [(s, n) for s, n in done if n.phase in FAILED and not _continues(s, n)]
         if failed:
             message = f"child '{failed[0][1].display_name}' failed: {failed[0][1].message}"

@@ -9,13 +9,25 @@ its `default`.
 
 from __future__ import annotations
 
+import copy
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from registry.errors import WorkflowError
+from workflows.argo.expressions import substitute
 from workflows.runner.cluster import ClusterConfig, MissingConfig
+from workflows.runner.nodes import Node
 
-__all__ = ["OWNER", "TemplateResolver", "parameter_value"]
+__all__ = [
+    "OWNER",
+    "TemplateResolver",
+    "check_enum",
+    "parameter_value",
+    "path_placeholders",
+    "template_outputs",
+    "with_resolved_paths",
+]
 
 OWNER = "llmrelease.owner"  # the WorkflowTemplate a resolved template belongs to (not an Argo field)
 
@@ -86,3 +98,52 @@ def parameter_value(param: Mapping[str, Any], given: str | None, cluster: Cluste
     if param.get("default") is not None:
         return str(param["default"])
     return None
+
+
+def with_resolved_paths(tmpl: Mapping[str, Any], scope: Mapping[str, str]) -> Mapping[str, Any]:
+    """The template with `{{...}}` substituted in its artifact and output-parameter paths, as Argo does."""
+    if "{{" not in json.dumps([tmpl.get("inputs", {}), tmpl.get("outputs", {})]):
+        return tmpl
+    where = f"template {tmpl['name']}: path"
+    resolved = copy.deepcopy(dict(tmpl))
+    for section, kind in (("inputs", "artifacts"), ("outputs", "artifacts"), ("outputs", "parameters")):
+        for item in resolved.get(section, {}).get(kind, []):
+            holder = item.get("valueFrom", {}) if kind == "parameters" else item
+            if "path" in holder:
+                holder["path"] = substitute(str(holder["path"]), scope, where=where)
+    return resolved
+
+
+def path_placeholders(tmpl: Mapping[str, Any]) -> dict[str, str]:
+    """The `{{inputs|outputs.artifacts.N.path}}` and `{{outputs.parameters.N.path}}` a template may use.
+
+    Argo substitutes them with the paths the template declares, in its container or script.
+    """
+    found = {}
+    for section, kind in (("inputs", "artifacts"), ("outputs", "artifacts"), ("outputs", "parameters")):
+        for item in tmpl.get(section, {}).get(kind, []):
+            path = (item.get("valueFrom") or {}).get("path") if kind == "parameters" else item.get("path")
+            if path and "{{" not in str(path):
+                found[f"{section}.{kind}.{item['name']}.path"] = str(path)
+    return found
+
+
+def check_enum(param: Mapping[str, Any], value: str, where: str) -> None:
+    """Refuse a parameter value outside the parameter's `enum`, as Argo does at submission."""
+    allowed = [str(v) for v in param.get("enum", []) or []]
+    if allowed and value not in allowed:
+        raise WorkflowError(f"{where}: value {value!r} is not one of {', '.join(allowed)}")
+
+
+def template_outputs(tmpl: Mapping[str, Any], node: Node, scope: Mapping[str, str]) -> None:
+    """dag/steps outputs: valueFrom.parameter references to their children's outputs."""
+    for param in tmpl.get("outputs", {}).get("parameters", []):
+        source = param.get("valueFrom", {})
+        if "parameter" in source:
+            value = substitute(
+                str(source["parameter"]),
+                scope,
+                where=f"template {tmpl['name']}: outputs",
+                strict="default" not in source,
+            )
+            node.parameters[str(param["name"])] = value if "{{" not in value else str(source["default"])

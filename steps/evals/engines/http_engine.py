@@ -7,9 +7,11 @@ Reliability, in the order a request meets it:
 2. circuit breaker: after `breaker_threshold` consecutive failed attempts it opens for `breaker_cooldown_s`
    and every request fails fast; then one probe is let through (half-open) and closes it again on success;
 3. per-request deadline: `timeout_s` bounds each attempt (connect, read and the whole exchange);
-4. retries (tenacity) ONLY on 429/502/503/504, connection errors and timeouts, at most `max_retries` times,
-   with exponential backoff and jitter, or exactly the server's Retry-After (seconds or an HTTP date, capped
-   at `max_retry_after_s`); 400/401/403/404 and other errors fail at once with an `EvalError` naming the fix.
+4. retries under the platform's one policy (`registry.retry.RetryPolicy`) ONLY on 429/502/503/504, connection
+   errors and timeouts, at most `max_retries` times and within a total deadline per request (`deadline_s`,
+   default LLMRELEASE_SERVICE_DEADLINE_S or 60 s), with exponential backoff and jitter, or exactly the server's
+   Retry-After (seconds or an HTTP date, capped at `max_retry_after_s`); 400/401/403/404 and other errors fail
+   at once with an `EvalError` naming the fix.
 
 The API key is read from the environment variable named by `api_key_env` (a Kubernetes Secret in production),
 sent as a bearer token and never logged or put in an error message.
@@ -20,15 +22,15 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import os
-import random
 import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying
 
+from registry.retry import DEADLINE_ENV, RetryPolicy, Transient, service_deadline, shorten
 from steps.evals.engines.base import GENERATE, LOGLIKELIHOOD, EvalError, Generation
 
 __all__ = ["RETRY_STATUSES", "CircuitBreaker", "OpenAIHTTPEngine", "parse_retry_after"]
@@ -38,13 +40,12 @@ _Json = dict[str, Any]
 _Reply = tuple[str, _Json, float]  # (url, JSON body, latency of the successful attempt in ms)
 
 
-class _Transient(Exception):
+class _Transient(Transient):
     """A failed attempt worth retrying; `fix` ends the final error message if retries run out."""
 
     def __init__(self, message: str, fix: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
+        super().__init__(message, retry_after)
         self.fix = fix
-        self.retry_after = retry_after
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
@@ -122,6 +123,7 @@ class OpenAIHTTPEngine:
         breaker_cooldown_s: How long the breaker stays open before a probe.
         backoff_initial_s: First backoff; doubles each retry up to `backoff_max_s`, plus up to as much jitter.
         max_retry_after_s: Cap on a server's Retry-After.
+        deadline_s: Total deadline of one request, retries included; None: `registry.retry.service_deadline()`.
         logprobs: The server's /completions supports `echo` with `logprobs` (vLLM does): enables `loglikelihood`.
     """
 
@@ -142,6 +144,7 @@ class OpenAIHTTPEngine:
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 8.0,
         max_retry_after_s: float = 60.0,
+        deadline_s: float | None = None,
         logprobs: bool = False,
     ) -> None:
         self.base_url = base_url.rstrip("/")
@@ -154,8 +157,14 @@ class OpenAIHTTPEngine:
         self.capabilities = frozenset({GENERATE, LOGLIKELIHOOD} if logprobs else {GENERATE})
         self.requests_sent = 0
         self.breaker = CircuitBreaker(self.base_url, breaker_threshold, breaker_cooldown_s)
-        self._backoff = (backoff_initial_s, backoff_max_s)
-        self._max_retry_after_s = max_retry_after_s
+        self._policy = RetryPolicy(
+            deadline_s=service_deadline() if deadline_s is None else deadline_s,
+            initial_s=backoff_initial_s,
+            max_wait_s=backoff_max_s,
+            max_attempts=max_retries + 1,
+            max_retry_after_s=max_retry_after_s,
+            retryable=lambda e: isinstance(e, _Transient),
+        )
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float) -> list[Generation]:
         """Answer each prompt as one user message; results in input order (see `agenerate`)."""
@@ -234,27 +243,17 @@ class OpenAIHTTPEngine:
     async def _post(self, client: httpx.AsyncClient, path: str, body: _Json) -> _Reply:
         """One request with retries; returns (url, JSON reply, latency of the successful attempt in ms)."""
         url = self.base_url + path
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Transient),
-            reraise=True,
-        )
+        retrying = AsyncRetrying(**self._policy.tenacity_options(), reraise=True)
         try:
             async for attempt in retrying:
                 with attempt:
                     return await self._attempt(client, url, body)
         except _Transient as e:
-            raise EvalError(f"{e} (gave up after {self.max_retries + 1} attempts): {e.fix}") from e
+            tries = int(retrying.statistics.get("attempt_number", 0))
+            bound = "" if tries >= self.max_retries + 1 else f" within the {self._policy.deadline_s:g} s deadline"
+            hint = "" if not bound else f" ({DEADLINE_ENV})"
+            raise EvalError(f"{e} (gave up after {tries} attempts{bound}{hint}): {e.fix}") from e
         raise AssertionError("unreachable: tenacity re-raises the last failure")
-
-    def _wait(self, state: RetryCallState) -> float:
-        """Exactly the server's Retry-After when it sent one (capped), else exponential backoff with jitter."""
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, _Transient) and error.retry_after is not None:
-            return min(error.retry_after, self._max_retry_after_s)
-        initial, cap = self._backoff
-        return min(cap, initial * 2 ** (state.attempt_number - 1)) + random.uniform(0, initial)
 
     async def _attempt(self, client: httpx.AsyncClient, url: str, body: _Json) -> _Reply:
         self.breaker.before()
@@ -352,4 +351,4 @@ def _detail(response: httpx.Response) -> str:
         message = error.get("message") if isinstance(error, dict) else error
     except (ValueError, AttributeError):
         message = response.text
-    return " ".join(str(message or response.reason_phrase).split())[:200]
+    return shorten(str(message or response.reason_phrase), 200)
