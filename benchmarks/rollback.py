@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 from registry.facade import ModelRegistry  # noqa: E402
 from registry.tags import CHAMPION  # noqa: E402
 from steps.rollout.serving.local import LocalServing, server_name  # noqa: E402
+from tests.tiny_models import register_local_version  # noqa: E402
 
 NAME = "bench-qa"
 MODELS = REPO / "examples" / "models"
@@ -133,8 +134,8 @@ def main() -> None:
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model(NAME)
-    for name, digit in (("champion", "1"), ("candidate", "2")):
-        client.create_model_version(NAME, str(MODELS / name), tags={"llmrelease.digest": "sha256:" + digit * 64})
+    for name in ("champion", "candidate"):  # with the onboarding manifest, so the serving plane can verify them
+        register_local_version(client, NAME, MODELS / name)
     registry = ModelRegistry(client, tracking_uri=uri)
     plane = LocalServing(home)
     rows: dict[str, list[tuple[float, int]]] = {"api": [], "hot": [], "cold": []}

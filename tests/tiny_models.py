@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 
 def build_tiny_gpt2(
@@ -40,3 +41,30 @@ def build_tiny_gpt2(
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def register_local_version(client: Any, name: str, model_dir: Path, experiment: str = "test-onboarding") -> str:
+    """Register `model_dir` (registered in place) as a new version of `name`, with the onboarding run and manifest
+    the register step logs, so consumers can verify the weights; returns the version's digest."""
+    import hashlib
+
+    from registry.integrity import MANIFEST_ARTIFACT, ManifestFile, manifest_digest
+    from registry.tags import DIGEST_TAG
+
+    files = [
+        ManifestFile(
+            path=p.relative_to(model_dir).as_posix(),
+            sha256=hashlib.sha256(p.read_bytes()).hexdigest(),
+            size=p.stat().st_size,
+        )
+        for p in sorted(model_dir.rglob("*"))
+        if p.is_file()
+    ]
+    digest = manifest_digest(files)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = client.create_run(experiment_id)
+    client.log_dict(run.info.run_id, {"digest": digest, "files": [f.model_dump() for f in files]}, MANIFEST_ARTIFACT)
+    client.set_terminated(run.info.run_id)
+    client.create_model_version(name, str(model_dir), run_id=run.info.run_id, tags={DIGEST_TAG: digest})
+    return digest

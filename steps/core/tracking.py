@@ -26,4 +26,11 @@ def experiment_id(client: Any, name: str, home: Path) -> str:
         return str(experiment.experiment_id)
     remote = str(client.tracking_uri).startswith(("http://", "https://"))
     location = None if remote else (home / "mlartifacts").resolve().as_uri()
-    return str(client.create_experiment(name, location))
+    try:
+        return str(client.create_experiment(name, location))
+    except Exception:
+        # Parallel steps (batch-eval and safety) race to create it: the loser reads the winner's.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return str(experiment.experiment_id)

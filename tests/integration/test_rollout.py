@@ -27,7 +27,7 @@ from steps.core.proc import alive
 from steps.release.spec import load_spec
 from steps.rollout.operations import RolloutError, abort, current_lease, deploy, promote, rollback
 from steps.rollout.serving.local import LocalServing, server_name
-from tests.tiny_models import build_tiny_gpt2
+from tests.tiny_models import build_tiny_gpt2, register_local_version
 
 NAME = "tiny-qa"
 REPO = Path(__file__).resolve().parents[2]
@@ -57,8 +57,11 @@ class World:
         self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         self.registry = ModelRegistry(self.client, tracking_uri=uri, artifact_root=root / "artifacts")
         self.client.create_registered_model(NAME)
-        for digest in ("sha256:" + "1" * 64, "sha256:" + "2" * 64):
-            self.client.create_model_version(NAME, str(model_dir), tags={"llmrelease.digest": digest})
+        for version in ("1", "2"):  # the same tiny weights, told apart by one file (as two releases would be)
+            weights = root / f"weights-v{version}"
+            shutil.copytree(model_dir, weights)
+            (weights / "release.txt").write_text(version)
+            register_local_version(self.client, NAME, weights)
         self.plane = LocalServing(self.home)
         demo = load_spec(str(REPO / "releases" / "demo.yaml"))
         analysis = demo.rollout.analysis.model_copy(update={"interval_s": 0.2, "count": 2, "probes": 6})
