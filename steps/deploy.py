@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
+from steps.rollout.operations import Deployment
 
 __all__ = ["DeployParams", "DeployResult", "Inputs", "Outputs", "deploy_step", "describe", "run"]
 
@@ -31,17 +32,7 @@ class Inputs(BaseModel):
     environment: str = "dev"
 
 
-class Outputs(BaseModel):
-    """Where the candidate (at weight 0), the champion and the router answer."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    model: str
-    candidate: str
-    champion: str | None
-    candidate_url: str
-    champion_url: str | None
-    router_url: str
+Outputs = Deployment  # the step publishes the library's deployment as it is
 
 
 def run(inputs: Inputs, registry: Any, client: Any, plane: Any, home: Path) -> Outputs:
@@ -65,7 +56,7 @@ def run(inputs: Inputs, registry: Any, client: Any, plane: Any, home: Path) -> O
         workflow_uid=inputs.workflow_uid,
         environment=inputs.environment,
     )
-    return Outputs.model_validate(result.model_dump())
+    return result
 
 
 def describe(outputs: Outputs) -> str:
