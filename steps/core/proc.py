@@ -38,8 +38,8 @@ def _process(pid: int | None, created: float | None) -> psutil.Process | None:
         return None
     try:
         process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:  # exited, not yet reaped by its parent
-            return None
+        if process.status() == psutil.STATUS_ZOMBIE and process.num_threads() <= 1:
+            return None  # exited, not yet reaped by its parent
         if created is not None and abs(process.create_time() - created) > _SAME_PROCESS_S:
             return None  # the pid was reused: not the process that was started
     except (psutil.NoSuchProcess, ValueError):
@@ -52,7 +52,8 @@ def _process(pid: int | None, created: float | None) -> psutil.Process | None:
 def alive(pid: int | None, created: float | None = None) -> bool:
     """Whether `pid` runs and, given its recorded creation time `created`, is still the process that was started.
 
-    A zombie (exited, not yet reaped by its parent) does not run.
+    A zombie (exited, not yet reaped by its parent) does not run. A multi-threaded process (haproxy) whose main
+    thread has exited shows as a zombie while its other threads still run and hold its sockets: that one still runs.
     """
     return _process(pid, created) is not None
 
