@@ -53,7 +53,10 @@ test: setup system-packages ## set up and run the test suite (GPU tests skip wit
 	$(BIN)/llmrelease render --check
 	$(BIN)/pytest
 
+chaos: setup system-packages ## kill -9 parts of a release mid-canary, assert the end state (tests/chaos, ~4 min)
+	$(BIN)/pytest -m chaos tests/chaos -s
+
 bench: setup ## run the benchmarks under benchmarks/
 	$(BIN)/python benchmarks/runner_overhead.py
 
-.PHONY: help setup system-packages render check-render lint format demo-models demo test bench
+.PHONY: help setup system-packages render check-render lint format demo-models demo test chaos bench

@@ -7,6 +7,7 @@ line. The CLI prints `str(error)` on stderr and exits non-zero; it never shows a
 from __future__ import annotations
 
 __all__ = [
+    "TRANSIENT_EXIT_CODE",
     "ReleaseError",
     "SpecError",
     "PolicyError",
@@ -15,6 +16,11 @@ __all__ = [
     "IntegrityError",
     "WorkflowError",
 ]
+
+
+TRANSIENT_EXIT_CODE = 75
+"""The exit code of a step whose service (MLflow, S3, a provider) stayed unreachable past its deadline: sysexits'
+EX_TEMPFAIL, "try again later". The pipelines' retryStrategy retries this code, and no other failure."""
 
 
 class ReleaseError(Exception):

@@ -29,7 +29,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from registry.errors import ReleaseError, SpecError
+from registry.errors import TRANSIENT_EXIT_CODE, ReleaseError, SpecError
 
 __all__ = [
     "DEADLINE_ENV",
@@ -277,7 +277,9 @@ class RetryPolicy:
         bound = f"deadline {self.deadline_s:g} s, {DEADLINE_ENV}"
         if self.max_attempts is not None and last.attempt_number >= self.max_attempts:
             bound = f"at most {self.max_attempts} attempts"
-        return service.error(
+        failure = service.error(
             f"{service.name} at {service.url} {what} after {last.attempt_number} tries in "
             f"{time.monotonic() - started:.1f} s ({bound}; last error: {describe_error(cause)}): {service.check}"
         )
+        failure.exit_code = TRANSIENT_EXIT_CODE  # Argo's retryStrategy tries the step again later (pipelines/controls)
+        return failure

@@ -9,6 +9,11 @@ champion (`steps.rollout.operations.abort`), the version is tagged, and the step
 Inconclusive pauses at the current weight until a human runs `llmrelease canary resume|abort NAME`, or
 `pause_timeout_s` passes (then it aborts).
 
+On the local plane a heartbeat guards the canary (`steps.rollout.serving.guard`): the step renews it at every
+analysis tick (each probe, each slice of the wait between measurements, each poll of a pause) and hands over to
+the promote step with a longer deadline; when the step stops (killed, its runner killed, or failing), a detached
+watchdog puts all traffic back on the champion within the deadline (LLMRELEASE_CANARY_HEARTBEAT_S, default 30 s).
+
 The whole log is written to `canary-log.json` (the release report and the evidence bundle read it).
 """
 
@@ -18,6 +23,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -34,6 +40,7 @@ from steps.rollout.analysis import AnalysisPolicy, PrometheusCheck, Sample, quer
 from steps.rollout.routing.base import canary_split
 from steps.rollout.serving.base import ServingPlane, server_name
 from steps.rollout.serving.factory import serving_plane
+from steps.rollout.serving.guard import HANDOFF_FACTOR, CanaryGuard, GuardedPlane, GuardTripped, deadline_s
 
 __all__ = [
     "CanaryParams",
@@ -60,13 +67,26 @@ class Probe:
     skewed by which side happened to get more of the concurrent router traffic.
     """
 
-    def __init__(self, model: str, router_url: str, direct: dict[str, str], *, router_probes: int, timeout: float):
-        """Probe `router_url` `router_probes` times, and each version in `direct` (name -> base URL) a few times."""
+    def __init__(
+        self,
+        model: str,
+        router_url: str,
+        direct: dict[str, str],
+        *,
+        router_probes: int,
+        timeout: float,
+        tick: Callable[[], None] = lambda: None,
+    ):
+        """Probe `router_url` `router_probes` times, and each version in `direct` (name -> base URL) a few times.
+
+        `tick` is called after every probe (the canary renews its heartbeat there).
+        """
         self.model = model
         self.router_url = router_url
         self.direct = direct
         self.router_probes = router_probes
         self.timeout = timeout
+        self.tick = tick
 
     async def _one(self, client: httpx.AsyncClient, base_url: str, side: str | None) -> Sample:
         started = time.perf_counter()
@@ -79,6 +99,7 @@ class Probe:
             served_by = side or response.headers.get("x-served-by", "unknown")
         except httpx.HTTPError:
             ok, served_by = False, side or "unknown"
+        self.tick()
         return Sample(
             served_by=served_by,
             latency_ms=(time.perf_counter() - started) * 1000,
@@ -134,7 +155,9 @@ def _measure(probe: Probe, policy: AnalysisPolicy, canary: str, champion: str | 
     return measure
 
 
-def _wait_for_human(registry: Any, model: str, workflow_uid: str, timeout_s: float) -> tuple[str, str]:
+def _wait_for_human(
+    registry: Any, model: str, workflow_uid: str, timeout_s: float, tick: Callable[[], None]
+) -> tuple[str, str]:
     """Poll the decision tag a `llmrelease canary resume|abort` writes; (action, actor), abort on timeout."""
     deadline = time.monotonic() + timeout_s
     print(
@@ -149,6 +172,7 @@ def _wait_for_human(registry: Any, model: str, workflow_uid: str, timeout_s: flo
             if decision.get("workflow_uid") in (workflow_uid, "*"):
                 registry.delete_model_tag(model, CANARY_DECISION_TAG)
                 return str(decision["action"]), str(decision.get("actor", ""))
+        tick()
         time.sleep(1.0)
     return "abort", f"pause timeout ({timeout_s:g}s)"
 
@@ -179,6 +203,38 @@ class Outputs(BaseModel):
         return str(self.log.get("abort_reason") or "")
 
 
+def _start_guard(plane: ServingPlane, model: str, workflow_uid: str, candidate: str) -> CanaryGuard | None:
+    """Start the plane's heartbeat guard for this canary; None on a plane without one (Argo Rollouts guards there)."""
+    if not isinstance(plane, GuardedPlane):
+        return None
+    guard = plane.canary_guard(model, workflow_uid, candidate, deadline_s())
+    guard.start()
+    return guard
+
+
+def _renewing(sleep: Any, tick: Callable[[], None], slice_s: float) -> Any:
+    """`sleep` in slices of at most `slice_s` seconds, renewing the heartbeat before and after each."""
+
+    def nap(seconds: float) -> None:
+        remaining = seconds
+        while remaining > 0:
+            tick()
+            step = min(remaining, slice_s)
+            sleep(step)
+            remaining -= step
+        tick()
+
+    return nap
+
+
+def _ticking(measure: Any, tick: Callable[[], None]) -> Any:
+    def measured() -> Any:
+        tick()
+        return measure()
+
+    return measured
+
+
 def run(inputs: Inputs, registry: Any, plane: ServingPlane, *, sleep: Any = time.sleep) -> Outputs:
     """Run the canary; returns the log (outcome completed or aborted), written to work_dir/canary-log.json."""
     from steps.rollout.operations import abort, require_lease
@@ -186,35 +242,64 @@ def run(inputs: Inputs, registry: Any, plane: ServingPlane, *, sleep: Any = time
     spec, workflow_uid = inputs.spec, inputs.workflow_uid
     model = spec.model.name
     lease = require_lease(registry, model, workflow_uid)
-    state = plane.state(model)
-    canary, champion = server_name(lease.candidate), server_name(state.champion) if state.champion else None
-    direct = {canary: state.servers[lease.candidate].base_url}
-    if champion is not None and state.champion is not None:
-        direct[champion] = state.servers[state.champion].base_url
-    policy = policy_from_spec(spec.rollout.analysis)
-    probe = Probe(model, plane.router_url(state), direct, router_probes=spec.rollout.analysis.probes, timeout=10.0)
+    guard = _start_guard(plane, model, workflow_uid, lease.candidate)
     log: dict[str, Any] = {
         "model_name": model,
         "candidate": lease.candidate,
-        "champion": state.champion,
+        "champion": plane.state(model).champion,
         "router": "haproxy",
         "outcome": "completed",
         "steps": [],
         "aborted_at": None,
         "abort_reason": None,
     }
+    try:
+        _steps(inputs, registry, plane, log, guard=guard, sleep=sleep)
+        if guard is not None and log["outcome"] == "completed":
+            guard.renew(factor=HANDOFF_FACTOR)  # the promote step takes over from here
+    except GuardTripped as e:  # the watchdog already moved all traffic back: record it, release what is left
+        abort(registry, plane, model=model, workflow_uid=workflow_uid, reason=str(e))
+        log.update(outcome="aborted", aborted_at=datetime.now(UTC).isoformat(), abort_reason=str(e))
+    except BaseException as e:
+        if guard is not None:
+            guard.lapse(f"the canary step failed: {type(e).__name__}: {e}")
+        raise
+    path = _write(log, inputs.work_dir)
+    return Outputs(outcome=log["outcome"], log_path=path, log=log)
+
+
+def _steps(
+    inputs: Inputs, registry: Any, plane: ServingPlane, log: dict[str, Any], *, guard: CanaryGuard | None, sleep: Any
+) -> None:
+    """Shift traffic step by step, analysing each; abort on Failed/Error (recorded in `log`)."""
+    from steps.rollout.operations import abort, require_lease
+
+    spec, workflow_uid, model = inputs.spec, inputs.workflow_uid, inputs.spec.model.name
+    tick: Callable[[], None] = guard.renew if guard is not None else lambda: None
+    state = plane.state(model)
+    candidate = log["candidate"]
+    canary, champion = server_name(candidate), server_name(state.champion) if state.champion else None
+    direct = {canary: state.servers[candidate].base_url}
+    if champion is not None and state.champion is not None:
+        direct[champion] = state.servers[state.champion].base_url
+    policy = policy_from_spec(spec.rollout.analysis)
+    probes = spec.rollout.analysis.probes
+    probe = Probe(model, plane.router_url(state), direct, router_probes=probes, timeout=10.0, tick=tick)
+    nap = _renewing(sleep, tick, deadline_s() / 3) if guard is not None else sleep
     for weight in spec.rollout.steps:
         require_lease(registry, model, workflow_uid)  # a manual rollback or abort stops us here
         with plane.locked(model) as current:
+            tick()  # under the plane lock: a tripped guard (traffic already back on the champion) stops us here
             weights = canary_split(weight, stable=champion, canary=canary) if champion else {canary: 100}
             plane.router(current).set_weights({k: v for k, v in weights.items() if k})
         step: dict[str, Any] = {"weight": weight, "started_at": datetime.now(UTC).isoformat()}
-        phase, measurements = run_analysis(_measure(probe, policy, canary, champion), policy, sleep=sleep)
+        phase, measurements = run_analysis(_ticking(_measure(probe, policy, canary, champion), tick), policy, sleep=nap)
         step.update(phase=phase, measurements=[m.model_dump() for m in measurements])
         log["steps"].append(step)
         print(f"canary: {weight:3d}% {phase}: {measurements[-1].reasons[0] if measurements else ''}", flush=True)
         if phase == "Inconclusive":
-            action, actor = _wait_for_human(registry, model, workflow_uid, spec.rollout.analysis.pause_timeout_s)
+            timeout_s = spec.rollout.analysis.pause_timeout_s
+            action, actor = _wait_for_human(registry, model, workflow_uid, timeout_s, tick)
             step["decision"] = {"action": action, "actor": actor, "at": datetime.now(UTC).isoformat()}
             if action == "resume":
                 continue
@@ -224,9 +309,7 @@ def run(inputs: Inputs, registry: Any, plane: ServingPlane, *, sleep: Any = time
             reason = f"analysis {phase} at {weight}%: {reasons or 'decided by ' + str(step.get('decision'))}"
             abort(registry, plane, model=model, workflow_uid=workflow_uid, reason=reason)
             log.update(outcome="aborted", aborted_at=datetime.now(UTC).isoformat(), abort_reason=reason)
-            break
-    path = _write(log, inputs.work_dir)
-    return Outputs(outcome=log["outcome"], log_path=path, log=log)
+            return
 
 
 def describe(outputs: Outputs) -> str:

@@ -4,6 +4,12 @@ It runs after every run (Argo `onExit`). When the run did not succeed and its ro
 lease names this workflow), it aborts it: all traffic back on the champion, the candidate's weight 0 and its
 server stopped, the lease released. Then it writes the evidence bundle and the release report from whichever
 reports the run produced (they arrive as optional workflow-level artifacts).
+
+The statement is signed (a DSSE envelope, `steps.evidence.dsse`) with the key in `$LLMRELEASE_EVIDENCE_KEY`, which
+the template sets from the Secret `llmrelease-evidence-key` (key `ed25519.pem`, optional: the PEM text; locally
+the runner's own environment may give a path instead). In stage and prod the evidence must be signed: without a
+usable key the bundle is still written (unsigned, so the run is never left without evidence), then the step fails
+with one line naming the Secret and the fix. In dev a key is used when given.
 """
 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
@@ -11,13 +17,14 @@ reports the run produced (they arrive as optional workflow-level artifacts).
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from hera.workflows import Artifact, Output, Parameter, script
+from hera.workflows import Artifact, Output, Parameter, SecretEnv, script
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.tags import CANDIDATE
 from steps.core.artifacts import FINAL_INPUTS, GLOBAL_REPORTS
 from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
+from steps.evidence.layout import KEY_ENV, KEY_SECRET, KEY_SECRET_KEY, SIGNED_ENVIRONMENTS, EvidenceError
 
 __all__ = ["FinalizeParams", "FinalizeResult", "Inputs", "Outputs", "describe", "finalize_step", "report_paths", "run"]
 
@@ -99,10 +106,11 @@ def report_paths(reports_dir: str | Path) -> list[Path]:
     return [p for name in GLOBAL_REPORTS if (p := Path(reports_dir) / f"{name}.json").is_file()]
 
 
-def _evidence(inputs: Inputs, model: str, version: str, *, online: bool = True) -> Any:
+def _evidence(inputs: Inputs, model: str, version: str, *, online: bool = True, key: str = "") -> Any:
     """Write the evidence bundle and the release report (the registry gives the digest and the approvals).
 
     With `online` False (MLflow unreachable) the registry is not asked and the bundle stays in the local store.
+    `key` signs the statement ("" writes it unsigned).
     """
     import json
 
@@ -124,7 +132,32 @@ def _evidence(inputs: Inputs, model: str, version: str, *, online: bool = True) 
             {"release": inputs.release, "environment": inputs.environment, "git-commit": inputs.git_commit}
         ),
     )
-    return write_evidence(inputs_from_params(params, offline=not online), store=online)
+    return write_evidence(inputs_from_params(params, offline=not online), store=online, key=key)
+
+
+def _signed_evidence(inputs: Inputs, model: str, version: str, *, online: bool) -> tuple[Any, EvidenceError | None]:
+    """The evidence, signed when a key is configured; and why it is unsigned where it must be signed (else None).
+
+    An unusable key or, in stage and prod, no key at all never costs the run its evidence: the bundle is written
+    unsigned and the reason returned, for `run` to fail the step with once everything else is done.
+    """
+    import os
+
+    key = os.environ.get(KEY_ENV, "").strip()
+    required = inputs.environment in SIGNED_ENVIRONMENTS
+    fix = f"put an Ed25519 PEM (`llmrelease evidence keygen`) in Secret {KEY_SECRET}, key {KEY_SECRET_KEY}"
+    problem = None
+    if key:
+        try:
+            return _evidence(inputs, model, version, online=online, key=key), None
+        except EvidenceError as e:  # the key is unusable: say so after writing the evidence unsigned
+            problem = EvidenceError(f"evidence of {model or 'the run'} is unsigned: {e}; {fix}")
+    elif required:
+        problem = EvidenceError(
+            f"evidence of {model or 'the run'} is unsigned: environment {inputs.environment} requires signed evidence "
+            f"and {KEY_ENV} is not set; {fix}"
+        )
+    return _evidence(inputs, model, version, online=online), problem
 
 
 def _close_rollout(inputs: Inputs, registry: Any, plane: Any, model: str) -> tuple[str | None, str]:
@@ -166,6 +199,7 @@ def run(inputs: Inputs, registry: Any, plane: Any) -> Outputs:
 
     Raises:
         SpecError: The release spec is missing or invalid (the evidence is still written).
+        EvidenceError: The evidence is unsigned where it must be signed, or the key is unusable (it is written).
         ReleaseError: The abort or the evidence failed (registry, serving plane or evidence store).
     """
     from registry.errors import RegistryError, ReleaseError
@@ -180,11 +214,13 @@ def run(inputs: Inputs, registry: Any, plane: Any) -> Outputs:
         fault = e
     online = not isinstance(fault, RegistryError)
     try:
-        evidence = _evidence(inputs, model, version, online=online)
+        evidence, unsigned = _signed_evidence(inputs, model, version, online=online)
     except RegistryError as e:  # its line says where the bundle is kept
         raise (e if fault is None else _with_evidence(fault, str(e))) from fault or e
     if fault is not None:
         raise _with_evidence(fault, f"the evidence bundle is kept locally at {evidence.bundle_path}") from fault
+    if unsigned is not None:
+        raise _with_evidence(unsigned, f"the unsigned bundle is at {evidence.bundle_path}")
     return Outputs(
         workflow_status=inputs.workflow_status,
         aborted=aborted,
@@ -216,6 +252,7 @@ def _run_here(inputs: Inputs) -> Outputs:
     image=STEPS_IMAGE,
     name="finalize",
     inputs=[Artifact(name=name, path=f"{FINAL_INPUTS}/{name}.json", optional=True) for name in GLOBAL_REPORTS],
+    env=[SecretEnv(name=KEY_ENV, secret_name=KEY_SECRET, secret_key=KEY_SECRET_KEY, optional=True)],
 )
 def finalize_step(params: FinalizeParams) -> FinalizeResult:
     """Hera entry: abort a half-done rollout of a failed run, then write the evidence (see the module docs)."""

@@ -1,6 +1,5 @@
-"""Writing an evidence bundle: the spec and result copies, the statement, the manifest, its digest and signature."""
+"""Writing an evidence bundle: spec and result copies, the statement and its DSSE envelope, manifest and digest."""
 
-import base64
 import hashlib
 import json
 import shutil
@@ -8,19 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from steps.core.hashing import sha256_file
+from steps.evidence.dsse import envelope_json, load_private_key, sign_envelope
 from steps.evidence.layout import (
     DIGEST_FILE,
+    ENVELOPE,
     EXPECTED_KINDS,
     MANIFEST,
     OUTSIDE_MANIFEST,
     RESULT_FILES,
-    SIGNATURE,
     STATEMENT,
-    EvidenceError,
 )
 from steps.evidence.statement import Inputs, build_statement, load_result
 
-__all__ = ["sign_digest", "write_bundle"]
+__all__ = ["write_bundle"]
 
 
 def _copy_results(inputs: Inputs, bundle: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -71,12 +70,19 @@ def _write_manifest(bundle: Path) -> str:
     return digest
 
 
-def write_bundle(inputs: Inputs, bundle: Path, *, key_path: str | None = None) -> str:
+def write_bundle(inputs: Inputs, bundle: Path, *, key: str | None = None) -> str:
     """Write the bundle for `inputs` into `bundle` (emptied first); returns the evidence digest.
 
+    Args:
+        inputs: What the run was and the reports it produced.
+        bundle: The bundle directory.
+        key: An Ed25519 private key (a PEM path or PEM text): the statement is then signed as a DSSE envelope
+            (`ENVELOPE`, listed in the manifest). None writes an unsigned bundle.
+
     Raises:
-        EvidenceError: The signing key cannot be read or is not an Ed25519 private key.
+        EvidenceError: The signing key cannot be read or is not an Ed25519 private key (nothing is written).
     """
+    signer = load_private_key(key) if key else None
     if bundle.exists():
         shutil.rmtree(bundle)
     bundle.mkdir(parents=True)
@@ -89,31 +95,8 @@ def write_bundle(inputs: Inputs, bundle: Path, *, key_path: str | None = None) -
     if inputs.release and spec_copy is None:
         results.append({"kind": "release", "path": inputs.release, "reason": "release spec not found"})
     statement = build_statement(inputs, spec_copy, results, found)
-    (bundle / STATEMENT).write_text(json.dumps(statement, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    digest = _write_manifest(bundle)
-    if key_path:
-        sign_digest(bundle, digest, Path(key_path))
-    return digest
-
-
-def sign_digest(bundle: Path, digest: str, key_path: Path) -> None:
-    """Sign the evidence digest with the Ed25519 private key (PEM, unencrypted) at `key_path`."""
-    try:
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-    except ImportError as e:
-        raise EvidenceError("signing evidence needs the `cryptography` package: pip install cryptography") from e
-    except (OSError, ValueError, TypeError) as e:
-        raise EvidenceError(f"signing key {key_path}: cannot read it ({e}); give an unencrypted PEM key") from e
-    if not isinstance(key, Ed25519PrivateKey):
-        raise EvidenceError(f"signing key {key_path}: not an Ed25519 key; create one with `llmrelease evidence keygen`")
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    signature = {
-        "algorithm": "ed25519",
-        "keyid": "sha256:" + hashlib.sha256(raw).hexdigest(),
-        "signed": digest,
-        "signature": base64.b64encode(key.sign(digest.encode())).decode(),
-    }
-    (bundle / SIGNATURE).write_text(json.dumps(signature, indent=2) + "\n", encoding="utf-8")
+    payload = (json.dumps(statement, indent=2, sort_keys=True) + "\n").encode()
+    (bundle / STATEMENT).write_bytes(payload)
+    if signer is not None:
+        (bundle / ENVELOPE).write_text(envelope_json(sign_envelope(payload, signer)), encoding="utf-8")
+    return _write_manifest(bundle)

@@ -81,14 +81,25 @@ def _store_in_mlflow(inputs: Inputs, bundle: Path, digest: str) -> str:
     client.set_terminated(run.info.run_id, "FINISHED")
     if inputs.version:
         value = json.dumps(
-            {"run_id": run.info.run_id, "digest": digest, "workflow_uid": inputs.workflow_uid, "path": str(bundle)}
+            {
+                "run_id": run.info.run_id,
+                "digest": digest,
+                "workflow_uid": inputs.workflow_uid,
+                "workflow_status": inputs.workflow_status,  # `llmrelease status`: this version's run has ended
+                "path": str(bundle),
+            }
         )
         ModelRegistry.from_env().tag_version(inputs.model_name, inputs.version, EVIDENCE_TAG, value)
     return str(run.info.run_id)
 
 
-def run(inputs: Inputs, *, store: bool = True, key_path: str | None = None) -> Outputs:
+def run(inputs: Inputs, *, store: bool = True, key: str | None = None) -> Outputs:
     """Write the bundle and the HTML report into the local evidence store; log both to MLflow when `store`.
+
+    Args:
+        inputs: What the run was.
+        store: Log to MLflow and tag the version (False: the local store only).
+        key: The signing key (a PEM path or PEM text); None takes `$LLMRELEASE_EVIDENCE_KEY`, "" signs nothing.
 
     Raises:
         EvidenceError: The signing key is unusable.
@@ -98,7 +109,7 @@ def run(inputs: Inputs, *, store: bool = True, key_path: str | None = None) -> O
 
     uid = inputs.workflow_uid or f"local-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     bundle = evidence_root() / (inputs.model_name or "unknown") / (inputs.version or "unregistered") / uid
-    digest = write_bundle(inputs, bundle, key_path=key_path if key_path is not None else os.environ.get(KEY_ENV))
+    digest = write_bundle(inputs, bundle, key=key if key is not None else os.environ.get(KEY_ENV))
     report = write_report(bundle)
     try:
         run_id = _store_in_mlflow(inputs, bundle, digest) if store else ""

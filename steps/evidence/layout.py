@@ -7,27 +7,32 @@ from registry.errors import ReleaseError
 
 __all__ = [
     "DIGEST_FILE",
+    "ENVELOPE",
     "EXPECTED_KINDS",
     "KEY_ENV",
+    "KEY_SECRET",
+    "KEY_SECRET_KEY",
     "MANIFEST",
     "OUTSIDE_MANIFEST",
     "PUBKEY_ENV",
     "REPORT",
     "RESULT_FILES",
-    "SIGNATURE",
+    "SIGNED_ENVIRONMENTS",
     "STATEMENT",
     "EvidenceError",
 ]
 
-KEY_ENV, PUBKEY_ENV = "LLMRELEASE_EVIDENCE_KEY", "LLMRELEASE_EVIDENCE_PUBKEY"
-MANIFEST, DIGEST_FILE, SIGNATURE, STATEMENT, REPORT = (
+KEY_ENV, PUBKEY_ENV = "LLMRELEASE_EVIDENCE_KEY", "LLMRELEASE_EVIDENCE_PUBKEY"  # the key: a PEM path or PEM text
+KEY_SECRET, KEY_SECRET_KEY = "llmrelease-evidence-key", "ed25519.pem"  # the Secret the exit handler's KEY_ENV is from
+SIGNED_ENVIRONMENTS = frozenset({"stage", "prod"})  # evidence must be signed there: unsigned fails the exit handler
+MANIFEST, DIGEST_FILE, ENVELOPE, STATEMENT, REPORT = (
     "manifest.json",
     "manifest.sha256",
-    "manifest.sig",
+    "statement.dsse.json",  # the DSSE envelope of statement.json (steps.evidence.dsse); in the manifest
     "statement.json",
     "report.html",
 )
-OUTSIDE_MANIFEST = frozenset({MANIFEST, DIGEST_FILE, SIGNATURE, REPORT})
+OUTSIDE_MANIFEST = frozenset({MANIFEST, DIGEST_FILE, REPORT})
 EXPECTED_KINDS = ("quality", "safety", "gate", "latency", "canary")
 RESULT_FILES = {
     "quality": "quality-report.json",

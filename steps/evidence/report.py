@@ -170,9 +170,20 @@ def plot_canary(log: Mapping[str, Any]) -> str:
         return _svg(fig)
 
 
+def _signature(envelope: Path) -> dict[str, str] | None:
+    """What the report says of the DSSE envelope (present, not verified here): algorithm and keyid; None if absent."""
+    if not envelope.is_file():
+        return None
+    try:
+        first = json.loads(envelope.read_text(encoding="utf-8"))["signatures"][0]
+        return {"algorithm": "Ed25519, DSSE", "keyid": str(first.get("keyid", ""))}
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        return {"algorithm": "unreadable DSSE envelope", "keyid": ""}
+
+
 def load_bundle(bundle: Path) -> dict[str, Any]:
     """The statement, digest, manifest, signature and parsed result files (by kind) of an evidence bundle."""
-    from steps.evidence.layout import DIGEST_FILE, MANIFEST, SIGNATURE, STATEMENT
+    from steps.evidence.layout import DIGEST_FILE, ENVELOPE, MANIFEST, STATEMENT
 
     statement = json.loads((bundle / STATEMENT).read_text(encoding="utf-8"))
     details = statement["predicate"]["runDetails"]
@@ -186,7 +197,7 @@ def load_bundle(bundle: Path) -> dict[str, Any]:
                 continue
     manifest = json.loads((bundle / MANIFEST).read_text()) if (bundle / MANIFEST).is_file() else {"files": []}
     digest = (bundle / DIGEST_FILE).read_text().strip() if (bundle / DIGEST_FILE).is_file() else "(none)"
-    signature = json.loads((bundle / SIGNATURE).read_text()) if (bundle / SIGNATURE).is_file() else None
+    signature = _signature(bundle / ENVELOPE)
     return {
         "statement": statement,
         "results": results,

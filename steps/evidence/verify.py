@@ -1,6 +1,11 @@
-"""Verifying an evidence bundle: recompute every digest and check the signature, naming the file at fault."""
+"""Verifying an evidence bundle: recompute every digest and check the DSSE signature, naming the file at fault.
 
-import base64
+Digests alone prove a bundle is self-consistent, not where it came from: anyone can rewrite a file together with
+the manifest and its digest. Provenance is anchored by the digest the registry recorded when the run stored the
+bundle (`expected_digest`), or by a DSSE signature that verifies with a trusted public key *and* whose signed
+statement names the digest of every other file of the bundle. `Verified.anchored` says which; "" means neither.
+"""
+
 import hashlib
 import json
 from pathlib import Path
@@ -9,7 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from steps.core.hashing import sha256_file
-from steps.evidence.layout import DIGEST_FILE, MANIFEST, OUTSIDE_MANIFEST, SIGNATURE, EvidenceError
+from steps.evidence.dsse import load_public_key, verify_envelope
+from steps.evidence.layout import DIGEST_FILE, ENVELOPE, MANIFEST, OUTSIDE_MANIFEST, STATEMENT, EvidenceError
 
 __all__ = ["Verified", "verify_bundle"]
 
@@ -23,6 +29,7 @@ class Verified(BaseModel):
     digest: str
     files: int
     signature: str  # "valid (keyid ...)", "absent", or "present, not checked (no public key given)"
+    anchored: str = ""  # "registry digest", "signature", both joined by " and ", or "" (self-consistent only)
 
 
 def _check_files(bundle: Path, manifest: dict[str, Any]) -> int:
@@ -44,29 +51,52 @@ def _check_files(bundle: Path, manifest: dict[str, Any]) -> int:
     return len(listed)
 
 
-def _check_signature(bundle: Path, digest: str, public_key: Path | None) -> str:
-    sig_path = bundle / SIGNATURE
-    if not sig_path.is_file():
+def _signed_digests(statement: Any) -> dict[str, str]:
+    """Bundle path -> sha256 the signed statement gives: every result (byproducts) and the spec copy (inputs/)."""
+    predicate = statement.get("predicate") or {}
+    out = {
+        str(item.get("uri")): str((item.get("digest") or {}).get("sha256", ""))
+        for item in (predicate.get("runDetails") or {}).get("byproducts") or []
+        if isinstance(item, dict) and item.get("uri")
+    }
+    release = ((predicate.get("buildDefinition") or {}).get("externalParameters") or {}).get("release") or {}
+    if release.get("path") and release.get("digest"):
+        out[f"inputs/{Path(str(release['path'])).name}"] = str(release["digest"].get("sha256", ""))
+    return out
+
+
+def _check_covered(bundle: Path, statement: Any, listed: dict[str, Any]) -> None:
+    """Every file of the manifest but the statement and its envelope must carry the digest the statement signed."""
+    signed = _signed_digests(statement if isinstance(statement, dict) else {})
+    for rel, entry in sorted(listed.items()):
+        if rel not in (STATEMENT, ENVELOPE) and signed.get(rel) != entry["sha256"]:
+            raise EvidenceError(
+                f"evidence bundle {bundle}: {rel} is not the file the signed statement names (its sha256 differs "
+                f"or it is not named): it was changed or added after signing"
+            )
+
+
+def _check_signature(bundle: Path, listed: dict[str, Any], public_key: Path | None) -> str:
+    path = bundle / ENVELOPE
+    if not path.is_file():
         if public_key is not None:
-            raise EvidenceError(f"evidence bundle {bundle}: {SIGNATURE} is missing but a public key was given")
+            raise EvidenceError(
+                f"evidence bundle {bundle}: {ENVELOPE} is missing but a public key was given: the bundle is unsigned"
+            )
         return "absent"
     if public_key is None:
         return "present, not checked (no public key given)"
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
+    key = load_public_key(public_key)
+    where = f"evidence bundle {bundle}: {ENVELOPE}"
     try:
-        sig = json.loads(sig_path.read_text(encoding="utf-8"))
-        key = serialization.load_pem_public_key(public_key.read_bytes())
-        if not isinstance(key, Ed25519PublicKey):
-            raise TypeError("not an Ed25519 public key")
-        key.verify(base64.b64decode(sig["signature"]), digest.encode())
-    except (InvalidSignature, KeyError, ValueError, TypeError) as e:
-        raise EvidenceError(
-            f"evidence bundle {bundle}: {SIGNATURE} does not verify with {public_key} ({type(e).__name__})"
-        ) from e
-    return f"valid ({sig.get('keyid', '')[:23]}...)"
+        envelope = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise EvidenceError(f"{where}: not JSON ({e}); re-sign the bundle") from e
+    payload, keyid = verify_envelope(envelope, key, where)
+    if payload != (bundle / STATEMENT).read_bytes():
+        raise EvidenceError(f"evidence bundle {bundle}: {STATEMENT} is not the statement signed in {ENVELOPE}")
+    _check_covered(bundle, json.loads(payload), listed)
+    return f"valid ({keyid[:23]}...)"
 
 
 def verify_bundle(bundle: Path, *, expected_digest: str | None = None, public_key: Path | None = None) -> Verified:
@@ -75,7 +105,8 @@ def verify_bundle(bundle: Path, *, expected_digest: str | None = None, public_ke
     Args:
         bundle: The bundle directory.
         expected_digest: The digest recorded elsewhere (the registry tag); must match when given.
-        public_key: An Ed25519 public key (PEM); when given, the signature must exist and verify.
+        public_key: A trusted Ed25519 public key (PEM); when given, the DSSE envelope must exist and verify, and
+            its statement must name every other file of the bundle with its digest.
 
     Raises:
         EvidenceError: A file is missing, changed or added, the manifest or its digest changed, the digest is not
@@ -95,6 +126,8 @@ def verify_bundle(bundle: Path, *, expected_digest: str | None = None, public_ke
             f"evidence bundle {bundle}: {DIGEST_FILE} is {digest[:23]}... but the registry recorded "
             f"{expected_digest[:23]}...: the bundle was replaced"
         )
-    files = _check_files(bundle, json.loads(text))
-    signature = _check_signature(bundle, digest, public_key)
-    return Verified(bundle=str(bundle), digest=digest, files=files, signature=signature)
+    manifest = json.loads(text)
+    files = _check_files(bundle, manifest)
+    signature = _check_signature(bundle, {f["path"]: f for f in manifest.get("files", [])}, public_key)
+    anchors = [*(["registry digest"] if expected_digest else []), *(["signature"] if public_key else [])]
+    return Verified(bundle=str(bundle), digest=digest, files=files, signature=signature, anchored=" and ".join(anchors))

@@ -5,12 +5,15 @@ What it reads:
 * aliases `champion`, `previous`, `candidate` and the alias history (`registry.history`);
 * the registered-model tag `llmrelease.rollout` = {"candidate", "workflow_uid", "started_at"}, set while a canary
   runs;
-* version tags `llmrelease.gate` (pass/fail), `llmrelease.rejected` (the reasons), `llmrelease.digest`, and
-  `llmrelease.approval.<env>` = a `registry.tags.Approval` (written by steps/approval.py);
+* version tags `llmrelease.gate` (pass/fail), `llmrelease.rejected` (the reasons), `llmrelease.digest`,
+  `llmrelease.canary` (`completed` or `aborted: <why>`, written when a rollout ends: the canary step's own abort,
+  the exit handler's or `llmrelease rollout abort`), `llmrelease.evidence` (the exit handler's record of the run:
+  its `workflow_status`), and `llmrelease.approval.<env>` = a `registry.tags.Approval` (steps/approval.py);
 * the latest run of experiment `llmrelease-nightly` tagged `llmrelease.model_name` = NAME; its verdict is the tag
   `llmrelease.nightly.verdict` (steps/nightly.py) and the version the tag `llmrelease.model_version`.
 
-Every name above is a constant of `registry.tags`.
+A version whose release ended (rejected, aborted, or its run ended without success) is not in flight, even while
+the alias `candidate` still points at it. Every name above is a constant of `registry.tags`.
 
 `status_at(NAME, T)` answers "what was champion at T, who promoted it, who approved it" from the history.
 """
@@ -25,8 +28,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.tags import (
+    CANARY_TAG,
     CANDIDATE,
     CHAMPION,
+    EVIDENCE_TAG,
     GATE_TAG,
     LEASE_TAG,
     MODEL_NAME_TAG,
@@ -63,6 +68,7 @@ class VersionLine(BaseModel):
     registered_at: datetime | None = None
     gate: str | None = None
     rejected: str | None = None
+    aborted: str | None = None  # why its canary was aborted (the `llmrelease.canary` tag after "aborted: ")
     outcome: str
     promoted_at: datetime | None = None
     promoted_by: str | None = None
@@ -125,6 +131,34 @@ def _approvals(tags: Mapping[str, str]) -> list[Approval]:
     return [a for _, a in sorted(approvals_from_tags(dict(tags)).items())]
 
 
+def _aborted(tags: Mapping[str, str]) -> str | None:
+    """Why the version's canary was aborted, or None when it was not."""
+    value = tags.get(CANARY_TAG) or ""
+    if not value.startswith("aborted"):
+        return None
+    return value.removeprefix("aborted").removeprefix(":").strip() or "no reason recorded"
+
+
+def _run_failed(tags: Mapping[str, str]) -> str | None:
+    """The status of the version's release run when it ended without success (its evidence tag), else None."""
+    try:
+        record = json.loads(tags.get(EVIDENCE_TAG) or "{}")
+    except ValueError:
+        return None
+    status = str(record.get("workflow_status") or "") if isinstance(record, dict) else ""
+    return status if status and status != "Succeeded" else None
+
+
+def _ended(tags: Mapping[str, str]) -> str | None:
+    """How the version's release ended without a promotion: rejected, aborted, failed; None while it may go on."""
+    if tags.get(REJECTED_TAG) or tags.get(GATE_TAG) == "fail":
+        return "rejected"
+    if _aborted(tags) is not None:
+        return "aborted"
+    failed = _run_failed(tags)
+    return f"run {failed.lower()}" if failed else None
+
+
 def _outcome(
     version: str, tags: Mapping[str, str], moves: list[Any], aliases: Mapping[str, str], flying: set[str]
 ) -> str:
@@ -132,8 +166,9 @@ def _outcome(
         return CHAMPION
     if version in flying:
         return "in flight"
-    if tags.get(REJECTED_TAG) or tags.get(GATE_TAG) == "fail":
-        return "rejected"
+    ended = _ended(tags)
+    if ended in ("rejected", "aborted"):
+        return ended
     champ = [m for m in moves if m.alias == CHAMPION]
     if any(m.to_version == version for m in champ):
         away = [m for m in champ if m.from_version == version]
@@ -141,6 +176,8 @@ def _outcome(
         return "rolled back" if back else "superseded"
     if aliases.get(PREVIOUS) == version:
         return PREVIOUS
+    if ended:
+        return ended
     return "gate passed, not promoted" if tags.get(GATE_TAG) == "pass" else "registered"
 
 
@@ -154,6 +191,7 @@ def _line(mv: Any, moves: list[Any], aliases: Mapping[str, str], flying: set[str
         registered_at=datetime.fromtimestamp(created / 1000, UTC) if created else None,
         gate=tags.get(GATE_TAG),
         rejected=tags.get(REJECTED_TAG),
+        aborted=_aborted(tags),
         outcome=_outcome(version, tags, moves, aliases, flying),
         promoted_at=promo[-1].when if promo else None,
         promoted_by=promo[-1].actor if promo else None,
@@ -161,10 +199,20 @@ def _line(mv: Any, moves: list[Any], aliases: Mapping[str, str], flying: set[str
     )
 
 
-def _in_flight(model_tags: Mapping[str, str], aliases: Mapping[str, str]) -> list[InFlight]:
+def _in_flight(
+    model_tags: Mapping[str, str], aliases: Mapping[str, str], tags: Mapping[str, Mapping[str, str]]
+) -> list[InFlight]:
+    """Versions on their way: the rollout lease's candidate, and alias `candidate` unless its release ended.
+
+    Args:
+        model_tags: The registered model's tags (the lease).
+        aliases: alias -> version.
+        tags: version -> its tags.
+    """
     via: dict[str, list[str]] = {}
-    if aliases.get(CANDIDATE) and aliases.get(CANDIDATE) != aliases.get(CHAMPION):
-        via.setdefault(aliases[CANDIDATE], []).append(f"alias {CANDIDATE}")
+    candidate = aliases.get(CANDIDATE)
+    if candidate and candidate != aliases.get(CHAMPION) and _ended(tags.get(candidate, {})) is None:
+        via.setdefault(candidate, []).append(f"alias {CANDIDATE}")
     raw = model_tags.get(LEASE_TAG)
     if raw:
         try:
@@ -228,9 +276,10 @@ def release_status(name: str, *, client: Any = None, registry: Any = None, last:
     moves = registry.history(name)  # raises RegistryError naming the model when it does not exist
     model = client.get_registered_model(name)
     aliases = {str(k): str(v) for k, v in (model.aliases or {}).items()}
-    flying = _in_flight(dict(model.tags or {}), aliases)
+    versions = _versions(client, name)
+    flying = _in_flight(dict(model.tags or {}), aliases, {str(mv.version): dict(mv.tags or {}) for mv in versions})
     in_flight = {f.version for f in flying}
-    lines = {str(mv.version): _line(mv, moves, aliases, in_flight) for mv in _versions(client, name)}
+    lines = {str(mv.version): _line(mv, moves, aliases, in_flight) for mv in versions}
     return ReleaseStatus(
         name=name,
         champion=lines.get(aliases.get(CHAMPION, "")),
@@ -324,6 +373,7 @@ def format_status(s: ReleaseStatus) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines += ["    " + "  ".join([*(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)), r[-1]]) for r in rows]
     lines += [f"    v{r.version} rejected: {' '.join(r.rejected.split())[:200]}" for r in s.releases if r.rejected]
+    lines += [f"    v{r.version} aborted: {' '.join(r.aborted.split())[:200]}" for r in s.releases if r.aborted]
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from registry.errors import ReleaseError
 from registry.tags import CANARY_TAG, CHAMPION, LEASE_TAG, PREVIOUS, ROLLED_BACK_TAG
 from steps.rollout.serving.base import PlaneState, ServerState, ServingPlane, server_name
+from steps.rollout.serving.guard import return_to_champion
 
 if TYPE_CHECKING:
     from registry.facade import ModelRegistry
@@ -161,17 +162,7 @@ def abort(
         return None
     with plane.locked(model) as state:
         canary = state.canary or lease.candidate
-        if state.router_port is not None:
-            router = plane.router(state)
-            if state.champion is not None:
-                router.set_weights({server_name(state.champion): 100})  # traffic first, everything else after
-                router.remove_backend(server_name(canary))
-            else:  # a first release: nothing served before it, so nothing serves after it
-                router.stop()
-                state.router_port = None
-        if canary not in (state.champion, state.previous):
-            plane.stop_server(state, canary)
-        state.canary = None
+        return_to_champion(plane, state, canary)  # traffic first; a first release's router stops
     registry.delete_model_tag(model, LEASE_TAG)
     registry.tag_version(model, canary, CANARY_TAG, f"aborted: {reason}"[:5000])
     return canary

@@ -227,13 +227,24 @@ def test_stop_ends_haproxy_and_cleans_up(model_servers: dict[str, str]) -> None:
 
 
 def test_busy_port_is_reported(model_servers: dict[str, str]) -> None:
+    """GIVEN a port another process listens on WHEN a router starts there THEN one line says it is in use, and no
+    haproxy runs (the other listener is never taken for a ready router, however slow haproxy is to fail)."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        router = HAProxyRouter(model_servers, port=taken.getsockname()[1])
-        with pytest.raises(RoutingError, match="haproxy exited"):
+        port = taken.getsockname()[1]
+        router = HAProxyRouter(model_servers, port=port)
+        with pytest.raises(RoutingError, match=f"127.0.0.1:{port} is already in use: stop what listens there"):
             router.start()
         assert not router.running
+
+
+def test_a_config_haproxy_refuses_is_reported_with_its_log(model_servers: dict[str, str]) -> None:
+    """GIVEN a server name haproxy cannot resolve WHEN the router starts THEN it says haproxy exited, with the log."""
+    router = HAProxyRouter({"v1": "no-such-host.invalid:8001"}, port=_free_port())
+    with pytest.raises(RoutingError, match="haproxy exited with code"):
+        router.start()
+    assert not router.running
 
 
 def test_missing_haproxy_names_the_package(

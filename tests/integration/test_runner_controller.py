@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,30 +16,8 @@ import pytest
 import yaml
 
 from registry.errors import WorkflowError
-from workflows.runner import RunOptions, RunResult, continue_workflow, run_workflow
-
-LLMRELEASE = [sys.executable, "-m", "workflows.cli.main"]
-
-
-def write(tmp_path: Path, spec: dict[str, Any], name: str = "wf") -> Path:
-    path = tmp_path / f"{name}.yaml"
-    doc = {"apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"generateName": f"{name}-"}}
-    path.write_text(yaml.safe_dump({**doc, "spec": spec}))
-    return path
-
-
-def run(path: Path, tmp_path: Path, **options: Any) -> RunResult:
-    opts = RunOptions(runs_dir=tmp_path / "runs", echo=False, **options)
-    return run_workflow(str(path), opts, argo_dir=tmp_path / "no-argo")
-
-
-def nodes(result: RunResult) -> dict[str, dict[str, Any]]:
-    return {n["displayName"]: n for n in result.status["status"]["nodes"].values()}
-
-
-def sh(name: str, script: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "container": {"image": "alpine:3.20", "command": ["sh", "-c", script]}, **extra}
-
+from tests.integration.runner_support import LLMRELEASE, nodes, run, sh, write
+from workflows.runner import RunResult, continue_workflow
 
 # ---- synchronization ------------------------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ The story: v1 and v2 promoted, v3 rejected at the gate, v4 promoted then rolled 
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -188,3 +189,52 @@ def test_cli_status(story: Story, capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "'nope' not found" in err
     assert datetime.now(UTC).year >= 2026
+
+
+def test_rejected_aborted_and_failed_releases_are_shown_as_such_not_in_flight(story: Story) -> None:
+    """GIVEN the story, then (through the real steps) v6 rejected by the reject step while alias `candidate` still
+    names it; v7 registered and taking the rollout lease, then its run failing so the exit handler aborts the
+    canary; v8 registered and its run failing before any rollout (the exit handler records the failed run)
+    WHEN the status is read
+    THEN nothing is in flight: v6 is rejected, v7 aborted with the exit handler's reason, v8 run failed; the text
+    says so on their own lines."""
+    from steps import finalize, reject
+    from steps.rollout.serving.local import LocalServing
+
+    repo = Path(__file__).resolve().parents[2]
+    home = Path(os.environ["LLMRELEASE_HOME"])
+    reasons = "quality/accuracy 0.61 < 0.70 (min)"
+    reject.run(reject.Inputs(model_name=NAME, version="6", reasons=reasons), story.registry)
+    for v in ("7", "8"):
+        story.client.create_model_version(NAME, source=(home / f"w{v}").as_uri(), tags={"llmrelease.digest": f"d{v}"})
+    story.at("2026-11-23T12:00:00Z").move_alias(NAME, "candidate", "7", actor="golden-delivery/uid-7", reason="x")
+    rollout = {"candidate": "7", "workflow_uid": "uid-7", "started_at": "2026-11-23T12:01:00Z"}
+    story.client.set_registered_model_tag(NAME, "llmrelease.rollout", json.dumps(rollout))
+    assert [(f.version, f.via[0]) for f in release_status(NAME).in_flight] == [("7", "alias candidate")]
+
+    def failed_run(uid: str) -> None:
+        inputs = finalize.Inputs(
+            release=str(repo / "releases/demo.yaml"),
+            workflow_name=f"golden-delivery-{uid}",
+            workflow_uid=uid,
+            workflow_status="Failed",
+            reports_dir=home / "no-reports",
+            failures='[{"message": "canary analysis failed"}]',
+        )
+        finalize.run(inputs, story.registry, LocalServing(home))
+
+    failed_run("uid-7")
+    story.at("2026-11-23T13:00:00Z").move_alias(NAME, "candidate", "8", actor="golden-delivery/uid-8", reason="x")
+    failed_run("uid-8")
+    s = release_status(NAME)
+    assert s.in_flight == []
+    outcomes = {r.version: r for r in release_status(NAME, last=9).releases}
+    assert [(v, outcomes[v].outcome) for v in ("8", "7", "6")] == [
+        ("8", "run failed"),
+        ("7", "aborted"),
+        ("6", "rejected"),
+    ]
+    assert outcomes["7"].aborted and "workflow golden-delivery-uid-7 Failed" in outcomes["7"].aborted
+    text = format_status(s)
+    assert "in flight:  none" in text
+    assert "v7 aborted: workflow golden-delivery-uid-7 Failed" in text and "v6 rejected: quality/accuracy" in text

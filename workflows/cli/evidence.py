@@ -1,7 +1,8 @@
 """`llmrelease` commands for evidence, the release report and release status (added by `workflows.cli.main`).
 
 llmrelease evidence show NAME VERSION [--uid UID] [--json]
-llmrelease evidence verify NAME VERSION [--uid UID] [--public-key PEM]   or   --dir BUNDLE
+llmrelease evidence verify NAME VERSION [--uid UID] [--public-key PEM]   or   --dir BUNDLE [--digest D]
+    exit 0: verified and anchored (registry digest or trusted signature); 1: altered; 3: self-consistent only
 llmrelease evidence keygen PATH
 llmrelease report NAME VERSION [--uid UID] [--out FILE]                   or   --dir BUNDLE
 llmrelease status NAME [--at 2026-11-23T12:00:00Z] [--json]
@@ -141,13 +142,16 @@ def _public_key(arg: str | None) -> Path | None:
     return Path(value) if value else None
 
 
+UNANCHORED = 3  # `evidence verify`: every digest matches, but nothing says the bundle is the one the run wrote
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from steps.evidence import verify_bundle
 
     key = _public_key(args.public_key)
     if args.dir:
-        _print_verified([("", verify_bundle(Path(args.dir), expected_digest=args.digest, public_key=key))], args.json)
-        return 0
+        ok = verify_bundle(Path(args.dir), expected_digest=args.digest, public_key=key)
+        return _print_verified([("", ok)], args.json)
     if not (args.name and args.version):
         raise SpecError("evidence verify: give NAME VERSION, or --dir BUNDLE")
     tag = _evidence_tag(args.name, args.version)
@@ -162,22 +166,34 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             checked.append((where, verify_bundle(bundle, expected_digest=args.digest or expected, public_key=key)))
     if not checked:
         raise _no_evidence(args.name, args.version, args.uid)
-    _print_verified(checked, args.json)
-    return 0
+    return _print_verified(checked, args.json)
 
 
-def _print_verified(checked: list[tuple[str, Any]], as_json: bool) -> None:
-    """One `OK` line per verified bundle (where it was found: artifact store, MLflow or "" for --dir), or JSON."""
+def _print_verified(checked: list[tuple[str, Any]], as_json: bool) -> int:
+    """One line per verified bundle (where it was found: artifact store, MLflow or "" for --dir), or JSON.
+
+    Returns:
+        0 when every bundle's provenance is anchored (registry digest or trusted signature), else `UNANCHORED`.
+    """
     if as_json:
         print(json.dumps([{"where": where or "dir", **ok.model_dump()} for where, ok in checked], indent=2))
-        return
-    for where, ok in checked:
-        print(f"OK {where + ' ' if where else ''}{ok.bundle}: {ok.digest} ({ok.files} files, signature {ok.signature})")
+    for where, ok in [] if as_json else checked:
+        at = f"{where + ' ' if where else ''}{ok.bundle}: {ok.digest} ({ok.files} files, signature {ok.signature}"
+        if ok.anchored:
+            print(f"OK {at}, checked against the {ok.anchored})")
+        else:
+            print(
+                f"UNCHECKED PROVENANCE {at}): self-consistent, but provenance could not be checked: give the "
+                "registry's digest (--digest) or the signer's public key (--public-key)"
+            )
+    return 0 if all(ok.anchored for _, ok in checked) else UNANCHORED
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from steps.evidence import KEY_ENV, KEY_SECRET
 
     path = Path(args.path)
     if path.exists():
@@ -190,7 +206,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
         f.write(pem)
     pub = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     Path(f"{path}.pub").write_bytes(pub)
-    print(f"wrote {path} (private, mode 600) and {path}.pub; sign with LLMRELEASE_EVIDENCE_KEY={path}")
+    print(f"wrote {path} (private, mode 600) and {path}.pub; sign with {KEY_ENV}={path} or Secret {KEY_SECRET}")
     return 0
 
 
@@ -238,13 +254,24 @@ def add_commands(sub: Any) -> None:
     show.add_argument("--uid", help="the workflow uid of the run (default: the latest)")
     show.add_argument("--json", action="store_true", help="print statement.json")
     show.set_defaults(func=_cmd_show)
-    verify = ev_sub.add_parser("verify", help="recompute every digest; exit 1 naming the first changed file")
+    verify = ev_sub.add_parser(
+        "verify",
+        help="recompute every digest and check provenance; exit 0 OK, 1 naming the first changed file, "
+        f"{UNANCHORED} when self-consistent but provenance could not be checked (no registry digest, no public key)",
+        description="Exit status: 0 every digest matches and provenance is anchored (the registry's digest, or a "
+        "DSSE signature that verifies with --public-key); 1 a file changed, went missing or was added, or the "
+        f"signature does not verify; {UNANCHORED} the bundle is self-consistent but its provenance could not be "
+        "checked (no registry digest and no public key).",
+    )
     verify.add_argument("name", nargs="?")
     verify.add_argument("version", nargs="?")
     verify.add_argument("--uid", help="the workflow uid of the run (default: the latest)")
     verify.add_argument("--dir", help="verify this bundle directory instead")
     verify.add_argument("--digest", help="the evidence digest the bundle must have")
-    verify.add_argument("--public-key", help="Ed25519 public key (PEM); default $LLMRELEASE_EVIDENCE_PUBKEY")
+    verify.add_argument(
+        "--public-key",
+        help="trusted Ed25519 public key (PEM) of statement.dsse.json; default $LLMRELEASE_EVIDENCE_PUBKEY",
+    )
     verify.add_argument("--json", action="store_true", help="print what was verified as JSON")
     verify.set_defaults(func=_cmd_verify)
     keygen = ev_sub.add_parser("keygen", help="write an Ed25519 signing key (PATH) and its public key (PATH.pub)")

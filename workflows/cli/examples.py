@@ -50,6 +50,11 @@ EXAMPLES: dict[str, str] = {
     "evidence keygen": "llmrelease evidence keygen ~/.config/llmrelease/evidence.pem",
     "report": "llmrelease report demo-qa 3 --out report.html",
     "status": "llmrelease status demo-qa\n  llmrelease status demo-qa --at 2026-11-23T12:00:00Z --json",
+    "local": "llmrelease local up\n"
+    "  llmrelease run golden-delivery --cluster-config .llmrelease/local/cluster-config -p release=...",
+    "local up": "llmrelease local up\n  llmrelease local up --no-ray --port mlflow=5000",
+    "local down": "llmrelease local down",
+    "local status": "llmrelease local status\n  llmrelease local status --json",
     "completion": "llmrelease completion bash > ~/.local/share/bash-completion/completions/llmrelease\n"
     "  llmrelease completion zsh > ~/.zfunc/_llmrelease",
 }

@@ -129,7 +129,13 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 # More commands live in modules of their own; each has `add_commands(subparsers)` and sets `func` on its parsers.
-_COMMAND_MODULES = ("workflows.cli.runs", "workflows.cli.serving", "workflows.cli.triggers", "workflows.cli.evidence")
+_COMMAND_MODULES = (
+    "workflows.cli.runs",
+    "workflows.cli.serving",
+    "workflows.cli.triggers",
+    "workflows.cli.evidence",
+    "workflows.cli.local",
+)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -108,14 +108,28 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _continue(args, "")
 
 
-def _cmd_stop(args: argparse.Namespace) -> int:
-    _continue(args, "Stop")
+def _shutdown(args: argparse.Namespace, strategy: str) -> int:
+    """`argo stop|terminate`: a live run is asked to end (it kills its pods); a suspended one is ended here."""
+    from workflows.runner import request_shutdown
+
+    pid = request_shutdown(args.name, Path(args.runs_dir), strategy)
+    if pid is None:
+        _continue(args, strategy)
+        return 0
+    verb = "stopped" if strategy == "Stop" else "terminated"
+    if args.json:
+        print(json.dumps({"name": args.name, "shutdown": strategy, "pid": pid}))
+    else:
+        print(f"workflow {args.name} {verb}: its runner (pid {pid}) kills its running pods and ends it")
     return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    return _shutdown(args, "Stop")
 
 
 def _cmd_terminate(args: argparse.Namespace) -> int:
-    _continue(args, "Terminate")
-    return 0
+    return _shutdown(args, "Terminate")
 
 
 def add_commands(sub: Any) -> None:

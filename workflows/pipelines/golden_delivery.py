@@ -7,6 +7,10 @@ r"""The golden delivery pipeline, rendered as the `golden-delivery` WorkflowTemp
                      prod by default; the approver and time go into the registry)
     onExit: finalize (abort a half-done rollout of a failed run; evidence)
 
+Everything after register runs in one template, `release-model`, that holds the model's mutex
+(`llmrelease-model-<model>`): a second delivery of the same model waits at it until the first has promoted or
+failed, as does a rollback of that model; other models are not held up.
+
 Its parameters carry descriptions, defaults and enums so a person can submit it from the Argo UI form. Steps
 exchange small values as parameters and files as Argo artifacts (the onboarding record, the eval reports); the
 weights travel by URI (MLflow artifact store or S3). The candidate is deployed (at weight 0, next to the hot
@@ -21,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from hera.workflows import DAG, Artifact, Parameter, Steps, Task, WorkflowTemplate
+from hera.workflows.models import Mutex, Synchronization
 
 from steps.approval import approval_templates
 from steps.batch_eval import batch_eval_step
@@ -43,10 +48,14 @@ from steps.promote import promote_step
 from steps.register import register_step
 from steps.reject import reject_step
 from workflows.pipelines import as_task
+from workflows.pipelines.controls import apply_controls
 
 __all__ = ["build", "NAME"]
 
 NAME = "golden-delivery"
+MODEL_MUTEX = "llmrelease-model-{{inputs.parameters.model-name}}"
+"""One release of a model at a time, from its evals to its promotion: a second delivery of the same model waits
+(Argo's mutex; the rollback template takes the same one), deliveries of other models run alongside."""
 
 
 def build() -> list[Any]:
@@ -58,6 +67,7 @@ def build() -> list[Any]:
         labels={"app.kubernetes.io/part-of": "llmrelease"},
         annotations={"workflows.argoproj.io/description": "Onboard, register, evaluate and roll out a model release."},
         service_account_name="llmrelease-steps",
+        active_deadline_seconds=24 * 3600,  # an approval left waiting a day fails the run; the exit handler cleans up
         arguments=[
             Parameter(
                 name="release",
@@ -82,36 +92,19 @@ def build() -> list[Any]:
         ],
     ) as template:
         approval_template, record_approval = approval_templates()
-        with DAG(name="deliver"):
-            onboard = as_task(
-                onboard_step(
-                    name="onboard",
-                    arguments={
-                        "release": "{{workflow.parameters.release}}",
-                        "environment": "{{workflow.parameters.environment}}",
-                        "work_dir": ONBOARD_DIR,
-                    },
-                )
-            )
-            register = as_task(
-                register_step(
-                    name="register",
-                    arguments=[
-                        onboard.get_artifact("record"),
-                        Parameter(name="workflow_name", value="{{workflow.name}}"),
-                        Parameter(name="workflow_uid", value="{{workflow.uid}}"),
-                        Parameter(name="git_commit", value="{{workflow.parameters.git-commit}}"),
-                    ],
-                )
-            )
+        with DAG(
+            name="release-model",
+            inputs=[Parameter(name="model-name"), Parameter(name="version"), Parameter(name="approval-required")],
+            synchronization=Synchronization(mutexes=[Mutex(name=MODEL_MUTEX)]),
+        ) as release_model:
             evals = {
                 kind: as_task(
                     batch_eval_step(
                         name=name,
                         arguments={
                             "release": "{{workflow.parameters.release}}",
-                            "model_name": register.get_parameter("model-name"),
-                            "version": register.get_parameter("version"),
+                            "model_name": "{{inputs.parameters.model-name}}",
+                            "version": "{{inputs.parameters.version}}",
                             "kind": kind,
                             "work_dir": EVAL_DIR,
                             "shards": "{{workflow.parameters.eval-shards}}",
@@ -136,8 +129,8 @@ def build() -> list[Any]:
                 reject_step(
                     name="reject",
                     arguments={
-                        "model_name": register.get_parameter("model-name"),
-                        "version": register.get_parameter("version"),
+                        "model_name": "{{inputs.parameters.model-name}}",
+                        "version": "{{inputs.parameters.version}}",
                         "reasons": "{{tasks.gate.outputs.parameters.reasons}}",
                     },
                     when="'{{tasks.gate.outputs.parameters.decision}}' == 'fail'",
@@ -148,7 +141,7 @@ def build() -> list[Any]:
                     name="deploy",
                     arguments={
                         "release": "{{workflow.parameters.release}}",
-                        "version": register.get_parameter("version"),
+                        "version": "{{inputs.parameters.version}}",
                         "workflow_uid": "{{workflow.uid}}",
                         "environment": "{{workflow.parameters.environment}}",
                     },
@@ -174,8 +167,8 @@ def build() -> list[Any]:
                 reject_step(
                     name="reject-latency",
                     arguments={
-                        "model_name": register.get_parameter("model-name"),
-                        "version": register.get_parameter("version"),
+                        "model_name": "{{inputs.parameters.model-name}}",
+                        "version": "{{inputs.parameters.version}}",
                         "reasons": latency.get_parameter("summary"),
                     },
                     when=f"'{latency.get_parameter('verdict').value}' == 'fail'",
@@ -185,14 +178,14 @@ def build() -> list[Any]:
                 name="approval",
                 template=approval_template,
                 when=f"'{latency.get_parameter('verdict').value}' == 'pass' && "
-                "'{{tasks.onboard.outputs.parameters.approval-required}}' == 'true'",
+                "'{{inputs.parameters.approval-required}}' == 'true'",
             )
             approved = as_task(
                 record_approval(
                     name="record-approval",
                     arguments={
-                        "model_name": register.get_parameter("model-name"),
-                        "version": register.get_parameter("version"),
+                        "model_name": "{{inputs.parameters.model-name}}",
+                        "version": "{{inputs.parameters.version}}",
                         "environment": "{{workflow.parameters.environment}}",
                         "approver": approval.get_parameter("approver"),
                         "workflow_uid": "{{workflow.uid}}",
@@ -221,9 +214,7 @@ def build() -> list[Any]:
                     },
                 )
             )
-            onboard >> register
             for evaluation in evals.values():
-                register >> evaluation
                 evaluation >> gate
             for evaluation in evals.values():
                 evaluation >> deploy
@@ -234,6 +225,39 @@ def build() -> list[Any]:
             approved.depends = "approval.Succeeded"
             canary.depends = "latency.Succeeded && (approval.Skipped || record-approval.Succeeded)"
             promote.depends = "canary.Succeeded"
+        with DAG(name="deliver"):
+            onboard = as_task(
+                onboard_step(
+                    name="onboard",
+                    arguments={
+                        "release": "{{workflow.parameters.release}}",
+                        "environment": "{{workflow.parameters.environment}}",
+                        "work_dir": ONBOARD_DIR,
+                    },
+                )
+            )
+            register = as_task(
+                register_step(
+                    name="register",
+                    arguments=[
+                        onboard.get_artifact("record"),
+                        Parameter(name="workflow_name", value="{{workflow.name}}"),
+                        Parameter(name="workflow_uid", value="{{workflow.uid}}"),
+                        Parameter(name="git_commit", value="{{workflow.parameters.git-commit}}"),
+                    ],
+                )
+            )
+            release = Task(
+                name="release",
+                template=release_model,
+                arguments={
+                    "model-name": register.get_parameter("model-name"),
+                    "version": register.get_parameter("version"),
+                    "approval-required": onboard.get_parameter("approval-required"),
+                },
+            )
+            onboard >> register
+            register >> release
         with Steps(name="exit-handler"):
             finalize_step(
                 name="finalize",
@@ -253,4 +277,4 @@ def build() -> list[Any]:
                     Parameter(name="started_at", value="{{workflow.creationTimestamp}}"),
                 ],
             )
-    return [template]
+    return [apply_controls(template)]

@@ -16,6 +16,7 @@ from hera.workflows import DAG, CronWorkflow, Parameter
 from steps.list_champions import list_champions_step
 from steps.nightly_eval import NIGHTLY_DIR, nightly_eval_step
 from workflows.pipelines import as_task
+from workflows.pipelines.controls import apply_controls
 
 __all__ = ["build", "NAME", "SCHEDULE", "TIMEZONE"]
 
@@ -72,4 +73,4 @@ def build() -> list[Any]:
                 )
             )
             champions >> evaluate
-    return [cron]
+    return [apply_controls(cron)]

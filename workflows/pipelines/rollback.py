@@ -10,12 +10,15 @@ from __future__ import annotations
 from typing import Any
 
 from hera.workflows import Parameter, Steps, WorkflowTemplate
+from hera.workflows.models import Mutex, Synchronization
 
 from steps.rollback import rollback_step
+from workflows.pipelines.controls import apply_controls
 
 __all__ = ["build", "NAME"]
 
 NAME = "rollback"
+MODEL_MUTEX = "llmrelease-model-{{workflow.parameters.model}}"
 
 
 def build() -> list[Any]:
@@ -26,6 +29,9 @@ def build() -> list[Any]:
         labels={"app.kubernetes.io/part-of": "llmrelease"},
         annotations={"workflows.argoproj.io/description": "Put all traffic and the champion alias back on previous."},
         service_account_name="llmrelease-steps",
+        active_deadline_seconds=30 * 60,
+        # one rollout change per model at a time: a second rollback of the model waits for the first (Argo's mutex)
+        synchronization=Synchronization(mutexes=[Mutex(name=MODEL_MUTEX)]),
         arguments=[
             Parameter(name="model", description="Registered model name to roll back, e.g. demo-qa."),
             Parameter(name="actor", description="Who rolls back (recorded in the registry history)."),
@@ -42,4 +48,4 @@ def build() -> list[Any]:
                     "workflow_uid": "{{workflow.uid}}",
                 },
             )
-    return [template]
+    return [apply_controls(template)]

@@ -12,7 +12,15 @@ from workflows.runner.engine import Runner
 from workflows.runner.options import RunOptions, RunResult
 from workflows.runner.state import list_runs, load_saved
 
-__all__ = ["RunOptions", "RunResult", "continue_workflow", "list_runs", "load_saved", "run_workflow"]
+__all__ = [
+    "RunOptions",
+    "RunResult",
+    "continue_workflow",
+    "list_runs",
+    "load_saved",
+    "request_shutdown",
+    "run_workflow",
+]
 
 
 def run_workflow(
@@ -59,11 +67,10 @@ def continue_workflow(
     saved = load_saved(runs_dir, name)
     if saved.phase not in ("Running", "Pending"):
         raise WorkflowError(f"workflow {name} has ended ({saved.phase}); only a Running workflow can be continued")
-    pid = saved.options.get("pid")
-    if pid and pid != os.getpid() and _alive(int(pid)):
+    pid = request_shutdown(name, runs_dir, shutdown) if shutdown else _live_pid(saved.options.get("pid"))
+    if pid:
         if not shutdown:
             raise WorkflowError(f"workflow {name} is still running (pid {pid}); resume it once it is suspended")
-        (runs_dir / name / "shutdown").write_text(shutdown)  # the running process stops starting nodes
         raise WorkflowError(f"workflow {name} is running (pid {pid}): asked it to {shutdown.lower()}")
     options = RunOptions(
         resume=nodes,
@@ -76,6 +83,31 @@ def continue_workflow(
         shutdown=shutdown,
     )
     return Runner(saved.workflow, options, saved.refs, saved=saved).run()
+
+
+def request_shutdown(name: str, runs_dir: Path, strategy: str) -> int | None:
+    """Ask the live `llmrelease run` process running workflow `name` to stop or terminate it; its pid, or None.
+
+    That process kills its running pods (their process groups, bubblewrap's included), starts no new node and
+    ends the workflow Failed "Stopped with strategy '<strategy>'", running exit handlers for "Stop" only.
+    None when no live process runs it (a suspended workflow: `continue_workflow` ends it here).
+
+    Raises:
+        WorkflowError: No such workflow, or it has ended.
+    """
+    saved = load_saved(runs_dir, name)
+    if saved.phase not in ("Running", "Pending"):
+        raise WorkflowError(f"workflow {name} has ended ({saved.phase}); only a Running workflow can be stopped")
+    pid = _live_pid(saved.options.get("pid"))
+    if pid:
+        (runs_dir / name / "shutdown").write_text(strategy)
+    return pid
+
+
+def _live_pid(pid: object) -> int | None:
+    if not pid or int(str(pid)) == os.getpid() or not _alive(int(str(pid))):
+        return None
+    return int(str(pid))
 
 
 def _alive(pid: int) -> bool:

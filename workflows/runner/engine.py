@@ -20,8 +20,10 @@ from typing import Any
 from registry.errors import WorkflowError
 from workflows.runner.artifacts import ArtifactStore, resolve_argument
 from workflows.runner.cluster import ClusterConfig
+from workflows.runner.memo import memo_of, outputs_of, restore_outputs
 from workflows.runner.nodes import FAILED, Node, NodeBook, format_tree
 from workflows.runner.options import RunOptions, RunResult, unsupported
+from workflows.runner.podpatch import patch_template
 from workflows.runner.pods import PodSpec, parse_duration, run_pod, sleep_until
 from workflows.runner.retry import Backoff, expression_allows, retry_scope, retry_wanted
 from workflows.runner.sandbox import sandbox_for
@@ -194,15 +196,41 @@ class Runner:
             return self.book.finish(node, "Failed", stopped)
         try:
             where = f"template {tmpl['name']}: synchronization"
-            held = acquire(locks_of(tmpl.get("synchronization"), self.cluster, NAMESPACE, where), self._waiting(node))
+            locks = locks_of(tmpl.get("synchronization"), self.cluster, NAMESPACE, where, scope)
+            held = acquire(locks, self._waiting(node))
         except WorkflowError as e:
             return self.book.finish(node, "Error", str(e))
         try:
-            self.book.start(node)
             node.message = ""
-            return self._run_node(tmpl, scope, node, kind, artifacts or {})
+            return self._run_memoized(tmpl, scope, node, kind, artifacts or {})
         finally:
             held.release()
+
+    def _run_memoized(
+        self,
+        tmpl: Mapping[str, Any],
+        scope: dict[str, str],
+        node: Node,
+        kind: str,
+        artifacts: Mapping[str, Mapping[str, Any]],
+    ) -> Node:
+        """Run the node, unless `memoize` has its outputs (Argo looks once the node's locks are held)."""
+        try:
+            memo = memo_of(tmpl, scope, NAMESPACE)
+            cached = memo.load() if memo else None
+        except WorkflowError as e:
+            return self.book.finish(node, "Error", str(e))
+        if memo is not None:
+            node.memoization = memo.status(cached is not None)
+        if cached is not None:  # Argo: a cache hit is Succeeded at once with the cached outputs, no pod
+            restore_outputs(node, cached)
+            self._export_globals(tmpl, node)
+            return self.book.finish(node, "Succeeded")
+        self.book.start(node)
+        done = self._run_node(tmpl, scope, node, kind, artifacts)
+        if memo is not None and done.phase == "Succeeded":
+            memo.save(done.id, outputs_of(done))
+        return done
 
     def _run_node(
         self,
@@ -254,6 +282,13 @@ class Runner:
             return "Step exceeded its deadline"
         return ""
 
+    def _kill_reason(self) -> str:
+        """Why running pods must be killed now: a stop (not the exit handler's pods) or a terminate, else ""."""
+        strategy = self.options.shutdown or requested_shutdown(self.run_dir)
+        if strategy == "Terminate" or (strategy and not self.exiting):
+            return f"Stopped with strategy '{strategy}'"
+        return ""
+
     def _waiting(self, node: Node) -> Any:
         """What a node does while a lock is held elsewhere: Pending, with Argo's message, saved for `get`."""
 
@@ -268,6 +303,8 @@ class Runner:
     ) -> Node:
         scope = {**scope, "pod.name": node.id, "node.name": node.name}
         try:
+            tmpl, recorded = patch_template(tmpl, self.spec.get("podSpecPatch"), scope)
+            node.scheduling.update(recorded)
             spec = PodSpec(
                 with_resolved_paths(tmpl, scope),
                 scope,
@@ -278,6 +315,7 @@ class Runner:
                 cluster=self.cluster,
                 store=self.store,
                 sandbox=self.sandbox,
+                stopped=self._kill_reason,
             )
             if self.pod_slots:
                 with self.pod_slots:
@@ -362,7 +400,11 @@ class Runner:
             before = self.saved_by_name.get(node.name)
             node.started = before.started if before and before.started else node.started
             until = (node.started or time.time()) + parse_duration(duration, f"template {tmpl['name']}: suspend")
-            time.sleep(max(0.0, min(until, self.deadline or until) - time.time()))
+            end = min(until, self.deadline or until)
+            while time.time() < end and not self._kill_reason():  # a stop/terminate fails it (Argo)
+                time.sleep(min(0.1, max(0.0, end - time.time())))
+            if self._kill_reason():
+                return self.book.finish(node, "Failed", self._kill_reason())
             if self.deadline is not None and time.time() >= self.deadline:
                 return self.book.finish(node, "Failed", "Step exceeded its deadline")
         elif not resumed:
@@ -397,13 +439,18 @@ class Runner:
                 f"Argo ({len(refused)} such field(s))"
             )
         self.persist("Pending", "")
-        locks = locks_of(self.spec.get("synchronization"), self.cluster, NAMESPACE, "spec.synchronization")
-        held = acquire(locks, lambda message: self._save_pending(message))
+        sync = self.spec.get("synchronization")
+        locks = locks_of(sync, self.cluster, NAMESPACE, "spec.synchronization", self.globals)
+        held = acquire(locks, lambda message: self._save_pending(message), owner=str(self.run_dir.resolve()))
+        phase = "Error"
         try:
             main = self._main()
             phase, message = self._outcome(main)
         finally:
-            held.release()
+            if phase == "Running":
+                held.park()  # Argo: a suspended workflow keeps its workflow-level lock
+            else:
+                held.release()
         status = self.persist(phase, message, final=True)
         return RunResult(self.name, phase, message, self.run_dir, status, format_tree(self.book, main))
 

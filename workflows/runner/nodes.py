@@ -39,6 +39,7 @@ class Node:
     exit_code: int | None = None
     artifacts: dict[str, str] = field(default_factory=dict)
     scheduling: dict[str, Any] = field(default_factory=dict)
+    memoization: dict[str, Any] = field(default_factory=dict)  # Argo's memoizationStatus {hit, key, cacheName}
 
     @property
     def duration(self) -> float:
@@ -78,6 +79,8 @@ class Node:
             out["outputs"] = outputs
         if self.scheduling:
             out["recordedSchedulingFields"] = self.scheduling
+        if self.memoization:
+            out["memoizationStatus"] = self.memoization
         return out
 
 

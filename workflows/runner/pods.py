@@ -11,10 +11,13 @@ the environment Argo gives it (workflows/runner/environment.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +38,8 @@ from workflows.runner.sandbox import STAGED_SCRIPT, Sandbox
 __all__ = ["PodSpec", "run_pod", "parse_duration", "RESULT_CAP"]
 
 RESULT_CAP = 256 * 1024  # Argo caps `outputs.result` at 256 kB
+_POLL_S = 0.1  # how often a running pod's deadline and the workflow's stop/terminate request are checked
+_GRACE_S = 5.0  # SIGTERM -> SIGKILL (Kubernetes' terminationGracePeriodSeconds, shortened for a local run)
 _PYTHONS = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
 
 
@@ -51,6 +56,7 @@ class PodSpec:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sandbox: Sandbox | None = None  # `--isolation bwrap`: run inside bubblewrap (None: a plain subprocess)
     store: ArtifactStore = field(default_factory=ArtifactStore)  # the run's artifact repository (or local folder)
+    stopped: Callable[[], str] = field(default=lambda: "")  # why the running pod must be killed now ("" if not)
 
 
 def parse_duration(value: object, where: str) -> float:
@@ -226,15 +232,21 @@ def _launch(
     locate: Any,
     settle: Callable[[], None] = lambda: None,
 ) -> tuple[str, str]:
-    """Start `argv`, wait for it (up to the deadline), `settle` its files, and read back its result and outputs."""
+    """Start `argv` in its own process group, wait for it, `settle` its files, and read back its result and outputs.
+
+    At its deadline, or when `spec.stopped` says the workflow is being stopped or terminated, the whole group is
+    killed (SIGTERM, then SIGKILL after a grace period, as the kubelet does), bubblewrap's pod included.
+    """
     stdout_path, stderr_path = spec.node_dir / "stdout", spec.node_dir / "stderr"
     try:
         with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-            proc = subprocess.run(argv, stdout=out, stderr=err, env=env, timeout=spec.deadline_s, check=False)
-    except subprocess.TimeoutExpired:
-        return "Failed", f"Pod was active on the node longer than the specified deadline ({spec.deadline_s:.0f}s)"
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, process_group=0)
+            killed = _wait(proc, spec)
     except OSError as e:
         return "Error", f"cannot start {argv[0]}: {e.strerror}"
+    if killed:
+        settle()
+        return "Failed", killed
     settle()
     stdout = stdout_path.read_bytes()[:RESULT_CAP].decode(errors="replace")
     node.result = stdout[:-1] if stdout.endswith("\n") else stdout
@@ -245,6 +257,72 @@ def _launch(
         return "Failed", f"exit code {proc.returncode}" + (f": {tail[-1][:300]}" if tail else "")
     problem = _collect_outputs(spec, node, locate)
     return ("Error", problem) if problem else ("Succeeded", "")
+
+
+def _wait(proc: subprocess.Popen[bytes], spec: PodSpec) -> str:
+    """Wait for the pod's process; "" when it ended by itself, else why its process group was killed.
+
+    Its exit wakes the wait at once (a pidfd), while every `_POLL_S` the deadline and a stop/terminate are checked.
+    """
+    until = None if spec.deadline_s is None else time.monotonic() + spec.deadline_s
+    pidfd = _pidfd(proc.pid)
+    why = ""
+    try:
+        while proc.poll() is None and not why:
+            left = _POLL_S if until is None else max(0.0, min(_POLL_S, until - time.monotonic()))
+            if pidfd is not None:
+                select.select([pidfd], [], [], left)
+            else:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=left)
+            if proc.poll() is not None:
+                break
+            if until is not None and time.monotonic() >= until:
+                why = f"Pod was active on the node longer than the specified deadline ({spec.deadline_s:.0f}s)"
+            else:
+                why = spec.stopped()
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+        if proc.poll() is None:
+            _kill_group(proc)
+    return why
+
+
+def _pidfd(pid: int) -> int | None:
+    """A descriptor that becomes readable when `pid` exits (Linux 5.3+), or None where there is none."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the pod's process group, SIGKILL what is left of it after the grace period; reap the leader."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        proc.wait()
+        return
+    until = time.monotonic() + _GRACE_S
+    while _group_alive(proc):
+        if time.monotonic() >= until:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    proc.wait()
+
+
+def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
+    proc.poll()  # reap the leader once it exits, or its zombie keeps the group alive
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def backoff_delays(strategy: Mapping[str, Any], where: str) -> tuple[float, float, float | None]:

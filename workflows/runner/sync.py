@@ -5,12 +5,15 @@ Argo's controller keeps locks in memory (or a database); the local runner keeps 
 run) exclude each other. A mutex is one lock file; a semaphore of limit N is N slot files, whichever is free.
 A semaphore's limit is read from its ConfigMap key in the cluster config (`--cluster-config`), as Argo reads it.
 While waiting, the waiter shows Argo's message: "Waiting for <namespace>/Mutex/<name> lock. Lock status: 0/1".
-Locks die with the process that holds them (Argo keeps a suspended workflow's lock; the runner cannot).
+Locks die with the process that holds them, except a workflow-level lock of a workflow that returns suspended:
+it is parked (a note naming the run folder next to the slot), and nobody else takes that slot while the workflow
+is still Running, as Argo keeps a suspended workflow's lock; resuming it to its end, stop or terminate frees it.
 """
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -20,11 +23,13 @@ from typing import Any
 
 from registry.errors import WorkflowError
 from registry.settings import llmrelease_home
+from workflows.argo.expressions import substitute
 from workflows.runner.cluster import ClusterConfig
 
-__all__ = ["Lock", "Held", "locks_of", "acquire"]
+__all__ = ["Lock", "Held", "locks_of", "acquire", "parked_by"]
 
 _POLL_S = 0.05
+_PARKED = ".parked"  # next to a slot file: the run folder of the suspended workflow that keeps it
 
 
 @dataclass(frozen=True)
@@ -39,16 +44,26 @@ class Lock:
         """Where its slot files lie."""
         return llmrelease_home() / "locks" / self.key
 
-    def try_take(self) -> int | None:
-        """An open, locked slot file descriptor, or None when all `limit` slots are held."""
+    def try_take(self, owner: str = "") -> tuple[int, Path] | None:
+        """An open, locked slot (descriptor, path), or None when all `limit` slots are held.
+
+        A slot parked by a suspended workflow other than `owner` (see `Held.park`) is held even with no process.
+        """
         self.folder.mkdir(parents=True, exist_ok=True)
         for slot in range(self.limit):
-            fd = os.open(self.folder / f"slot-{slot}", os.O_RDWR | os.O_CREAT, 0o644)
+            path = self.folder / f"slot-{slot}"
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return fd
             except BlockingIOError:
                 os.close(fd)
+                continue
+            parked = parked_by(path)
+            if parked and parked != owner:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                continue
+            return fd, path
         return None
 
     def waiting_message(self) -> str:
@@ -56,8 +71,17 @@ class Lock:
         return f"Waiting for {self.key} lock. Lock status: 0/{self.limit}"
 
 
-def locks_of(sync: Mapping[str, Any] | None, cluster: ClusterConfig, namespace: str, where: str) -> list[Lock]:
+def locks_of(
+    sync: Mapping[str, Any] | None,
+    cluster: ClusterConfig,
+    namespace: str,
+    where: str,
+    scope: Mapping[str, str] | None = None,
+) -> list[Lock]:
     """The locks a `synchronization` block asks for: `mutex`, `mutexes`, `semaphore`, `semaphores`.
+
+    Names take Argo's variables, as the controller substitutes them before locking: `{{workflow.parameters.*}}`
+    at workflow level, `{{inputs.parameters.*}}` too at template level (`scope`), e.g. one mutex per model.
 
     Raises:
         WorkflowError: A semaphore's ConfigMap or key is missing, or its value is not a positive integer;
@@ -70,7 +94,8 @@ def locks_of(sync: Mapping[str, Any] | None, cluster: ClusterConfig, namespace: 
     found = []
     for mutex in mutexes:
         _no_database(mutex, where)
-        found.append(Lock(f"{mutex.get('namespace') or namespace}/Mutex/{mutex['name']}", 1))
+        name = substitute(str(mutex["name"]), scope or {}, where=f"{where}: mutex name")
+        found.append(Lock(f"{mutex.get('namespace') or namespace}/Mutex/{name}", 1))
     for sem in semaphores:
         _no_database(sem, where)
         ref = sem.get("configMapKeyRef") or {}
@@ -94,28 +119,57 @@ def _no_database(item: Mapping[str, Any], where: str) -> None:
         raise WorkflowError(f"{where}: a database lock needs Argo's synchronization database; use a plain one")
 
 
-class Held:
-    """Locks taken (in key order) until `release`; `waiting(message)` is told while one is busy."""
+def parked_by(slot: Path) -> str:
+    """The run folder of the suspended workflow that parked `slot` while still suspended (Running), else ""."""
+    note = slot.with_name(slot.name + _PARKED)
+    try:
+        owner = note.read_text().strip()
+        phase = json.loads((Path(owner) / "status.json").read_text())["status"]["phase"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    return owner if phase in ("Running", "Pending") else ""
 
-    def __init__(self, locks: list[Lock], waiting: Callable[[str], None]) -> None:
-        self.fds: list[int] = []
+
+class Held:
+    """Locks taken (in key order) until `release` or `park`; `waiting(message)` is told while one is busy."""
+
+    def __init__(self, locks: list[Lock], waiting: Callable[[str], None], owner: str = "") -> None:
+        self.owner = owner
+        self.slots: list[tuple[int, Path]] = []
         for lock in locks:
-            fd = lock.try_take()
-            if fd is None:
+            taken = lock.try_take(owner)
+            if taken is None:
                 waiting(lock.waiting_message())
-            while fd is None:
+            while taken is None:
                 time.sleep(_POLL_S)
-                fd = lock.try_take()
-            self.fds.append(fd)
+                taken = lock.try_take(owner)
+            self.slots.append(taken)
 
     def release(self) -> None:
-        """Unlock every lock (a dead process releases them too)."""
-        for fd in self.fds:
+        """Unlock every lock, parked ones included (a dead process releases its unparked locks too)."""
+        for fd, path in self.slots:
+            note = path.with_name(path.name + _PARKED)
+            if self.owner and note.is_file() and note.read_text().strip() == self.owner:
+                note.unlink()
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
-        self.fds = []
+        self.slots = []
+
+    def park(self) -> None:
+        """Keep every lock for `owner` (a suspended workflow's run folder) after this process ends.
+
+        As Argo keeps a suspended workflow's lock: until the workflow ends (resumed to its end, stopped, terminated).
+        """
+        for _, path in self.slots:
+            if self.owner:
+                path.with_name(path.name + _PARKED).write_text(self.owner)
+        self.owner = ""  # release() below must keep the notes
+        self.release()
 
 
-def acquire(locks: list[Lock], waiting: Callable[[str], None]) -> Held:
-    """Take every lock in `locks`, waiting (and telling `waiting` why) while one is held elsewhere."""
-    return Held(locks, waiting)
+def acquire(locks: list[Lock], waiting: Callable[[str], None], owner: str = "") -> Held:
+    """Take every lock in `locks` for `owner` (a run folder), waiting (and telling `waiting` why) while one is busy.
+
+    Busy: held by a live process, or parked by another suspended workflow (`Held.park`).
+    """
+    return Held(locks, waiting, owner)

@@ -243,6 +243,10 @@ class HAProxyRouter:
         executable = shutil.which(self._haproxy)
         if executable is None:
             raise RoutingError(_MISSING)
+        if _accepts(self._port):  # else another listener there would pass for haproxy in `_wait_ready`
+            raise RoutingError(
+                f"127.0.0.1:{self._port} is already in use: stop what listens there or give the router another port"
+            )
         workdir = self._prepare_workdir()
         config = workdir / "haproxy.cfg"
         config.write_text(

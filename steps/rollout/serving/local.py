@@ -10,6 +10,8 @@ API HTTPRoute), made of real processes on this machine so that the same steps ru
   succeeded, never merely because its port opened.
 * a **router** per model is a detached `HAProxyRouter`; model versions are servers named `v<version>` added and
   removed live, and every response names the version that served it (`X-Served-By: v<version>`).
+* a **canary guard** (`steps.rollout.serving.guard`): while a canary is in flight its step renews a heartbeat
+  (`guard.json`) and a detached watchdog puts all traffic back on the champion when the heartbeat lapses.
 * a small **state file** per model (`plane.json`) records the router port, the server of each version and which
   version plays which role (champion, previous, canary): what `llmrelease rollback` reads to move traffic back
   within a second, before it even imports MLflow.
@@ -40,6 +42,7 @@ from registry.errors import ReleaseError
 from steps.core.proc import alive, started, terminate
 from steps.rollout.routing.haproxy import HAProxyRouter
 from steps.rollout.serving.base import PlaneState, ServerState, ServingError, server_name
+from steps.rollout.serving.guard import CanaryGuard
 
 __all__ = ["LocalServing", "ready_check"]
 
@@ -225,6 +228,18 @@ class LocalServing:
                 state.previous = None
         return stale
 
+    # --- canary guard ------------------------------------------------------------------------------------------
+    def canary_guard(self, model: str, workflow_uid: str, candidate: str, deadline: float) -> CanaryGuard:
+        """The heartbeat guard of `workflow_uid`'s canary of `candidate` (see `steps.rollout.serving.guard`)."""
+        return CanaryGuard(
+            self.model_dir(model),
+            self._root.parent,
+            model=model,
+            workflow_uid=workflow_uid,
+            candidate=candidate,
+            deadline=deadline,
+        )
+
     # --- router ------------------------------------------------------------------------------------------------
     def router(self, state: PlaneState) -> HAProxyRouter:
         """The model's running router (call inside `locked`)."""
@@ -238,8 +253,8 @@ class LocalServing:
             try:
                 return self.router(state)
             except ReleaseError:
-                pass  # it died (machine restart): start a fresh one below
-        port = _free_port()
+                pass  # it died (killed, machine restart): start a fresh one below, on its port when still free
+        port = state.router_port if state.router_port is not None and _bindable(state.router_port) else _free_port()
         router = HAProxyRouter(
             {server_name(first.version): first.address}, port=port, workdir=self._router_dir(state.model)
         ).start()
@@ -275,6 +290,16 @@ def _free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _tail(log: Path) -> str:

@@ -1,0 +1,60 @@
+"""Fixtures of the chaos suite: the tiny model (built once), a world with v1 champion and v2 deployed."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from steps.core.proc import terminate
+from steps.rollout.serving.guard import DEADLINE_ENV, read_heartbeat
+from tests.chaos.world import NAME, World
+from tests.tiny_models import build_tiny_gpt2
+
+DEADLINE_S = 3.0
+"""The heartbeat deadline in these tests (30 s by default): a lapse is seen within a few seconds."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the chaos tests unless they were asked for (`-m chaos`, what `make chaos` runs): they take ~4 min."""
+    if "chaos" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="the chaos suite takes ~4 min on 2 cores: run it with `make chaos`")
+    for item in items:
+        if "chaos" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 with a chat template (built offline once)."""
+    if shutil.which("haproxy") is None:
+        if os.environ.get("CI"):
+            pytest.fail("haproxy is not on PATH in CI: run .ci/install-system-packages.sh first", pytrace=False)
+        pytest.skip("haproxy not on PATH: run .ci/install-system-packages.sh as root")
+    corpus = ["User: what is the capital of Zorvia?\nAssistant: Mora", "User: hello\nAssistant: hi there"] * 20
+    return build_tiny_gpt2(
+        tmp_path_factory.mktemp("tiny") / "model",
+        corpus,
+        chat_template="{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}Assistant:",
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    """v1 champion (serving 100%), v2 deployed at weight 0 by workflow uid-2; everything stopped afterwards."""
+    monkeypatch.chdir(tmp_path)
+    w = World(tmp_path, tiny_model)
+    monkeypatch.setenv(DEADLINE_ENV, str(DEADLINE_S))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", w.uri)
+    monkeypatch.setenv("LLMRELEASE_HOME", str(w.home))
+    w.registry.promote(NAME, "1", actor="seed", reason="seed")
+    w.deploy("2", "uid-2")
+    yield w
+    beat = read_heartbeat(w.plane.model_dir(NAME))
+    if beat is not None:
+        terminate(beat.watchdog_pid, created=beat.watchdog_created)
+    w.plane.shutdown(NAME)
