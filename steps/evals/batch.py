@@ -1,7 +1,15 @@
 """Batch evals of a registered version (and the champion) on a release's suites: the library behind batch-eval.
 
 The batch-eval step (`steps/batch_eval.py`) and the nightly regression (`steps/nightly_eval.py`) both call `run`;
-see the batch-eval step's module docs for the flow (weights once per digest, the result cache, shards on Ray).
+see the batch-eval step's module docs for the flow (the result cache, shards on Ray).
+
+The driver resolves a version to an `EngineSpec` and never touches its weights: a weights model becomes an `auto`
+spec holding a `WeightsRef` (source, digest, tracking URI, onboarding run); each Ray worker fetches and verifies
+the weights into its own node's cache and picks its engine there (`steps.evals.engine_spec`). The result records
+the engine the workers chose; a cached result is looked up under each engine the requested device allows (on
+cuda: vllm, then transformers; on cpu: transformers). GPUs per worker: `Inputs.gpus_per_worker`, else
+LLMRELEASE_EVAL_GPUS_PER_WORKER, else 0 (CPU); a positive value is an explicit Ray demand (`num_gpus`), so an
+autoscaler scales a GPU worker group up from zero.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from registry.tags import (
 )
 from steps.core.tracking import experiment_id, llmrelease_home
 from steps.evals.cache import GenerationSettings, ResultCache, short_hex
+from steps.evals.engine_spec import WeightsRef
 from steps.evals.engines.base import EvalError
+from steps.evals.ray_connect import ray_address
 from steps.evals.results import EvalReport, SuiteResult
 from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, run_suite
 from steps.evals.suites import Suite, load_suite
-from steps.evals.weights import VersionReader, download_weights, model_version, registered_digest
+from steps.evals.weights import VersionReader, model_version, registered_digest
 from steps.release.spec import ReleaseSpec, load_spec
 
 __all__ = [
@@ -65,6 +75,8 @@ class Inputs(BaseModel):
     """Suite paths in the spec resolve under it."""
     home: str = ""
     """LLMRELEASE_HOME (model and result caches); empty: the environment's, else .llmrelease."""
+    gpus_per_worker: float | None = Field(default=None, ge=0)
+    """GPUs each Ray worker asks for; None: LLMRELEASE_EVAL_GPUS_PER_WORKER, else 0 (CPU)."""
 
 
 class Outputs(BaseModel):
@@ -108,15 +120,19 @@ def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_
     home = Path(inputs.home).resolve() if inputs.home else llmrelease_home()
     suites = _suites(spec, inputs)
     max_new = int(getattr(spec.evals, "max_new_tokens", None) or DEFAULT_MAX_NEW_TOKENS)
-    candidate = _resolve(client, inputs.model_name, inputs.version, home, max_new)
+    gpus = _gpus_per_worker(inputs)
+    options = ShardOptions(
+        workers=inputs.shards,
+        gpus_per_worker=gpus,
+        fault=FaultInjection.from_env(os.environ.get("LLMRELEASE_EVAL_KILL_SHARD")),
+    )
+    wanted = GenerationSettings(max_new_tokens=max_new, backend="auto", device="cuda" if gpus else "cpu")
+    candidate = _resolve(client, inputs.model_name, inputs.version, home, wanted)
     champion_version = registry.get_alias(inputs.model_name, CHAMPION)
     champion = None
     if champion_version is not None and champion_version != inputs.version:
-        champion = _resolve(client, inputs.model_name, champion_version, home, max_new, alias=CHAMPION)
+        champion = _resolve(client, inputs.model_name, champion_version, home, wanted, alias=CHAMPION)
     cache = ResultCache(home / "eval-cache")
-    options = ShardOptions(
-        workers=inputs.shards, fault=FaultInjection.from_env(os.environ.get("LLMRELEASE_EVAL_KILL_SHARD"))
-    )
     report = EvalReport(
         candidate=[_evaluate(candidate, s, cache, inputs.work_dir, options) for s in suites],
         champion=[_evaluate(champion, s, cache, inputs.work_dir, options) for s in suites] if champion else None,
@@ -139,25 +155,42 @@ def _suites(spec: ReleaseSpec, inputs: Inputs) -> list[Suite]:
     return [load_suite(Path(inputs.root) / s.path, name=s.name) for s in chosen]
 
 
+def _gpus_per_worker(inputs: Inputs) -> float:
+    """GPUs per Ray worker: the input, else LLMRELEASE_EVAL_GPUS_PER_WORKER, else 0."""
+    if inputs.gpus_per_worker is not None:
+        return inputs.gpus_per_worker
+    raw = os.environ.get("LLMRELEASE_EVAL_GPUS_PER_WORKER") or "0"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise EvalError(f"LLMRELEASE_EVAL_GPUS_PER_WORKER={raw!r}: expected a number of GPUs >= 0, e.g. 1")
+    return value
+
+
 def _resolve(
-    client: VersionReader, name: str, version: str, home: Path, max_new: int, alias: str | None = None
+    client: VersionReader,
+    name: str,
+    version: str,
+    home: Path,
+    wanted: GenerationSettings,
+    alias: str | None = None,
 ) -> ModelUnderTest:
-    """The version's digest and an engine spec for its weights (downloaded once) or its provider endpoint."""
+    """The version's digest and an engine spec: its weights, fetched by the workers, or its provider endpoint."""
     mv = model_version(client, name, version, alias)
     digest = registered_digest(mv)
     source = str(dict(mv.tags or {}).get(SOURCE_URI_TAG) or mv.source)
     provider = _provider(source) if source.startswith(("openai://", "http://", "https://")) else None
     if provider is not None:
         engine = EngineSpec.of("http", base_url=provider[0], model=provider[1])
-        settings = GenerationSettings(max_new_tokens=max_new, backend="http", device="remote")
+        settings = wanted.model_copy(update={"backend": "http", "device": "remote"})
     else:
-        model_dir = download_weights(str(mv.source), digest, home, client.tracking_uri, mv.run_id or "")
-        kind, device = _local_engine_kind()
-        options: dict[str, Any] = {"model_dir": str(model_dir)}
-        if kind == "transformers":
-            options["device"] = device
-        engine = EngineSpec.of(kind, **options)
-        settings = GenerationSettings(max_new_tokens=max_new, backend=kind, device=device)
+        # A local Ray's workers are this machine's processes: they share this step's cache. A cluster's
+        # workers use their own node's cache: the driver passes no path.
+        cache = "" if ray_address() else str(home)
+        weights = WeightsRef(str(mv.source), digest, client.tracking_uri, mv.run_id or "", cache=cache)
+        engine, settings = EngineSpec.of("auto", weights=weights), wanted
     return ModelUnderTest(name=name, version=version, digest=digest, engine=engine, settings=settings)
 
 
@@ -171,36 +204,31 @@ def _provider(source: str) -> tuple[str, str]:
     return base.rstrip("/"), model
 
 
-def _local_engine_kind() -> tuple[str, str]:
-    """(engine kind, device): vllm on a GPU when vllm is importable, else transformers on cuda or cpu."""
-    import importlib.util
-
-    import torch
-
-    if torch.cuda.is_available():
-        return ("vllm" if importlib.util.find_spec("vllm") else "transformers"), "cuda"
-    return "transformers", "cpu"
-
-
 def _evaluate(
     model: ModelUnderTest, suite: Suite, cache: ResultCache, work_dir: str, options: ShardOptions
 ) -> SuiteResult:
     """The model's result on the suite: from the cache, else sharded on Ray (and then cached)."""
     labels = {"suite": suite.name, "model_name": model.name, "model_version": model.version}
-    hit = cache.get(model.digest, suite.sha256, model.settings, relabel=labels)
-    if hit is not None:
-        print(f"{suite.name}: {model.name} v{model.version}: cached result reused")
-        return hit
+    backends = _backends(model.settings)
+    for backend in backends:
+        settings = model.settings.model_copy(update={"backend": backend})
+        hit = cache.get(model.digest, suite.sha256, settings, relabel=labels)
+        if hit is not None:
+            print(f"{suite.name}: {model.name} v{model.version}: cached result reused")
+            return hit
     key = f"{short_hex(model.digest)}-{short_hex(suite.sha256)}-{short_hex(model.settings.digest())}"
     examples, stats = run_suite(suite, model.engine, model.settings, Path(work_dir) / "eval-shards" / key, options)
+    used = model.settings.model_copy(
+        update={"backend": stats.backend or backends[-1], "device": stats.device or model.settings.device}
+    )
     result = SuiteResult(
         suite=suite.name,
         suite_sha256=suite.sha256,
         model_name=model.name,
         model_version=model.version,
         model_digest=model.digest,
-        backend=model.engine.kind,
-        generation=model.settings.model_dump(mode="json"),
+        backend=used.backend,
+        generation=used.model_dump(mode="json"),
         examples=examples,
     )
     cache.put(result)
@@ -210,6 +238,13 @@ def _evaluate(
         + _metrics_text(result.metrics())
     )
     return result
+
+
+def _backends(settings: GenerationSettings) -> tuple[str, ...]:
+    """The engines a worker may choose for `settings` (backend auto: by device), in the workers' preference."""
+    if settings.backend != "auto":
+        return (settings.backend,)
+    return ("vllm", "transformers") if settings.device == "cuda" else ("transformers",)
 
 
 def _metrics_text(metrics: Mapping[str, float]) -> str:

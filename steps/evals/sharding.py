@@ -13,8 +13,13 @@ Ray Data hides them inside its streaming executor:
   most `max_attempts` times); shards already persisted are never redone.
 
 The driver, not the workers, writes shard files (on KubeRay the workers' pods may not mount the work volume).
-Ray runs locally (`ray.init(num_cpus=...)`) unless RAY_ADDRESS names a cluster. Each actor gets an equal share
-of the cores: `num_cpus` = torch threads = cores // workers (at least 1).
+Ray runs locally (`ray.init(num_cpus=...)`) unless RAY_ADDRESS names a cluster (`steps.evals.ray_connect`).
+Each actor gets an equal share of the cores: `num_cpus` = torch threads = cores // workers (at least 1), and
+exactly `ShardOptions.gpus_per_worker` GPUs: the demand is stated, not read from the GPUs present, so a cluster
+autoscaler scales a GPU worker group up from zero (0 on CPU-only runs). Each actor builds its engine on its own
+node (`EngineSpec.on_worker`: weights fetched into that node's cache, engine kind chosen there) and reports
+what it chose and where it runs; the run's `ShardStats` carries both (`backend`, `device`, `nodes`), and
+`<shard_dir>/engine.json` keeps the choice for a re-run that finds every shard done.
 
 Test-only fault injection: `FaultInjection(shard=k, marker=path)` (in the batch-eval step, the environment
 variable `LLMRELEASE_EVAL_KILL_SHARD=<k>:<marker path>`) makes the worker starting shard k SIGKILL itself while
@@ -23,6 +28,7 @@ the marker file exists (deleting it first, so only the first attempt dies). ray 
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -36,16 +42,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from steps.evals.cache import GenerationSettings
-from steps.evals.engines.base import (
-    GENERATE,
-    LOGLIKELIHOOD,
-    Engine,
-    EvalError,
-    required_capability,
-)
-from steps.evals.engines.factory import make_engine
+from steps.evals.engine_spec import EngineSpec
+from steps.evals.engines.base import EvalError
+from steps.evals.evaluate import evaluate_items, refuse_judge_items
+from steps.evals.ray_connect import connect_ray
 from steps.evals.results import ExampleResult, write_json_atomic
-from steps.evals.scoring import score_item
 from steps.evals.suites import Suite, SuiteItem, check_supported
 
 __all__ = [
@@ -60,43 +61,6 @@ __all__ = [
     "read_shard",
     "run_suite",
 ]
-
-
-@dataclass(frozen=True)
-class EngineSpec:
-    """How a worker builds its engine (picklable: the engine itself is built inside the worker).
-
-    Attributes:
-        kind: transformers, vllm or http.
-        options: Keyword arguments of the engine's constructor (model_dir, device, batch_size / base_url, model).
-    """
-
-    kind: str
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @classmethod
-    def of(cls, kind: str, **options: Any) -> EngineSpec:
-        """An engine spec from keyword options."""
-        return cls(kind, tuple(sorted(options.items())))
-
-    @property
-    def capabilities(self) -> frozenset[str]:
-        """What the engine will be able to do, known without building it."""
-        if self.kind == "http" and not dict(self.options).get("logprobs", False):
-            return frozenset({GENERATE})
-        return frozenset({GENERATE, LOGLIKELIHOOD})
-
-    @property
-    def name(self) -> str:
-        """The backend name, for messages."""
-        return self.kind
-
-    def build(self, num_threads: int | None = None) -> Engine:
-        """Build the engine; transformers engines get `num_threads` torch threads."""
-        options = dict(self.options)
-        if self.kind == "transformers" and num_threads is not None:
-            options["num_threads"] = num_threads
-        return make_engine(self.kind, **options)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -132,6 +96,7 @@ class ShardOptions:
         shard_size: Items per shard; None picks ~4 shards per worker, clamped to 16..64 items.
         max_attempts: Tries per shard before giving up when workers keep dying.
         cores: Cores to share among the workers; None means the machine's (or the Ray cluster's) CPUs.
+        gpus_per_worker: GPUs each actor asks Ray for (explicit, so an autoscaler sees the demand); 0: CPU only.
         fault: Test-only fault injection.
     """
 
@@ -139,18 +104,28 @@ class ShardOptions:
     shard_size: int | None = None
     max_attempts: int = 3
     cores: int | None = None
+    gpus_per_worker: float = 0.0
     fault: FaultInjection | None = None
 
 
 @dataclass
 class ShardStats:
-    """What a `run_suite` call did: shards skipped (already on disk), run, and attempts per shard run."""
+    """What a `run_suite` call did: shards skipped (already on disk), run, and attempts per shard run.
+
+    Attributes:
+        backend: The engine kind the workers chose ("" when no worker started and no engine.json was kept).
+        device: The device they run it on (cpu, cuda, remote).
+        nodes: The Ray node id of the worker that ran each shard run here.
+    """
 
     total: int = 0
     skipped: list[int] = field(default_factory=list)
     ran: list[int] = field(default_factory=list)
     attempts: dict[int, int] = field(default_factory=dict)
     seconds: float = 0.0
+    backend: str = ""
+    device: str = ""
+    nodes: dict[int, str] = field(default_factory=dict)
 
     @property
     def retried(self) -> list[int]:
@@ -167,76 +142,6 @@ def plan_shards(n_items: int, workers: int, shard_size: int | None = None) -> li
     return [range(s, min(s + shard_size, n_items)) for s in range(0, n_items, shard_size)]
 
 
-def evaluate_items(
-    engine: Engine, suite_name: str, items: Sequence[SuiteItem], settings: GenerationSettings
-) -> list[ExampleResult]:
-    """Generate (or score log-likelihoods) and score each item, in input order; the unsharded path.
-
-    Generation items go to the engine in one `generate` call (the engine batches); multiple_choice items in one
-    `loglikelihood` call over every (prompt, " " + choice) pair, the output being the chosen choice.
-
-    Raises:
-        EvalError: A judge item (batch-eval has no judge model configured), or the engine failed.
-    """
-    gen = [i for i in items if required_capability(i.task) == GENERATE]
-    mc = [i for i in items if required_capability(i.task) == LOGLIKELIHOOD]
-    _refuse_judge_items(suite_name, items)
-    done: dict[str, ExampleResult] = {}
-    if gen:
-        outs = engine.generate(
-            [i.prompt for i in gen], max_new_tokens=settings.max_new_tokens, temperature=settings.temperature
-        )
-        for item, out in zip(gen, outs, strict=True):
-            done[item.id] = _example(
-                suite_name, item, out.text, score_item(item, out.text), out.latency_ms, out.output_tokens or 0
-            )
-    if mc:
-        done.update(_multiple_choice(engine, suite_name, mc))
-    return [done[i.id] for i in items]
-
-
-def _refuse_judge_items(suite_name: str, items: Sequence[SuiteItem]) -> None:
-    judged = next((i for i in items if i.task == "judge"), None)
-    if judged is not None:
-        raise EvalError(
-            f"suite {suite_name} item {judged.id}: task judge needs a judge model, which batch-eval does "
-            "not configure: score it with JudgeScorer, or use a refuse/comply/contains task"
-        )
-
-
-def _multiple_choice(engine: Engine, suite_name: str, items: list[SuiteItem]) -> dict[str, ExampleResult]:
-    pairs = [(i.prompt, " " + c) for i in items for c in i.choices or ()]
-    began = time.perf_counter()
-    logliks = engine.loglikelihood(pairs)
-    per_item_ms = (time.perf_counter() - began) * 1000 / len(items)
-    out: dict[str, ExampleResult] = {}
-    at = 0
-    for item in items:
-        n = len(item.choices or ())
-        scores = logliks[at : at + n]
-        at += n
-        best = max(range(n), key=lambda k: scores[k])
-        chosen = (item.choices or ())[best]
-        out[item.id] = _example(suite_name, item, chosen, score_item(item, logliks=scores), per_item_ms, 0)
-    return out
-
-
-def _example(suite: str, item: SuiteItem, output: str, score: Any, latency_ms: float, tokens: int) -> ExampleResult:
-    return ExampleResult(
-        suite=suite,
-        id=item.id,
-        task=item.task,
-        prompt=item.prompt,
-        output=output,
-        score=score.score,
-        passed=score.passed,
-        latency_ms=latency_ms,
-        output_tokens=tokens,
-        category=item.category or "",
-        refused=score.refused,
-    )
-
-
 class ShardWorker:
     """The Ray actor body: one engine, built once; answers one shard per `run_shard` call."""
 
@@ -246,14 +151,20 @@ class ShardWorker:
         num_threads: int | None,
         settings: GenerationSettings,
         fault: FaultInjection | None = None,
+        use_gpu: bool = False,
     ) -> None:
-        self.engine = engine.build(num_threads)
+        concrete, self.device = engine.on_worker(use_gpu)
+        self.backend = concrete.kind
+        self.engine = concrete.build(num_threads)
         self.settings = settings
         self.fault = fault
 
-    def ready(self) -> int:
-        """The worker's process id (also proves the engine loaded)."""
-        return os.getpid()
+    def ready(self) -> dict[str, Any]:
+        """Where and what: pid, Ray node id, backend and device chosen here (also proves the engine loaded)."""
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        return {"pid": os.getpid(), "node": node, "backend": self.backend, "device": self.device}
 
     def run_shard(self, suite_name: str, index: int, items: list[SuiteItem]) -> list[dict[str, Any]]:
         """Evaluate one shard; the results as JSON-able dicts, in item order."""
@@ -261,27 +172,6 @@ class ShardWorker:
             self.fault.maybe_die(index)
         results = evaluate_items(self.engine, suite_name, items, self.settings)
         return [r.model_dump(mode="json") for r in results]
-
-
-def connect_ray(num_cpus: int | None = None) -> None:
-    """Start a local Ray (num_cpus, no dashboard, worker logs kept off the driver), or join RAY_ADDRESS."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        return
-    root = str(Path(__file__).resolve().parents[2])  # so local workers import `steps` from any cwd
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(
-        num_cpus=num_cpus or os.cpu_count() or 1,
-        include_dashboard=False,
-        log_to_driver=False,
-        ignore_reinit_error=True,
-        runtime_env={"env_vars": {"PYTHONPATH": path}},
-    )
 
 
 def read_shard(path: Path, expected_ids: Sequence[str]) -> list[ExampleResult] | None:
@@ -307,7 +197,7 @@ def run_suite(
             a shard failed, a shard's worker died `max_attempts` times, or the results are not one per item.
     """
     check_supported(suite, engine)  # type: ignore[arg-type]  # needs only .name and .capabilities
-    _refuse_judge_items(suite.name, suite.items)
+    refuse_judge_items(suite.name, suite.items)
     began = time.perf_counter()
     shards = plan_shards(len(suite.items), options.workers, options.shard_size)
     folder = Path(shard_dir)
@@ -321,6 +211,8 @@ def run_suite(
     todo = [k for k in range(len(shards)) if k not in found]
     if todo:
         found.update(_run_on_ray(suite, engine, settings, folder, shards, todo, options, stats))
+    else:
+        stats.backend, stats.device = _read_engine(folder)
     results = [r for k in range(len(shards)) for r in found[k]]
     _check_complete(suite, results)
     stats.seconds = time.perf_counter() - began
@@ -342,7 +234,8 @@ def _run_on_ray(
     from ray.exceptions import RayActorError, RayTaskError
 
     connect_ray(options.cores)
-    actors = _start_actors(engine, settings, options, min(options.workers, len(todo)))
+    actors, where = _start_actors(engine, settings, options, min(options.workers, len(todo)))
+    _record_engine(where, folder, stats)
     pending, idle = deque(todo), list(range(len(actors)))
     running: dict[Any, tuple[int, int]] = {}
     done: dict[int, list[ExampleResult]] = {}
@@ -366,9 +259,10 @@ def _run_on_ray(
                         f"suite {suite.name} shard {k}: its worker died {stats.attempts[k]} times "
                         f"({_cause(e)}): check the workers' memory and logs"
                     ) from None
-                _await_restart(actors[w], f"suite {suite.name} shard {k}")
+                where[w] = _await_restart(actors[w], f"suite {suite.name} shard {k}")
                 pending.appendleft(k)
                 continue
+            stats.nodes[k] = str(where[w]["node"])
             done[k] = [ExampleResult.model_validate(r) for r in rows]
             _write_shard(folder / f"shard-{k}.jsonl", done[k])
             stats.ran.append(k)
@@ -378,40 +272,62 @@ def _run_on_ray(
     return done
 
 
-def _start_actors(engine: EngineSpec, settings: GenerationSettings, options: ShardOptions, n: int) -> list[Any]:
-    """`n` actors, each with an equal share of the cores (and of the GPUs where there are any)."""
+def _start_actors(
+    engine: EngineSpec, settings: GenerationSettings, options: ShardOptions, n: int
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """`n` actors, each with an equal share of the cores and `options.gpus_per_worker` GPUs; and their `ready()`."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
     cores = options.cores or int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    gpus = float(ray.cluster_resources().get("GPU", 0.0)) if engine.kind != "http" else 0.0
+    gpus = options.gpus_per_worker if engine.kind != "http" else 0.0
     threads = max(1, cores // options.workers)
     cpus: float = threads if cores >= options.workers else round(cores / options.workers, 4)
     remote: Any = ray.remote(max_restarts=options.max_attempts, max_task_retries=0)(ShardWorker)
-    actor_gpus = (1.0 if gpus >= options.workers else round(gpus / options.workers, 4)) if gpus else 0.0
     actors: list[Any] = [
-        remote.options(num_cpus=cpus, num_gpus=actor_gpus).remote(engine, threads, settings, options.fault)
+        remote.options(num_cpus=cpus, num_gpus=gpus).remote(engine, threads, settings, options.fault, gpus > 0)
         for _ in range(n)
     ]
     try:
-        ray.get([a.ready.remote() for a in actors])
+        where: list[dict[str, Any]] = ray.get([a.ready.remote() for a in actors])
     except (RayActorError, RayTaskError) as e:
         for actor in actors:
             ray.kill(actor)
-        raise EvalError(f"eval workers ({engine.kind}) failed to start: {_cause(e)}") from None
-    return actors
+        raise EvalError(f"eval workers ({engine.name}) failed to start: {_cause(e)}") from None
+    return actors, where
 
 
-def _await_restart(actor: Any, what: str, timeout_s: float = 300.0) -> None:
-    """Block until a restarting actor answers again (Ray refuses calls while it restarts)."""
+def _record_engine(where: list[dict[str, Any]], folder: Path, stats: ShardStats) -> None:
+    """Put the engine the workers chose in `stats` and `<folder>/engine.json`; refuse workers that disagree."""
+    chosen = sorted({(str(w["backend"]), str(w["device"])) for w in where})
+    if len(chosen) != 1:
+        raise EvalError(
+            f"eval workers chose different engines {chosen}: give the Ray worker group one image and GPU "
+            "type, so every worker evaluates the same way"
+        )
+    stats.backend, stats.device = chosen[0]
+    write_json_atomic(folder / "engine.json", json.dumps({"backend": stats.backend, "device": stats.device}))
+
+
+def _read_engine(folder: Path) -> tuple[str, str]:
+    """The (backend, device) a previous run's workers chose for this shard folder; ("", "") when unknown."""
+    try:
+        raw = json.loads((folder / "engine.json").read_text(encoding="utf-8"))
+        return str(raw["backend"]), str(raw["device"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return "", ""
+
+
+def _await_restart(actor: Any, what: str, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Block until a restarting actor answers again (Ray refuses calls while it restarts); its `ready()`."""
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-            return
+            where: dict[str, Any] = ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            return where
         except (ActorUnavailableError, GetTimeoutError) as e:
             if time.monotonic() >= deadline:
                 raise EvalError(

@@ -1,0 +1,93 @@
+"""Where the eval workers run: a Ray cluster named by RAY_ADDRESS, else a Ray started inside this process.
+
+* `RAY_ADDRESS=host:port` (a GCS address: `llmrelease local up`'s two-node cluster, whose token the
+  `llmrelease-ray` Secret gives as RAY_AUTH_MODE/RAY_AUTH_TOKEN): the driver joins the cluster as a Ray driver;
+  it must reach every node (the workers call back), so it suits a cluster on this machine or network.
+* `RAY_ADDRESS=ray://head:10001` (Ray Client): the production choice (docs/install.md, section 6): the step pod
+  stays the driver and needs only one outbound port; the steps image needs `ray[client]` (grpcio).
+* unset: a local Ray inside the step's pod on its own CPUs (no dashboard), as before.
+
+Joining is bounded: the head's port must answer within `timeout_s`, and any failure to join is one line
+naming RAY_ADDRESS and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+
+from steps.evals.engines.base import EvalError
+
+__all__ = ["connect_ray", "ray_address"]
+
+_DEFAULT_TIMEOUT_S = 60.0
+
+
+def ray_address() -> str | None:
+    """The cluster the workers run on (RAY_ADDRESS), or None for a Ray started in this process."""
+    return os.environ.get("RAY_ADDRESS") or None
+
+
+def connect_ray(num_cpus: int | None = None, *, timeout_s: float = _DEFAULT_TIMEOUT_S) -> None:
+    """Join the Ray cluster at RAY_ADDRESS, or start a local Ray (num_cpus, no dashboard, worker logs kept here).
+
+    Args:
+        num_cpus: CPUs of a local Ray (None: the machine's); ignored when joining a cluster.
+        timeout_s: How long the cluster's head may take to answer before giving up.
+
+    Raises:
+        EvalError: RAY_ADDRESS is set but the cluster cannot be reached or joined within `timeout_s` (one line).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = ray_address()
+    if address:
+        _join(address, timeout_s)
+        return
+    root = str(Path(__file__).resolve().parents[2])  # so local workers import `steps` from any cwd
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(
+        num_cpus=num_cpus or os.cpu_count() or 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        ignore_reinit_error=True,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
+
+
+def _join(address: str, timeout_s: float) -> None:
+    """ray.init(address=...) once the head answers; every failure one EvalError line naming RAY_ADDRESS."""
+    import ray
+
+    _await_port(address, timeout_s)
+    try:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    except Exception as e:
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise EvalError(
+            f"RAY_ADDRESS={address}: cannot join the Ray cluster ({type(e).__name__}: {detail}): check the "
+            "address, the Ray version and RAY_AUTH_TOKEN, or unset RAY_ADDRESS to run Ray in the step"
+        ) from None
+
+
+def _await_port(address: str, timeout_s: float) -> None:
+    """Wait until the head's host:port accepts a TCP connection (`auto` and addresses without a port: skipped)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise EvalError(
+                    f"RAY_ADDRESS={address}: the Ray head did not answer within {timeout_s:.0f}s ({e.strerror or e}):"
+                    " start the cluster (llmrelease local up) or fix RAY_ADDRESS, or unset it to run Ray in the step"
+                ) from None
+            time.sleep(0.5)
