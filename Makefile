@@ -53,7 +53,7 @@ test: setup system-packages ## set up and run the test suite (GPU tests skip wit
 	$(BIN)/llmrelease render --check
 	$(BIN)/pytest
 
-chaos: setup system-packages ## kill -9 parts of a release mid-canary, assert the end state (tests/chaos, ~4 min)
+chaos: setup system-packages ## kill -9 parts of a release mid-canary, assert the end state (tests/chaos, ~8 min on 2 cores)
 	$(BIN)/pytest -m chaos tests/chaos -s
 
 bench: setup ## run the benchmarks under benchmarks/

@@ -7,7 +7,7 @@ answered, and the observed split is logged) plus a few straight to each version,
 samples to be judged even at 1%. Failed or Error aborts: the canary weight goes to 0 and all traffic back on the
 champion (`steps.rollout.operations.abort`), the version is tagged, and the step fails with the analysis log.
 Inconclusive pauses at the current weight until a human runs `llmrelease canary resume|abort NAME`, or
-`pause_timeout_s` passes (then it aborts).
+`pause_timeout_s` passes (then it aborts); it aborts at once when the champion's server process is gone.
 
 On the local plane a heartbeat guards the canary (`steps.rollout.serving.guard`): the step renews it at every
 analysis tick (each probe, each slice of the wait between measurements, each poll of a pause) and hands over to
@@ -36,6 +36,7 @@ from registry.tags import CANARY_DECISION_TAG
 from steps.core.artifacts import CANARY_LOG_OUT
 from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
+from steps.core.proc import alive
 from steps.rollout.analysis import AnalysisPolicy, PrometheusCheck, Sample, query_prometheus, run_analysis
 from steps.rollout.routing.base import canary_split
 from steps.rollout.serving.base import ServingPlane, server_name
@@ -177,6 +178,24 @@ def _wait_for_human(
     return "abort", f"pause timeout ({timeout_s:g}s)"
 
 
+def _pause(inputs: "Inputs", registry: Any, plane: ServingPlane, step: dict[str, Any], tick: Callable[[], None]) -> str:
+    """Inconclusive: wait for a human's resume|abort (recorded in `step`); abort at once when the champion died.
+
+    A champion whose server process is gone leaves nothing to judge the canary against, and its share of the users'
+    requests fails while the canary waits: the abort restarts it and puts all traffic back on it.
+    """
+    model = inputs.spec.model.name
+    state = plane.state(model)
+    champion = state.servers.get(state.champion or "")
+    if champion is not None and not alive(champion.pid, champion.pid_created):
+        action, actor = "abort", f"the champion's server (version {champion.version}) is gone: nothing to compare with"
+    else:
+        timeout_s = inputs.spec.rollout.analysis.pause_timeout_s
+        action, actor = _wait_for_human(registry, model, inputs.workflow_uid, timeout_s, tick)
+    step["decision"] = {"action": action, "actor": actor, "at": datetime.now(UTC).isoformat()}
+    return action
+
+
 class Inputs(BaseModel):
     """What the canary step needs: the release spec (its model, rollout steps and analysis), the workflow."""
 
@@ -298,10 +317,7 @@ def _steps(
         log["steps"].append(step)
         print(f"canary: {weight:3d}% {phase}: {measurements[-1].reasons[0] if measurements else ''}", flush=True)
         if phase == "Inconclusive":
-            timeout_s = spec.rollout.analysis.pause_timeout_s
-            action, actor = _wait_for_human(registry, model, workflow_uid, timeout_s, tick)
-            step["decision"] = {"action": action, "actor": actor, "at": datetime.now(UTC).isoformat()}
-            if action == "resume":
+            if _pause(inputs, registry, plane, step, tick) == "resume":
                 continue
             phase = "Failed"
         if phase in ("Failed", "Error"):

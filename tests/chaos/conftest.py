@@ -19,10 +19,10 @@ DEADLINE_S = 3.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip the chaos tests unless they were asked for (`-m chaos`, what `make chaos` runs): they take ~4 min."""
+    """Skip the chaos tests unless they were asked for (`-m chaos`, what `make chaos` runs): they take ~8 min."""
     if "chaos" in (config.getoption("markexpr") or ""):
         return
-    skip = pytest.mark.skip(reason="the chaos suite takes ~4 min on 2 cores: run it with `make chaos`")
+    skip = pytest.mark.skip(reason="the chaos suite takes ~8 min on 2 cores: run it with `make chaos`")
     for item in items:
         if "chaos" in item.keywords:
             item.add_marker(skip)

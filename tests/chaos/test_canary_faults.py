@@ -47,28 +47,29 @@ def _watchdog_gone(world: World) -> bool:
     return beat is None or not alive(beat.watchdog_pid, beat.watchdog_created)
 
 
-def _child(world: World, steps: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _child(world: World, steps: str, **extra_env: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), **extra_env}
     argv = [sys.executable, "-m", "tests.chaos.canary_child", str(world.home), str(world.home / "c"), steps, "uid-2"]
     return subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-@pytest.mark.parametrize("phase", ["5%", "100% (canary done, no promote)"])
+@pytest.mark.parametrize("phase", ["5%", "25%", "50%", "100% (canary done, no promote)"])
 def test_canary_step_killed_the_guard_puts_all_traffic_back_on_the_champion(world: World, phase: str) -> None:
     """GIVEN v2 in canary by a canary step in its own process (as its pod), users sending 5 requests/s
-    WHEN that process is killed -9 at 5%, or it completed at 100% and no promote ever comes (the runner died)
+    WHEN that process is killed -9 at 5%, 25% or 50%, or it completed at 100% and no promote comes (the runner died)
     THEN within the heartbeat deadline the watchdog puts 100% back on v1, stops v2's server, releases the lease
     and tags v2 aborted; then it exits; no user request sent after the restore fails."""
     candidate_pid = world.plane.state(NAME).servers["2"].pid
     done = phase.startswith("100%")
-    users = Users(world.plane.router_url(world.plane.state(NAME)), duration_s=30.0 if done else 16.0)
-    child = _child(world, "5,100" if done else "5,50,100")
+    users = Users(world.plane.router_url(world.plane.state(NAME)), duration_s=26.0 if done else 16.0)
+    weight = 100 if done else int(phase.rstrip("%"))
+    child = _child(world, "5,100" if done else ",".join(str(w) for w in sorted({weight, 50, 100})))
     if done:
         output, _ = child.communicate(timeout=120)
         assert child.returncode == 0 and "canary: completed" in output, output
         assert world.weights() == {"v1": 0, "v2": 100}
     else:
-        wait_for(lambda: world.weights().get("v2") == 5, 60, "the canary at 5%")
+        wait_for(lambda: world.weights().get("v2") == weight, 60, f"the canary at {phase}")
         child.kill()
         child.wait()
     killed_at = time.time()

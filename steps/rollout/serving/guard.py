@@ -123,22 +123,33 @@ def return_to_champion(plane: ServingPlane, state: PlaneState, canary: str) -> N
     """All traffic on the champion, the canary out of the router and stopped, no canary role (inside `locked`).
 
     A first release (no champion) stops the router: nothing served before it, so nothing serves after it. A router
-    that died is started again on its port with the champion alone.
+    that died is started again on its port with the champion alone; a champion server whose process died is
+    started again (on a new port) before it takes the traffic back: all traffic on a dead server is an outage.
+    Traffic that a rollback already moved to another version (all of it off champion and canary) stays there.
     """
     champion = state.servers.get(state.champion or "")
+    if champion is not None and not alive(champion.pid, champion.pid_created):
+        champion = plane.ensure_server(state, champion.version, Path(champion.model_dir))
     if state.router_port is not None and champion is not None and not _router_alive(plane, state):
         plane.ensure_router(state, champion)  # the router died: a fresh one on its port, all on the champion
     if state.router_port is not None:
         router = plane.router(state)
-        if state.champion is not None:
-            router.set_weights({server_name(state.champion): 100})  # traffic first, everything else after
-            router.remove_backend(server_name(canary))
-        else:
+        if champion is None:
             router.stop()
             state.router_port = None
+        elif not _taken_elsewhere(router.weights(), champion.version, canary):  # a rollback's traffic stays put
+            router.add_backend(server_name(champion.version), champion.address)  # a restarted one is on a new port
+            router.set_weights({server_name(champion.version): 100})  # traffic first, everything else after
+            router.remove_backend(server_name(canary))
     if canary not in (state.champion, state.previous):
         plane.stop_server(state, canary)
     state.canary = None
+
+
+def _taken_elsewhere(weights: dict[str, int], champion: str, canary: str) -> bool:
+    """Whether all traffic is on versions other than the champion and the canary: a rollback moved it there."""
+    live = {name for name, weight in weights.items() if weight > 0}
+    return bool(live) and live.isdisjoint({server_name(champion), server_name(canary)})
 
 
 @runtime_checkable
@@ -197,7 +208,10 @@ class CanaryGuard:
         return process.pid
 
     def renew(self, *, factor: float = 1.0) -> None:
-        """Push the deadline `factor` x deadline seconds ahead; GuardTripped when the watchdog already acted."""
+        """Push the deadline `factor` x deadline seconds ahead; GuardTripped when the watchdog already acted.
+
+        A watchdog that is gone (killed) is started again here, so it is back within one analysis tick.
+        """
         with _guard_lock(self._folder):
             beat = read_heartbeat(self._folder)
             if beat is None or beat.workflow_uid != self._uid:
@@ -209,6 +223,9 @@ class CanaryGuard:
                 raise GuardTripped(f"canary guard tripped: {beat.reason}")
             now = time.time()
             beat.renewed_at, beat.expires_at = now, now + self._deadline * factor
+            if not alive(beat.watchdog_pid, beat.watchdog_created):  # it was killed: a fresh one watches on
+                beat.watchdog_pid = self._spawn()
+                beat.watchdog_created = started(beat.watchdog_pid)
             _write(self._folder, beat)
 
     def lapse(self, why: str) -> None:
@@ -283,11 +300,15 @@ def _restore(local: Any, folder: Path, model: str, beat: Heartbeat) -> str:
     print(f"guard: {model} version {beat.candidate}: {beat.reason}; restoring the champion", flush=True)
     try:
         with local.locked(model) as state:
-            if state.canary == beat.candidate:
+            ended = state.canary != beat.candidate  # a rollback or abort ended it while we waited for the lock
+            if not ended:
                 return_to_champion(local, state, beat.candidate)
     except ReleaseError as e:
         _record(folder, registry=f"not restored: {e}")
         return f"could not restore the champion: {e}"
+    if ended:
+        _record(folder, registry="not held: the canary had already ended")
+        return f"the canary of version {beat.candidate} had already ended (rolled back or aborted): nothing to do"
     _record(folder, restored_at=time.time())
     outcome = _release_lease(model, beat)
     _record(folder, registry=outcome)
