@@ -3,9 +3,10 @@
 For a release spec, a registered model version and a kind (`quality`: the spec's `evals.suites`; `safety`: its
 `evals.safety` suite):
 
-1. resolve the candidate's weights from the registry: the version's source is downloaded once into
-   `$LLMRELEASE_HOME/model-cache/<digest>` (`mlflow.artifacts.download_artifacts`; MLflow artifact URIs and
-   s3://), or, for a provider model, an OpenAI-compatible HTTP engine is pointed at its source URI;
+1. resolve the candidate from the registry: its digest and where its weights are (the version's source URI and
+   onboarding manifest), which each Ray worker downloads once into its own node's cache and verifies
+   (`steps.evals.engine_spec`; the driver never passes a path); or, for a provider model, an OpenAI-compatible
+   HTTP engine pointed at its source URI;
 2. resolve the champion (alias `champion`); when it exists and is another version, evaluate it on the same suites;
 3. for each model and suite: the result cache (`steps.evals.cache`) first, else a sharded run on Ray
    (`steps.evals.sharding`) whose shards persist under `<work_dir>/eval-shards/`, then cached;
@@ -13,8 +14,8 @@ For a release spec, a registered model version and a kind (`quality`: the spec's
    `llmrelease-evals`): a per-example table per suite and model, the metrics, the report as an artifact.
 
 Generation settings: greedy, `DEFAULT_MAX_NEW_TOKENS` new tokens (an `evals.max_new_tokens` field in the spec
-overrides it, should the spec grow one). The engine: `http` for provider models; `vllm` when vllm is importable
-and a GPU is visible; else `transformers` (on CUDA when torch sees a GPU).
+overrides it, should the spec grow one). The engine: `http` for provider models; else chosen on each worker: `vllm`
+when vllm is importable and the worker holds a GPU, else `transformers` (on CUDA when torch sees a GPU).
 
 No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
 """

@@ -205,3 +205,48 @@ def test_two_deliveries_of_one_model_queue_on_its_mutex(tmp_path: Path, models: 
     assert (b0 < a1) == overlap
     waited = "Waiting for local/Mutex/llmrelease-model-demo-qa lock. Lock status: 0/1"
     assert (waited in messages) == (not overlap), messages
+
+
+def _env_pod(tmp_path: Path, env_from: list[dict[str, Any]], cluster: Path | None) -> dict[str, str]:
+    """Run a pod with the given envFrom under the runner; the environment it saw."""
+    template = {
+        "name": "main",
+        "container": {"image": "alpine:3.20", "command": ["sh", "-c", "env"], "envFrom": env_from},
+    }
+    doc = {
+        "apiVersion": "argoproj.io/v1alpha1",
+        "kind": "Workflow",
+        "metadata": {"generateName": "env-"},
+        "spec": {"entrypoint": "main", "templates": [template]},
+    }
+    path = tmp_path / "env.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    options = RunOptions(runs_dir=tmp_path / "runs", echo=False, cluster_config=cluster)
+    result = run_workflow(str(path), options, argo_dir=tmp_path / "none")
+    assert result.phase == "Succeeded", result.message
+    [stdout] = (tmp_path / "runs").glob("*/nodes/*/stdout")
+    return dict(line.split("=", 1) for line in stdout.read_text().splitlines() if "=" in line)
+
+
+def test_steps_get_the_platform_configmap_and_only_their_secrets(tmp_path: Path) -> None:
+    """GIVEN the rendered golden delivery and a cluster config holding `llmrelease-config` and `provider-api-keys`
+    WHEN the onboard and gate templates' envFrom run under the runner THEN both see the ConfigMap's keys, only
+    onboard sees the provider key; and with no cluster config at all the pods still run (every source optional)."""
+    templates = _script_templates("golden-delivery.workflowtemplate.yaml")
+    cluster = tmp_path / "cluster"
+    cluster.mkdir()
+    objects = [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "llmrelease-config"},
+         "data": {"MLFLOW_TRACKING_URI": "http://127.0.0.1:5999"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "provider-api-keys"},
+         "stringData": {"OPENAI_API_KEY": "sk-test"}},
+    ]  # fmt: skip
+    (cluster / "objects.yaml").write_text(yaml.safe_dump_all(objects))
+    seen = {}
+    for name in ("onboard", "gate"):
+        (tmp_path / name).mkdir()
+        seen[name] = _env_pod(tmp_path / name, templates[name]["script"]["envFrom"], cluster)
+    assert seen["onboard"]["MLFLOW_TRACKING_URI"] == seen["gate"]["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5999"
+    assert seen["onboard"]["OPENAI_API_KEY"] == "sk-test" and "OPENAI_API_KEY" not in seen["gate"]
+    (tmp_path / "bare").mkdir()
+    assert "MLFLOW_TRACKING_URI" not in _env_pod(tmp_path / "bare", templates["onboard"]["script"]["envFrom"], None)

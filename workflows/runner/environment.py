@@ -22,7 +22,7 @@ from registry.errors import WorkflowError
 from workflows.argo.expressions import substitute
 from workflows.runner.cluster import ClusterConfig
 
-__all__ = ["FIELD_PATHS", "expand_references", "pod_environment"]
+__all__ = ["FIELD_PATHS", "env_from_sources", "expand_references", "pod_environment"]
 
 FIELD_PATHS = (
     "metadata.name",
@@ -90,6 +90,19 @@ def pod_environment(
         declared[name] = value
     declared.update(_argo_variables(template, scope, deadline_s))
     return {**image_env, "HOSTNAME": pod, **declared}, declared
+
+
+def env_from_sources(template: Mapping[str, Any], cluster: ClusterConfig) -> dict[str, str]:
+    """What the template's `envFrom` (ConfigMaps and Secrets, in order, later ones winning) gives the container.
+
+    Raises:
+        MissingConfig: A ConfigMap or Secret it names is missing and not optional.
+    """
+    body = template.get("script") or template.get("container") or {}
+    found: dict[str, str] = {}
+    for source in body.get("envFrom", []) or []:
+        found.update(_env_from(source, cluster))
+    return found
 
 
 def _env_from(source: Mapping[str, Any], cluster: ClusterConfig) -> dict[str, str]:

@@ -30,7 +30,7 @@ from registry.errors import WorkflowError
 from workflows.argo.expressions import substitute
 from workflows.runner.artifacts import ArtifactStore, input_source
 from workflows.runner.cluster import ClusterConfig
-from workflows.runner.environment import expand_references, pod_environment
+from workflows.runner.environment import env_from_sources, expand_references, pod_environment
 from workflows.runner.images import ImageRoot
 from workflows.runner.nodes import Node
 from workflows.runner.sandbox import STAGED_SCRIPT, Sandbox
@@ -128,6 +128,8 @@ def _command(spec: PodSpec, remap: Any, image: ImageRoot | None = None, script_a
 
 def _environment(spec: PodSpec, remap: Any) -> dict[str, str]:
     env = dict(os.environ)
+    if spec.cluster.source != ClusterConfig().source:  # --cluster-config given: envFrom as Kubernetes gives it
+        env.update(env_from_sources(spec.template, spec.cluster))
     body = spec.template.get("script") or spec.template.get("container") or {}
     for item in body.get("env", []):
         name = str(item["name"])
