@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -172,22 +170,6 @@ def test_a_missing_secret_is_an_error(
     body = payload()
     code, _, err = simulate(tmp_path, capsys, body, "--signature", sign(body))
     assert code == 2 and "--secret-env GITHUB_WEBHOOK_SECRET: the variable is unset or empty" in err
-
-
-@pytest.fixture(scope="module")
-def demo_models() -> Path:
-    """examples/models, built by the repo's script when missing (what `make demo-models` does)."""
-    models = REPO / "examples" / "models"
-    if not (models / "candidate" / "model.safetensors").is_file():
-        proc = subprocess.run(
-            [sys.executable, str(REPO / "examples" / "build_demo_models.py"), "--out", str(models)],
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    return models
 
 
 @pytest.mark.slow

@@ -1,0 +1,89 @@
+"""The golden delivery against the local profile's services, as the pods of a cluster reach theirs: through the
+`llmrelease-config` ConfigMap, the Secrets and the `artifact-repositories` ConfigMap that `llmrelease local up`
+writes (`--cluster-config`), not through this machine's environment.
+
+Real services only: `llmrelease local up --no-ray` (an MLflow tracking server whose artifacts go to moto's S3
+server, Pushgateway, Prometheus), the local runner, the demo models, `transformers serve` and HAProxy.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+import yaml
+
+from workflows.pipelines.controls import CONFIG_MAP as CONFIG
+from workflows.runner import RunOptions, run_workflow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(home: Path, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "LLMRELEASE_HOME": str(home)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, "-m", "workflows.cli.main", *args]
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_golden_delivery_registers_in_the_profiles_mlflow_and_s3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, demo_models: Path
+) -> None:
+    """GIVEN `llmrelease local up --no-ray` and no MLflow address in this process's environment
+    WHEN golden-delivery runs releases/demo-champion.yaml with the profile's cluster config
+    THEN it succeeds; the version is registered on the profile's MLflow server, its weights sit in the profile's
+    S3 bucket (MLflow's proxied artifacts), the run's step artifacts went to the bucket too, and `down` stops all."""
+    home = tmp_path / "home"
+    up = _cli(home, "local", "up", "--no-ray", "--json")
+    try:
+        assert up.returncode == 0, up.stderr
+        monkeypatch.setenv("LLMRELEASE_HOME", str(home))
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        monkeypatch.chdir(REPO)
+        cluster = home / "local" / "cluster-config"
+        options = RunOptions(
+            runs_dir=tmp_path / "runs",
+            echo=False,
+            cluster_config=cluster,
+            parameters={"release": "releases/demo-champion.yaml"},
+        )
+        result = run_workflow("golden-delivery", options, argo_dir=REPO / "argo")
+        assert result.phase == "Succeeded", result.tree
+
+        docs = _yaml_docs(cluster)
+        config = next(d["data"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == CONFIG)
+        found = httpx.get(
+            f"{config['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/registered-models/get", params={"name": "demo-qa"}
+        )
+        assert found.status_code == 200, found.text
+        aliases = {a["alias"]: a["version"] for a in found.json()["registered_model"].get("aliases", [])}
+        assert aliases.get("champion") == "1"
+
+        secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
+        keys = secrets["llmrelease-s3"].get("stringData") or {}
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=config["AWS_ENDPOINT_URL_S3"],
+            aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+            region_name="us-east-1",
+        )
+        objects = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="llmrelease-local")
+                   for o in page.get("Contents", [])]  # fmt: skip
+        assert any(k.startswith("mlartifacts/") and k.endswith("model.safetensors") for k in objects), objects[:20]
+        assert any(k.startswith("argo/") for k in objects), objects[:20]
+    finally:
+        _cli(home, "serving", "stop", "demo-qa")
+        down = _cli(home, "local", "down")
+    assert down.returncode == 0, down.stderr
+
+
+def _yaml_docs(folder: Path) -> list[dict[str, Any]]:
+    return [doc for path in sorted(folder.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
