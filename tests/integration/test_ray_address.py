@@ -145,6 +145,32 @@ def test_an_unreachable_ray_address_is_one_line_within_the_bound(monkeypatch: py
     assert not ray.is_initialized()
 
 
+FRESH_DRIVER = "LLMRELEASE_TEST_FRESH_DRIVER"
+TWO_NODES = "test_a_batch_eval_runs_on_both_nodes_and_the_workers_fetch_the_weights"
+
+
+def test_the_two_node_eval_in_a_fresh_driver_process() -> None:
+    """Run the two-node test below in a fresh Python process, as a step pod's driver is one.
+
+    A local `ray.init` (earlier tests: batch-eval, nightly) turns token authentication on for its process
+    (it sets RAY_AUTH_MODE=token in the environment, and Ray reads it once per process), so that process cannot
+    join this test's cluster, which runs without tokens: its actors die at start ("The actor died unexpectedly";
+    seen in the full suite). A step's driver is a fresh process; so is this one, with token auth off like the nodes.
+    """
+    if os.environ.get(FRESH_DRIVER):
+        pytest.skip("this process is the fresh driver")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{__file__}::{TWO_NODES}"],
+        cwd=REPO,
+        env={**os.environ, FRESH_DRIVER: "1", "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0 and "1 passed" in done.stdout, done.stdout[-6000:] + done.stderr[-2000:]
+
+
+@pytest.mark.skipif(not os.environ.get(FRESH_DRIVER), reason="run in a fresh driver process by the test above")
 def test_a_batch_eval_runs_on_both_nodes_and_the_workers_fetch_the_weights(
     cluster: Cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
