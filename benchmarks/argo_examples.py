@@ -7,16 +7,21 @@ examples/, recursively, whose labels lack `workflows.argoproj.io/no-test`; each 
 (`WaitForWorkflow(fixtures.ToBeSucceeded)`), unless the example carries an expected phase of its own (the label or
 annotation `workflows.argoproj.io/expected-phase`, none at the time of writing). Like the suite, the WorkflowTemplates
 and ClusterWorkflowTemplates of examples/ are available to every example (here: the runner's argo dir) and its
-ConfigMaps are applied (here: `--cluster-config`). The examples are read from the git mirror, extracted into a
-temporary folder and never copied into this repository. Each runs as `llmrelease run FILE --json` with a timeout.
+ConfigMaps are applied (here: `--cluster-config`), and the e2e cluster's artifact repositories (quick-start's
+`artifact-repositories` ConfigMap, MinIO there) are backed by a moto S3 server started for the run. The examples
+are read from the git mirror, extracted into a temporary folder and never copied into this repository. Each runs
+as `llmrelease run FILE --json [--isolation bwrap]` with a timeout; its ConfigMaps, Secrets and
+PersistentVolumeClaims (the claim volumes-existing mounts) form the cluster config.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import io
 import json
+import logging
 import subprocess
 import sys
 import tarfile
@@ -27,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import yaml
+from moto import server as moto_server
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_TEST = "workflows.argoproj.io/no-test"
@@ -101,14 +108,52 @@ def shared(examples: Path, work: Path) -> tuple[Path, Path]:
         for doc in documents(path):
             if doc.get("kind") in _SHARED_KINDS:
                 templates.append(doc)
-            elif doc.get("kind") in ("ConfigMap", "Secret"):
+            elif doc.get("kind") in ("ConfigMap", "Secret", "PersistentVolumeClaim"):
                 config.append(doc)
     (argo_dir / "templates.yaml").write_text(yaml.safe_dump_all(templates), encoding="utf-8")
     (config_dir / "config.yaml").write_text(yaml.safe_dump_all(config), encoding="utf-8")
     return argo_dir, config_dir
 
 
-def run_case(case: Case, work: Path, argo_dir: Path, config_dir: Path, timeout: float) -> Outcome:
+def artifact_repository(mirror: Path, ref: str, config_dir: Path, endpoint: str) -> None:
+    """The e2e cluster's artifact repositories (Argo's quick-start manifests), backed by `endpoint` (moto's S3).
+
+    The `artifact-repositories` ConfigMap and the `my-minio-cred` Secret it names are read from the mirror, the
+    MinIO service address replaced with `endpoint`, and written into the cluster config; the bucket is created.
+    """
+    base = "manifests/quick-start/base"
+    docs = []
+    for path in (f"{base}/artifact-repositories-configmap.yaml", f"{base}/minio/my-minio-cred-secret.yaml"):
+        text = subprocess.run(
+            ["git", "-C", str(mirror), "show", f"{ref}:{path}"], check=True, capture_output=True, text=True
+        ).stdout
+        docs += list(yaml.safe_load_all(text.replace("minio:9000", endpoint)))
+    (config_dir / "artifact-repositories.yaml").write_text(yaml.safe_dump_all(docs), encoding="utf-8")
+    secret = next(d for d in docs if d.get("kind") == "Secret")["stringData"]
+    client = boto3.client(
+        "s3",
+        endpoint_url=f"http://{endpoint}",
+        region_name="us-east-1",
+        aws_access_key_id=secret["accesskey"],
+        aws_secret_access_key=secret["secretkey"],
+    )
+    client.create_bucket(Bucket="my-bucket")
+
+
+@contextlib.contextmanager
+def s3_server() -> Iterator[str]:
+    """moto's S3 server on a free local port, as host:port, for the run."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"{host}:{port}"
+    finally:
+        server.stop()
+
+
+def run_case(case: Case, work: Path, argo_dir: Path, config_dir: Path, timeout: float, isolation: str) -> Outcome:
     """`llmrelease run` on the case's document alone; the phase from its JSON status, else why it did not run."""
     file = work / "cases" / f"{case.file.replace('/', '__')}.{case.index}.yaml"
     file.parent.mkdir(exist_ok=True)
@@ -124,10 +169,12 @@ def run_case(case: Case, work: Path, argo_dir: Path, config_dir: Path, timeout: 
         str(config_dir),
         "--runs-dir",
         str(work / "runs"),
+        "--isolation",
+        isolation,
     ]
     started = time.monotonic()
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=work)  # strays stay
     except subprocess.TimeoutExpired:
         return Outcome(case, "Timeout", f"still running after {timeout:.0f}s", timeout)
     seconds = time.monotonic() - started
@@ -169,16 +216,20 @@ def main() -> int:
     parser.add_argument("--ref", default="HEAD", help="commit or tag whose examples/ to run")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per example")
     parser.add_argument("--jobs", type=int, default=8, help="examples run at once")
-    parser.add_argument("--only", default="", help="run only examples whose path contains this")
+    parser.add_argument("--only", default="", help="run only examples whose path contains one of these (a,b,...)")
+    parser.add_argument("--isolation", choices=("none", "bwrap"), default="none", help="llmrelease run --isolation")
     parser.add_argument("--out", type=Path, help="also write the table here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="argo-examples-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="argo-examples-") as tmp, s3_server() as endpoint:
         work = Path(tmp)
         examples = extract(args.mirror, args.ref, work / "src")
         argo_dir, config_dir = shared(examples, work)
-        selected = [c for c in cases(examples) if args.only in c.file]
+        artifact_repository(args.mirror, args.ref, config_dir, endpoint)
+        only = args.only.split(",")
+        selected = [c for c in cases(examples) if any(o in c.file for o in only)]
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            outcomes = list(pool.map(lambda c: run_case(c, work, argo_dir, config_dir, args.timeout), selected))
+            run = lambda c: run_case(c, work, argo_dir, config_dir, args.timeout, args.isolation)  # noqa: E731
+            outcomes = list(pool.map(run, selected))
     report = table(outcomes)
     print(report)
     if args.out:

@@ -161,7 +161,7 @@ def test_artifacts_pass_and_deadline_is_enforced(tmp_path: Path) -> None:
 
 
 def test_cluster_only_fields_are_refused_up_front(tmp_path: Path) -> None:
-    """GIVEN a workflow with volumes WHEN run THEN it is refused before anything runs, naming the field."""
+    """GIVEN a workflow with hostNetwork WHEN run THEN it is refused before anything runs, naming the field."""
     wf = tmp_path / "vol.yaml"
     wf.write_text("""
 apiVersion: argoproj.io/v1alpha1
@@ -169,13 +169,13 @@ kind: Workflow
 metadata: {generateName: vol-}
 spec:
   entrypoint: main
-  volumes: [{name: data, emptyDir: {}}]
+  hostNetwork: true
   templates:
   - name: main
     container: {image: alpine, command: [sh, -c, "touch {{workflow.parameters.marker}}"]}
   arguments: {parameters: [{name: marker, value: /nonexistent/marker}]}
 """)
-    with pytest.raises(WorkflowError, match="cannot run spec.volumes"):
+    with pytest.raises(WorkflowError, match="cannot run spec.hostNetwork"):
         run_workflow(str(wf), RunOptions(runs_dir=tmp_path / "runs", echo=False), argo_dir=tmp_path)
 
 

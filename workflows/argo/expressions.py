@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from registry.errors import WorkflowError
+from workflows.argo.exprlang import evaluate_expr, expr_text, nest_scope
 
 __all__ = [
     "DEPENDS_RESULTS",
@@ -52,17 +53,58 @@ def substitute(text: str, scope: Mapping[str, str], *, where: str, strict: bool 
 
     def _one(match: re.Match[str]) -> str:
         name = match.group(1)
-        if name.startswith("="):
-            raise WorkflowError(f"{where}: expression tag '{{{{{name}}}}}' is not supported by the local runner; "
-                                "use a plain {{...}} reference or a `when` condition")
         if name in scope:
             return scope[name]
         if strict:
-            raise WorkflowError(f"{where}: unresolved reference '{{{{{name}}}}}': declare it as an input, "
-                                "a workflow argument or an output of a task this one depends on")
+            raise WorkflowError(
+                f"{where}: unresolved reference '{{{{{name}}}}}': declare it as an input, "
+                "a workflow argument or an output of a task this one depends on"
+            )
         return match.group(0)
 
+    if "{{=" in text:
+        text = _expression_tags(text, scope, where=where, strict=strict)
     return TAG.sub(_one, text)
+
+
+def _expression_tags(text: str, scope: Mapping[str, str], *, where: str, strict: bool) -> str:
+    """Replace each `{{=expr}}` (expr-lang; braces inside it balanced) with its value (workflows.argo.exprlang)."""
+    out, pos, env = [], 0, None
+    while (start := text.find("{{=", pos)) >= 0:
+        end = _tag_end(text, start + 3)
+        if end < 0:
+            raise WorkflowError(f"{where}: expression tag at {text[start : start + 30]!r}... is not closed with }}}}")
+        out.append(text[pos:start])
+        env = env if env is not None else nest_scope(scope)
+        try:
+            out.append(expr_text(evaluate_expr(text[start + 3 : end], env)))
+        except WorkflowError as e:
+            if strict:
+                raise WorkflowError(f"{where}: expression tag '{text[start : end + 2]}': {e}") from e
+            out.append(text[start : end + 2])  # left as is until its names are known, as Argo's allowUnresolved
+        pos = end + 2
+    return "".join(out) + text[pos:]
+
+
+def _tag_end(text: str, pos: int) -> int:
+    """Where the `}}` closing an expression tag starts: braces and quotes inside it are skipped; -1 if none."""
+    depth, quote = 0, ""
+    while pos < len(text):
+        char = text[pos]
+        if quote:
+            pos += 2 if char == "\\" else 1
+            quote = "" if char == quote else quote
+            continue
+        if char in "'\"":
+            quote = char
+        elif char == "{":
+            depth += 1
+        elif char == "}" and depth == 0 and text.startswith("}}", pos):
+            return pos
+        elif char == "}":
+            depth -= 1
+        pos += 1
+    return -1
 
 
 @dataclass(frozen=True)
@@ -109,7 +151,7 @@ class _Parser:
         return value
 
     def _unexpected(self, tok: _Tok) -> WorkflowError:
-        return WorkflowError(f"unexpected {self.expr[tok.pos:].strip()!r}")
+        return WorkflowError(f"unexpected {self.expr[tok.pos :].strip()!r}")
 
     def _peek(self) -> _Tok | None:
         return self.tokens[self.pos] if self.pos < len(self.tokens) else None

@@ -37,6 +37,7 @@ class ClusterConfig:
     secrets: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     source: str = "no cluster config"
     annotations: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # ConfigMap name -> annotations
+    claims: frozenset[str] = frozenset()  # PersistentVolumeClaim names (existing claims a volume may name)
 
     @classmethod
     def load(cls, folder: Path | None) -> ClusterConfig:
@@ -52,6 +53,7 @@ class ClusterConfig:
         config_maps: dict[str, dict[str, str]] = {}
         secrets: dict[str, dict[str, str]] = {}
         annotations: dict[str, dict[str, str]] = {}
+        claims: set[str] = set()
         for path in sorted([*folder.rglob("*.yaml"), *folder.rglob("*.yml")]):
             for doc in _documents(path):
                 kind, name = doc.get("kind"), str((doc.get("metadata") or {}).get("name", ""))
@@ -61,7 +63,9 @@ class ClusterConfig:
                     annotations[name] = {str(k): str(v) for k, v in notes.items()}
                 elif kind == "Secret" and name:
                     secrets[name] = _secret_data(doc, f"{path}: Secret {name}")
-        return cls(config_maps, secrets, str(folder), annotations)
+                elif kind == "PersistentVolumeClaim" and name:
+                    claims.add(name)
+        return cls(config_maps, secrets, str(folder), annotations, frozenset(claims))
 
     def config_map(self, name: str, *, optional: bool = False) -> Mapping[str, str]:
         """The data of ConfigMap `name` (empty when optional and missing).

@@ -27,21 +27,20 @@ from workflows.runner.podpatch import patch_template
 from workflows.runner.pods import PodSpec, parse_duration, run_pod, sleep_until
 from workflows.runner.retry import Backoff, expression_allows, retry_scope, retry_wanted
 from workflows.runner.sandbox import sandbox_for
+from workflows.runner.scope import NAMESPACE, template_inputs, workflow_globals
 from workflows.runner.state import STATE, STATUS, SavedRun, last_seq, requested_shutdown, write_json
 from workflows.runner.sync import acquire, locks_of
 from workflows.runner.tasks import TaskContext, run_dag, run_steps
 from workflows.runner.templates import (
     TemplateResolver,
-    check_enum,
-    parameter_value,
     path_placeholders,
     template_outputs,
     with_resolved_paths,
 )
+from workflows.runner.volumes import VolumePlaces, init_containers, pod_mounts
 
 __all__ = ["Runner"]
 
-NAMESPACE = "local"  # `workflow.namespace`, and the namespace of locks
 _TERMINAL = frozenset({"Succeeded", "Failed", "Error", "Skipped", "Omitted"})
 _REUSED = frozenset({"Pod", "Retry", "Suspend"})  # leaves a resumed run takes as they were
 _DEADLINES = ("activeDeadlineSeconds", "timeout")
@@ -100,34 +99,7 @@ class Runner:
         self.store = ArtifactStore(self.cluster, self.spec.get("artifactRepositoryRef"))
 
     def _globals(self) -> dict[str, str]:
-        given = dict(self.options.parameters)
-        scope = {
-            "workflow.name": self.name,
-            "workflow.uid": self.uid,
-            "workflow.namespace": NAMESPACE,
-            "workflow.serviceAccountName": str(self.spec.get("serviceAccountName", "default")),
-            "workflow.creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "workflow.mainEntrypoint": str(self.spec.get("entrypoint", "")),
-        }
-        for kind in ("labels", "annotations"):  # workflow.labels.<NAME>, .json and (deprecated) the bare JSON
-            notes = {str(k): str(v) for k, v in (self.metadata.get(kind) or {}).items()}
-            scope |= {f"workflow.{kind}.{k}": v for k, v in notes.items()}
-            scope[f"workflow.{kind}"] = scope[f"workflow.{kind}.json"] = json.dumps(notes)
-        declared = self.spec.get("arguments", {}).get("parameters", [])
-        for param in declared:
-            name = str(param["name"])
-            value = parameter_value(param, given.pop(name, None), self.cluster, f"workflow parameter {name!r}")
-            if value is None:
-                raise WorkflowError(f"workflow parameter {name!r} has no value; pass -p {name}=VALUE")
-            check_enum(param, str(value), f"workflow parameter {name!r}")
-            scope[f"workflow.parameters.{name}"] = str(value)
-        if given:
-            known = ", ".join(str(p["name"]) for p in declared) or "none"
-            raise WorkflowError(f"unknown parameter(s) {', '.join(sorted(given))}: this workflow takes {known}")
-        scope["workflow.parameters"] = json.dumps(
-            [{"name": k.split(".", 2)[2], "value": v} for k, v in scope.items() if k.startswith("workflow.param")]
-        )
-        return scope
+        return workflow_globals(self.name, self.uid, self.workflow, dict(self.options.parameters), self.cluster)
 
     # ---- template resolution and inputs -------------------------------------------------------------------
 
@@ -146,18 +118,7 @@ class Runner:
 
     def inputs(self, tmpl: Mapping[str, Any], args: Mapping[str, str]) -> dict[str, str]:
         """The template's input parameters: arguments, else value/default; enums checked."""
-        values: dict[str, str] = {}
-        for param in tmpl.get("inputs", {}).get("parameters", []):
-            name = str(param["name"])
-            value = parameter_value(param, args.get(name), self.cluster, f"template {tmpl['name']}: input {name!r}")
-            if value is None:
-                raise WorkflowError(
-                    f"template {tmpl['name']}: input parameter {name!r} has no value; "
-                    "pass it as an argument or give it a default"
-                )
-            values[name] = str(value)
-            check_enum(param, values[name], f"template {tmpl['name']}: input {name!r}")
-        return values
+        return template_inputs(tmpl, args, self.cluster, self.globals)
 
     def scope_for(self, inputs: Mapping[str, str], extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Global variables + `inputs.parameters.*` (+ the JSON list Hera's runner reads)."""
@@ -305,6 +266,8 @@ class Runner:
         try:
             tmpl, recorded = patch_template(tmpl, self.spec.get("podSpecPatch"), scope)
             node.scheduling.update(recorded)
+            claims = frozenset(str(c["metadata"]["name"]) for c in self.spec.get("volumeClaimTemplates") or [])
+            places = VolumePlaces(self.run_dir / "nodes" / node.id, self.run_dir, claims)
             spec = PodSpec(
                 with_resolved_paths(tmpl, scope),
                 scope,
@@ -316,6 +279,8 @@ class Runner:
                 store=self.store,
                 sandbox=self.sandbox,
                 stopped=self._kill_reason,
+                mounts=(mounts := tuple(pod_mounts(tmpl, self.spec, places, self.cluster))),
+                init=init_containers(tmpl, self.spec, places, self.cluster, mounts),
             )
             if self.pod_slots:
                 with self.pod_slots:

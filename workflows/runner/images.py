@@ -6,7 +6,9 @@ the build stage copies and installs (workflows/, steps/, registry/) go to a read
 `.dockerignore` filters both, with Docker's rules (patterns anchored at the build context's root, `**` for any
 depth, `!` re-includes, the last match wins). The project's virtualenv stands in for the image's /opt/venv, and
 the final stage's `ENV` lines are the environment. Any other image (alpine, python:alpine, debian...) is the
-host's system folders, read-only, with Docker's default PATH.
+host's system folders, read-only, with Docker's default PATH. The images Argo's examples rely on for their own
+entrypoint or binaries get stand-ins from workflows/runner/tools/: argoproj/argosay (entrypoint `/argosay`, and
+`cowsay` on PATH as its base image has) and docker/whalesay (`cowsay`).
 """
 
 from __future__ import annotations
@@ -26,12 +28,27 @@ import pathspec
 from registry.errors import WorkflowError
 from steps.core.images import STEPS_IMAGE
 
-__all__ = ["DEFAULT_PATH", "PROJECT", "SITE", "ImageRoot", "build_steps_image", "is_steps_image", "plain_image"]
+__all__ = [
+    "DEFAULT_PATH",
+    "GAMES",
+    "PROJECT",
+    "SITE",
+    "TOOLS",
+    "ImageRoot",
+    "build_steps_image",
+    "entrypoint",
+    "is_steps_image",
+    "plain_image",
+    "tool_image",
+]
 
 PROJECT = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's, for an image without ENV
 SITE = "/opt/llmrelease"  # where the steps image's own packages are importable from (PYTHONPATH)
 _DOCKERFILE = Path("images/steps/Dockerfile")
+TOOLS = Path(__file__).resolve().parent / "tools"  # stand-ins for the binaries of the images below
+GAMES = "/usr/games"  # where Debian's cowsay lives; on PATH in the images that have it
+_TOOL_IMAGES = {"argoproj/argosay": ("/argosay",), "docker/whalesay": ("cowsay",)}  # repository -> entrypoint
 
 
 @dataclass(frozen=True)
@@ -59,10 +76,31 @@ def is_steps_image(image: str) -> bool:
     return image.split("@", 1)[0].rsplit(":", 1)[0] == repository if image else False
 
 
+def _repository(image: str) -> str:
+    name = image.split("@", 1)[0]
+    tail = name.rsplit("/", 1)[-1]
+    name = name.rsplit(":", 1)[0] if ":" in tail else name
+    return name.removeprefix("docker.io/").removeprefix("quay.io/")
+
+
+def tool_image(image: str) -> bool:
+    """Whether `image` is one whose binaries (argosay, cowsay) the runner stands in for from TOOLS."""
+    return _repository(image) in _TOOL_IMAGES
+
+
+def entrypoint(image: str) -> list[str]:
+    """The image's ENTRYPOINT as the pod sees it, for a container without `command`; [] when unknown."""
+    return list(_TOOL_IMAGES.get(_repository(image), ()))
+
+
 def plain_image(image: str) -> ImageRoot:
     """Any image but the steps image: the host's system folders; `python` is the host's base interpreter."""
-    base = getattr(sys, "_base_executable", sys.executable)
-    return ImageRoot(image, python=os.path.realpath(base))
+    base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    if not tool_image(image):
+        return ImageRoot(image, python=base)
+    binds = ((str(TOOLS), GAMES), *((str(TOOLS / e.lstrip("/")), e) for e in entrypoint(image) if e[0] == "/"))
+    env = {"PATH": f"{DEFAULT_PATH}:{GAMES}", "HOME": "/root"}
+    return ImageRoot(image, binds, env=env, python=base)
 
 
 def build_steps_image(image: str, into: Path) -> ImageRoot:

@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = ["RunOptions", "RunResult", "unsupported"]
 
-_REFUSED_TEMPLATE = ("resource", "http", "data", "containerSet", "plugin", "sidecars", "initContainers", "volumes")
+_REFUSED_TEMPLATE = ("resource", "http", "data", "containerSet", "plugin", "sidecars")
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,14 @@ class RunResult:
 
 def unsupported(spec: Mapping[str, Any]) -> list[str]:
     """Fields the local runner cannot honour, each as 'where: field', found before anything runs."""
-    found = [f"spec.{key}" for key in ("volumes", "volumeClaimTemplates", "hostNetwork") if spec.get(key)]
+    found = [f"spec.{key}" for key in ("hostNetwork",) if spec.get(key)]
     for tmpl in spec.get("templates", []):
         where = f"template {tmpl.get('name')}"
         found += [f"{where}: {key}" for key in _REFUSED_TEMPLATE if tmpl.get(key)]
         if tmpl.get("daemon"):
             found.append(f"{where}: daemon")
         body = tmpl.get("container") or tmpl.get("script") or {}
-        found += [f"{where}: {key}" for key in ("volumeMounts", "volumeDevices") if body.get(key)]
+        found += [f"{where}: {key}" for key in ("volumeDevices",) if body.get(key)]
         for task in tmpl.get("dag", {}).get("tasks", []):
             found += [f"{where}: task {task.get('name')}: {k}" for k in ("onExit", "hooks") if task.get(k)]
     return found

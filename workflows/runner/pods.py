@@ -12,6 +12,7 @@ the environment Argo gives it (workflows/runner/environment.py).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import posixpath
 import re
@@ -31,9 +32,10 @@ from workflows.argo.expressions import substitute
 from workflows.runner.artifacts import ArtifactStore, input_source
 from workflows.runner.cluster import ClusterConfig
 from workflows.runner.environment import env_from_sources, expand_references, pod_environment
-from workflows.runner.images import ImageRoot
+from workflows.runner.images import TOOLS, ImageRoot, entrypoint, tool_image
 from workflows.runner.nodes import Node
 from workflows.runner.sandbox import STAGED_SCRIPT, Sandbox
+from workflows.runner.volumes import InitContainer, Mount
 
 __all__ = ["PodSpec", "run_pod", "parse_duration", "RESULT_CAP"]
 
@@ -57,6 +59,8 @@ class PodSpec:
     sandbox: Sandbox | None = None  # `--isolation bwrap`: run inside bubblewrap (None: a plain subprocess)
     store: ArtifactStore = field(default_factory=ArtifactStore)  # the run's artifact repository (or local folder)
     stopped: Callable[[], str] = field(default=lambda: "")  # why the running pod must be killed now ("" if not)
+    mounts: tuple[Mount, ...] = ()  # its volumes (workflows/runner/volumes.py), in volumeMounts order
+    init: tuple[InitContainer, ...] = ()  # its initContainers, run in order before the main container
 
 
 def parse_duration(value: object, where: str) -> float:
@@ -106,7 +110,7 @@ def _command(spec: PodSpec, remap: Any, image: ImageRoot | None = None, script_a
     """
     tmpl, where = spec.template, f"template {spec.template.get('name')}"
     body = tmpl.get("script") or tmpl.get("container") or {}
-    command = [str(c) for c in body.get("command", [])]
+    command = [str(c) for c in body.get("command", [])] or entrypoint(str(body.get("image", "")))
     if not command:
         raise WorkflowError(
             f"{where}: container.command is required by the local runner (it cannot read the "
@@ -121,6 +125,8 @@ def _command(spec: PodSpec, remap: Any, image: ImageRoot | None = None, script_a
         script.write_text(source)
         script.chmod(0o755)  # `command: [sh, -c]` or [bash, -c] runs the path as a program: 126 if not executable
         words.append(STAGED_SCRIPT if image else str(script))
+    if image is None and tool_image(str(body.get("image", ""))) and words[0] in entrypoint(str(body["image"])):
+        words[0] = str(TOOLS / words[0].lstrip("/"))  # --isolation none: the stand-in where it lies here
     if words[0] in _PYTHONS and (image is None or image.python):
         words[0] = image.python if image else sys.executable
     return words
@@ -131,6 +137,8 @@ def _environment(spec: PodSpec, remap: Any) -> dict[str, str]:
     if spec.cluster.source != ClusterConfig().source:  # --cluster-config given: envFrom as Kubernetes gives it
         env.update(env_from_sources(spec.template, spec.cluster))
     body = spec.template.get("script") or spec.template.get("container") or {}
+    if tool_image(str(body.get("image", ""))):
+        env["PATH"] = f"{env.get('PATH', '')}:{TOOLS}"  # the image's cowsay
     for item in body.get("env", []):
         name = str(item["name"])
         if "value" in item:
@@ -183,11 +191,23 @@ def _save_artifacts(spec: PodSpec, node: Node, remap: Any, *, best_effort: bool 
 
 
 def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
-    """Run the leaf once; returns (phase, message) and fills node outputs, stdout and stderr files."""
+    """Run the leaf once; returns (phase, message) and fills node outputs, stdout and stderr files.
+
+    Its init containers run first, in order, each as a process of the pod's image with the volumes it mounts; one
+    that fails fails the pod (its logs under `<node dir>/init/<name>`), and the main container does not start.
+    """
     spec.node_dir.mkdir(parents=True, exist_ok=True)
+    for init in spec.init:
+        name = str(init.container.get("name", "init"))
+        template = {"name": spec.template.get("name"), "container": init.container}
+        step = dataclasses.replace(spec, template=template, node_dir=spec.node_dir / "init" / name, init=())
+        phase, message = run_pod(dataclasses.replace(step, mounts=init.mounts), Node(node.id, name, name, "Pod", name))
+        if phase != "Succeeded":
+            return phase, f"init container {name}: {message}"
     if spec.sandbox is not None:
         return _run_isolated(spec, spec.sandbox, node)
     table = _remap_table(spec.template, spec.node_dir / "root")
+    table.update({m.path: m.host for m in spec.mounts})  # a volume is its folder, wherever its path appears
     remap = _remapper(table)
     for declared in _declared_paths(spec.template):
         Path(remap(declared)).parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +230,11 @@ def _run_isolated(spec: PodSpec, sandbox: Sandbox, node: Node) -> tuple[str, str
     workdir = str(body.get("workingDir") or image.workdir)
 
     def locate(path: str) -> str:
-        return str(pod) + posixpath.join(workdir, path)
+        path = posixpath.join(workdir, path)
+        for mount in reversed(spec.mounts):  # a path in a volume lies in the volume's folder
+            if path == mount.path or path.startswith(mount.path + "/"):
+                return mount.host + path[len(mount.path) :]
+        return str(pod) + path
 
     sandbox.prepare(pod)
     try:
@@ -219,7 +243,7 @@ def _run_isolated(spec: PodSpec, sandbox: Sandbox, node: Node) -> tuple[str, str
         argv = [expand_references(w, variables) for w in _command(spec, str, image, Path(locate(STAGED_SCRIPT)))]
         (spec.node_dir / "command").write_text(" ".join(argv) + "\n")
         declared = [*_declared_paths(spec.template), *([STAGED_SCRIPT] if "script" in spec.template else [])]
-        wrapped = sandbox.wrap(argv, image, pod, workdir, str(spec.scope.get("pod.name", "pod")), declared)
+        wrapped = sandbox.wrap(argv, image, pod, workdir, str(spec.scope.get("pod.name", "pod")), declared, spec.mounts)
         (spec.node_dir / "sandbox").write_text(" ".join(wrapped) + "\n")
         return _launch(spec, node, wrapped, env, locate, settle=lambda: sandbox.settle(pod))
     finally:

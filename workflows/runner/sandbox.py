@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from registry.errors import WorkflowError
 from workflows.runner.images import PROJECT, ImageRoot, build_steps_image, is_steps_image, plain_image
+from workflows.runner.volumes import Mount
 
 __all__ = ["ISOLATIONS", "STAGED_SCRIPT", "Sandbox", "bwrap_problem", "sandbox_for"]
 
@@ -89,9 +90,19 @@ class Sandbox:
                 os.unlink(entry.path)
 
     def wrap(
-        self, argv: Sequence[str], image: ImageRoot, pod: Path, workdir: str, hostname: str, declared: Sequence[str]
+        self,
+        argv: Sequence[str],
+        image: ImageRoot,
+        pod: Path,
+        workdir: str,
+        hostname: str,
+        declared: Sequence[str],
+        mounts: Sequence[Mount] = (),
     ) -> list[str]:
-        """The bwrap command line running `argv` as a pod of `image`, `declared` paths bound from `pod`."""
+        """The bwrap command line running `argv` as a pod of `image`, `declared` paths bound from `pod`.
+
+        `mounts` (its volumes) are bound last, so a volume shows over a declared path's folder.
+        """
         replaced = {PurePosixPath(target).parts[1] for _, target in image.binds if _is_replaced(target)}
         words = [self.bwrap]
         shared: set[str] = set()
@@ -108,7 +119,10 @@ class Sandbox:
             words += ["--tmpfs", str(PROJECT)]
         for source, target in image.binds:
             words += ["--ro-bind", source, target]
-        words += _declared_mounts(pod, declared)
+        occupied = shared | {PurePosixPath(target).parts[1] for _, target in image.binds}
+        words += _declared_mounts(pod, declared, occupied)
+        for mount in mounts:
+            words += ["--ro-bind" if mount.read_only else "--bind", mount.host, mount.path]
         words += [
             *(["--dir", workdir] if workdir != "/" else []),
             "--unshare-pid",
@@ -125,17 +139,19 @@ class Sandbox:
         return words
 
 
-def _declared_mounts(pod: Path, declared: Sequence[str]) -> list[str]:
-    """Binds putting each declared path (outside /tmp) in `pod` on this machine: its folder, or itself at the root.
+def _declared_mounts(pod: Path, declared: Sequence[str], occupied: set[str]) -> list[str]:
+    """Binds putting each declared path (outside /tmp) in `pod` on this machine: a folder, or itself at the root.
 
-    Only the outermost of nested folders is bound. A root-level path that is not there yet (an output) is bound
-    as an empty placeholder file at mtime 0, which `Sandbox.settle` removes if the pod never wrote it.
+    The folder is the path's top-level one when neither the host nor the image has it (so /mnt/out is not there
+    until the pod makes it, as in a container), else its parent. Only the outermost of nested folders is bound. A
+    root-level path that is not there yet (an output) is bound as an empty placeholder file at mtime 0, which
+    `Sandbox.settle` removes if the pod never wrote it.
     """
     words: list[str] = []
     bound = ["/tmp"]
     for path in sorted({posixpath.normpath(p) for p in declared}, key=len):
-        parent = posixpath.dirname(path)
-        target = path if parent == "/" else parent
+        parent, top = posixpath.dirname(path), PurePosixPath(path).parts[1]
+        target = path if parent == "/" else parent if top in occupied else f"/{top}"
         if any(target == b or target.startswith(b + "/") for b in bound):
             continue
         host = pod / target.lstrip("/")
