@@ -17,6 +17,7 @@ stored too, which also makes a retried batch-eval step cheap.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 from collections.abc import Mapping
@@ -25,6 +26,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from steps.evals.engines.base import EvalError
 from steps.evals.results import SuiteResult, write_json_atomic
 
 __all__ = ["GenerationSettings", "ResultCache", "cache_key", "short_hex"]
@@ -108,10 +110,22 @@ class ResultCache:
         return _relabel(result, relabel or {})
 
     def put(self, result: SuiteResult) -> Path:
-        """Store `result` under the key its own fields give; returns the file written."""
+        """Store `result` under the key its own fields give; returns the file written.
+
+        Raises:
+            EvalError: The file cannot be written (no space left, no permission); nothing half-written is left
+                (`write_json_atomic` removes its temporary file), so a later run misses and evaluates again.
+        """
         settings = GenerationSettings.model_validate(result.generation)
         path = self.path_for(result.model_digest, result.suite_sha256, settings)
-        return write_json_atomic(path, result.model_dump_json())
+        try:
+            return write_json_atomic(path, result.model_dump_json())
+        except OSError as e:
+            why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
+            raise EvalError(
+                f"eval result cache {path}: cannot write it ({why}): free space under {self.root} or point "
+                "LLMRELEASE_HOME at a larger volume, then re-run (nothing half-written was kept)"
+            ) from e
 
 
 def _relabel(result: SuiteResult, names: Mapping[str, str]) -> SuiteResult:

@@ -7,11 +7,13 @@ Reliability, in the order a request meets it:
 2. circuit breaker: after `breaker_threshold` consecutive failed attempts it opens for `breaker_cooldown_s`
    and every request fails fast; then one probe is let through (half-open) and closes it again on success;
 3. per-request deadline: `timeout_s` bounds each attempt (connect, read and the whole exchange);
-4. retries under the platform's one policy (`registry.retry.RetryPolicy`) ONLY on 429/502/503/504, connection
-   errors and timeouts, at most `max_retries` times and within a total deadline per request (`deadline_s`,
-   default LLMRELEASE_SERVICE_DEADLINE_S or 60 s), with exponential backoff and jitter, or exactly the server's
-   Retry-After (seconds or an HTTP date, capped at `max_retry_after_s`); 400/401/403/404 and other errors fail
-   at once with an `EvalError` naming the fix.
+4. retries under the platform's one policy (`registry.retry.RetryPolicy`) ONLY on 429/500/502/503/504, connection
+   errors and timeouts (500 too, unlike MLflow's: providers answer it for transient faults and document a
+   retry), at most `max_retries` times and within a total deadline per request (`deadline_s`, default
+   LLMRELEASE_SERVICE_DEADLINE_S or 60 s), with exponential backoff and jitter, or exactly the server's
+   Retry-After (seconds or an HTTP date, capped at `max_retry_after_s`; none beyond the deadline); when they run
+   out, ONE line names the API, the URL, the tries, the deadline and what to check. 400/401/403/404, other
+   errors and a garbage reply (not JSON, truncated, the wrong shape) fail at once with an `EvalError` naming the fix.
 
 The API key is read from the environment variable named by `api_key_env` (a Kubernetes Secret in production),
 sent as a bearer token and never logged or put in an error message.
@@ -35,7 +37,8 @@ from steps.evals.engines.base import GENERATE, LOGLIKELIHOOD, EvalError, Generat
 
 __all__ = ["RETRY_STATUSES", "CircuitBreaker", "OpenAIHTTPEngine", "parse_retry_after"]
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+"""Retried statuses: rate limited, a transient server fault, a gateway/overload answer."""
 _Json = dict[str, Any]
 _Reply = tuple[str, _Json, float]  # (url, JSON body, latency of the successful attempt in ms)
 
@@ -249,11 +252,17 @@ class OpenAIHTTPEngine:
                 with attempt:
                     return await self._attempt(client, url, body)
         except _Transient as e:
-            tries = int(retrying.statistics.get("attempt_number", 0))
-            bound = "" if tries >= self.max_retries + 1 else f" within the {self._policy.deadline_s:g} s deadline"
-            hint = "" if not bound else f" ({DEADLINE_ENV})"
-            raise EvalError(f"{e} (gave up after {tries} attempts{bound}{hint}): {e.fix}") from e
+            raise self._gave_up(e, int(retrying.statistics.get("attempt_number", 0))) from e
         raise AssertionError("unreachable: tenacity re-raises the last failure")
+
+    def _gave_up(self, error: _Transient, tries: int) -> EvalError:
+        """The one line for a request whose retries ran out: the API, the URL, the tries, the bound, the fix."""
+        bound = "" if tries >= self.max_retries + 1 else f" within the {self._policy.deadline_s:g} s deadline"
+        hint = "" if not bound else f" ({DEADLINE_ENV})"
+        asked = "" if error.retry_after is None else f", the server last asked to retry after {error.retry_after:g} s"
+        return EvalError(
+            f"OpenAI-compatible API: {error} (gave up after {tries} attempts{bound}{hint}){asked}: {error.fix}"
+        )
 
     async def _attempt(self, client: httpx.AsyncClient, url: str, body: _Json) -> _Reply:
         self.breaker.before()
@@ -281,7 +290,16 @@ class OpenAIHTTPEngine:
         try:
             data = response.json()
         except ValueError as e:
-            raise EvalError(f"{url} answered {response.status_code} with non-JSON: check base_url (…/v1)") from e
+            raise EvalError(
+                f"OpenAI-compatible API at {url} answered {response.status_code} with a body that is not JSON "
+                f"({shorten(repr(response.text[:200]), 80)}): check base_url (it usually ends in /v1) and that the "
+                "server speaks the OpenAI API"
+            ) from e
+        if not isinstance(data, dict):
+            raise EvalError(
+                f"OpenAI-compatible API at {url} answered JSON that is not an object ({type(data).__name__}): "
+                "check base_url and that the server speaks the OpenAI API"
+            )
         return url, data, latency_ms
 
     def _check_status(self, url: str, response: httpx.Response) -> None:
@@ -292,7 +310,10 @@ class OpenAIHTTPEngine:
         if status in RETRY_STATUSES:
             self.breaker.failure(f"{status}")
             wait = parse_retry_after(response.headers.get("retry-after"))
-            raise _Transient(f"{status} from {url}", "the server is overloaded: retry later or lower concurrency", wait)
+            fix = "the server is overloaded: retry later or lower concurrency"
+            if status == 500:
+                fix = f"the server kept failing ({_detail(response)}): check its status page or logs, then retry"
+            raise _Transient(f"{status} from {url}", fix, wait)
         if status >= 500:
             self.breaker.failure(f"{status}")
             raise EvalError(f"{status} from {url} ({_detail(response)}): the server failed; check its logs")
@@ -310,8 +331,13 @@ class OpenAIHTTPEngine:
     def _generation(self, url: str, data: _Json, latency_ms: float) -> Generation:
         try:
             text = data["choices"][0]["message"]["content"] or ""
+            if not isinstance(text, str):
+                raise TypeError(f"content is a {type(text).__name__}")
         except (KeyError, IndexError, TypeError) as e:
-            raise EvalError(f"{url}: reply has no choices[0].message.content: check it is OpenAI-compatible") from e
+            raise EvalError(
+                f"OpenAI-compatible API at {url}: reply has no text at choices[0].message.content "
+                f"(keys: {', '.join(sorted(map(str, data))[:8]) or 'none'}): check it is OpenAI-compatible"
+            ) from e
         usage = data.get("usage") or {}
         tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
         return Generation(
