@@ -260,3 +260,17 @@ def test_missing_haproxy_names_the_package(
     with pytest.raises(RoutingError, match=r"haproxy not found: install the Debian package `haproxy`"):
         router.start()
     assert not router.running
+
+
+def test_the_router_lists_its_served_model_like_vllm(model_servers: dict[str, str]) -> None:
+    """GIVEN a router started with served_model="demo-qa" (what the local plane passes)
+    WHEN GET /v1/models is asked THEN HAProxy answers it itself with that one model in vLLM's shape, while every
+    other request still goes to the backends; a name that cannot be quoted safely is refused before anything runs."""
+    with HAProxyRouter(model_servers, port=_free_port(), served_model="demo-qa") as router:
+        listed = httpx.get(f"{router.url}/v1/models", timeout=5)
+        assert listed.status_code == 200 and listed.headers["content-type"] == "application/json"
+        assert listed.json()["object"] == "list"
+        assert [(m["id"], m["object"]) for m in listed.json()["data"]] == [("demo-qa", "model")]
+        assert httpx.get(f"{router.url}/v1/other", timeout=5).text == STABLE
+    with pytest.raises(RoutingError, match='served model name "demo\'qa" is not a plain name'):
+        HAProxyRouter(model_servers, port=_free_port(), served_model="demo'qa")

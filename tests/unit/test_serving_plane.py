@@ -14,10 +14,11 @@ from steps.release.policy import load_policy
 from steps.rollout.routing.base import BackendRouter, Router
 from steps.rollout.routing.gateway import GatewayRouter
 from steps.rollout.routing.haproxy import HAProxyRouter
-from steps.rollout.serving.base import ServingPlane
+from steps.rollout.serving.base import PlaneState, ServingPlane
 from steps.rollout.serving.factory import serving_plane
-from steps.rollout.serving.guard import GuardedPlane
+from steps.rollout.serving.guard import CanaryGuard, GuardedPlane
 from steps.rollout.serving.local import LocalServing
+from steps.rollout.serving.remote import SERVING_URL_ENV, RemoteGuard, RemoteRouter, RemoteServing
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_POLICY = REPO / "policy" / "platform-policy.yaml"
@@ -61,6 +62,30 @@ def test_local_serving_is_a_serving_plane(tmp_path: Path) -> None:
     assert isinstance(plane, ServingPlane)
     router: BackendRouter = HAProxyRouter({"v1": "127.0.0.1:9"}, port=9)
     assert isinstance(router, BackendRouter) and isinstance(router, Router)
+
+
+def test_remote_serving_is_a_guarded_serving_plane() -> None:
+    """GIVEN the client of the local plane's service WHEN checked against the interfaces (at run time, and by mypy
+    on the assignments) THEN it is a ServingPlane and a GuardedPlane, its router a BackendRouter, its guard a
+    CanaryGuard: the steps drive it exactly as the in-process plane."""
+    plane: ServingPlane = RemoteServing("http://127.0.0.1:9")
+    assert isinstance(plane, ServingPlane) and isinstance(plane, GuardedPlane)
+    remote = RemoteServing("http://127.0.0.1:9")
+    router: BackendRouter = RemoteRouter(remote, PlaneState(model="m"))
+    guard: CanaryGuard = RemoteGuard(remote, "m", workflow_uid="u", candidate="2", deadline=30.0)
+    assert isinstance(guard, CanaryGuard)  # (isinstance on the router would read its live `backends`: mypy checks it)
+    assert all(callable(getattr(router, name)) for name in ("set_weights", "weights", "add_backend", "stop"))
+
+
+def test_the_serving_url_selects_the_service(tmp_path: Path, monkeypatch: Any) -> None:
+    """GIVEN LLMRELEASE_SERVING_URL (the local profile's ConfigMap sets it) WHEN a plane is asked for, with or
+    without an environment THEN it is the service's client at that URL; unset, the in-process plane."""
+    monkeypatch.setenv(SERVING_URL_ENV, "http://127.0.0.1:8790/")
+    plane = serving_plane("prod", tmp_path, load_policy(SHIPPED_POLICY))
+    assert isinstance(plane, RemoteServing) and plane.url == "http://127.0.0.1:8790"
+    assert isinstance(serving_plane("", tmp_path), RemoteServing)
+    monkeypatch.delenv(SERVING_URL_ENV)
+    assert isinstance(serving_plane("", tmp_path), LocalServing)
 
 
 def test_the_interface_holds_exactly_what_the_rollout_code_uses() -> None:

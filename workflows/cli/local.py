@@ -17,7 +17,7 @@ __all__ = ["add_commands"]
 
 def add_commands(sub: Any) -> None:
     """Add `local up|down|status` to the `llmrelease` parser's subparsers."""
-    local = sub.add_parser("local", help="the local profile: MLflow, S3, Ray, Prometheus as services on 127.0.0.1")
+    local = sub.add_parser("local", help="the local profile: MLflow, S3, Ray, Prometheus, serving plane on 127.0.0.1")
     local_sub = local.add_subparsers(dest="local_command", required=True)
     start = local_sub.add_parser("up", help="start the services (those not running) and write the cluster config")
     start.add_argument("--no-ray", action="store_true", help="no Ray cluster: steps start Ray in their own process")
@@ -27,7 +27,7 @@ def add_commands(sub: Any) -> None:
         action="append",
         default=[],
         metavar="NAME=PORT",
-        help="a fixed port (s3, mlflow, pushgateway, prometheus, ray); default: the recorded one, else a free one",
+        help="a fixed port (s3, mlflow, pushgateway, prometheus, serving, ray); default: recorded, else free",
     )
     start.add_argument("--json", action="store_true", help="print what was started and the services as JSON")
     start.set_defaults(func=_cmd_up)

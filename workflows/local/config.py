@@ -3,7 +3,8 @@
 `llmrelease local up` writes them to `<LLMRELEASE_HOME>/local/cluster-config/`, the folder `llmrelease run
 --cluster-config DIR` reads (`workflows.runner.cluster`):
 
-* ConfigMap `llmrelease-config` (every step `envFrom`s it): MLflow, S3, Ray, Pushgateway, Prometheus, serving plane;
+* ConfigMap `llmrelease-config` (every step `envFrom`s it): MLflow, S3, Ray, Pushgateway, Prometheus, the serving
+  plane's service (LLMRELEASE_SERVING_URL: steps drive the local plane through it);
 * Secret `llmrelease-s3` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and Secret `llmrelease-ray` (the Ray cluster's
   token: RAY_AUTH_MODE, RAY_AUTH_TOKEN), for `secretKeyRef`;
 * ConfigMap `artifact-repositories` (Argo's format): the default repository `local`, the S3 bucket;
@@ -41,6 +42,7 @@ def config_data(home: Path, ports: Mapping[str, int], *, ray: bool) -> dict[str,
         "LLMRELEASE_PUSHGATEWAY": f"http://{HOST}:{ports['pushgateway']}",
         "LLMRELEASE_PROMETHEUS": f"http://{HOST}:{ports['prometheus']}",
         "LLMRELEASE_SERVING_PLANE": "local",
+        "LLMRELEASE_SERVING_URL": f"http://{HOST}:{ports['serving']}",
         "LLMRELEASE_HOME": str(home),
     }
     if ray:

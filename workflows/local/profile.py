@@ -37,7 +37,7 @@ from workflows.local.state import ProfileState, ServiceRecord, is_running, locke
 
 __all__ = ["DownResult", "ServiceStatus", "UpResult", "down", "status", "up"]
 
-PORT_NAMES = ("s3", "mlflow", "pushgateway", "prometheus", "ray")
+PORT_NAMES = ("s3", "mlflow", "pushgateway", "prometheus", "serving", "ray")
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,8 @@ def up(home: Path, *, ray: bool = True, timeout: float = 180.0, ports: Mapping[s
         home: LLMRELEASE_HOME.
         ray: Start the two-node Ray cluster too (without it, RAY_ADDRESS stays out of the config).
         timeout: Seconds every service has to become ready, counted from the start.
-        ports: Ports to use instead of those recorded (or free ones): keys s3, mlflow, pushgateway, prometheus, ray.
+        ports: Ports to use instead of those recorded (or free ones): keys s3, mlflow, pushgateway, prometheus,
+            serving, ray.
 
     Raises:
         LocalProfileError: A program is missing, a port is taken, or a service failed or was not ready in time;

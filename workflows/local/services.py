@@ -8,6 +8,9 @@ Each `Service` says how to start it (command and environment), where it listens,
   artifacts proxied (`--artifacts-destination s3://<bucket>/mlartifacts`): clients upload through the server,
   which writes to the S3 bucket; a client needs no S3 credentials for MLflow's artifacts.
 * `pushgateway` and `prometheus` (the Debian packages); Prometheus scrapes the gateway and itself every 5 s.
+* `serving`: the local serving plane's service (`steps.rollout.serving.service`): it owns the model servers,
+  HAProxy routers and canary watchdogs, so they outlive the step pods that asked for them; steps reach it at
+  LLMRELEASE_SERVING_URL. `down` stops it, and it stops every router and model server it owns.
 * `ray-head` and `ray-worker`: a two-node Ray cluster (`ray start --head --block`, then `ray start --address`),
   the CPUs split between the two, token authentication on (the token is a Secret), every port its own. Ray
   advertises the machine's address and listens on every interface (its design): the token is what guards it.
@@ -44,10 +47,11 @@ __all__ = [
 HOST = "127.0.0.1"
 BUCKET = "llmrelease-local"
 REGION = "us-east-1"
-SERVICES = ("s3", "mlflow", "pushgateway", "prometheus", "ray-head", "ray-worker")
+SERVICES = ("s3", "mlflow", "pushgateway", "prometheus", "serving", "ray-head", "ray-worker")
 _RAY_READY = "Ray runtime started."
 _SOCKET_ROOM = 44  # Ray's socket paths (<temp>/session_<40 chars>/sockets/plasma_store) must fit in 107 bytes
 _OBJECT_STORE_BYTES = 256 * 1024 * 1024  # per node: two nodes share a small machine
+_REPO = Path(__file__).resolve().parents[2]  # the serving service runs the steps' code from this checkout
 
 
 class LocalProfileError(WorkflowError):
@@ -176,6 +180,7 @@ def plan(layout: Layout, ports: Mapping[str, int], credentials: Mapping[str, str
             ports["prometheus"],
             install="apt-get install prometheus (.ci/install-system-packages.sh prometheus)",
         ),
+        _serving(layout, ports["serving"], ports["mlflow"]),
     ]
     return services + (_ray_nodes(layout, ports["ray"], credentials) if ray else [])
 
@@ -187,6 +192,15 @@ def _mlflow(layout: Layout, port: int, s3_env: Mapping[str, str]) -> Service:
     command += ["--artifacts-destination", f"s3://{BUCKET}/mlartifacts", "--host", HOST, "--port", str(port)]
     command += ["--workers", "1"]
     return Service("mlflow", command, url, http_ready(f"{url}/health"), port, s3_env, "pip install mlflow")
+
+
+def _serving(layout: Layout, port: int, mlflow_port: int) -> Service:
+    """The serving plane's service; its canary watchdogs release a dead canary's lease through MLflow."""
+    url = f"http://{HOST}:{port}"
+    command = [sys.executable, "-m", "steps.rollout.serving.service", "--home", str(layout.home), "--port", str(port)]
+    env = {"MLFLOW_TRACKING_URI": f"http://{HOST}:{mlflow_port}", "LLMRELEASE_HOME": str(layout.home)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return Service("serving", command, url, http_ready(f"{url}/healthz"), port, env, "pip install -e .[ml]")
 
 
 def _pushgateway(layout: Layout, port: int) -> Service:

@@ -18,6 +18,7 @@ the one asked for, so a broken canary shows up as errors in the canary analysis 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -51,6 +52,8 @@ def render_config(
     port: int,
     socket_path: Path,
     health_checks: bool = False,
+    served_model: str | None = None,
+    created: int = 0,
 ) -> str:
     """Return the haproxy.cfg text for a router (pure; `HAProxyRouter` validates its inputs first).
 
@@ -60,6 +63,9 @@ def render_config(
         port: the 127.0.0.1 port the frontend listens on.
         socket_path: where the admin-level runtime API socket goes.
         health_checks: add `check` to every server (HAProxy then skips servers that fail TCP checks).
+        served_model: the model name every server answers to; the frontend then answers `GET /v1/models` itself
+            with it, as vLLM lists its `--served-model-name` (`transformers serve` lists only its hub cache).
+        created: the epoch second the listed model reports as `created`.
     """
     check = " check inter 1s fall 2 rise 1" if health_checks else ""
     servers = "\n".join(
@@ -83,13 +89,25 @@ defaults
 
 frontend llmrelease
     bind 127.0.0.1:{port}
-    default_backend {BACKEND}
+{_models_answer(served_model, created)}    default_backend {BACKEND}
 
 backend {BACKEND}
     balance roundrobin
     http-response set-header X-Served-By %s
 {servers}
 """
+
+
+def _models_answer(served_model: str | None, created: int) -> str:
+    """The frontend rule that answers `GET /v1/models` with the served model (vLLM's shape); "" without one."""
+    if served_model is None:
+        return ""
+    if not _SERVER_NAME.match(served_model):
+        raise RoutingError(f"served model name {served_model!r} is not a plain name: use letters, digits, . _ : -")
+    entry = {"id": served_model, "object": "model", "created": created, "owned_by": "llmrelease"}
+    body = json.dumps({"object": "list", "data": [{**entry, "root": served_model, "parent": None}]})
+    condition = "{ method GET } { path /v1/models }"
+    return f"    http-request return status 200 content-type application/json string '{body}' if {condition}\n"
 
 
 class HAProxyRouter:
@@ -111,6 +129,7 @@ class HAProxyRouter:
         haproxy: str = "haproxy",
         start_timeout: float = 15.0,
         health_checks: bool = False,
+        served_model: str | None = None,
     ) -> None:
         """Describe the router; nothing starts until `start()`.
 
@@ -123,6 +142,7 @@ class HAProxyRouter:
             haproxy: the haproxy executable, looked up on PATH when it is a bare name.
             start_timeout: seconds to wait for the frontend to accept connections.
             health_checks: let HAProxy TCP-check servers and skip dead ones (off: the split is exact).
+            served_model: the model name the servers answer to: the router lists it at `GET /v1/models`.
         """
         _check_backends(backends)
         if not 0 < port < 65536:
@@ -136,6 +156,8 @@ class HAProxyRouter:
         self._haproxy = haproxy
         self._start_timeout = start_timeout
         self._health_checks = health_checks
+        self._served_model = served_model
+        _models_answer(served_model, 0)  # refuse a bad name before anything starts
         self._process: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None  # an attached haproxy that another process started
         self._pid_created: float | None = None  # its creation time, recorded by `detach`
@@ -256,6 +278,8 @@ class HAProxyRouter:
                 port=self._port,
                 socket_path=self.socket_path,
                 health_checks=self._health_checks,
+                served_model=self._served_model,
+                created=int(time.time()),
             )
         )
         self.socket_path.unlink(missing_ok=True)

@@ -4,7 +4,8 @@ A serving plane serves the versions of a registered model and puts one router in
 operations (`steps.rollout.operations`: deploy, promote, abort, rollback) and the canary step are written against
 the `ServingPlane` interface below, never against an implementation; `steps.rollout.serving.factory.serving_plane`
 picks the implementation an environment's platform policy names. Today there is one: `LocalServing`
-(`transformers serve` processes behind HAProxy on this machine).
+(`transformers serve` processes behind HAProxy on this machine), run in the caller's process or, in the local
+profile, by the plane service that `RemoteServing` drives over HTTP (so the servers outlive the step pods).
 
 Every change happens inside `ServingPlane.locked(model)`, which yields the model's `PlaneState` (its router, the
 server of each version and which version is champion, previous and canary) and records it when the block ends,
@@ -22,11 +23,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from registry.errors import ReleaseError
 from steps.rollout.routing.base import BackendRouter
 
-__all__ = ["PlaneState", "ServerState", "ServingError", "ServingPlane", "server_name"]
+__all__ = ["PlaneLocked", "PlaneState", "ServerState", "ServingError", "ServingPlane", "server_name"]
 
 
 class ServingError(ReleaseError):
     """A model server or router could not be started, reached or changed."""
+
+
+class PlaneLocked(ServingError):
+    """Another holder kept a model's plane lock for as long as the caller would wait."""
 
 
 def server_name(version: str) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_DEADLINE_S",
     "HANDOFF_FACTOR",
     "CanaryGuard",
+    "FileCanaryGuard",
     "GuardTripped",
     "GuardedPlane",
     "Heartbeat",
@@ -128,7 +129,7 @@ def return_to_champion(plane: ServingPlane, state: PlaneState, canary: str) -> N
     Traffic that a rollback already moved to another version (all of it off champion and canary) stays there.
     """
     champion = state.servers.get(state.champion or "")
-    if champion is not None and not alive(champion.pid, champion.pid_created):
+    if champion is not None and not plane.is_ready(state, champion):
         champion = plane.ensure_server(state, champion.version, Path(champion.model_dir))
     if state.router_port is not None and champion is not None and not _router_alive(plane, state):
         plane.ensure_router(state, champion)  # the router died: a fresh one on its port, all on the champion
@@ -153,6 +154,27 @@ def _taken_elsewhere(weights: dict[str, int], champion: str, canary: str) -> boo
 
 
 @runtime_checkable
+class CanaryGuard(Protocol):
+    """The canary step's side of a guard: what `GuardedPlane.canary_guard` returns.
+
+    `FileCanaryGuard` holds it in the plane folder of this machine; `steps.rollout.serving.remote.RemoteGuard` asks
+    the local plane's service to (its watchdog then runs beside the service, outliving the step's pod).
+    """
+
+    def start(self) -> None:
+        """Write a fresh heartbeat and start the watchdog (unless this workflow's is already running)."""
+        ...
+
+    def renew(self, *, factor: float = 1.0) -> None:
+        """Push the deadline `factor` x deadline seconds ahead; GuardTripped when the watchdog already acted."""
+        ...
+
+    def lapse(self, why: str) -> None:
+        """Expire the heartbeat now (the step is failing): the watchdog restores the champion at once."""
+        ...
+
+
+@runtime_checkable
 class GuardedPlane(Protocol):
     """A serving plane that guards its canaries with a heartbeat (the local one; a cluster has Argo Rollouts)."""
 
@@ -169,8 +191,8 @@ def _router_alive(plane: ServingPlane, state: PlaneState) -> bool:
     return True
 
 
-class CanaryGuard:
-    """The canary step's side: start the watchdog, renew the heartbeat, learn that it tripped."""
+class FileCanaryGuard:
+    """The canary step's side, on the plane's machine: start the watchdog, renew the heartbeat, learn it tripped."""
 
     def __init__(self, folder: Path, home: Path, *, model: str, workflow_uid: str, candidate: str, deadline: float):
         """Guard `candidate`'s canary of `model` by `workflow_uid`; state in the plane folder `folder`."""

@@ -42,7 +42,7 @@ from registry.errors import ReleaseError
 from steps.core.proc import alive, started, terminate
 from steps.rollout.routing.haproxy import HAProxyRouter
 from steps.rollout.serving.base import PlaneState, ServerState, ServingError, server_name
-from steps.rollout.serving.guard import CanaryGuard
+from steps.rollout.serving.guard import FileCanaryGuard
 
 __all__ = ["LocalServing", "ready_check"]
 
@@ -94,17 +94,30 @@ class LocalServing:
     @contextlib.contextmanager
     def locked(self, model: str) -> Iterator[PlaneState]:
         """Hold the model's lock; yield its state and write it back when the block ends (even by an error)."""
-        folder = self.model_dir(model)
-        folder.mkdir(parents=True, exist_ok=True)
-        with (folder / ".lock").open("w") as lock:
+        with self.lock_file(model).open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = self.state(model)
             try:
                 yield state
             finally:  # also after an error: the file must name every process the block started
-                tmp = folder / "plane.json.tmp"
-                tmp.write_text(state.model_dump_json(indent=2))
-                os.replace(tmp, folder / "plane.json")
+                self.record(state)
+
+    def lock_file(self, model: str) -> Path:
+        """The file whose `flock` is the model's lock (the plane service holds it for a remote lock's lease)."""
+        folder = self.model_dir(model)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / ".lock"
+
+    def record(self, state: PlaneState) -> None:
+        """Write the model's state file (atomically; call with the model's lock held)."""
+        folder = self.model_dir(state.model)
+        tmp = folder / "plane.json.tmp"
+        tmp.write_text(state.model_dump_json(indent=2))
+        os.replace(tmp, folder / "plane.json")
+
+    def models(self) -> list[str]:
+        """The models that have a recorded state under this home."""
+        return sorted(p.parent.name for p in self._root.glob("*/plane.json")) if self._root.is_dir() else []
 
     def state(self, model: str) -> PlaneState:
         """The model's recorded state (empty when nothing was ever served)."""
@@ -229,9 +242,9 @@ class LocalServing:
         return stale
 
     # --- canary guard ------------------------------------------------------------------------------------------
-    def canary_guard(self, model: str, workflow_uid: str, candidate: str, deadline: float) -> CanaryGuard:
+    def canary_guard(self, model: str, workflow_uid: str, candidate: str, deadline: float) -> FileCanaryGuard:
         """The heartbeat guard of `workflow_uid`'s canary of `candidate` (see `steps.rollout.serving.guard`)."""
-        return CanaryGuard(
+        return FileCanaryGuard(
             self.model_dir(model),
             self._root.parent,
             model=model,
@@ -256,7 +269,10 @@ class LocalServing:
                 pass  # it died (killed, machine restart): start a fresh one below, on its port when still free
         port = state.router_port if state.router_port is not None and _bindable(state.router_port) else _free_port()
         router = HAProxyRouter(
-            {server_name(first.version): first.address}, port=port, workdir=self._router_dir(state.model)
+            {server_name(first.version): first.address},
+            port=port,
+            workdir=self._router_dir(state.model),
+            served_model=state.model,
         ).start()
         router.detach()
         state.router_port = port

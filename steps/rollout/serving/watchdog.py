@@ -1,6 +1,6 @@
 """The canary guard's detached watchdog process: `python -m steps.rollout.serving.watchdog HOME MODEL WORKFLOW_UID`.
 
-Started by `CanaryGuard` (steps.rollout.serving.guard) with the canary; it watches the local plane's heartbeat and
+Started by `FileCanaryGuard` (steps.rollout.serving.guard) with the canary; it watches the local plane's heartbeat and
 puts all traffic back on the champion when it lapses. A module of its own: it needs the local plane, which needs
 the guard.
 """
