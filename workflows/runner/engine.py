@@ -2,8 +2,9 @@
 
 Covers dag (enhanced `depends` and legacy `dependencies`) and steps templates, nesting, container and script
 leaves, parameters and artifacts, `when`, withItems / withParam / withSequence, parallelism, retryStrategy,
-activeDeadlineSeconds, suspend, and onExit with `workflow.status` / `workflow.failures`. What needs a cluster
-is refused up front (see `workflows.runner.options.unsupported`).
+activeDeadlineSeconds, suspend, and onExit with `workflow.status` / `workflow.failures`. The leaves (pods with
+sidecars, daemons, containerSets; retries; suspend) are in `workflows.runner.leaves`. What needs a cluster is
+refused up front (see `workflows.runner.options.unsupported`).
 """
 
 from __future__ import annotations
@@ -20,30 +21,21 @@ from typing import Any
 from registry.errors import WorkflowError
 from workflows.runner.artifacts import ArtifactStore, resolve_argument
 from workflows.runner.cluster import ClusterConfig
+from workflows.runner.leaves import export_globals, run_pod_node, run_retry, run_suspend
 from workflows.runner.memo import memo_of, outputs_of, restore_outputs
-from workflows.runner.nodes import FAILED, Node, NodeBook, format_tree
+from workflows.runner.nodes import FAILED, Node, NodeBook, failures, format_tree, iso
 from workflows.runner.options import RunOptions, RunResult, unsupported
-from workflows.runner.podpatch import patch_template
-from workflows.runner.pods import PodSpec, parse_duration, run_pod, sleep_until
-from workflows.runner.retry import Backoff, expression_allows, retry_scope, retry_wanted
 from workflows.runner.sandbox import sandbox_for
 from workflows.runner.scope import NAMESPACE, template_inputs, workflow_globals
 from workflows.runner.state import STATE, STATUS, SavedRun, last_seq, requested_shutdown, write_json
-from workflows.runner.sync import acquire, locks_of
+from workflows.runner.sync import LockAbandoned, acquire, locks_of
 from workflows.runner.tasks import TaskContext, run_dag, run_steps
-from workflows.runner.templates import (
-    TemplateResolver,
-    path_placeholders,
-    template_outputs,
-    with_resolved_paths,
-)
-from workflows.runner.volumes import VolumePlaces, init_containers, pod_mounts
+from workflows.runner.templates import TemplateResolver, path_placeholders, template_outputs
 
 __all__ = ["Runner"]
 
 _TERMINAL = frozenset({"Succeeded", "Failed", "Error", "Skipped", "Omitted"})
 _REUSED = frozenset({"Pod", "Retry", "Suspend"})  # leaves a resumed run takes as they were
-_DEADLINES = ("activeDeadlineSeconds", "timeout")
 _RECORDED = (
     "resources",
     "affinity",
@@ -97,6 +89,7 @@ class Runner:
         self.book.on_finish = lambda _node: self._save_running()
         self.sandbox = sandbox_for(options.isolation, self.run_dir)
         self.store = ArtifactStore(self.cluster, self.spec.get("artifactRepositoryRef"))
+        self.daemons: list[tuple[Node, threading.Event, threading.Thread]] = []  # (node, scope ended, its thread)
 
     def _globals(self) -> dict[str, str]:
         return workflow_globals(self.name, self.uid, self.workflow, dict(self.options.parameters), self.cluster)
@@ -147,18 +140,20 @@ class Runner:
         kind = "DAG" if "dag" in tmpl else "Steps" if "steps" in tmpl else "Suspend" if "suspend" in tmpl else "Pod"
         reused = self._reuse(parent, display)
         if reused is not None:
-            self._export_globals(tmpl, reused)
+            export_globals(self, tmpl, reused)
             return reused
         retried = kind == "Pod" and "retryStrategy" in tmpl
         node = self.book.new(parent, display, "Retry" if retried else kind, str(tmpl["name"]))
         node.scheduling = {k: tmpl[k] for k in _RECORDED if k in tmpl}
-        stopped = self._stopped(kind)
+        stopped = self.stopped(kind)
         if stopped:
             return self.book.finish(node, "Failed", stopped)
         try:
             where = f"template {tmpl['name']}: synchronization"
             locks = locks_of(tmpl.get("synchronization"), self.cluster, NAMESPACE, where, scope)
-            held = acquire(locks, self._waiting(node))
+            held = acquire(locks, self._waiting(node), abandon=self.lock_abandoned)
+        except LockAbandoned as e:  # Argo fails a node waiting on a lock when the workflow stops or times out
+            return self.book.finish(node, "Failed", str(e))
         except WorkflowError as e:
             return self.book.finish(node, "Error", str(e))
         try:
@@ -185,7 +180,7 @@ class Runner:
             node.memoization = memo.status(cached is not None)
         if cached is not None:  # Argo: a cache hit is Succeeded at once with the cached outputs, no pod
             restore_outputs(node, cached)
-            self._export_globals(tmpl, node)
+            export_globals(self, tmpl, node)
             return self.book.finish(node, "Succeeded")
         self.book.start(node)
         done = self._run_node(tmpl, scope, node, kind, artifacts)
@@ -203,13 +198,16 @@ class Runner:
     ) -> Node:
         try:
             if node.type == "Retry":
-                return self._retry(tmpl, scope, node, artifacts)
+                return run_retry(self, tmpl, scope, node, artifacts)
             if kind == "Pod":
-                return self._pod(tmpl, scope, node, artifacts)
+                return run_pod_node(self, tmpl, scope, node, artifacts)
             if kind == "Suspend":
-                return self._suspend(tmpl, node)
+                return run_suspend(self, tmpl, node)
             ctx = TaskContext(self, tmpl, node, scope)
-            phase, message = run_dag(ctx) if kind == "DAG" else run_steps(ctx)
+            try:
+                phase, message = run_dag(ctx) if kind == "DAG" else run_steps(ctx)
+            finally:
+                self.end_daemons(node.id)  # its scope ended (or is suspended, and this process with it)
             if phase == "Running":  # a suspend node inside waits for `llmrelease resume`
                 return node
             template_outputs(tmpl, node, ctx.scope)
@@ -232,7 +230,7 @@ class Runner:
 
         return adopt(old, parent)
 
-    def _stopped(self, kind: str) -> str:
+    def stopped(self, kind: str) -> str:
         """Why a node may not start: the workflow was stopped/terminated, or its deadline passed ("" if it may)."""
         if kind not in ("Pod", "Suspend") or self.exiting:  # Argo runs exit handlers after stop and deadline
             return ""
@@ -243,12 +241,31 @@ class Runner:
             return "Step exceeded its deadline"
         return ""
 
-    def _kill_reason(self) -> str:
+    def kill_reason(self) -> str:
         """Why running pods must be killed now: a stop (not the exit handler's pods) or a terminate, else ""."""
         strategy = self.options.shutdown or requested_shutdown(self.run_dir)
         if strategy == "Terminate" or (strategy and not self.exiting):
             return f"Stopped with strategy '{strategy}'"
         return ""
+
+    def lock_abandoned(self) -> str:
+        """Why a node waiting on a lock must give up: a stop (not in the exit handler), a terminate, the deadline."""
+        reason = self.kill_reason()
+        if not reason and not self.exiting and self.deadline is not None and time.time() >= self.deadline:
+            reason = "Step exceeded its deadline"
+        return reason
+
+    def end_daemons(self, boundary: str | None) -> None:
+        """Kill the daemons started in the steps/DAG node `boundary` (None: all), as Argo's killDaemonedChildren.
+
+        Each is then Succeeded (Failed if it ended by itself before); returns once their pods are gone.
+        """
+        ending = [(n, ended, t) for n, ended, t in self.daemons if boundary is None or n.boundary_id == boundary]
+        for _node, ended, _thread in ending:
+            ended.set()
+        for _node, _ended, thread in ending:
+            thread.join()
+        self.daemons = [d for d in self.daemons if d not in ending]
 
     def _waiting(self, node: Node) -> Any:
         """What a node does while a lock is held elsewhere: Pending, with Argo's message, saved for `get`."""
@@ -258,137 +275,6 @@ class Runner:
             self.persist("Running", "")
 
         return waiting
-
-    def _pod(
-        self, tmpl: Mapping[str, Any], scope: Mapping[str, str], node: Node, artifacts: Mapping[str, Mapping[str, Any]]
-    ) -> Node:
-        scope = {**scope, "pod.name": node.id, "node.name": node.name}
-        try:
-            tmpl, recorded = patch_template(tmpl, self.spec.get("podSpecPatch"), scope)
-            node.scheduling.update(recorded)
-            claims = frozenset(str(c["metadata"]["name"]) for c in self.spec.get("volumeClaimTemplates") or [])
-            places = VolumePlaces(self.run_dir / "nodes" / node.id, self.run_dir, claims)
-            spec = PodSpec(
-                with_resolved_paths(tmpl, scope),
-                scope,
-                self.run_dir / "nodes" / node.id,
-                self.run_dir / "artifacts" / node.id,
-                artifacts,
-                self._pod_deadline(tmpl),
-                cluster=self.cluster,
-                store=self.store,
-                sandbox=self.sandbox,
-                stopped=self._kill_reason,
-                mounts=(mounts := tuple(pod_mounts(tmpl, self.spec, places, self.cluster))),
-                init=init_containers(tmpl, self.spec, places, self.cluster, mounts),
-            )
-            if self.pod_slots:
-                with self.pod_slots:
-                    phase, message = run_pod(spec, node)
-            else:
-                phase, message = run_pod(spec, node)
-        except WorkflowError as e:
-            phase, message = "Error", str(e)
-        self._export_globals(tmpl, node)
-        return self.book.finish(node, phase, message)
-
-    def _export_globals(self, tmpl: Mapping[str, Any], node: Node) -> None:
-        """Outputs with `globalName` become `workflow.outputs.parameters|artifacts.<globalName>`, as in Argo."""
-        outputs = tmpl.get("outputs", {})
-        for kind, found in (("parameters", node.parameters), ("artifacts", node.artifacts)):
-            for item in outputs.get(kind, []):
-                if "globalName" in item and item["name"] in found:
-                    self.globals[f"workflow.outputs.{kind}.{item['globalName']}"] = str(found[item["name"]])
-
-    def _pod_deadline(self, tmpl: Mapping[str, Any]) -> float | None:
-        """Seconds a pod may run: its activeDeadlineSeconds and `timeout`, capped by what is left of the workflow's.
-
-        Argo enforces a template's `timeout` through the pod's activeDeadlineSeconds (checkTemplateTimeouts).
-        """
-        limits = [parse_duration(tmpl[k], f"template {tmpl['name']}: {k}") for k in _DEADLINES if tmpl.get(k)]
-        if self.deadline is not None:
-            limits.append(max(0.0, self.deadline - time.time()))
-        return min(limits) if limits else None
-
-    def _retry(
-        self, tmpl: Mapping[str, Any], scope: Mapping[str, str], group: Node, artifacts: Mapping[str, Mapping[str, Any]]
-    ) -> Node:
-        """Attempts `<display>(n)` under the Retry node `group` until one succeeds or the strategy says stop."""
-        strategy = tmpl["retryStrategy"]
-        where = f"template {tmpl['name']}: retryStrategy"
-        limit = strategy.get("limit")
-        policy = str(strategy.get("retryPolicy") or "OnFailure")
-        backoff = Backoff(strategy, where)
-        first = time.time()
-        attempt, last = 0, None
-        while True:
-            node = self.book.new(group, f"{group.display_name}({attempt})", "Pod", str(tmpl["name"]))
-            stopped = self._stopped("Pod")
-            if stopped:
-                self.book.finish(node, "Failed", stopped)
-                return self.book.finish(group, "Failed", stopped)
-            self.book.start(node)
-            self._pod(tmpl, {**scope, **retry_scope(attempt, last)}, node, artifacts)
-            last = node
-            for attr in ("parameters", "result", "exit_code", "artifacts"):
-                setattr(group, attr, getattr(node, attr))
-            why = self._no_retry(strategy, policy, node, attempt, limit, where)
-            if why is None:
-                wait = backoff.wait(attempt)
-                if backoff.max_duration is not None and time.time() + wait > first + backoff.max_duration:
-                    why = "Backoff would exceed max duration limit"
-            if why is not None:
-                return self.book.finish(group, node.phase, why or node.message)
-            sleep_until(time.monotonic() + wait)
-            attempt += 1
-
-    def _no_retry(
-        self, strategy: Mapping[str, Any], policy: str, node: Node, attempt: int, limit: object, where: str
-    ) -> str | None:
-        """Why the attempt `node` is the last ("" keeps its own message), or None to retry (Argo's order)."""
-        if not retry_wanted(node.phase, node.message, policy):
-            return ""
-        if limit is not None and attempt >= int(str(limit)):
-            return "No more retries left"
-        if strategy.get("expression") and not expression_allows(str(strategy["expression"]), node, where):
-            return "retryStrategy.expression evaluated to false"
-        if self.deadline is not None and time.time() >= self.deadline:
-            return f"retry exceeded workflow deadline {_iso(self.deadline)}"
-        return None
-
-    def _suspend(self, tmpl: Mapping[str, Any], node: Node) -> Node:
-        """Wait out a `duration`, or stay Running (suspended) until `llmrelease resume`; then take supplied values."""
-        names = {node.display_name, node.name, str(tmpl["name"])}
-        resumed = self.options.resume_all or bool(names & self.options.resume)
-        duration = tmpl["suspend"].get("duration") if isinstance(tmpl["suspend"], Mapping) else None
-        if duration and not resumed:
-            before = self.saved_by_name.get(node.name)
-            node.started = before.started if before and before.started else node.started
-            until = (node.started or time.time()) + parse_duration(duration, f"template {tmpl['name']}: suspend")
-            end = min(until, self.deadline or until)
-            while time.time() < end and not self._kill_reason():  # a stop/terminate fails it (Argo)
-                time.sleep(min(0.1, max(0.0, end - time.time())))
-            if self._kill_reason():
-                return self.book.finish(node, "Failed", self._kill_reason())
-            if self.deadline is not None and time.time() >= self.deadline:
-                return self.book.finish(node, "Failed", "Step exceeded its deadline")
-        elif not resumed:
-            node.phase = "Running"  # Argo: the node stays Running until resumed
-            self.persist("Running", "")
-            return node
-        for param in tmpl.get("outputs", {}).get("parameters", []):
-            key = f"{node.display_name}.{param['name']}"
-            source = param.get("valueFrom", {})
-            value = self.options.supplied.get(key, self.options.supplied.get(str(param["name"]), source.get("default")))
-            if value is None:
-                return self.book.finish(
-                    node,
-                    "Failed",
-                    f"{node.display_name}: output {param['name']!r} must be "
-                    f"supplied on resume; pass --supply {key}=VALUE",
-                )
-            node.parameters[str(param["name"])] = str(value)
-        return self.book.finish(node, "Succeeded", "resumed")
 
     def suspended(self) -> list[Node]:
         """The suspend nodes waiting to be resumed."""
@@ -406,12 +292,17 @@ class Runner:
         self.persist("Pending", "")
         sync = self.spec.get("synchronization")
         locks = locks_of(sync, self.cluster, NAMESPACE, "spec.synchronization", self.globals)
-        held = acquire(locks, lambda message: self._save_pending(message), owner=str(self.run_dir.resolve()))
+        try:
+            held = acquire(locks, self._save_pending, owner=str(self.run_dir.resolve()), abandon=self._shutdown)
+        except LockAbandoned as e:  # stopped or terminated while Pending on its lock: it never started
+            status = self.persist("Failed", str(e), final=True)
+            return RunResult(self.name, "Failed", str(e), self.run_dir, status, "")
         phase = "Error"
         try:
             main = self._main()
             phase, message = self._outcome(main)
         finally:
+            self.end_daemons(None)
             if phase == "Running":
                 held.park()  # Argo: a suspended workflow keeps its workflow-level lock
             else:
@@ -422,7 +313,13 @@ class Runner:
     def _main(self) -> Node:
         entry = self.template({"template": self.spec.get("entrypoint")}, "spec.entrypoint")
         params, arts = self.arguments()
-        return self.execute(entry, params, None, self.name, arts)
+        main = self.execute(entry, params, None, self.name, arts)
+        self.end_daemons("")  # a daemon entrypoint: its scope is the workflow
+        return main
+
+    def _shutdown(self) -> str:
+        strategy = self.options.shutdown or requested_shutdown(self.run_dir)
+        return f"Stopped with strategy '{strategy}'" if strategy else ""
 
     def _outcome(self, main: Node) -> tuple[str, str]:
         """The workflow's phase and message from its entry node, after the exit handler (Argo's rules)."""
@@ -456,8 +353,8 @@ class Runner:
                 "status": {
                     "phase": phase,
                     "message": message,
-                    "startedAt": _iso(self.started),
-                    "finishedAt": _iso(time.time()) if final and phase != "Running" else None,
+                    "startedAt": iso(self.started),
+                    "finishedAt": iso(time.time()) if final and phase != "Running" else None,
                     "nodes": {n.id: n.to_status() for n in nodes},
                 },
             }
@@ -481,22 +378,10 @@ class Runner:
             return status
 
     def _on_exit(self, main: Node, phase: str, message: str) -> tuple[str, str]:
-        failures = [
-            {
-                "displayName": n.display_name,
-                "message": n.message,
-                "templateName": n.template_name,
-                "phase": n.phase,
-                "podName": n.id,
-                "finishedAt": _iso(n.finished),
-            }
-            for n in self.book.all()
-            if n.phase in FAILED and n.type == "Pod"
-        ]
         self.globals.update(
             {
                 "workflow.status": phase,
-                "workflow.failures": json.dumps(failures),
+                "workflow.failures": json.dumps(failures(self.book)),
                 "workflow.duration": f"{main.duration:.3f}",
             }
         )
@@ -507,7 +392,3 @@ class Runner:
         if exit_node.phase in FAILED and phase == "Succeeded":
             return exit_node.phase, exit_node.message  # Argo: the exit node's phase and message
         return phase, message
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

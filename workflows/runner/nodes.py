@@ -9,13 +9,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["Node", "NodeBook", "FAILED", "format_tree"]
+__all__ = ["Node", "NodeBook", "FAILED", "POD_IP", "failures", "format_tree", "iso"]
 
 FAILED = frozenset({"Failed", "Error"})
+POD_IP = "127.0.0.1"  # every local pod's IP: pods share this machine's network
+_SCOPES = frozenset({"Steps", "DAG"})  # the nodes a child's boundaryID names (Argo)
 _ICON = {"Succeeded": "✔", "Failed": "✖", "Error": "⚠", "Skipped": "○", "Omitted": "○", "Running": "●"}
 
 
-def _iso(ts: float | None) -> str | None:
+def iso(ts: float | None) -> str | None:
+    """A timestamp as Argo writes it (RFC 3339, UTC, seconds), None for None."""
     return None if ts is None else datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -40,6 +43,7 @@ class Node:
     artifacts: dict[str, str] = field(default_factory=dict)
     scheduling: dict[str, Any] = field(default_factory=dict)
     memoization: dict[str, Any] = field(default_factory=dict)  # Argo's memoizationStatus {hit, key, cacheName}
+    daemoned: bool = False  # a daemon pod that is ready and runs until its scope ends
 
     @property
     def duration(self) -> float:
@@ -57,13 +61,15 @@ class Node:
             "type": self.type,
             "templateName": self.template_name,
             "phase": self.phase,
-            "startedAt": _iso(self.started),
-            "finishedAt": _iso(self.finished),
+            "startedAt": iso(self.started),
+            "finishedAt": iso(self.finished),
         }
         if self.boundary_id:
             out["boundaryID"] = self.boundary_id
         if self.message:
             out["message"] = self.message
+        if self.daemoned:
+            out["daemoned"], out["podIP"] = True, POD_IP
         if self.children:
             out["children"] = list(self.children)
         outputs: dict[str, Any] = {}
@@ -109,6 +115,8 @@ class NodeBook:
             self._seq += 1
             node_id = f"{self.workflow_name}-{self._seq}"
             name = display_name if parent is None else f"{parent.name}.{display_name}"
+            if not boundary and parent is not None:
+                boundary = parent.id if parent.type in _SCOPES else parent.boundary_id
             node = Node(node_id, name, display_name, type_, template, boundary_id=boundary)
             self._nodes[node_id] = node
             if parent is not None:
@@ -165,3 +173,19 @@ def format_tree(book: NodeBook, root: Node) -> str:
 
     walk(root, "", True, True)
     return "\n".join(lines)
+
+
+def failures(book: NodeBook) -> list[dict[str, Any]]:
+    """Argo's `workflow.failures`: every failed or errored pod, as the exit handler sees it."""
+    return [
+        {
+            "displayName": n.display_name,
+            "message": n.message,
+            "templateName": n.template_name,
+            "phase": n.phase,
+            "podName": n.id,
+            "finishedAt": iso(n.finished),
+        }
+        for n in book.all()
+        if n.phase in FAILED and n.type == "Pod"
+    ]

@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = ["RunOptions", "RunResult", "unsupported"]
 
-_REFUSED_TEMPLATE = ("resource", "http", "data", "containerSet", "plugin", "sidecars")
+_REFUSED_TEMPLATE = ("resource", "http", "data", "plugin")
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,6 @@ def unsupported(spec: Mapping[str, Any]) -> list[str]:
     for tmpl in spec.get("templates", []):
         where = f"template {tmpl.get('name')}"
         found += [f"{where}: {key}" for key in _REFUSED_TEMPLATE if tmpl.get(key)]
-        if tmpl.get("daemon"):
-            found.append(f"{where}: daemon")
         body = tmpl.get("container") or tmpl.get("script") or {}
         found += [f"{where}: {key}" for key in ("volumeDevices",) if body.get(key)]
         for task in tmpl.get("dag", {}).get("tasks", []):

@@ -11,17 +11,13 @@ the environment Argo gives it (workflows/runner/environment.py).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import os
 import posixpath
 import re
-import select
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -29,19 +25,28 @@ from typing import Any
 
 from registry.errors import WorkflowError
 from workflows.argo.expressions import substitute
+from workflows.runner import process
 from workflows.runner.artifacts import ArtifactStore, input_source
 from workflows.runner.cluster import ClusterConfig
 from workflows.runner.environment import env_from_sources, expand_references, pod_environment
 from workflows.runner.images import TOOLS, ImageRoot, entrypoint, tool_image
 from workflows.runner.nodes import Node
 from workflows.runner.sandbox import STAGED_SCRIPT, Sandbox
+from workflows.runner.sidecars import Sidecars
 from workflows.runner.volumes import InitContainer, Mount
 
-__all__ = ["PodSpec", "run_pod", "parse_duration", "RESULT_CAP"]
+__all__ = [
+    "PodSpec",
+    "Prepared",
+    "RESULT_CAP",
+    "collect_outputs",
+    "parse_duration",
+    "prepare",
+    "run_container",
+    "run_pod",
+]
 
 RESULT_CAP = 256 * 1024  # Argo caps `outputs.result` at 256 kB
-_POLL_S = 0.1  # how often a running pod's deadline and the workflow's stop/terminate request are checked
-_GRACE_S = 5.0  # SIGTERM -> SIGKILL (Kubernetes' terminationGracePeriodSeconds, shortened for a local run)
 _PYTHONS = {"python", "python3", f"python{sys.version_info.major}.{sys.version_info.minor}"}
 
 
@@ -61,6 +66,9 @@ class PodSpec:
     stopped: Callable[[], str] = field(default=lambda: "")  # why the running pod must be killed now ("" if not)
     mounts: tuple[Mount, ...] = ()  # its volumes (workflows/runner/volumes.py), in volumeMounts order
     init: tuple[InitContainer, ...] = ()  # its initContainers, run in order before the main container
+    sidecars: tuple[InitContainer, ...] = ()  # its sidecars, run alongside the main container
+    containers: tuple[InitContainer, ...] = ()  # a containerSet's containers (workflows/runner/containerset.py)
+    readiness: Callable[[], bool] | None = None  # a daemon's readiness probe, polled until it first says True
 
 
 def parse_duration(value: object, where: str) -> float:
@@ -92,6 +100,11 @@ def _remap_table(template: Mapping[str, Any], root: Path) -> dict[str, str]:
                 break  # an output of /tmp itself is the pod's /tmp, never the host's
             table[str(candidate)] = str(root) + str(candidate)
     return table
+
+
+def _in(path: str, mounts: tuple[Mount, ...]) -> bool:
+    """Whether `path` lies in one of the volumes (there, a volume's folder stands for it)."""
+    return any(path == m.path or path.startswith(m.path + "/") for m in mounts)
 
 
 def _remapper(table: Mapping[str, str]) -> Any:
@@ -190,11 +203,23 @@ def _save_artifacts(spec: PodSpec, node: Node, remap: Any, *, best_effort: bool 
     return ""
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A container ready to start: its argv and environment, where its paths lie here, and how to clean up."""
+
+    argv: list[str]
+    env: dict[str, str]
+    locate: Callable[[str], str]  # a path in the container -> where it lies on this machine
+    settle: Callable[[], None] = lambda: None  # after it ends: drop placeholders it did not write
+    cleanup: Callable[[], None] = lambda: None  # after its outputs are read: remove its private files
+
+
 def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
     """Run the leaf once; returns (phase, message) and fills node outputs, stdout and stderr files.
 
     Its init containers run first, in order, each as a process of the pod's image with the volumes it mounts; one
     that fails fails the pod (its logs under `<node dir>/init/<name>`), and the main container does not start.
+    Its sidecars run alongside the main container (`workflows.runner.sidecars`) and are killed when it ends.
     """
     spec.node_dir.mkdir(parents=True, exist_ok=True)
     for init in spec.init:
@@ -204,9 +229,49 @@ def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
         phase, message = run_pod(dataclasses.replace(step, mounts=init.mounts), Node(node.id, name, name, "Pod", name))
         if phase != "Succeeded":
             return phase, f"init container {name}: {message}"
+    sidecars = Sidecars()
+    try:
+        for car in spec.sidecars:
+            name = str(car.container.get("name", "sidecar"))
+            template = {"name": spec.template.get("name"), "container": car.container}
+            logs = spec.node_dir / "sidecars" / name
+            one = dataclasses.replace(spec, template=template, node_dir=logs, mounts=car.mounts, readiness=None)
+            sidecars.start(name, logs, functools.partial(prepare, one))
+        phase, message = run_container(spec, node)
+    finally:
+        problem = sidecars.stop()
+    return ("Failed", problem) if problem and phase == "Succeeded" else (phase, message)
+
+
+def run_container(spec: PodSpec, node: Node, later: list[Prepared] | None = None) -> tuple[str, str]:
+    """Run the template's one container (no init containers, no sidecars) and read back its outputs.
+
+    With `later`, its outputs are not read: its files are kept (appended to `later`) for `collect_outputs`.
+    """
+    spec.node_dir.mkdir(parents=True, exist_ok=True)
+    prepared = prepare(spec)
+    if later is not None:
+        later.append(prepared)
+        return _launch(spec, node, prepared, collect=False)
+    try:
+        return _launch(spec, node, prepared)
+    finally:
+        prepared.cleanup()
+
+
+def collect_outputs(spec: PodSpec, node: Node, prepared: Prepared) -> str:
+    """Read the outputs of a container run with `later`, then remove its files; a problem (one line) or ""."""
+    try:
+        return _collect_outputs(spec, node, prepared.locate)
+    finally:
+        prepared.cleanup()
+
+
+def prepare(spec: PodSpec) -> Prepared:
+    """Stage the container's inputs and build its command line, under the spec's isolation."""
     if spec.sandbox is not None:
-        return _run_isolated(spec, spec.sandbox, node)
-    table = _remap_table(spec.template, spec.node_dir / "root")
+        return _prepare_isolated(spec, spec.sandbox)
+    table = {k: v for k, v in _remap_table(spec.template, spec.node_dir / "root").items() if not _in(k, spec.mounts)}
     table.update({m.path: m.host for m in spec.mounts})  # a volume is its folder, wherever its path appears
     remap = _remapper(table)
     for declared in _declared_paths(spec.template):
@@ -215,14 +280,14 @@ def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
     _stage_inputs(spec, remap)
     argv = _command(spec, remap)
     (spec.node_dir / "command").write_text(" ".join(argv) + "\n")
-    return _launch(spec, node, argv, _environment(spec, remap), remap)
+    return Prepared(argv, _environment(spec, remap), remap)
 
 
-def _run_isolated(spec: PodSpec, sandbox: Sandbox, node: Node) -> tuple[str, str]:
-    """Run the leaf in bubblewrap: its own root (the image's files), only Argo's environment, no path rewriting.
+def _prepare_isolated(spec: PodSpec, sandbox: Sandbox) -> Prepared:
+    """The leaf in bubblewrap: its own root (the image's files), only Argo's environment, no path rewriting.
 
     Declared paths are bound where the template says from the pod's folder (`<node dir>/pod`); `locate` maps a
-    path to where it lies on this machine. The folder is removed afterwards: only collected outputs outlive it.
+    path to where it lies on this machine. The folder is removed by `cleanup`: only collected outputs outlive it.
     """
     body = spec.template.get("script") or spec.template.get("container") or {}
     image = sandbox.image(str(body.get("image", "")))
@@ -245,123 +310,32 @@ def _run_isolated(spec: PodSpec, sandbox: Sandbox, node: Node) -> tuple[str, str
         declared = [*_declared_paths(spec.template), *([STAGED_SCRIPT] if "script" in spec.template else [])]
         wrapped = sandbox.wrap(argv, image, pod, workdir, str(spec.scope.get("pod.name", "pod")), declared, spec.mounts)
         (spec.node_dir / "sandbox").write_text(" ".join(wrapped) + "\n")
-        return _launch(spec, node, wrapped, env, locate, settle=lambda: sandbox.settle(pod))
-    finally:
+    except BaseException:
         shutil.rmtree(pod, ignore_errors=True)
+        raise
+    return Prepared(wrapped, env, locate, lambda: sandbox.settle(pod), lambda: shutil.rmtree(pod, ignore_errors=True))
 
 
-def _launch(
-    spec: PodSpec,
-    node: Node,
-    argv: list[str],
-    env: Mapping[str, str],
-    locate: Any,
-    settle: Callable[[], None] = lambda: None,
-) -> tuple[str, str]:
-    """Start `argv` in its own process group, wait for it, `settle` its files, and read back its result and outputs.
+def _launch(spec: PodSpec, node: Node, prepared: Prepared, *, collect: bool = True) -> tuple[str, str]:
+    """Start the container in its own process group, wait for it, settle its files, read its result and outputs.
 
     At its deadline, or when `spec.stopped` says the workflow is being stopped or terminated, the whole group is
     killed (SIGTERM, then SIGKILL after a grace period, as the kubelet does), bubblewrap's pod included.
     """
-    stdout_path, stderr_path = spec.node_dir / "stdout", spec.node_dir / "stderr"
     try:
-        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-            proc = subprocess.Popen(argv, stdout=out, stderr=err, env=env, process_group=0)
-            killed = _wait(proc, spec)
+        proc = process.start(prepared.argv, prepared.env, spec.node_dir)
     except OSError as e:
-        return "Error", f"cannot start {argv[0]}: {e.strerror}"
+        return "Error", f"cannot start {prepared.argv[0]}: {e.strerror}"
+    killed = process.wait(proc, spec.deadline_s, spec.stopped, spec.readiness)
+    prepared.settle()
     if killed:
-        settle()
         return "Failed", killed
-    settle()
-    stdout = stdout_path.read_bytes()[:RESULT_CAP].decode(errors="replace")
+    stdout = (spec.node_dir / "stdout").read_bytes()[:RESULT_CAP].decode(errors="replace")
     node.result = stdout[:-1] if stdout.endswith("\n") else stdout
-    node.exit_code = proc.returncode
-    if proc.returncode != 0:
-        _save_artifacts(spec, node, locate, best_effort=True)  # Argo's wait container saves them on failure too
-        tail = stderr_path.read_text(errors="replace").strip().splitlines()
-        return "Failed", f"exit code {proc.returncode}" + (f": {tail[-1][:300]}" if tail else "")
-    problem = _collect_outputs(spec, node, locate)
+    node.exit_code = process.exit_status(proc)
+    if node.exit_code != 0:
+        _save_artifacts(spec, node, prepared.locate, best_effort=True)  # Argo's wait container saves them too
+        tail = (spec.node_dir / "stderr").read_text(errors="replace").strip().splitlines()
+        return "Failed", f"exit code {node.exit_code}" + (f": {tail[-1][:300]}" if tail else "")
+    problem = _collect_outputs(spec, node, prepared.locate) if collect else ""
     return ("Error", problem) if problem else ("Succeeded", "")
-
-
-def _wait(proc: subprocess.Popen[bytes], spec: PodSpec) -> str:
-    """Wait for the pod's process; "" when it ended by itself, else why its process group was killed.
-
-    Its exit wakes the wait at once (a pidfd), while every `_POLL_S` the deadline and a stop/terminate are checked.
-    """
-    until = None if spec.deadline_s is None else time.monotonic() + spec.deadline_s
-    pidfd = _pidfd(proc.pid)
-    why = ""
-    try:
-        while proc.poll() is None and not why:
-            left = _POLL_S if until is None else max(0.0, min(_POLL_S, until - time.monotonic()))
-            if pidfd is not None:
-                select.select([pidfd], [], [], left)
-            else:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=left)
-            if proc.poll() is not None:
-                break
-            if until is not None and time.monotonic() >= until:
-                why = f"Pod was active on the node longer than the specified deadline ({spec.deadline_s:.0f}s)"
-            else:
-                why = spec.stopped()
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-        if proc.poll() is None:
-            _kill_group(proc)
-    return why
-
-
-def _pidfd(pid: int) -> int | None:
-    """A descriptor that becomes readable when `pid` exits (Linux 5.3+), or None where there is none."""
-    try:
-        return os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        return None
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the pod's process group, SIGKILL what is left of it after the grace period; reap the leader."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        proc.wait()
-        return
-    until = time.monotonic() + _GRACE_S
-    while _group_alive(proc):
-        if time.monotonic() >= until:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-
-
-def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
-    proc.poll()  # reap the leader once it exits, or its zombie keeps the group alive
-    try:
-        os.killpg(proc.pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def backoff_delays(strategy: Mapping[str, Any], where: str) -> tuple[float, float, float | None]:
-    """(first delay, factor, maxDuration) of a retryStrategy.backoff."""
-    backoff = strategy.get("backoff") or {}
-    first = parse_duration(backoff["duration"], where) if "duration" in backoff else 0.0
-    factor = float(backoff.get("factor", 1) or 1)
-    limit = parse_duration(backoff["maxDuration"], where) if "maxDuration" in backoff else None
-    return first, factor, limit
-
-
-def sleep_until(deadline: float) -> None:
-    """Sleep until a time.monotonic() deadline."""
-    remaining = deadline - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)

@@ -26,7 +26,7 @@ from registry.settings import llmrelease_home
 from workflows.argo.expressions import substitute
 from workflows.runner.cluster import ClusterConfig
 
-__all__ = ["Lock", "Held", "locks_of", "acquire", "parked_by"]
+__all__ = ["Lock", "Held", "LockAbandoned", "locks_of", "acquire", "parked_by"]
 
 _POLL_S = 0.05
 _PARKED = ".parked"  # next to a slot file: the run folder of the suspended workflow that keeps it
@@ -130,10 +130,24 @@ def parked_by(slot: Path) -> str:
     return owner if phase in ("Running", "Pending") else ""
 
 
-class Held:
-    """Locks taken (in key order) until `release` or `park`; `waiting(message)` is told while one is busy."""
+class LockAbandoned(WorkflowError):
+    """A waiter gave up its lock wait: the workflow was stopped or terminated, or its deadline passed."""
 
-    def __init__(self, locks: list[Lock], waiting: Callable[[str], None], owner: str = "") -> None:
+
+class Held:
+    """Locks taken (in key order) until `release` or `park`; `waiting(message)` is told while one is busy.
+
+    `abandon()` is asked while waiting: a non-empty answer (e.g. "Stopped with strategy 'Stop'") releases what was
+    taken and raises `LockAbandoned` with it, as Argo fails a node still Pending on a lock when the workflow stops.
+    """
+
+    def __init__(
+        self,
+        locks: list[Lock],
+        waiting: Callable[[str], None],
+        owner: str = "",
+        abandon: Callable[[], str] = lambda: "",
+    ) -> None:
         self.owner = owner
         self.slots: list[tuple[int, Path]] = []
         for lock in locks:
@@ -141,6 +155,10 @@ class Held:
             if taken is None:
                 waiting(lock.waiting_message())
             while taken is None:
+                why = abandon()
+                if why:
+                    self.release()
+                    raise LockAbandoned(why)
                 time.sleep(_POLL_S)
                 taken = lock.try_take(owner)
             self.slots.append(taken)
@@ -167,9 +185,14 @@ class Held:
         self.release()
 
 
-def acquire(locks: list[Lock], waiting: Callable[[str], None], owner: str = "") -> Held:
+def acquire(
+    locks: list[Lock], waiting: Callable[[str], None], owner: str = "", abandon: Callable[[], str] = lambda: ""
+) -> Held:
     """Take every lock in `locks` for `owner` (a run folder), waiting (and telling `waiting` why) while one is busy.
 
     Busy: held by a live process, or parked by another suspended workflow (`Held.park`).
+
+    Raises:
+        LockAbandoned: `abandon()` gave a reason to stop waiting (nothing stays taken).
     """
-    return Held(locks, waiting, owner)
+    return Held(locks, waiting, owner, abandon)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -10,7 +11,7 @@ from typing import Any, Protocol
 from registry.errors import WorkflowError
 from workflows.argo.expressions import depends_names, evaluate_depends, evaluate_when, substitute
 from workflows.runner.artifacts import resolve_argument
-from workflows.runner.nodes import FAILED, Node, NodeBook
+from workflows.runner.nodes import FAILED, POD_IP, Node, NodeBook
 
 __all__ = ["TaskContext", "run_dag", "run_steps"]
 
@@ -65,6 +66,9 @@ class TaskContext:
             f"{base}.startedAt": str(node.started),
             f"{base}.finishedAt": str(node.finished),
         }
+        if node.daemoned:
+            entries[f"{base}.ip"] = POD_IP  # Argo records a pod's IP for daemoned nodes
+        entries[f"{base}.hostNodeName"] = socket.gethostname()
         if node.exit_code is not None:
             entries[f"{base}.exitCode"] = entries[f"{base}.outputs.exitCode"] = str(node.exit_code)
         if kids:
@@ -106,7 +110,7 @@ class TaskContext:
         _run_all(threads)
         children = [node for node in slots if node is not None]
         group.children = [node.id for node in children]  # item order, as Argo aggregates them
-        if any(c.phase == "Running" for c in children):  # a suspended item: the group waits with it
+        if any(_suspended(c) for c in children):  # a suspended item: the group waits with it
             group.phase = "Running"
             return group
         failed = [c for c in children if c.phase in FAILED and not _continues(task, c)]
@@ -151,6 +155,11 @@ def _artifact_args(task: Mapping[str, Any], scope: Mapping[str, str], where: str
             if not art.get("optional"):
                 raise
     return arts
+
+
+def _suspended(node: Node) -> bool:
+    """Running and not a ready daemon: a suspend (or a node waiting on one) that `llmrelease resume` continues."""
+    return node.phase == "Running" and not node.daemoned
 
 
 def _maybe_json(text: str | None) -> object:
@@ -238,7 +247,7 @@ def _task_result(results: Mapping[str, Node], book_get: Callable[[str], Node]) -
     def result(name: str, suffix: str) -> bool:
         node = results[name]
         if not suffix:
-            return node.phase in ("Succeeded", "Skipped")
+            return node.phase in ("Succeeded", "Skipped") or node.daemoned
         kids = [book_get(c) for c in node.children]
         return {
             "Succeeded": node.phase == "Succeeded",
@@ -246,7 +255,7 @@ def _task_result(results: Mapping[str, Node], book_get: Callable[[str], Node]) -
             "Errored": node.phase == "Error",
             "Skipped": node.phase == "Skipped",
             "Omitted": node.phase == "Omitted",
-            "Daemoned": False,
+            "Daemoned": node.daemoned,
             "AnySucceeded": any(k.phase == "Succeeded" for k in kids),
             "AllFailed": bool(kids) and all(k.phase in FAILED for k in kids),
         }[suffix]
@@ -276,7 +285,7 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
 
     with ctx.cond:
         while pending or running:
-            done = {n for n, node in ctx.results.items() if node.phase != "Running"}  # Running: suspended
+            done = {n for n, node in ctx.results.items() if not _suspended(node)}
             ready = sorted(n for n in pending if needs[n] <= done)
             for name in ready:
                 pending.discard(name)
@@ -300,7 +309,7 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
 
 def _dag_phase(ctx: TaskContext, tasks: Mapping[str, Any], needs: Mapping[str, set[str]]) -> tuple[str, str]:
     """Failed when a failure is neither continued-on nor handled by a task that ran because of it."""
-    if any(node.phase == "Running" for node in ctx.results.values()):
+    if any(_suspended(node) for node in ctx.results.values()):
         return "Running", ""
     for name, node in sorted(ctx.results.items(), key=lambda kv: kv[1].finished or 0):
         if node.phase not in FAILED or _continues(tasks[name], node):
@@ -328,7 +337,7 @@ def run_steps(ctx: TaskContext) -> tuple[str, str]:
         ctx.node = saved
         for step, node in done:
             ctx.publish(str(step["name"]), node)
-        if any(node.phase == "Running" for _, node in done):  # a suspended step: resume continues from here
+        if any(_suspended(node) for _, node in done):  # a suspended step: resume continues from here
             return "Running", ""
         failed = [(s, n) for s, n in done if n.phase in FAILED and not _continues(s, n)]
         if failed:

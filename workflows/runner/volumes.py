@@ -24,7 +24,7 @@ from typing import Any
 from registry.errors import WorkflowError
 from workflows.runner.cluster import ClusterConfig, MissingConfig
 
-__all__ = ["InitContainer", "Mount", "VolumePlaces", "init_containers", "mounts_of", "pod_mounts"]
+__all__ = ["InitContainer", "Mount", "VolumePlaces", "container_set", "init_containers", "mounts_of", "pod_mounts"]
 
 _KINDS = ("emptyDir", "persistentVolumeClaim", "configMap", "secret", "hostPath")
 
@@ -74,17 +74,35 @@ def init_containers(
     places: VolumePlaces,
     cluster: ClusterConfig,
     main: tuple[Mount, ...],
+    key: str = "initContainers",
 ) -> tuple[InitContainer, ...]:
-    """The template's init containers in order, each with the volumes it sees.
+    """The template's init containers (or, with `key="sidecars"`, its sidecars) in order, with the volumes they see.
 
     Raises:
-        WorkflowError: An init container mounts an undeclared volume (see `pod_mounts`).
+        WorkflowError: A container mounts an undeclared volume (see `pod_mounts`).
     """
     found = []
-    for container in template.get("initContainers") or []:
+    for container in template.get(key) or []:
         body = {k: v for k, v in container.items() if k != "mirrorVolumeMounts"}
         own = mounts_of(container.get("volumeMounts") or [], template, spec, places, cluster)
         found.append(InitContainer(body, main if container.get("mirrorVolumeMounts") else tuple(own)))
+    return tuple(found)
+
+
+def container_set(
+    template: Mapping[str, Any], spec: Mapping[str, Any], places: VolumePlaces, cluster: ClusterConfig
+) -> tuple[InitContainer, ...]:
+    """A containerSet's containers in order, each with its own `volumeMounts` plus the set's (Argo's GetContainers).
+
+    Raises:
+        WorkflowError: A container mounts an undeclared volume (see `pod_mounts`).
+    """
+    body = template.get("containerSet") or {}
+    shared = list(body.get("volumeMounts") or [])
+    found = []
+    for container in body.get("containers") or []:
+        entries = [*(container.get("volumeMounts") or []), *shared]
+        found.append(InitContainer(container, tuple(mounts_of(entries, template, spec, places, cluster))))
     return tuple(found)
 
 
