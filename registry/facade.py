@@ -26,15 +26,8 @@ from registry.client import (
 )
 from registry.errors import RegistryError
 from registry.history import AliasMove, history_tag_key, moves_from_tags
-from registry.integrity import MANIFEST_ARTIFACT, check_manifest_digest, verify_folder
-from registry.record import (
-    OnboardingView,
-    S3ClientLike,
-    check_local_weights,
-    check_s3_weights,
-    parse_record,
-    version_source,
-)
+from registry.integrity import MANIFEST_ARTIFACT, check_manifest_digest
+from registry.record import OnboardingView, parse_record, version_source
 from registry.settings import llmrelease_home, tracking_uri
 from registry.tags import (
     CANDIDATE,
@@ -52,6 +45,7 @@ from registry.tags import (
     WORKFLOW_NAME_TAG,
     WORKFLOW_UID_TAG,
 )
+from registry.weights_store import S3Like, WeightsStore
 
 __all__ = ["ModelRegistry", "RegisteredVersion"]
 
@@ -82,7 +76,7 @@ class ModelRegistry:
         artifact_root: Path | None = None,
         retry_seconds: float | None = None,
         clock: Callable[[], int] = time.time_ns,
-        s3_client: S3ClientLike | None = None,
+        s3_client: S3Like | None = None,
     ) -> None:
         """Wrap `client`.
 
@@ -94,7 +88,7 @@ class ModelRegistry:
             retry_seconds: The total deadline of one call, retries included (`registry.retry`); None: the
                 default, LLMRELEASE_SERVICE_DEADLINE_S or 60 s.
             clock: Nanoseconds since the epoch; stamps history entries.
-            s3_client: A boto3 S3 client for checking s3:// weights; built from the environment if None.
+            s3_client: A boto3 S3 client for reading the weights store; built from the environment if None.
         """
         self._client = client
         self._uri = tracking_uri or str(getattr(client, "tracking_uri", "") or "")
@@ -141,9 +135,9 @@ class ModelRegistry:
 
         Raises:
             SpecError: The record is malformed.
-            OnboardingError: The weights it names are missing.
-            IntegrityError: The record's files do not hash to its digest, or the local weights differ from the
-                record (file, expected and found sha256); nothing is registered.
+            OnboardingError: The weights are not (all) in the store at the record's `weights_uri`.
+            IntegrityError: The record's files, or the store's manifest at `weights_uri`, do not hash to the
+                record's digest (both digests named); nothing is registered.
             RegistryError: MLflow refused or is unreachable.
         """
         from mlflow.exceptions import MlflowException
@@ -158,9 +152,9 @@ class ModelRegistry:
             existing = self._find_by_digest(rec.name, rec.digest)
             result = _as_registered(existing, rec.digest, created=False) if existing else None
             if result is None:
-                run_id, artifact_uri = self._onboarding_run(raw, rec, tags)
+                run_id = self._onboarding_run(raw, rec, tags)
                 self._ensure_model(rec)
-                result = self._create_version(rec, version_source(rec, artifact_uri), run_id, tags)
+                result = self._create_version(rec, version_source(rec), run_id, tags)
         except (MlflowException, OSError) as e:
             raise RegistryError(
                 f"registering {rec.name!r} ({rec.digest[:19]}...) at {self._uri} failed: "
@@ -182,7 +176,7 @@ class ModelRegistry:
             if not page_token:
                 return min(found, key=lambda mv: int(mv.version)) if found else None
 
-    def _onboarding_run(self, raw: dict[str, Any], rec: OnboardingView, tags: dict[str, str]) -> tuple[str, str]:
+    def _onboarding_run(self, raw: dict[str, Any], rec: OnboardingView, tags: dict[str, str]) -> str:
         """The run holding the record's artifacts: a complete one left by a crashed attempt, or a new one."""
         experiment_id = self._experiment_id()
         query = (
@@ -191,17 +185,9 @@ class ModelRegistry:
         )
         previous = self._call(self._client.search_runs, [experiment_id], query, max_results=1)
         if previous:
-            return previous[0].info.run_id, previous[0].info.artifact_uri
-        if rec.in_s3:
-            self._s3 = check_s3_weights(rec, self._s3)
-        check_local_weights(rec)
-        if rec.copies_weights:  # the bytes uploaded below are the bytes onboarded, or nothing is registered
-            verify_folder(
-                Path(str(rec.local_path)),
-                rec.files,
-                what=f"model {rec.name!r} at {rec.local_path}",
-                fix="the weights changed since onboarding; re-run the onboard step, then register",
-            )
+            return str(previous[0].info.run_id)
+        if rec.kind == "weights":
+            self._check_store(rec)
         run = self._call(
             self._client.create_run,
             experiment_id,
@@ -210,11 +196,20 @@ class ModelRegistry:
         )
         run_id = run.info.run_id
         self._log_record(run_id, raw, rec)
-        if rec.copies_weights:
-            self._call(self._client.log_artifacts, run_id, str(rec.local_path), "model")
         self._call(self._client.set_tag, run_id, RUN_COMPLETE_TAG, "true")
         self._call(self._client.set_terminated, run_id, "FINISHED")
-        return run_id, run.info.artifact_uri
+        return str(run_id)
+
+    def _check_store(self, rec: OnboardingView) -> None:
+        """The store's manifest at `weights_uri` hashes to the record's digest, and every file is there."""
+        uri = str(rec.weights_uri)
+        if uri.startswith("file://") and is_http(self._uri):
+            raise RegistryError(
+                f"weights of {rec.name!r} are in the local store {uri}, which the MLflow server at {self._uri} "
+                "cannot serve: set LLMRELEASE_S3_BUCKET (and AWS_ENDPOINT_URL_S3), then re-run the onboard step"
+            )
+        store = WeightsStore.for_uri(uri, s3=self._s3)
+        store.check(uri, store.read_manifest(uri, expected=rec.digest))
 
     def _log_record(self, run_id: str, raw: dict[str, Any], rec: OnboardingView) -> None:
         from mlflow.entities import Param

@@ -12,11 +12,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from registry.errors import RegistryError
-from registry.tags import HISTORY_TAG_PREFIX
+from registry.tags import CHAMPION, HISTORY_TAG_PREFIX, PREVIOUS
 
 __all__ = [
     "AliasMove",
@@ -24,6 +25,7 @@ __all__ = [
     "moves_from_tags",
     "alias_at",
     "format_history",
+    "plan_promotion",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -42,6 +44,7 @@ class AliasMove(BaseModel):
         actor: Who moved it: a person, or a workflow as `<workflow-name>/<workflow-uid>`.
         reason: Why, in the actor's words.
         workflow_uid: The Argo workflow uid that moved it, or "" when moved by hand.
+        kind: What the alias belongs to: a registered model, or a prompt of the Prompt Registry.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -54,6 +57,7 @@ class AliasMove(BaseModel):
     actor: str
     reason: str = ""
     workflow_uid: str = ""
+    kind: Literal["model", "prompt"] = "model"
 
     @field_validator("when")
     @classmethod
@@ -135,6 +139,25 @@ def alias_at(moves: Iterable[AliasMove], alias: str, when: datetime) -> AliasMov
     return found
 
 
+def plan_promotion(champion: str | None, version: str, reason: str) -> list[tuple[str, str, str]]:
+    """The alias moves that make `version` the champion, for models and prompts alike.
+
+    The old champion, if any, becomes `previous` (the rollback target) before `version` becomes `champion`.
+
+    Args:
+        champion: The version `champion` points at now, or None.
+        version: The version to promote.
+        reason: Why, in the actor's words.
+
+    Returns:
+        `(alias, version, reason)` in the order to apply them; empty when `version` already is the champion.
+    """
+    if champion == version:
+        return []
+    moves = [] if champion is None else [(PREVIOUS, champion, f"champion before version {version}: {reason}")]
+    return [*moves, (CHAMPION, version, reason)]
+
+
 def format_history(moves: Iterable[AliasMove]) -> str:
     """A plain-text table of alias moves: time, alias, from -> to, actor, reason.
 
@@ -147,7 +170,7 @@ def format_history(moves: Iterable[AliasMove]) -> str:
     rows = [
         (
             m.when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            m.alias,
+            m.alias if m.kind == "model" else f"{m.alias} ({m.kind})",
             f"{m.from_version or '-'} -> {m.to_version or '-'}",
             m.actor,
             " ".join(m.reason.split()),

@@ -3,8 +3,9 @@
 The manifest is digest-addressed: its digest (`sha256:` of the canonical JSON of its files, sorted by path) is the
 weights digest the onboard step records and the register step tags every version with (`llmrelease.digest`). So a
 manifest fetched from anywhere is checked against the version's tag before its file digests are trusted, and
-files are then checked against the manifest. Register checks the local weights before it uploads them; the model
-cache checks what it downloaded before publishing it (steps/evals/weights.py).
+files are then checked against the manifest. The onboard step uploads the weights to the digest-addressed weights
+store, hashing every file as it goes (registry/weights_store.py); register checks the store's manifest against the
+record's digest; the model cache checks what it downloaded before publishing it (steps/evals/weights.py).
 """
 
 from __future__ import annotations

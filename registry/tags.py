@@ -36,6 +36,8 @@ __all__ = [
     "ONBOARDING_EXPERIMENT",
     "OWNER_TAG",
     "PREVIOUS",
+    "PROMPT_MODEL_TAG",
+    "PROMPT_VARIABLES_TAG",
     "REJECTED_TAG",
     "ROLLED_BACK_TAG",
     "RUN_COMPLETE_TAG",
@@ -72,6 +74,10 @@ EVIDENCE_DIGEST_TAG = "llmrelease.evidence.digest"
 NIGHTLY_VERDICT_TAG = "llmrelease.nightly.verdict"
 APPROVAL_TAG_PREFIX = "llmrelease.approval."  # + environment: an `Approval` as JSON
 HISTORY_TAG_PREFIX = "llmrelease.history."  # + sequence: one alias move (registry.history)
+
+# ---- prompt version tags (MLflow Prompt Registry; DIGEST_TAG, GIT_COMMIT_TAG, ... and the aliases apply too) ----
+PROMPT_VARIABLES_TAG = "llmrelease.prompt.variables"  # JSON {name: default or null}: the declared variables
+PROMPT_MODEL_TAG = "llmrelease.prompt.model"  # the registered model the prompt was released for
 
 # ---- run tags (MLflow tracking runs) ------------------------------------------------------------------------
 MODEL_NAME_TAG = "llmrelease.model_name"

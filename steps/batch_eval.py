@@ -9,7 +9,8 @@ For a release spec, a registered model version and a kind (`quality`: the spec's
    HTTP engine pointed at its source URI;
 2. resolve the champion (alias `champion`); when it exists and is another version, evaluate it on the same suites;
 3. for each model and suite: the result cache (`steps.evals.cache`) first, else a sharded run on Ray
-   (`steps.evals.sharding`) whose shards persist under `<work_dir>/eval-shards/`, then cached;
+   (`steps.evals.sharding`) whose shards persist in the eval store (`s3://<bucket>/evals/shards/`, else
+   `<work_dir>/eval-shards/`), then cached;
 4. write the `EvalReport` to `<work_dir>/eval-report-<kind>.json` and log one MLflow run (experiment
    `llmrelease-evals`): a per-example table per suite and model, the metrics, the report as an artifact.
 
@@ -34,6 +35,7 @@ from steps.core.images import STEPS_IMAGE
 from steps.core.tracking import mlflow_client
 from steps.evals.batch import DEFAULT_MAX_NEW_TOKENS, Inputs, Outputs, RegistryReader, run, summarize
 from steps.evals.weights import VersionReader
+from steps.release.source import SPEC_IN
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
@@ -74,7 +76,13 @@ class BatchEvalResult(Output):
     summary: Annotated[str, Parameter(name="summary")]
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="batch-eval", outputs=[Artifact(name="report", path=REPORT_OUT)])
+@script(
+    constructor="runner",
+    image=STEPS_IMAGE,
+    name="batch-eval",
+    inputs=[Artifact(name="spec", path=SPEC_IN)],  # the validated spec from onboard; `release` names it
+    outputs=[Artifact(name="report", path=REPORT_OUT)],
+)
 def batch_eval_step(params: BatchEvalParams) -> BatchEvalResult:
     """Evaluate a registered version (and the champion) on the release's suites; write the EvalReport."""
     inputs = Inputs(

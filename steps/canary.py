@@ -36,7 +36,7 @@ from registry.tags import CANARY_DECISION_TAG
 from steps.core.artifacts import CANARY_LOG_OUT
 from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
-from steps.core.proc import alive
+from steps.release.source import SPEC_IN
 from steps.rollout.analysis import AnalysisPolicy, PrometheusCheck, Sample, query_prometheus, run_analysis
 from steps.rollout.routing.base import canary_split
 from steps.rollout.serving.base import ServingPlane, server_name
@@ -181,13 +181,14 @@ def _wait_for_human(
 def _pause(inputs: "Inputs", registry: Any, plane: ServingPlane, step: dict[str, Any], tick: Callable[[], None]) -> str:
     """Inconclusive: wait for a human's resume|abort (recorded in `step`); abort at once when the champion died.
 
-    A champion whose server process is gone leaves nothing to judge the canary against, and its share of the users'
-    requests fails while the canary waits: the abort restarts it and puts all traffic back on it.
+    A champion whose server is gone (asked through the plane: a pid means nothing in the pod's namespace) leaves
+    nothing to judge the canary against, and its share of the users' requests fails while the canary waits: the
+    abort restarts it and puts all traffic back on it.
     """
     model = inputs.spec.model.name
     state = plane.state(model)
     champion = state.servers.get(state.champion or "")
-    if champion is not None and not alive(champion.pid, champion.pid_created):
+    if champion is not None and not plane.is_ready(state, champion):
         action, actor = "abort", f"the champion's server (version {champion.version}) is gone: nothing to compare with"
     else:
         timeout_s = inputs.spec.rollout.analysis.pause_timeout_s
@@ -377,6 +378,7 @@ def _run_here(params: CanaryParams) -> Outputs:
     constructor="runner",
     image=STEPS_IMAGE,
     name="canary",
+    inputs=[Artifact(name="spec", path=SPEC_IN)],  # the validated spec from onboard; `release` names it
     outputs=[
         Artifact(
             name="canary-log",

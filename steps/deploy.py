@@ -11,11 +11,12 @@ is a vLLM Deployment + Service per version (`steps.rollout.serving.kubernetes`, 
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from hera.workflows import Output, Parameter, script
+from hera.workflows import Artifact, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
 from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
+from steps.release.source import SPEC_IN
 from steps.rollout.operations import Deployment
 
 __all__ = ["DeployParams", "DeployResult", "Inputs", "Outputs", "deploy_step", "describe", "run"]
@@ -98,7 +99,12 @@ def _run_here(inputs: Inputs) -> Outputs:
     return run(inputs, ModelRegistry.from_env(), mlflow_client(), serving_plane(inputs.environment, home), home)
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="deploy")
+@script(
+    constructor="runner",
+    image=STEPS_IMAGE,
+    name="deploy",
+    inputs=[Artifact(name="spec", path=SPEC_IN)],  # the validated spec from onboard; `release` names it
+)
 def deploy_step(params: DeployParams) -> DeployResult:
     """Hera entry: deploy the candidate (exit 1 with one line when refused or when a server does not come up)."""
     inputs = Inputs(

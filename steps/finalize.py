@@ -25,6 +25,7 @@ from steps.core.artifacts import FINAL_INPUTS, GLOBAL_REPORTS
 from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
 from steps.evidence.layout import KEY_ENV, KEY_SECRET, KEY_SECRET_KEY, SIGNED_ENVIRONMENTS, EvidenceError
+from steps.release.source import SOURCE_FILE, SPEC_FILE, read_source, target_environment
 
 __all__ = ["FinalizeParams", "FinalizeResult", "Inputs", "Outputs", "describe", "finalize_step", "report_paths", "run"]
 
@@ -208,7 +209,8 @@ def run(inputs: Inputs, registry: Any, plane: Any) -> Outputs:
     fault: ReleaseError | None = None
     model, aborted, version = "", None, ""
     try:
-        model = load_spec(inputs.release).model.name
+        spec_file = Path(inputs.reports_dir) / SPEC_FILE  # the spec onboard validated, when it got that far
+        model = load_spec(str(spec_file) if spec_file.is_file() else inputs.release).model.name
         aborted, version = _close_rollout(inputs, registry, plane, model)
     except ReleaseError as e:
         fault = e
@@ -247,17 +249,29 @@ def _run_here(inputs: Inputs) -> Outputs:
     return run(inputs, ModelRegistry.from_env(), serving_plane(inputs.environment, llmrelease_home()))
 
 
+def _with_source(inputs: Inputs) -> Inputs:
+    """`inputs` with the environment and the commit the onboard step resolved (its `spec-source` artifact)."""
+    source = read_source(Path(inputs.reports_dir) / SOURCE_FILE)
+    if source is None:  # onboard did not finish: what the run was given
+        return inputs.model_copy(update={"environment": target_environment(inputs.environment, None)})
+    return inputs.model_copy(update={"environment": source.environment, "git_commit": source.commit})
+
+
 @script(
     constructor="runner",
     image=STEPS_IMAGE,
     name="finalize",
-    inputs=[Artifact(name=name, path=f"{FINAL_INPUTS}/{name}.json", optional=True) for name in GLOBAL_REPORTS],
+    inputs=[
+        *(Artifact(name=name, path=f"{FINAL_INPUTS}/{name}.json", optional=True) for name in GLOBAL_REPORTS),
+        Artifact(name="release-spec", path=f"{FINAL_INPUTS}/{SPEC_FILE}", optional=True),
+        Artifact(name="spec-source", path=f"{FINAL_INPUTS}/{SOURCE_FILE}", optional=True),
+    ],
     env=[SecretEnv(name=KEY_ENV, secret_name=KEY_SECRET, secret_key=KEY_SECRET_KEY, optional=True)],
 )
 def finalize_step(params: FinalizeParams) -> FinalizeResult:
     """Hera entry: abort a half-done rollout of a failed run, then write the evidence (see the module docs)."""
     inputs = Inputs.model_validate(params.model_dump())
-    outputs = run_step("finalize", lambda: _run_here(inputs))
+    outputs = run_step("finalize", lambda: _run_here(_with_source(inputs)))
     print(describe(outputs))
     return FinalizeResult(
         aborted=outputs.aborted or "", evidence_digest=outputs.evidence_digest, report_path=outputs.report_path

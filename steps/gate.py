@@ -40,6 +40,7 @@ from steps.evals.gate_rules import (
     load_thresholds,
 )
 from steps.evals.results import EvalReport, merge_reports, write_json_atomic
+from steps.release.source import SPEC_IN
 
 __all__ = [
     "DECISION_FILE",
@@ -171,6 +172,7 @@ def _run_here(inputs: Inputs) -> Outputs:
     image=STEPS_IMAGE,
     name="gate",
     env=pod_env(),
+    inputs=[Artifact(name="spec", path=SPEC_IN)],  # the validated spec from onboard; `release` names it
     # The reports go out again as workflow-level artifacts, for the exit handler's evidence bundle.
     outputs=[
         Artifact(name="gate-decision", path=GATE_REPORT_OUT, global_name="gate-report", archive=_NO_ARCHIVE),

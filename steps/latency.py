@@ -1,9 +1,13 @@
 """The latency step: offers load to a serving endpoint, measures it, and judges the latency SLO and the cost.
 
-Metrics follow vLLM's benchmark_serving: TTFT, TPOT = (E2EL - TTFT) / (output_tokens - 1), ITL (pooled gaps
-between streamed chunks), E2EL, req/s, output tok/s and goodput (req/s of requests meeting every SLO). TTFT and
-E2EL count from each request's scheduled send time (see `steps.rollout.loadgen` on coordinated omission); the report
-also gives E2EL from the actual send and the send-lag distribution, and says when the client was the bottleneck.
+Metrics follow vLLM's benchmark_serving (`steps.rollout.slo`, re-exported here): TTFT, TPOT, ITL, E2EL, req/s,
+output tok/s and goodput; TTFT and E2EL count from each request's scheduled send time (see `steps.rollout.loadgen`
+on coordinated omission); the report also says when the client was the bottleneck.
+
+With a release, the load comes from its spec (`gates.latency.load`, else the environment's policy default, see
+`steps.release.traffic`), never from the step's parameters; after it, a capacity search
+(`steps.rollout.capacity`, bounded by `gates.latency.capacity.max_time_s`) finds the highest rate at which the SLO
+holds. A required load the endpoint cannot hold fails with the measured capacity in the reason.
 """
 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
@@ -13,15 +17,18 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-import numpy as np
 from hera.workflows import Artifact, NoneArchiveStrategy, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from registry.errors import ReleaseError
+from registry.errors import ReleaseError, SpecError
 from steps.core.artifacts import LATENCY_REPORT_OUT
 from steps.core.entry import StepParams, parameter_error, run_step
 from steps.core.images import STEPS_IMAGE
-from steps.rollout.loadgen import LoadResult, LoadSpec, RequestRecord, run_load
+from steps.release.source import SPEC_IN
+from steps.release.traffic import DEFAULT_CAPACITY, CapacitySearch, merge
+from steps.rollout.capacity import capacity_note, measure_capacity, over_capacity
+from steps.rollout.loadgen import LoadSpec, run_load
+from steps.rollout.slo import CostModel, Slo, distribution, gpu_cost, judge, provider_cost, slo_held, summarize
 
 __all__ = [
     "Slo",
@@ -45,168 +52,6 @@ __all__ = [
 REPORT_NAME = "latency-report.json"
 
 
-class Slo(BaseModel):
-    """Latency and availability objectives, and the client-bound threshold."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    p95_e2e_ms: float = Field(default=1200.0, gt=0)
-    availability: float = Field(default=0.999, ge=0, le=1)
-    client_bound_fraction: float = Field(default=0.1, gt=0, description="of the mean inter-arrival gap")
-
-
-class CostModel(BaseModel):
-    """A GPU hourly price (self-hosted) or a provider price table, and the budget ceiling."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    gpu_hourly_usd: float | None = Field(default=0.8, ge=0)
-    usd_per_1m_input: float | None = Field(default=None, ge=0)
-    usd_per_1m_output: float | None = Field(default=None, ge=0)
-    max_usd_per_1k_output_tokens: float | None = Field(default=0.5, ge=0)
-
-
-def distribution(values: list[float]) -> dict[str, float | None]:
-    """Mean, p50, p95, p99 and max (numpy's linear percentiles, as benchmark_serving), None when empty."""
-    if not values:
-        return {"mean": None, "p50": None, "p95": None, "p99": None, "max": None, "n": 0}
-    arr = np.asarray(values, dtype=float)
-    p50, p95, p99 = (float(x) for x in np.percentile(arr, [50, 95, 99]))
-    return {"mean": float(arr.mean()), "p50": p50, "p95": p95, "p99": p99, "max": float(arr.max()), "n": len(arr)}
-
-
-def gpu_cost(gpu_hourly_usd: float, output_tok_per_s: float, req_per_s: float) -> dict[str, float]:
-    """USD per 1k output tokens and per request from measured throughput on a GPU billed by the hour."""
-    per_s = gpu_hourly_usd / 3600
-    return {
-        "usd_per_1k_output_tokens": per_s / output_tok_per_s * 1000 if output_tok_per_s > 0 else float("inf"),
-        "usd_per_request": per_s / req_per_s if req_per_s > 0 else float("inf"),
-    }
-
-
-def provider_cost(
-    usd_per_1m_input: float, usd_per_1m_output: float, input_tokens: int, output_tokens: int, requests: int
-) -> dict[str, float]:
-    """USD per 1k output tokens and per request from a provider's per-token prices."""
-    total = input_tokens * usd_per_1m_input / 1e6 + output_tokens * usd_per_1m_output / 1e6
-    return {
-        "usd_per_1k_output_tokens": total / output_tokens * 1000 if output_tokens else float("inf"),
-        "usd_per_request": total / requests if requests else float("inf"),
-    }
-
-
-def _client_bound(result: LoadResult, slo: Slo) -> tuple[bool, list[str]]:
-    reasons: list[str] = []
-    recs = result.records
-    cpu = result.client_cpu_s / result.wall_s if result.wall_s > 0 else 0.0
-    if cpu >= 0.9:
-        reasons.append(f"client CPU at {cpu:.0%} of one core")
-    if result.spec.mode != "concurrency" and recs:
-        gap_ms = 1000 / result.spec.rate
-        limit = slo.client_bound_fraction * gap_ms
-        lag = distribution([r.send_lag_ms for r in recs])["p95"] or 0.0
-        capped = sum(r.waited_for_cap for r in recs)
-        if lag > limit:
-            cause = (
-                f"in-flight cap {result.spec.max_in_flight} saturated ({capped} requests waited for it)"
-                if capped
-                else "event loop behind schedule"
-            )
-            reasons.append(
-                f"{cause}: send lag p95 {lag:.2f} ms > {slo.client_bound_fraction:.0%} of the "
-                f"{gap_ms:.2f} ms inter-arrival gap"
-            )
-    if result.hit_hard_deadline:
-        reasons.append("the run hit its hard deadline; requests still in flight were cut")
-    return bool(reasons), reasons
-
-
-def _errors(recs: list[RequestRecord]) -> dict[str, Any]:
-    kinds: dict[str, int] = {}
-    for r in recs:
-        if r.error:
-            kinds[r.error] = kinds.get(r.error, 0) + 1
-    first = next((r.detail for r in recs if r.error), "")
-    n = len(recs)
-    return {
-        "count": sum(kinds.values()),
-        "rate": sum(kinds.values()) / n if n else 1.0,
-        "by_kind": kinds,
-        "first": first,
-    }
-
-
-def summarize(result: LoadResult, slo: Slo) -> dict[str, Any]:
-    """All the metrics of a run (no verdict): latency distributions in ms, throughput, errors, client health."""
-    recs, wall = result.records, result.wall_s
-    ok = [r for r in recs if r.ok]
-    out_tokens = sum(r.output_tokens for r in ok)
-    good = [r for r in ok if r.e2e_ms <= slo.p95_e2e_ms]
-    bound, reasons = _client_bound(result, slo)
-    return {
-        "requests": len(recs),
-        "completed": len(ok),
-        "wall_s": wall,
-        "ttft_ms": distribution([r.ttft_ms for r in ok if r.ttft_ms is not None]),
-        "tpot_ms": distribution(
-            [
-                (r.e2e_ms - (r.ttft_ms or 0.0)) / (r.output_tokens - 1)
-                for r in ok
-                if r.output_tokens > 1 and r.ttft_ms is not None
-            ]
-        ),
-        "itl_ms": distribution([g for r in ok for g in r.itl_ms]),
-        "e2e_ms": distribution([r.e2e_ms for r in ok]),
-        "e2e_from_send_ms": distribution([r.e2e_from_send_ms for r in ok]),
-        "send_lag_ms": distribution([r.send_lag_ms for r in recs]),
-        "req_per_s": len(ok) / wall if wall > 0 else 0.0,
-        "output_tok_per_s": out_tokens / wall if wall > 0 else 0.0,
-        "goodput_req_per_s": len(good) / wall if wall > 0 else 0.0,
-        "output_tokens": out_tokens,
-        "input_tokens": sum(r.prompt_tokens or 0 for r in ok),
-        "errors": _errors(recs),
-        "warmup": {"requests": len(result.warmup), "errors": sum(1 for r in result.warmup if r.error)},
-        "client_cpu_fraction": result.client_cpu_s / wall if wall > 0 else 0.0,
-        "client_bound": bound,
-        "client_bound_reasons": reasons,
-    }
-
-
-def _cost(metrics: dict[str, Any], cost: CostModel) -> dict[str, Any]:
-    if cost.usd_per_1m_input is not None or cost.usd_per_1m_output is not None:
-        got = provider_cost(
-            cost.usd_per_1m_input or 0.0,
-            cost.usd_per_1m_output or 0.0,
-            metrics["input_tokens"],
-            metrics["output_tokens"],
-            metrics["completed"],
-        )
-        return {"basis": "provider price table", **got}
-    got = gpu_cost(cost.gpu_hourly_usd or 0.0, metrics["output_tok_per_s"], metrics["req_per_s"])
-    return {"basis": f"GPU at {cost.gpu_hourly_usd} USD/h", **got}
-
-
-def judge(metrics: dict[str, Any], slo: Slo, cost: CostModel) -> tuple[str, list[str], dict[str, Any]]:
-    """Verdict ("pass"/"fail"), the reasons of a fail, and the cost figures."""
-    reasons: list[str] = []
-    err = metrics["errors"]
-    if metrics["completed"] == 0:
-        reasons.append(f"no request completed out of {metrics['requests']}: {err['first'] or 'nothing was sent'}")
-    if err["rate"] > 1 - slo.availability + 1e-12:
-        reasons.append(
-            f"error rate {err['rate']:.3f} > {1 - slo.availability:.3f} allowed by availability "
-            f"{slo.availability} ({err['by_kind']})"
-        )
-    p95 = metrics["e2e_ms"]["p95"]
-    if p95 is not None and p95 >= slo.p95_e2e_ms:
-        reasons.append(f"p95 E2E {p95:.1f} ms >= SLO {slo.p95_e2e_ms:g} ms")
-    figures = _cost(metrics, cost)
-    ceiling = cost.max_usd_per_1k_output_tokens
-    if ceiling is not None and metrics["completed"] and figures["usd_per_1k_output_tokens"] > ceiling:
-        reasons.append(f"cost {figures['usd_per_1k_output_tokens']:.4f} USD/1k output tokens > ceiling {ceiling:g}")
-    return ("fail" if reasons else "pass"), reasons, figures
-
-
 class Inputs(BaseModel):
     """What the latency step measures, and the objectives and costs it judges the measurement by."""
 
@@ -215,6 +60,7 @@ class Inputs(BaseModel):
     load: LoadSpec
     slo: Slo = Field(default_factory=Slo)
     cost: CostModel = Field(default_factory=CostModel)
+    capacity: CapacitySearch | None = Field(default=None, description="every field set; None: no search")
     work_dir: Path
 
 
@@ -229,7 +75,7 @@ class Outputs(BaseModel):
 
 
 def run(inputs: Inputs) -> Outputs:
-    """Measure, judge and write the JSON report to `<work_dir>/latency-report.json`.
+    """Measure the required load, search the capacity (when asked), judge and write `<work_dir>/latency-report.json`.
 
     Raises:
         ReleaseError: The report cannot be written to `work_dir`.
@@ -238,6 +84,10 @@ def run(inputs: Inputs) -> Outputs:
     result = asyncio.run(run_load(spec))
     metrics = summarize(result, slo)
     verdict, reasons, figures = judge(metrics, slo, cost)
+    search = inputs.capacity
+    capacity = measure_capacity(spec, slo, search, metrics) if search is not None and search.enabled else None
+    if capacity is not None and not slo_held(metrics, slo)[0]:
+        reasons.append(over_capacity(spec, metrics, capacity))
     report = {
         "spec": spec.model_dump(),
         "slo": slo.model_dump(),
@@ -246,6 +96,7 @@ def run(inputs: Inputs) -> Outputs:
         "reasons": reasons,
         "cost": figures,
         "metrics": metrics,
+        "capacity": capacity.to_json() if capacity is not None else None,
         "records": [r.to_json() for r in result.records],
         "warmup_records": [r.to_json() for r in result.warmup],
     }
@@ -260,6 +111,7 @@ def run(inputs: Inputs) -> Outputs:
         f"latency {verdict}: {metrics['completed']}/{metrics['requests']} ok, p95 E2E "
         f"{'n/a' if p95 is None else f'{p95:.1f} ms'}, {metrics['req_per_s']:.2f} req/s, "
         f"{figures['usd_per_1k_output_tokens']:.4f} USD/1k out"
+        + (f", {capacity_note(capacity)}" if capacity is not None else "")
         + (f"; {'; '.join(reasons)}" if reasons else "")
         + ("; CLIENT-BOUND: " + "; ".join(metrics["client_bound_reasons"]) if metrics["client_bound"] else "")
     )
@@ -272,18 +124,22 @@ def describe(outputs: Outputs) -> str:
 
 
 class LatencyParams(StepParams):
-    """Argo input parameters of the latency template (typed: Hera's runner parses them; `null` means unset)."""
+    """Argo input parameters of the latency template (typed: Hera's runner parses them; `null` means unset).
+
+    The load's shape (mode, rate, concurrency, requests, duration_s; `null`/"" for unset) is for runs without a
+    release: with one, the spec and the environment's policy decide it, and setting one of these is refused.
+    """
 
     step: ClassVar[str] = "latency"
 
     base_url: str
     model: str
     work_dir: Path
-    mode: Literal["constant", "poisson", "concurrency"] = "constant"
-    rate: float = 4.0
-    concurrency: int = 4
-    requests: int | None = 40
-    duration_s: float | None = 30.0
+    mode: Literal["", "constant", "poisson", "concurrency"] = ""
+    rate: float | None = None
+    concurrency: int | None = None
+    requests: int | None = None
+    duration_s: float | None = None
     p95_e2e_ms: float = 1200.0
     availability: float = 0.999
     gpu_hourly_usd: float | None = 0.8
@@ -305,33 +161,35 @@ class LatencyResult(Output):
     summary: Annotated[str, Parameter(name="summary")]
 
 
-_LOAD_FIELDS = (
-    "base_url",
-    "model",
-    "mode",
-    "rate",
-    "concurrency",
-    "requests",
-    "duration_s",
-    "request_timeout_s",
-    "stall_timeout_s",
-)
+_SHAPE_FIELDS = ("mode", "rate", "concurrency", "requests", "duration_s")
+_FROM_RELEASE = ("warmup", "max_tokens", "prompts")
+_LOAD_FIELDS = ("base_url", "model", *_SHAPE_FIELDS, "request_timeout_s", "stall_timeout_s", *_FROM_RELEASE)
 _COST_FIELDS = ("gpu_hourly_usd", "usd_per_1m_input", "usd_per_1m_output", "max_usd_per_1k_output_tokens")
 
 
 def inputs_from_params(params: LatencyParams) -> Inputs:
-    """The step's inputs: the parameters, where a release is given with its SLO, cost ceiling and prompt.
+    """The step's inputs: with a release, its load, SLO, cost ceiling and capacity search; else the parameters.
 
     Raises:
-        SpecError: A parameter is out of range (the message names it), or the release spec is invalid.
+        SpecError: A parameter is out of range (the message names it), a load parameter is set with a release,
+            or the release spec is invalid.
     """
-    values = {**params.model_dump(), **_from_release(params)}
+    given = {k: v for k, v in params.model_dump().items() if v is not None and (k != "mode" or v)}
+    release = _from_release(params)
+    shape = [k for k in _SHAPE_FIELDS if k in given]
+    if release and shape:
+        raise SpecError(
+            f"parameter {shape[0]}={given[shape[0]]!r}: the release spec decides the load; remove the parameter and "
+            f"set gates.latency.load in {params.release}"
+        )
+    values = {**given, **release}
     prompt = {"prompt": values["prompt"]} if values["prompt"].strip() else {}
     try:
         return Inputs(
-            load=LoadSpec.model_validate({**{k: values[k] for k in _LOAD_FIELDS}, **prompt}),
+            load=LoadSpec.model_validate({**{k: values[k] for k in _LOAD_FIELDS if k in values}, **prompt}),
             slo=Slo(p95_e2e_ms=values["p95_e2e_ms"], availability=values["availability"]),
-            cost=CostModel.model_validate({k: values[k] for k in _COST_FIELDS}),
+            cost=CostModel.model_validate({k: values.get(k) for k in _COST_FIELDS}),
+            capacity=values.get("capacity"),
             work_dir=params.work_dir,
         )
     except ValidationError as e:
@@ -339,26 +197,29 @@ def inputs_from_params(params: LatencyParams) -> Inputs:
 
 
 def _from_release(params: LatencyParams) -> dict[str, Any]:
-    """The SLO and cost thresholds of the release spec (gates.latency / gates.cost), which override the parameters."""
+    """The load, SLO, cost and capacity search of the release spec in its environment (spec, then policy default)."""
     if not params.release.strip():
         return {}
+    from steps.evals.suites import load_suite
     from steps.release.policy import apply_environment
     from steps.release.spec import load_spec
+    from steps.release.traffic import load_fields
 
     spec = apply_environment(load_spec(params.release), params.environment)
     gates = spec.gates
-    prompt = params.prompt
-    if not prompt.strip():  # realistic traffic: the first question of the release's first eval suite
-        from steps.evals.suites import load_suite
-
-        first = spec.evals.suites[0]
-        prompt = load_suite(first.path, name=first.name).items[0].prompt
+    first = spec.evals.suites[0]
+    suite = [item.prompt for item in load_suite(first.path, name=first.name).items]
+    load = load_fields(gates.latency.load, suite)
+    if params.prompt.strip():  # an explicit prompt replaces the suite's
+        load["prompts"] = []
     return {
-        "prompt": prompt,
+        **load,
+        "prompt": params.prompt,
         "p95_e2e_ms": gates.latency.p95_e2e_ms,
         "availability": gates.latency.availability,
         "gpu_hourly_usd": gates.cost.gpu_hourly_usd,
         "max_usd_per_1k_output_tokens": gates.cost.max_usd_per_1k_output_tokens,
+        "capacity": merge(gates.latency.capacity, DEFAULT_CAPACITY),
     }
 
 
@@ -366,6 +227,7 @@ def _from_release(params: LatencyParams) -> dict[str, Any]:
     constructor="runner",
     image=STEPS_IMAGE,
     name="latency",
+    inputs=[Artifact(name="spec", path=SPEC_IN, optional=True)],  # from onboard; `release` names it
     outputs=[
         Artifact(
             name="report",

@@ -18,13 +18,15 @@ from hera.workflows import Artifact, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
 from registry.errors import OnboardingError
+from registry.integrity import Manifest, ManifestFile
 from registry.retry import DEFAULT_DEADLINE_S, service_deadline
+from registry.weights_store import Published, WeightsStore
 from steps.core.artifacts import ONBOARD_DIR
-from steps.core.entry import StepParams, run_step
+from steps.core.entry import StepParams, in_pod, pod_env, run_step
 from steps.core.images import STEPS_IMAGE
 from steps.evals.engines.probe import ProviderProbe, probe_provider
 from steps.onboarding.datasets import check_datasets
-from steps.onboarding.sources import S3Client, Source, resolve_source
+from steps.onboarding.sources import S3Client, Source, model_roots, resolve_source
 from steps.onboarding.weights import (
     check_weight_files,
     estimate_memory,
@@ -34,6 +36,7 @@ from steps.onboarding.weights import (
 )
 from steps.release.policy import DEFAULT_POLICY_PATH, PlatformPolicy, check_policy, load_policy
 from steps.release.records import RECORD_FILE, ConfigSummary, MemoryEstimate, OnboardingRecord, write_record
+from steps.release.source import RELEASE_REPO_IN, SOURCE_OUT, SPEC_OUT, checkout_spec, publish_spec
 from steps.release.spec import ReleaseSpec, load_spec, resolve_spec_path
 
 __all__ = ["Inputs", "OnboardParams", "OnboardResult", "Outputs", "describe", "onboard_step", "run"]
@@ -54,6 +57,8 @@ class Inputs(BaseModel):
     """The model root: relative model.source and suite paths resolve under it and may not escape it."""
     policy_path: str = DEFAULT_POLICY_PATH
     """The platform policy file."""
+    spec_root: Path | None = None
+    """The release repository's checkout `release` is read in (None: the cwd)."""
 
 
 class Outputs(BaseModel):
@@ -66,14 +71,22 @@ class Outputs(BaseModel):
     record: OnboardingRecord
     approval_required: bool = False
     """The environment is one of the spec's `rollout.approval_required_in`: a person approves the rollout."""
+    published: Published | None = None
+    """Weights only: where they are in the weights store, and the files this run uploaded (none: reused)."""
 
 
-def run(inputs: Inputs, s3: S3Client | None = None, probe: ProviderProbe | None = probe_provider) -> Outputs:
+def run(
+    inputs: Inputs,
+    s3: S3Client | None = None,
+    probe: ProviderProbe | None = probe_provider,
+    store: WeightsStore | None = None,
+) -> Outputs:
     """Onboard the model of `inputs.release` for `inputs.environment`.
 
     Args:
         inputs: The step's inputs.
         s3: A boto3 S3 client for s3:// sources; built from the environment (AWS_ENDPOINT_URL, ...) when None.
+        store: The weights store the weights are uploaded to; `WeightsStore.from_env` (S3 bucket or local) if None.
         probe: Asks a provider source for a one-token completion before anything is recorded
             (`steps.evals.engines.probe`); None skips it (tests of the record alone).
 
@@ -86,14 +99,16 @@ def run(inputs: Inputs, s3: S3Client | None = None, probe: ProviderProbe | None 
         OnboardingError: The source, the weights, config.json, the fit on the GPU or an eval suite failed.
     """
     spec_path = resolve_spec_path(inputs.release)
-    spec = load_spec(inputs.release)
+    spec_file = inputs.spec_root / spec_path if inputs.spec_root is not None else spec_path
+    spec = load_spec(str(spec_file))
     policy = load_policy(inputs.policy_path)
     rules = policy.environment(inputs.environment)
     _check_card(spec)
     check_policy(policy, inputs.environment, license=spec.model.card.license, model_name=spec.model.name)
     root, work_dir = inputs.root, inputs.work_dir
     datasets = check_datasets(spec.evals, root)
-    source = resolve_source(spec.model.source, root=root, work_dir=work_dir, s3=s3)
+    roots = model_roots(root, rules.model_roots)
+    source = resolve_source(spec.model.source, root=root, work_dir=work_dir, s3=s3, roots=roots)
     if source.provider_key is not None:
         check_policy(
             policy,
@@ -104,16 +119,17 @@ def run(inputs: Inputs, s3: S3Client | None = None, probe: ProviderProbe | None 
         )
         if probe is not None and source.provider is not None:
             probe(source.provider, service_deadline(default=rules.service_deadline_s or DEFAULT_DEADLINE_S))
-    config, memory = (None, None)
+    config, memory, published = None, None, None
     if source.kind == "weights":
         config, memory = _check_weights(source, spec, policy, inputs.environment, rules.allow_pickle)
+        published = _publish(source, store or WeightsStore.from_env(s3=s3))  # type: ignore[arg-type]
     record = OnboardingRecord(
         name=spec.model.name,
         release=spec.name,
         environment=inputs.environment,
         source_uri=spec.model.source,
         kind=source.kind,
-        local_path=str(source.local_dir) if source.local_dir is not None else None,
+        weights_uri=published.uri if published is not None else None,
         provider=source.provider,
         digest=source.digest,
         files=source.files,
@@ -122,12 +138,14 @@ def run(inputs: Inputs, s3: S3Client | None = None, probe: ProviderProbe | None 
         memory=memory,
         datasets=datasets,
         spec_path=str(spec_path),
-        spec_sha256=hashlib.sha256(spec_path.read_bytes()).hexdigest(),
+        spec_sha256=hashlib.sha256(spec_file.read_bytes()).hexdigest(),
         policy_version=policy.version,
     )
     path = write_record(record, work_dir)
     required = inputs.environment in spec.rollout.approval_required_in
-    return Outputs(record_path=path, digest=record.digest, record=record, approval_required=required)
+    return Outputs(
+        record_path=path, digest=record.digest, record=record, approval_required=required, published=published
+    )
 
 
 def _check_card(spec: ReleaseSpec) -> None:
@@ -158,6 +176,14 @@ def _check_weights(
     return summary, memory
 
 
+def _publish(source: Source, store: WeightsStore) -> Published:
+    """Upload the checked weights to their digest-addressed location (nothing when already there)."""
+    if source.local_dir is None:
+        raise OnboardingError(f"model.source {source.uri!r}: weights without a local directory; report this bug")
+    files = [ManifestFile(path=f.path, sha256=f.sha256, size=f.size) for f in source.files]
+    return store.publish(source.local_dir, Manifest(digest=source.digest, files=files))
+
+
 def describe(outputs: Outputs) -> str:
     """The one human line the step prints, e.g. `onboarded demo-qa (sha256:ab12..., 9 files, ...)`."""
     rec = outputs.record
@@ -166,6 +192,9 @@ def describe(outputs: Outputs) -> str:
     else:
         need, usable = rec.memory.total_bytes / 1024**3, rec.memory.usable_bytes / 1024**3
         what = f"{len(rec.files)} files, needs {need:.2f} GiB of {usable:.2f} GiB usable"
+    if outputs.published is not None:
+        how = "already there" if not outputs.published.uploaded else f"{len(outputs.published.uploaded)} uploaded"
+        what += f", in {outputs.published.uri} ({how})"
     return f"onboarded {rec.name} for {rec.environment} ({rec.digest[:19]}..., {what}): {outputs.record_path}"
 
 
@@ -175,8 +204,14 @@ class OnboardParams(StepParams):
     step: ClassVar[str] = "onboard"
 
     release: str
-    environment: str = "dev"
+    """The spec's path in the release repository (releases/<name>.yaml)."""
+    environment: str = ""
+    """dev, stage or prod; "" means the spec's `environment` (else dev)."""
     work_dir: Path
+    git_repo: str = ""
+    """The release repository as the run was given it (recorded with the spec)."""
+    git_commit: str = ""
+    """The commit asked for ("" the branch head); the one checked out is what the step outputs."""
 
 
 class OnboardResult(Output):
@@ -185,19 +220,43 @@ class OnboardResult(Output):
     record_path: Annotated[str, Parameter(name="record-path")]
     digest: Annotated[str, Parameter(name="digest")]
     approval_required: Annotated[bool, Parameter(name="approval-required")]  # true/false
+    environment: Annotated[str, Parameter(name="environment")]  # the one delivered to (the spec's when not given)
+    git_commit: Annotated[str, Parameter(name="git-commit")]  # the commit checked out: what was evaluated
 
 
 @script(
     constructor="runner",
     image=STEPS_IMAGE,
     name="onboard",
-    outputs=[Artifact(name="record", path=f"{ONBOARD_DIR}/{RECORD_FILE}")],
+    env=pod_env(),
+    inputs=[Artifact(name="release-repo", path=RELEASE_REPO_IN)],  # the pipeline gives it a `git` source
+    outputs=[
+        Artifact(name="record", path=f"{ONBOARD_DIR}/{RECORD_FILE}"),
+        Artifact(name="spec", path=SPEC_OUT, global_name="release-spec"),
+        Artifact(name="spec-source", path=SOURCE_OUT, global_name="spec-source"),
+    ],
 )
 def onboard_step(params: OnboardParams) -> OnboardResult:
-    """Onboard the release's model: resolve, hash, check and record it (see the module docs)."""
-    inputs = Inputs(release=params.release, environment=params.environment, work_dir=params.work_dir)
+    """Onboard the release's model from the spec in the release repository at the commit (see the module docs)."""
+    checkout = in_pod(RELEASE_REPO_IN)
+    spec_file, _, source = run_step(
+        "onboard",
+        lambda: checkout_spec(
+            checkout,
+            params.release,
+            repository=params.git_repo,
+            requested=params.git_commit,
+            environment=params.environment,
+        ),
+    )
+    inputs = Inputs(release=source.path, environment=source.environment, work_dir=params.work_dir, spec_root=checkout)
     outputs = run_step("onboard", lambda: run(inputs))
-    print(describe(outputs))
+    run_step("onboard", lambda: publish_spec(spec_file, source, params.work_dir))
+    print(f"{describe(outputs)} (spec {source.path} at {source.commit[:12]}, environment {source.environment})")
     return OnboardResult(
-        record_path=str(outputs.record_path), digest=outputs.digest, approval_required=outputs.approval_required
+        record_path=str(outputs.record_path),
+        digest=outputs.digest,
+        approval_required=outputs.approval_required,
+        environment=source.environment,
+        git_commit=source.commit,
     )

@@ -9,12 +9,13 @@ one, else the workflow), when, and the workflow uid. The old champion keeps its 
 
 from typing import Any, ClassVar
 
-from hera.workflows import script
+from hera.workflows import Artifact, script
 from pydantic import BaseModel, ConfigDict
 
 from registry.history import AliasMove
 from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
+from steps.release.source import SPEC_IN
 
 __all__ = ["Inputs", "Outputs", "PromoteParams", "describe", "promote_step", "run"]
 
@@ -112,7 +113,12 @@ def _run_here(inputs: Inputs) -> Outputs:
     return run(inputs, ModelRegistry.from_env(), mlflow_client(), serving_plane("", llmrelease_home()))
 
 
-@script(constructor="runner", image=STEPS_IMAGE, name="promote")
+@script(
+    constructor="runner",
+    image=STEPS_IMAGE,
+    name="promote",
+    inputs=[Artifact(name="spec", path=SPEC_IN)],  # the validated spec from onboard; `release` names it
+)
 def promote_step(params: PromoteParams) -> None:
     """Hera entry: promote (exit 1 with one line when this workflow no longer holds the rollout)."""
     inputs = Inputs(

@@ -1,7 +1,9 @@
 """The register step: put an onboarded model into the MLflow registry, once per weights digest.
 
 Reads the onboarding record the onboard step wrote, registers it through `registry.ModelRegistry` (idempotent:
-a re-run with the same weights returns the existing version) and points the `candidate` alias at it.
+a re-run with the same weights returns the existing version) and points the `candidate` alias at it. The version's
+source is the weights' digest-addressed location in the weights store (the record's `weights_uri`, checked to hold
+a manifest of the record's digest and every file): nothing is read from the onboard pod's disk or uploaded again.
 Publishes the model name, the version and whether it is new, as Argo output parameters.
 
 No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.

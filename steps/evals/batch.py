@@ -10,6 +10,13 @@ the engine the workers chose; a cached result is looked up under each engine the
 cuda: vllm, then transformers; on cpu: transformers). GPUs per worker: `Inputs.gpus_per_worker`, else
 LLMRELEASE_EVAL_GPUS_PER_WORKER, else 0 (CPU); a positive value is an explicit Ray demand (`num_gpus`), so an
 autoscaler scales a GPU worker group up from zero.
+
+Eval state is durable where a bucket is configured (`steps.evals.store`): the result cache in
+`s3://$LLMRELEASE_S3_BUCKET/evals/results` and the shards in `.../evals/shards/<run key>` (run key: model digest +
+suite hash + generation settings), so a retried pod on any node skips finished shards and a result computed in
+any pod is reused; without a bucket, `$LLMRELEASE_HOME/eval-cache` and `<work_dir>/eval-shards`. Shard claims
+(`steps.evals.shard_ledger`) make the parallel batch-eval and safety pods split, not repeat, a (digest, suite,
+settings) they both evaluate; LLMRELEASE_EVAL_CLAIM_TTL_S (default 30) is how long a dead pod's claim holds.
 """
 
 from __future__ import annotations
@@ -32,12 +39,14 @@ from registry.tags import (
     SOURCE_URI_TAG,
 )
 from steps.core.tracking import experiment_id, llmrelease_home
-from steps.evals.cache import GenerationSettings, ResultCache, short_hex
+from steps.evals.cache import CACHE_LABEL, GenerationSettings, ResultCache, short_hex
 from steps.evals.engine_spec import WeightsRef
 from steps.evals.engines.base import EvalError
 from steps.evals.ray_connect import ray_address
 from steps.evals.results import EvalReport, SuiteResult
+from steps.evals.shard_ledger import SHARDS_LABEL
 from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, run_suite
+from steps.evals.store import EvalStore, eval_store
 from steps.evals.suites import Suite, load_suite
 from steps.evals.weights import VersionReader, model_version, registered_digest
 from steps.release.spec import ReleaseSpec, load_spec
@@ -124,6 +133,7 @@ def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_
     options = ShardOptions(
         workers=inputs.shards,
         gpus_per_worker=gpus,
+        claim_ttl_s=_claim_ttl(),
         fault=FaultInjection.from_env(os.environ.get("LLMRELEASE_EVAL_KILL_SHARD")),
     )
     wanted = GenerationSettings(max_new_tokens=max_new, backend="auto", device="cuda" if gpus else "cpu")
@@ -132,10 +142,11 @@ def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_
     champion = None
     if champion_version is not None and champion_version != inputs.version:
         champion = _resolve(client, inputs.model_name, champion_version, home, wanted, alias=CHAMPION)
-    cache = ResultCache(home / "eval-cache")
+    cache = ResultCache(eval_store("results", home / "eval-cache", CACHE_LABEL))
+    shards = eval_store("shards", Path(inputs.work_dir) / "eval-shards", SHARDS_LABEL)
     report = EvalReport(
-        candidate=[_evaluate(candidate, s, cache, inputs.work_dir, options) for s in suites],
-        champion=[_evaluate(champion, s, cache, inputs.work_dir, options) for s in suites] if champion else None,
+        candidate=[_evaluate(candidate, s, cache, shards, options) for s in suites],
+        champion=[_evaluate(champion, s, cache, shards, options) for s in suites] if champion else None,
     )
     path = report.save(Path(inputs.work_dir) / f"eval-report-{inputs.kind}.json")
     run_id = None
@@ -166,6 +177,18 @@ def _gpus_per_worker(inputs: Inputs) -> float:
         value = -1.0
     if value < 0:
         raise EvalError(f"LLMRELEASE_EVAL_GPUS_PER_WORKER={raw!r}: expected a number of GPUs >= 0, e.g. 1")
+    return value
+
+
+def _claim_ttl() -> float:
+    """LLMRELEASE_EVAL_CLAIM_TTL_S, else 30 s: how long a shard claim holds without being renewed."""
+    raw = os.environ.get("LLMRELEASE_EVAL_CLAIM_TTL_S") or "30"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise EvalError(f"LLMRELEASE_EVAL_CLAIM_TTL_S={raw!r}: expected seconds > 0, e.g. 30")
     return value
 
 
@@ -205,7 +228,7 @@ def _provider(source: str) -> tuple[str, str]:
 
 
 def _evaluate(
-    model: ModelUnderTest, suite: Suite, cache: ResultCache, work_dir: str, options: ShardOptions
+    model: ModelUnderTest, suite: Suite, cache: ResultCache, shards: EvalStore, options: ShardOptions
 ) -> SuiteResult:
     """The model's result on the suite: from the cache, else sharded on Ray (and then cached)."""
     labels = {"suite": suite.name, "model_name": model.name, "model_version": model.version}
@@ -217,7 +240,7 @@ def _evaluate(
             print(f"{suite.name}: {model.name} v{model.version}: cached result reused")
             return hit
     key = f"{short_hex(model.digest)}-{short_hex(suite.sha256)}-{short_hex(model.settings.digest())}"
-    examples, stats = run_suite(suite, model.engine, model.settings, Path(work_dir) / "eval-shards" / key, options)
+    examples, stats = run_suite(suite, model.engine, model.settings, shards.child(key), options)
     used = model.settings.model_copy(
         update={"backend": stats.backend or backends[-1], "device": stats.device or model.settings.device}
     )
@@ -234,8 +257,8 @@ def _evaluate(
     cache.put(result)
     print(
         f"{suite.name}: {model.name} v{model.version}: {len(examples)} items, shards ran {len(stats.ran)} "
-        f"skipped {len(stats.skipped)} retried {len(stats.retried)} in {stats.seconds:.1f}s; "
-        + _metrics_text(result.metrics())
+        f"skipped {len(stats.skipped)} shared {len(stats.shared)} retried {len(stats.retried)} "
+        f"in {stats.seconds:.1f}s; " + _metrics_text(result.metrics())
     )
     return result
 

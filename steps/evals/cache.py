@@ -7,17 +7,18 @@ A `SuiteResult` is fully determined by three things, and is cached under them:
 * the generation settings (`GenerationSettings`: max_new_tokens, temperature, backend and device class),
   hashed as canonical JSON.
 
-The cache is one JSON `SuiteResult` per key at `<cache_root>/<key>.json`, with `cache_root` =
-`$LLMRELEASE_HOME/eval-cache` (default `.llmrelease/eval-cache`). Files are written atomically (temporary sibling
-and rename), so a reader never sees half a file; a file that does not parse, or whose digest/suite hash/settings
-differ from the key's full values (a truncated-key collision, a hand edit), is a miss and is overwritten.
-The champion's results are read from here so it is not re-run for every candidate; candidates' results are
-stored too, which also makes a retried batch-eval step cheap.
+The cache is one JSON `SuiteResult` per key, `<key>.json`, in an `EvalStore` (`steps.evals.store`):
+`s3://$LLMRELEASE_S3_BUCKET/evals/results` when a bucket is configured (a hit in any pod on any node skips the
+model), else `$LLMRELEASE_HOME/eval-cache` (default `.llmrelease/eval-cache`). Entries are whole objects (a
+reader never sees half of one) and first-writer-wins: of two pods storing one key at once (batch-eval and safety
+run in parallel) the first keeps its entry and the second's `put` succeeds without replacing it. An entry that
+does not parse, or whose digest/suite hash/settings differ from the key's full values (a truncated-key
+collision, a hand edit), is a miss and is replaced. The champion's results are read from here so it is not re-run
+for every candidate; candidates' results are stored too, which also makes a retried batch-eval step cheap.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 from collections.abc import Mapping
@@ -26,10 +27,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from steps.evals.engines.base import EvalError
-from steps.evals.results import SuiteResult, write_json_atomic
+from steps.evals.results import SuiteResult
+from steps.evals.store import EvalStore
 
-__all__ = ["GenerationSettings", "ResultCache", "cache_key", "short_hex"]
+__all__ = ["CACHE_LABEL", "GenerationSettings", "ResultCache", "cache_key", "short_hex"]
+
+CACHE_LABEL = "eval result cache"
 
 
 class GenerationSettings(BaseModel):
@@ -66,18 +69,24 @@ def cache_key(model_digest: str, suite_sha256: str, settings: GenerationSettings
 
 
 class ResultCache:
-    """Suite results on disk, keyed by (model digest, suite sha256, generation settings).
+    """Suite results keyed by (model digest, suite sha256, generation settings), in an `EvalStore`.
 
     Args:
-        root: The cache folder; created on the first `put`.
+        root: The store (`steps.evals.store.eval_store("results", ...)`), or a local folder (created on the first
+            `put`).
     """
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | EvalStore) -> None:
+        self.store = root if isinstance(root, EvalStore) else EvalStore(Path(root), CACHE_LABEL)
+        self.root = self.store.root
+
+    def location_for(self, model_digest: str, suite_sha256: str, settings: GenerationSettings) -> str:
+        """Where the result for this key lives (whether or not it exists): a path or an s3:// URI."""
+        return self.store.location(_name(model_digest, suite_sha256, settings))
 
     def path_for(self, model_digest: str, suite_sha256: str, settings: GenerationSettings) -> Path:
-        """Where the result for this key lives (whether or not it exists)."""
-        return self.root / f"{cache_key(model_digest, suite_sha256, settings)}.json"
+        """`location_for` as a path (meaningful for a local cache)."""
+        return Path(self.location_for(model_digest, suite_sha256, settings))
 
     def get(
         self,
@@ -87,7 +96,7 @@ class ResultCache:
         *,
         relabel: Mapping[str, str] | None = None,
     ) -> SuiteResult | None:
-        """The cached result, or None on a miss (no file, unreadable, or stored for other full key values).
+        """The cached result, or None on a miss (no entry, unreadable, or stored for other full key values).
 
         Args:
             model_digest: The model's `sha256:...` digest.
@@ -95,37 +104,53 @@ class ResultCache:
             settings: The generation settings.
             relabel: Names to stamp on the cached result: `suite`, `model_name`, `model_version` (the same
                 weights may be registered under another version, the same file under another suite name).
-        """
-        path = self.path_for(model_digest, suite_sha256, settings)
-        try:
-            result = SuiteResult.model_validate_json(path.read_text(encoding="utf-8"))
-        except (OSError, ValidationError, ValueError):
-            return None
-        if (
-            result.model_digest != model_digest
-            or result.suite_sha256 != suite_sha256
-            or result.generation != settings.model_dump(mode="json")
-        ):
-            return None
-        return _relabel(result, relabel or {})
-
-    def put(self, result: SuiteResult) -> Path:
-        """Store `result` under the key its own fields give; returns the file written.
 
         Raises:
-            EvalError: The file cannot be written (no space left, no permission); nothing half-written is left
-                (`write_json_atomic` removes its temporary file), so a later run misses and evaluates again.
+            EvalError: The store cannot be read (S3 unreachable past its deadline, refused credentials).
+        """
+        text = self.store.read(_name(model_digest, suite_sha256, settings))
+        result = _parse(text, model_digest, suite_sha256, settings)
+        return None if result is None else _relabel(result, relabel or {})
+
+    def put(self, result: SuiteResult) -> str:
+        """Store `result` under the key its own fields give, unless a valid entry is there; returns its location.
+
+        First writer wins: when another writer stored the key first (a parallel pod), its entry is kept and this
+        call succeeds; an entry that does not parse or holds other full key values is replaced.
+
+        Raises:
+            EvalError: The entry cannot be written (no space left, no permission, S3 unreachable); nothing
+                half-written is left, so a later run misses and evaluates again.
         """
         settings = GenerationSettings.model_validate(result.generation)
-        path = self.path_for(result.model_digest, result.suite_sha256, settings)
-        try:
-            return write_json_atomic(path, result.model_dump_json())
-        except OSError as e:
-            why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
-            raise EvalError(
-                f"eval result cache {path}: cannot write it ({why}): free space under {self.root} or point "
-                "LLMRELEASE_HOME at a larger volume, then re-run (nothing half-written was kept)"
-            ) from e
+        name = _name(result.model_digest, result.suite_sha256, settings)
+        text = result.model_dump_json() + "\n"
+        if not self.store.create(name, text):
+            stored = _parse(self.store.read(name), result.model_digest, result.suite_sha256, settings)
+            if stored is None:
+                self.store.write(name, text)
+        return self.store.location(name)
+
+
+def _name(model_digest: str, suite_sha256: str, settings: GenerationSettings) -> str:
+    return f"{cache_key(model_digest, suite_sha256, settings)}.json"
+
+
+def _parse(text: str | None, model_digest: str, suite_sha256: str, settings: GenerationSettings) -> SuiteResult | None:
+    """The entry's result when it parses and holds exactly these full key values, else None."""
+    if text is None:
+        return None
+    try:
+        result = SuiteResult.model_validate_json(text)
+    except (ValidationError, ValueError):
+        return None
+    if (
+        result.model_digest != model_digest
+        or result.suite_sha256 != suite_sha256
+        or result.generation != settings.model_dump(mode="json")
+    ):
+        return None
+    return result
 
 
 def _relabel(result: SuiteResult, names: Mapping[str, str]) -> SuiteResult:

@@ -2,10 +2,11 @@
 
 The driver (the batch-eval step's pod) hands a worker no path of its own: for a registered weights model the spec
 is `auto` with a `WeightsRef` (the version's source URI, digest, MLflow tracking URI and onboarding run id). On
-the worker, `EngineSpec.on_worker` downloads the weights into that node's model cache (`download_weights`:
-digest-keyed, manifest-verified), and picks the engine there: vLLM when the worker holds a GPU and vllm is
-importable, else transformers on cuda (a GPU, no vllm) or cpu. The worker reports what it chose, and the
-results record it (`GenerationSettings.backend` and `.device`).
+the worker, `EngineSpec.on_worker` downloads the weights from that URI (the digest-addressed weights store, so the
+node needs the store's endpoint and credentials: AWS_ENDPOINT_URL_S3, AWS_ACCESS_KEY_ID, ...) into that node's
+model cache (`download_weights`: digest-keyed, manifest-verified), and picks the engine there: vLLM when the
+worker holds a GPU and vllm is importable, else transformers on cuda (a GPU, no vllm) or cpu. The worker reports
+what it chose, and the results record it (`GenerationSettings.backend` and `.device`).
 
 A node's model cache: `$LLMRELEASE_WORKER_CACHE`, else `$LLMRELEASE_HOME`, else `~/.cache/llmrelease` (the
 environment of the worker's node, e.g. the RayCluster's worker pods). The one exception is a local Ray (no
@@ -32,10 +33,11 @@ class WeightsRef:
     """A registered version's weights as a worker fetches them (picklable, no driver-local path).
 
     Attributes:
-        source: The version's source URI (an MLflow artifact URI, s3://...).
+        source: The version's source URI: its weights store location (s3://bucket/weights/sha256/<hex>, or
+            file://... on one machine), or an MLflow artifact URI for versions registered before the store.
         digest: The version's `llmrelease.digest`: the manifest must hash to it, the files must match it.
         tracking_uri: The MLflow tracking URI the onboarding run (and its manifest) is read from.
-        run_id: The onboarding run that logged the weights manifest.
+        run_id: The onboarding run that logged the weights manifest (read only for versions from before the store).
         cache: The LLMRELEASE_HOME whose model cache to use; empty: the worker node's own (`worker_home`).
     """
 

@@ -1,10 +1,12 @@
 """Registered versions resolved to weights on this machine: the digest-keyed model cache.
 
-Used by the eval step and by the serving plane; both read a version's weights through `weights_dir`.
-Nothing is used unverified: the version's manifest (in its onboarding run) must hash to the version's digest tag,
-and the downloaded files must match the manifest, before a cache entry is published; it is then marked verified
-(`.verified` holds the digest) and reused without re-hashing. An entry without the marker (written before) is
-verified once; one that fails is removed.
+Used by the eval step, the Ray eval workers and the serving plane; all read a version's weights through
+`weights_dir` / `download_weights`, from the version's source: its location in the digest-addressed weights store
+(`registry.weights_store`, the manifest beside the files), or, for versions registered before the store, MLflow
+artifacts (the manifest in the onboarding run). Nothing is used unverified: the manifest must hash to the
+version's digest tag, and the downloaded files must match the manifest, before a cache entry is published; it is
+then marked verified (`.verified` holds the digest) and reused without re-hashing. An entry without the marker
+(written before) is verified once; one that fails is removed.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Protocol
 from registry.errors import IntegrityError, ReleaseError
 from registry.integrity import MANIFEST_ARTIFACT, Manifest, verify_folder
 from registry.tags import DIGEST_TAG
+from registry.weights_store import WeightsStore, is_weights_uri
 from steps.evals.cache import short_hex
 from steps.evals.engines.base import EvalError
 
@@ -117,13 +120,16 @@ def fetch_manifest(run_id: str, digest: str, tracking_uri: str) -> Manifest:
 def download_weights(source: str, digest: str, home: Path, tracking_uri: str, run_id: str) -> Path:
     """The verified weights folder for `digest`, downloaded from `source` into the model cache the first time only.
 
+    `source` is a weights store location (its manifest read from beside the files) or, for versions registered
+    before the store, an MLflow artifact URI (the manifest of onboarding run `run_id`).
+
     Safe when parallel steps (batch-eval and safety) share the cache: the first writer downloads under an
     exclusive lock (`model-cache/.<digest>.lock`, fcntl) and publishes the folder with one rename; the others
     wait on the lock, then find the folder complete and reuse it. A folder left half-written by a killed writer
     (no `.complete` marker) is replaced; a complete one is never removed.
 
-    The files are checked against the manifest of onboarding run `run_id` (`fetch_manifest`) before the entry
-    is published; a complete entry marked verified for `digest` is reused without MLflow.
+    The files are checked against the manifest (which must hash to `digest`) before the entry is published; a
+    complete entry marked verified for `digest` is reused without reading the store or MLflow.
 
     Raises:
         EvalError: The download failed; names the source and what to check.
@@ -133,7 +139,7 @@ def download_weights(source: str, digest: str, home: Path, tracking_uri: str, ru
     found = _complete(target)
     if found is not None and _verified(target, digest):
         return found
-    manifest = fetch_manifest(run_id, digest, tracking_uri)
+    manifest = _manifest(source, digest, tracking_uri, run_id)
     if Path(source).is_dir():  # a plain local path (registered in place): verified on every use
         verify_folder(Path(source), manifest.files, what=f"weights {source} ({digest[:19]}...)", fix=_FIX)
         return Path(source)
@@ -143,6 +149,23 @@ def download_weights(source: str, digest: str, home: Path, tracking_uri: str, ru
         if found is not None:
             return _verify_entry(target, found, manifest, source)
         return _download(source, target, tracking_uri, manifest)
+
+
+def _manifest(source: str, digest: str, tracking_uri: str, run_id: str) -> Manifest:
+    """The manifest of `source`, checked to hash to `digest`: from the weights store, else the onboarding run."""
+    if is_weights_uri(source):
+        return WeightsStore.for_uri(source).read_manifest(source, expected=digest)
+    return fetch_manifest(run_id, digest, tracking_uri)
+
+
+def _fetch(source: str, staging: Path, tracking_uri: str, manifest: Manifest) -> Path:
+    """Download the weights of `source` under `staging`; returns their folder (not yet verified)."""
+    if is_weights_uri(source):
+        return WeightsStore.for_uri(source).download(source, manifest, staging)
+    import mlflow.artifacts
+
+    got = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri)
+    return Path(got)
 
 
 _FIX = "the stored weights differ from what was registered; do not use them: re-register from the onboarded weights"
@@ -196,13 +219,9 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 def _download(source: str, target: Path, tracking_uri: str, manifest: Manifest) -> Path:
     """Download `source` into a staging folder, verify it, then publish it as `target` (the caller holds the lock)."""
-    import mlflow.artifacts
-
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:16]}.", dir=target.parent))
     try:
-        got = Path(
-            mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(staging), tracking_uri=tracking_uri)
-        )
+        got = _fetch(source, staging, tracking_uri, manifest)
         relative = got.relative_to(staging)
         _check(got, staging, manifest, source)  # a mismatch leaves nothing behind (staging removed below)
         (staging / ".verified").write_text(manifest.digest, encoding="utf-8")

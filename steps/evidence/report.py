@@ -2,7 +2,8 @@
 
 Sections: the verdicts and the evidence digest; candidate vs champion per metric with the paired confidence
 intervals and the gate's reasons (from the gate decision); TTFT and E2E latency distributions against the SLO
-(per-request records where the latency report has them, else its percentiles); cost against the ceiling; the
+(per-request records where the latency report has them, else its percentiles); the capacity search (p95 E2E
+against the offered rate, the highest rate at which the SLO held); cost against the ceiling; the
 canary timeline (weight per step and every analysis measurement); the manifest. Plots are matplotlib figures
 inlined as SVG: no JavaScript and nothing fetched from the network, so the file opens anywhere, offline.
 """
@@ -16,7 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_bundle", "render_report", "write_report", "plot_comparisons", "plot_latency", "plot_canary"]
+__all__ = [
+    "load_bundle",
+    "render_report",
+    "write_report",
+    "plot_comparisons",
+    "plot_latency",
+    "plot_capacity",
+    "plot_canary",
+]
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _PHASE_COLORS = {"Successful": "#2e7d32", "Failed": "#c62828", "Inconclusive": "#ef6c00", "Error": "#6d6d6d"}
@@ -109,6 +118,36 @@ def plot_latency(latency: Mapping[str, Any]) -> str:
                 _ecdf(ax, values, label, line)
             else:
                 _percentile_bars(ax, (latency.get("metrics") or {}).get(key) or {}, label, line)
+        return _svg(fig)
+
+
+def plot_capacity(latency: Mapping[str, Any]) -> str:
+    """p95 E2E against the offered rate: each probe of the capacity search, the SLO line and the capacity.
+
+    Green points held the SLO, red ones did not; the blue line is the highest rate at which it held.
+    """
+    import matplotlib
+
+    cap = latency.get("capacity") or {}
+    slo = (latency.get("slo") or {}).get("p95_e2e_ms")
+    probes = [p for p in cap.get("probes") or [] if p.get("p95_e2e_ms") is not None]
+    with matplotlib.rc_context(_RC):
+        fig, axes = _figure(7.5, 2.6)
+        ax = axes[0][0]
+        for held, color, label in ((True, "#2e7d32", "SLO held"), (False, "#c62828", "SLO missed")):
+            pts = [(p["rate"], p["p95_e2e_ms"]) for p in probes if bool(p.get("holds")) is held]
+            if pts:
+                ax.scatter(*zip(*pts, strict=True), color=color, label=label, zorder=3)
+        if probes:
+            ax.plot([p["rate"] for p in probes], [p["p95_e2e_ms"] for p in probes], color="#999999", linewidth=0.8)
+        if slo is not None:
+            ax.axhline(slo, color="#c62828", linewidth=1.2, linestyle="--", label=f"SLO p95 {slo:.0f} ms")
+        if cap.get("capacity_req_per_s") is not None:
+            got = cap["capacity_req_per_s"]
+            ax.axvline(got, color="#1565c0", linewidth=1.2, label=f"capacity {got:.3g} req/s")
+        ax.set_xlabel("offered rate (req/s)")
+        ax.set_ylabel("p95 E2E (ms)")
+        ax.legend(fontsize=7)
         return _svg(fig)
 
 
@@ -236,6 +275,7 @@ def render_report(bundle: Path) -> str:
     plots = {
         "comparisons": Markup(plot_comparisons(comparisons)) if comparisons else None,  # our SVG
         "latency": Markup(plot_latency(latency)) if latency else None,
+        "capacity": Markup(plot_capacity(latency)) if ((latency or {}).get("capacity") or {}).get("probes") else None,
         "canary": Markup(plot_canary(canary)) if canary else None,
     }
     env = Environment(loader=FileSystemLoader(_TEMPLATES), autoescape=select_autoescape(["html", "j2"]))

@@ -1,9 +1,11 @@
 """Resolving `model.source` into files on this machine (or a provider reference), with their manifest.
 
-Forms: a directory under the model root (never escaping it, by `..` or by a symlink, the directory's own
-entries included), `s3://bucket/prefix` (downloaded into `<work_dir>/cache/s3/...`, hashed as it streams; the
-endpoint comes from AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, which boto3 reads), `openai://<model>` and
-`http(s)://host/v1#<model>` (an OpenAI-compatible provider: no files, the digest is that of {base_url, model}).
+Forms: a directory under a model root (never escaping it, by `..` or by a symlink, the directory's own entries
+included; a relative path resolves under the checkout, an absolute one must lie in a model root: the checkout,
+the platform policy's `model_roots` or `LLMRELEASE_MODEL_ROOTS`, os.pathsep-separated), `s3://bucket/prefix`
+(downloaded into `<work_dir>/cache/s3/...`, hashed as it streams; the endpoint comes from AWS_ENDPOINT_URL /
+AWS_ENDPOINT_URL_S3, which boto3 reads), `openai://<model>` and `http(s)://host/v1#<model>` (an OpenAI-compatible
+provider: no files, the digest is that of {base_url, model}).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Protocol
@@ -22,15 +25,19 @@ from steps.core.hashing import digest_of, hash_files, sha256_stream
 from steps.release.records import FileEntry, ProviderRef
 
 __all__ = [
+    "MODEL_ROOTS_ENV",
     "OPENAI_BASE_URL",
     "S3Client",
     "Source",
     "manifest_digest",
+    "model_roots",
     "resolve_source",
     "resolve_under_root",
 ]
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+MODEL_ROOTS_ENV = "LLMRELEASE_MODEL_ROOTS"
+_ROOTS_FIX = f"add its directory to {MODEL_ROOTS_ENV} or to the platform policy's model_roots"
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")
 _FORMS = "supported: a directory under the model root, s3://bucket/prefix, openai://<model>, https://host/v1#<model>"
@@ -68,25 +75,32 @@ def manifest_digest(files: list[FileEntry]) -> str:
     return digest_of([f.model_dump() for f in sorted(files, key=lambda f: f.path)])
 
 
-def resolve_source(source: str, *, root: Path, work_dir: Path, s3: S3Client | None = None) -> Source:
+def resolve_source(
+    source: str, *, root: Path, work_dir: Path, s3: S3Client | None = None, roots: Sequence[Path] | None = None
+) -> Source:
     """Resolve `model.source`.
 
     Args:
         source: The spec's `model.source`.
-        root: The model root relative directories are resolved under (and may not escape).
+        root: The checkout: relative directories are resolved under it (and may not escape it).
         work_dir: The step's work dir; S3 downloads go to `<work_dir>/cache/s3/<bucket>/<prefix>`.
         s3: A boto3 S3 client; built from the environment when None and needed.
+        roots: The model roots a local directory must lie in (`model_roots`); None: `model_roots(root)`, the
+            checkout and `LLMRELEASE_MODEL_ROOTS`.
 
     Raises:
-        OnboardingError: Unsupported scheme, missing or escaping path, unreadable bucket; names model.source.
+        OnboardingError: Unsupported scheme, missing path or one outside every root, unreadable bucket; names
+            model.source (and the setting that adds a root).
     """
     match = _SCHEME.match(source)
     scheme = match.group(1).lower() if match else ""
     if not scheme:
-        model_dir = resolve_under_root(source, root, "model.source")
+        allowed = model_roots(root) if roots is None else list(roots)
+        model_dir = resolve_under_root(source, root, "model.source", roots=allowed)
         if not model_dir.is_dir():
             raise OnboardingError(f"model.source {source!r}: {model_dir} is not a directory; point it at the model dir")
-        files = local_manifest(model_dir, root.resolve())
+        home = next(r for r in (p.resolve() for p in allowed) if model_dir.is_relative_to(r))
+        files = local_manifest(model_dir, home)
         return Source("weights", source, manifest_digest(files), local_dir=model_dir, files=files)
     if scheme == "s3":
         return _s3_source(source, work_dir, s3)
@@ -96,28 +110,60 @@ def resolve_source(source: str, *, root: Path, work_dir: Path, s3: S3Client | No
     raise OnboardingError(f"model.source {source!r}: unsupported scheme '{scheme}://' ({_FORMS})")
 
 
-def resolve_under_root(value: str, root: Path, field_name: str) -> Path:
-    """The real path of `value` under `root`, refusing one that escapes it by `..`, an absolute path or a symlink.
+def model_roots(root: Path, configured: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> list[Path]:
+    """Where local model sources may be read from; real paths, each once.
+
+    The checkout `root`, the platform policy's `model_roots` (`configured`), then `LLMRELEASE_MODEL_ROOTS`
+    (os.pathsep-separated).
 
     Raises:
-        OnboardingError: The path escapes the root or does not exist; names `field_name`.
+        OnboardingError: An entry of LLMRELEASE_MODEL_ROOTS is not an absolute path.
+    """
+    env = os.environ if environ is None else environ
+    extra = [p.strip() for p in env.get(MODEL_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    relative = [p for p in extra if not Path(p).is_absolute()]
+    if relative:
+        raise OnboardingError(
+            f"{MODEL_ROOTS_ENV}: {relative[0]!r} is not an absolute path; list absolute directories separated "
+            f"by {os.pathsep!r}"
+        )
+    out: list[Path] = []
+    for path in (root, *map(Path, configured), *map(Path, extra)):
+        real = path.resolve()
+        if real not in out:
+            out.append(real)
+    return out
+
+
+def resolve_under_root(value: str, root: Path, field_name: str, *, roots: Sequence[Path] | None = None) -> Path:
+    """The real path of `value` (relative: under `root`) inside one of `roots` (default: `root` alone).
+
+    The path may not leave its root by `..`, by being absolute elsewhere, or through a symlink.
+
+    Raises:
+        OnboardingError: The path is outside every root or does not exist; names `field_name`.
     """
     root_real = root.resolve()
-    joined = root_real / value
-    if not Path(os.path.normpath(joined)).is_relative_to(root_real):
+    allowed = [root_real] if roots is None else [r.resolve() for r in roots]
+    normal = Path(os.path.normpath(root_real / value))
+    home = next((r for r in allowed if normal.is_relative_to(r)), None)
+    if home is None:
+        if roots is None or not Path(value).is_absolute():
+            raise OnboardingError(
+                f"{field_name} {value!r} escapes the model root {root_real} (via '..' or an absolute path); "
+                "use a path inside the root"
+            )
+        shown = ", ".join(map(str, allowed))
+        raise OnboardingError(f"{field_name} {value!r} is outside every model root ({shown}); {_ROOTS_FIX}")
+    real = normal.resolve()
+    if not real.is_relative_to(home):
         raise OnboardingError(
-            f"{field_name} {value!r} escapes the model root {root_real} (via '..' or an absolute path); "
-            "use a path inside the root"
-        )
-    real = joined.resolve()
-    if not real.is_relative_to(root_real):
-        raise OnboardingError(
-            f"{field_name} {value!r} leads through a symlink to {real}, outside the model root {root_real}; "
+            f"{field_name} {value!r} leads through a symlink to {real}, outside the model root {home}; "
             "copy the files under the root"
         )
     if not real.exists():
         raise OnboardingError(
-            f"{field_name} {value!r}: {real} does not exist; fix the path (resolved under the model root {root_real})"
+            f"{field_name} {value!r}: {real} does not exist; fix the path (resolved under the model root {home})"
         )
     return real
 

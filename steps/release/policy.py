@@ -14,15 +14,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from registry.errors import PolicyError, SpecError
+from steps.release.traffic import LatencyDefaults, merge
 
 __all__ = [
     "DEFAULT_POLICY_PATH",
     "EnvironmentPolicy",
     "Floors",
     "PlatformPolicy",
+    "PromptRules",
     "apply_environment",
     "check_policy",
     "load_policy",
@@ -43,6 +45,17 @@ class Floors(BaseModel):
     max_usd_per_1k_output_tokens: float | None = Field(default=None, gt=0, description="cost ceiling at most")
 
 
+class PromptRules(BaseModel):
+    """What a release's prompt may say in an environment (checked by steps/onboarding/prompts.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    forbidden_phrases: list[str] = Field(
+        default_factory=list, description="phrases no prompt may contain (case and spacing ignored)"
+    )
+    max_chars: int | None = Field(default=None, gt=0, description="the longest template, in characters (unset: any)")
+
+
 class EnvironmentPolicy(BaseModel):
     """What one environment (dev, stage, prod) accepts, its minimum gates, its router and its serving plane."""
 
@@ -60,11 +73,31 @@ class EnvironmentPolicy(BaseModel):
         description="total deadline in seconds of one call to MLflow, S3 or a provider, retries included "
         "(registry.retry); LLMRELEASE_SERVICE_DEADLINE_S overrides it; default 60",
     )
+    latency: LatencyDefaults = Field(
+        default_factory=LatencyDefaults,
+        description="the default load and capacity search of a release's latency step (a spec's gates.latency wins)",
+    )
+    model_roots: list[str] = Field(
+        default_factory=list,
+        description="absolute directories a local model.source may be read from, besides the checkout "
+        "(LLMRELEASE_MODEL_ROOTS adds more)",
+    )
+    prompt_rules: PromptRules = Field(
+        default_factory=PromptRules, description="{forbidden_phrases, max_chars}: what a release's prompt may say"
+    )
     plane: Literal["local", "kubernetes"] = Field(
         default="local",
         description="where versions are served: local (transformers serve + HAProxy on this machine); "
         "kubernetes is reserved (issue 15) and refused by steps.rollout.serving.factory until then",
     )
+
+    @field_validator("model_roots")
+    @classmethod
+    def _absolute(cls, roots: list[str]) -> list[str]:
+        relative = [r for r in roots if not Path(r).is_absolute()]
+        if relative:
+            raise ValueError(f"model roots must be absolute directories, got {', '.join(map(repr, relative))}")
+        return roots
 
 
 class PlatformPolicy(BaseModel):
@@ -168,7 +201,8 @@ def apply_environment(spec: Any, environment: str, policy: PlatformPolicy | None
     """The release spec as it applies in `environment`.
 
     Each gate is the stricter of the spec's and the environment's floor; the environment's router replaces the
-    spec's when it sets one. An empty `environment` returns the spec unchanged.
+    spec's when it sets one; the environment's latency load and capacity search fill what the spec leaves unset.
+    An empty `environment` returns the spec unchanged.
     """
     if not environment:
         return spec
@@ -190,6 +224,8 @@ def apply_environment(spec: Any, environment: str, policy: PlatformPolicy | None
                 update={
                     "p95_e2e_ms": _stricter(g.latency.p95_e2e_ms, f.max_p95_e2e_ms, lower_is_stricter=True),
                     "availability": _stricter(g.latency.availability, f.min_availability, lower_is_stricter=False),
+                    "load": merge(g.latency.load, env.latency.load),
+                    "capacity": merge(g.latency.capacity, env.latency.capacity),
                 }
             ),
             "cost": g.cost.model_copy(

@@ -123,7 +123,9 @@ class OnboardingRecord(BaseModel):
     environment: str
     source_uri: str = Field(description="model.source as written in the spec")
     kind: Literal["weights", "provider"]
-    local_path: str | None = Field(description="absolute directory holding the weights here, None for providers")
+    weights_uri: str | None = Field(
+        default=None, description="the weights' digest-addressed location in the weights store, None for providers"
+    )
     provider: ProviderRef | None
     digest: str = Field(description="sha256:<hex> of the canonical manifest JSON, or of {base_url, model}")
     files: list[FileEntry]

@@ -13,13 +13,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from registry.errors import SpecError
 from registry.names import NAME_MAX_LENGTH, NAME_PATTERN, NAME_RULE, check_name
+from steps.release.prompt import CHAMPION_SOURCE, PromptSpec
+from steps.release.traffic import CapacitySearch, LatencyLoad
 
 __all__ = [
     "API_VERSION",
+    "CHAMPION_SOURCE",
     "Analysis",
     "Card",
     "CostGate",
@@ -27,6 +30,7 @@ __all__ = [
     "Gates",
     "LatencyGate",
     "ModelSpec",
+    "PromptSpec",
     "QualityGate",
     "ReleaseSpec",
     "Rollout",
@@ -99,7 +103,8 @@ class ModelSpec(BaseModel):
     )
     source: str = Field(
         min_length=1,
-        description="a local dir under the model root, s3://bucket/prefix, openai://<model> or https://host/v1#<model>",
+        description="a local dir under a model root, s3://bucket/prefix, openai://<model>, https://host/v1#<model>, "
+        "or champion (a prompt-only release: the champion's weights)",
     )
     card: Card = Field(description="{license, intended_use, constraints, owner}")
     serving: Serving = Field(default_factory=Serving, description="{dtype, quantization, max_context, ...}")
@@ -152,12 +157,14 @@ class SafetyGate(BaseModel):
 
 
 class LatencyGate(BaseModel):
-    """The latency SLO."""
+    """The latency SLO, the load it must hold and the capacity search (unset: the environment's policy default)."""
 
     model_config = _FROZEN
 
     p95_e2e_ms: float = Field(default=1200.0, gt=0, description="milliseconds, a positive number")
     availability: Rate = Field(default=0.999, description="a fraction in [0, 1], e.g. 0.999")
+    load: LatencyLoad = Field(default_factory=LatencyLoad, description="{rate or concurrency, duration_s, ...}")
+    capacity: CapacitySearch = Field(default_factory=CapacitySearch, description="{enabled, max_time_s, ...}")
 
 
 class CostGate(BaseModel):
@@ -252,6 +259,38 @@ class ReleaseSpec(BaseModel):
     evals: Evals = Field(description="{suites, safety}")
     gates: Gates = Field(default_factory=Gates, description="{quality, safety, latency, cost}")
     rollout: Rollout = Field(default_factory=Rollout, description="{steps, analysis, router, ...}")
+    environment: Environment | None = Field(
+        default=None,
+        description="where a merged spec is delivered: dev, stage or prod (unset: dev); a run's environment wins",
+    )
+    prompt: PromptSpec | None = Field(
+        default=None,
+        validate_default=True,
+        description="{name, template or template_file, variables, generation}; required when model.source is champion",
+    )
+
+    @property
+    def prompt_only(self) -> bool:
+        """Whether the release changes only the prompt (`model.source: champion`): same weights as the champion."""
+        return self.model.source == CHAMPION_SOURCE
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_release(cls, prompt: PromptSpec | None, info: ValidationInfo) -> PromptSpec | None:
+        model = info.data.get("model")
+        if not isinstance(model, ModelSpec):
+            return prompt
+        if prompt is None and model.source == CHAMPION_SOURCE:
+            raise ValueError(
+                f"model.source {CHAMPION_SOURCE!r} keeps the champion's weights, so the release must carry a prompt: "
+                "add a prompt block, or name new weights in model.source"
+            )
+        if prompt is not None and prompt.name == model.name:
+            raise ValueError(
+                f"prompt.name {prompt.name!r} is the model's name, and MLflow keeps models and prompts in one "
+                f"namespace: rename the prompt, e.g. {model.name}-prompt"
+            )
+        return prompt
 
 
 def resolve_spec_path(path_or_name: str) -> Path:

@@ -62,6 +62,9 @@ class LoadSpec(BaseModel):
     stall_timeout_s: float = Field(default=10.0, gt=0)
     max_tokens: int = Field(default=64, ge=1)
     prompt: str = _DEFAULT_PROMPT
+    prompts: list[str] = Field(
+        default_factory=list, max_length=1024, description="prompts sent in turn (request i: i mod n); empty: prompt"
+    )
 
     @model_validator(mode="after")
     def _bounded(self) -> LoadSpec:
@@ -166,10 +169,14 @@ def schedule(spec: LoadSpec) -> list[float]:
     return out
 
 
-def _body(spec: LoadSpec) -> bytes:
-    messages = [{"role": "user", "content": spec.prompt}]
-    body = {"model": spec.model, "stream": True, "max_tokens": spec.max_tokens, "messages": messages}
-    return json.dumps({**body, "stream_options": {"include_usage": True}}).encode()
+def _bodies(spec: LoadSpec) -> list[bytes]:
+    """One request body per prompt; request i sends body i mod n."""
+    out = []
+    for prompt in spec.prompts or [spec.prompt]:
+        messages = [{"role": "user", "content": prompt}]
+        body = {"model": spec.model, "stream": True, "max_tokens": spec.max_tokens, "messages": messages}
+        out.append(json.dumps({**body, "stream_options": {"include_usage": True}}).encode())
+    return out
 
 
 def _build(client: httpx.AsyncClient, spec: LoadSpec, body: bytes) -> httpx.Request:
@@ -294,7 +301,7 @@ async def _scheduled(
 
 
 async def _open_loop(
-    client: httpx.AsyncClient, spec: LoadSpec, body: bytes, t0: float, records: list[RequestRecord]
+    client: httpx.AsyncClient, spec: LoadSpec, bodies: list[bytes], t0: float, records: list[RequestRecord]
 ) -> None:
     sem = asyncio.Semaphore(spec.max_in_flight)
     tasks: list[asyncio.Task[None]] = []
@@ -305,6 +312,7 @@ async def _open_loop(
                 await asyncio.sleep(delay)
             rec = RequestRecord(index=i, scheduled_s=offset)
             records.append(rec)
+            body = bodies[i % len(bodies)]
             tasks.append(asyncio.create_task(_scheduled(sem, client, spec, body, rec, t0)))
         await asyncio.gather(*tasks)
     finally:
@@ -314,7 +322,7 @@ async def _open_loop(
 
 
 async def _closed_loop(
-    client: httpx.AsyncClient, spec: LoadSpec, body: bytes, t0: float, records: list[RequestRecord]
+    client: httpx.AsyncClient, spec: LoadSpec, bodies: list[bytes], t0: float, records: list[RequestRecord]
 ) -> None:
     counter = itertools.count()
 
@@ -325,16 +333,16 @@ async def _closed_loop(
                 return
             rec = RequestRecord(index=i, scheduled_s=now)
             records.append(rec)
-            await _request(client, spec, _build(client, spec, body), rec, t0, closed=True)
+            await _request(client, spec, _build(client, spec, bodies[i % len(bodies)]), rec, t0, closed=True)
 
     await asyncio.gather(*(worker() for _ in range(spec.concurrency)))
 
 
-async def _warm_up(client: httpx.AsyncClient, spec: LoadSpec, body: bytes) -> list[RequestRecord]:
+async def _warm_up(client: httpx.AsyncClient, spec: LoadSpec, bodies: list[bytes]) -> list[RequestRecord]:
     t0 = time.perf_counter()
     recs = [RequestRecord(index=-1 - i, scheduled_s=0.0) for i in range(spec.warmup)]
-    for rec in recs:
-        await _request(client, spec, _build(client, spec, body), rec, t0, closed=True)
+    for i, rec in enumerate(recs):
+        await _request(client, spec, _build(client, spec, bodies[i % len(bodies)]), rec, t0, closed=True)
         if rec.error == "connect":
             break  # nothing listens: measuring will say so, no need to wait for more warm-ups
     return recs
@@ -365,7 +373,9 @@ def _frozen_gc() -> Iterator[list[float]]:
         gc.unfreeze()
 
 
-async def _measure(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, warm: list[RequestRecord]) -> LoadResult:
+async def _measure(
+    client: httpx.AsyncClient, spec: LoadSpec, bodies: list[bytes], warm: list[RequestRecord]
+) -> LoadResult:
     records: list[RequestRecord] = []
     drive = _closed_loop if spec.mode == "concurrency" else _open_loop
     hit = False
@@ -373,7 +383,7 @@ async def _measure(client: httpx.AsyncClient, spec: LoadSpec, body: bytes, warm:
         cpu0, t0 = time.process_time(), time.perf_counter()
         try:
             async with asyncio.timeout(spec.hard_deadline_s()):
-                await drive(client, spec, body, t0, records)
+                await drive(client, spec, bodies, t0, records)
         except TimeoutError:
             hit = True
         cpu = time.process_time() - cpu0
@@ -387,10 +397,10 @@ async def run_load(spec: LoadSpec, client: httpx.AsyncClient | None = None) -> L
     own = client is None
     limits = httpx.Limits(max_connections=cap, max_keepalive_connections=cap)
     client = client or httpx.AsyncClient(timeout=httpx.Timeout(spec.request_timeout_s), limits=limits)
-    body = _body(spec)
+    bodies = _bodies(spec)
     try:
-        warm = await _warm_up(client, spec, body)
-        return await _measure(client, spec, body, warm)
+        warm = await _warm_up(client, spec, bodies)
+        return await _measure(client, spec, bodies, warm)
     finally:
         if own:
             await client.aclose()

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from registry.integrity import Manifest
+from registry.weights_store import WeightsStore
 from steps.evals.cache import GenerationSettings, ResultCache
 from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport
@@ -186,6 +188,12 @@ def test_a_task_the_backend_cannot_run_is_refused_before_ray_starts(suite: Suite
 # ---- the batch-eval step against a real registry ----
 
 
+def publish(model_dir: Path, digest: str, files: list[dict[str, Any]]) -> str:
+    """Upload a model folder to a file weights store beside it, as the onboard step does; returns its URI."""
+    manifest = Manifest.model_validate({"digest": digest, "files": files})
+    return WeightsStore((model_dir.parent / "weights-store").as_uri()).publish(model_dir, manifest).uri
+
+
 def record_for(model_dir: Path, name: str = NAME) -> dict[str, Any]:
     """An onboarding record (what the onboard step writes) for a local model folder."""
     files = [
@@ -199,7 +207,7 @@ def record_for(model_dir: Path, name: str = NAME) -> dict[str, Any]:
         "environment": "dev",
         "source_uri": str(model_dir),
         "kind": "weights",
-        "local_path": str(model_dir),
+        "weights_uri": publish(model_dir, digest, files),
         "digest": digest,
         "files": files,
         "card": {"license": "apache-2.0", "intended_use": "tests", "constraints": [], "owner": "ml"},
@@ -214,7 +222,6 @@ def provider_record(base_url: str, model: str, name: str = NAME) -> dict[str, An
         "environment": "dev",
         "source_uri": source,
         "kind": "provider",
-        "local_path": None,
         "digest": digest,
         "files": [],
         "card": {"license": "apache-2.0", "intended_use": "tests", "constraints": [], "owner": "ml"},
@@ -442,7 +449,7 @@ def test_the_result_cache_misses_on_other_settings_and_on_a_corrupt_file(
         generation=SETTINGS.model_dump(mode="json"),
         examples=baseline,
     )
-    path = cache.put(result)
+    path = Path(cache.put(result))
     hit = cache.get(result.model_digest, suite.sha256, SETTINGS, relabel={"model_version": "7"})
     assert hit is not None and hit.model_version == "7" and hit.examples == result.examples
     assert cache.get(result.model_digest, suite.sha256, SETTINGS.model_copy(update={"max_new_tokens": 9})) is None

@@ -109,7 +109,7 @@ def test_a_full_disk_fails_the_cache_write_in_one_line_and_a_later_run_reuses_no
     assert cache.get(result.model_digest, result.suite_sha256, settings) is None
 
     small_disk.grow()
-    assert cache.put(result) == path
+    assert cache.put(result) == str(path)
     assert cache.get(result.model_digest, result.suite_sha256, settings) == result
     assert small_disk.files() == [path]
 

@@ -38,8 +38,10 @@ def test_golden_delivery_registers_in_the_profiles_mlflow_and_s3(
 ) -> None:
     """GIVEN `llmrelease local up --no-ray` and no MLflow address in this process's environment
     WHEN golden-delivery runs releases/demo-champion.yaml with the profile's cluster config
-    THEN it succeeds; the version is registered on the profile's MLflow server, its weights sit in the profile's
-    S3 bucket (MLflow's proxied artifacts), the run's step artifacts went to the bucket too, and `down` stops all."""
+    THEN it succeeds; the version is registered on the profile's MLflow server, its weights sit once in the
+    profile's S3 bucket at their digest-addressed store location (its source; no copy in MLflow's artifacts), the
+    run's step artifacts went to the bucket too, the steps served
+    through the profile's serving plane service (LLMRELEASE_SERVING_URL), and `down` stops all."""
     home = tmp_path / "home"
     up = _cli(home, "local", "up", "--no-ray", "--json")
     try:
@@ -52,7 +54,7 @@ def test_golden_delivery_registers_in_the_profiles_mlflow_and_s3(
             runs_dir=tmp_path / "runs",
             echo=False,
             cluster_config=cluster,
-            parameters={"release": "releases/demo-champion.yaml"},
+            parameters={"release": "releases/demo-champion.yaml", "git-repo": str(REPO)},  # the committed spec
         )
         result = run_workflow("golden-delivery", options, argo_dir=REPO / "argo")
         assert result.phase == "Succeeded", result.tree
@@ -66,6 +68,12 @@ def test_golden_delivery_registers_in_the_profiles_mlflow_and_s3(
         aliases = {a["alias"]: a["version"] for a in found.json()["registered_model"].get("aliases", [])}
         assert aliases.get("champion") == "1"
 
+        # the steps served through the profile's plane service: it holds the state, its router lists the model
+        plane = httpx.get(f"{config['LLMRELEASE_SERVING_URL']}/v1/planes/demo-qa/state", timeout=10).json()
+        assert plane["champion"] == "1" and plane["router_port"], plane
+        listed = httpx.get(f"http://127.0.0.1:{plane['router_port']}/v1/models", timeout=10).json()
+        assert [m["id"] for m in listed["data"]] == ["demo-qa"]
+
         secrets = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Secret"}
         keys = secrets["llmrelease-s3"].get("stringData") or {}
         s3 = boto3.client(
@@ -77,7 +85,15 @@ def test_golden_delivery_registers_in_the_profiles_mlflow_and_s3(
         )
         objects = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="llmrelease-local")
                    for o in page.get("Contents", [])]  # fmt: skip
-        assert any(k.startswith("mlartifacts/") and k.endswith("model.safetensors") for k in objects), objects[:20]
+        version = httpx.get(
+            f"{config['MLFLOW_TRACKING_URI']}/api/2.0/mlflow/model-versions/get",
+            params={"name": "demo-qa", "version": "1"},
+        ).json()["model_version"]
+        digest = next(t["value"] for t in version["tags"] if t["key"] == "llmrelease.digest")
+        location = f"weights/sha256/{digest.removeprefix('sha256:')}"  # the digest-addressed weights store
+        assert version["source"] == f"s3://llmrelease-local/{location}", version
+        assert f"{location}/manifest.json" in objects and f"{location}/files/model.safetensors" in objects
+        assert not any(k.startswith("mlartifacts/") and k.endswith("model.safetensors") for k in objects)
         assert any(k.startswith("argo/") for k in objects), objects[:20]
     finally:
         _cli(home, "serving", "stop", "demo-qa")

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.test_batch_eval import publish
 from tests.tiny_models import build_tiny_gpt2
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,7 @@ def record(name: str, weights: Path, spec: Path) -> dict[str, Any]:
         "environment": "dev",
         "source_uri": str(weights),
         "kind": "weights",
-        "local_path": str(weights),
+        "weights_uri": publish(weights, digest, files),
         "digest": digest,
         "files": files,
         "card": {"license": "apache-2.0", "intended_use": "nightly test", "owner": "ml"},

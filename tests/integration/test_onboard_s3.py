@@ -5,10 +5,12 @@ through AWS_ENDPOINT_URL exactly as it would reach S3 or MinIO.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,7 +70,12 @@ def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return boto3.client("s3")
+    client = boto3.client("s3")
+    bucket = f"weights-store-{uuid.uuid4().hex[:12]}"  # the weights store: the profile's bucket
+    client.create_bucket(Bucket=bucket)
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})  # counts rewrites
+    monkeypatch.setenv("LLMRELEASE_S3_BUCKET", bucket)
+    return client
 
 
 def _model(folder: Path) -> None:
@@ -108,7 +115,9 @@ def _inputs(root: Path, work: Path, release: Path) -> Inputs:
 def test_s3_model_is_downloaded_hashed_and_digested_like_the_local_copy(s3: Any, tmp_path: Path) -> None:
     """GIVEN a model uploaded to a bucket (moto standing in for S3)
     WHEN it is onboarded from s3://bucket/prefix, and the same files from a local directory
-    THEN the S3 record points at the local download cache and both records have the same digest and manifest.
+    THEN both records have the same digest and manifest, and the same weights URI in the S3 weights store
+    (the bucket of LLMRELEASE_S3_BUCKET), which holds the manifest and the files; the second onboarding of the
+    same weights uploads nothing (no object rewritten).
     """
     root = tmp_path / "root"
     _model(root / "models" / "m")
@@ -118,12 +127,23 @@ def test_s3_model_is_downloaded_hashed_and_digested_like_the_local_copy(s3: Any,
             key = f"team/m/v1/{file.relative_to(root / 'models' / 'm').as_posix()}"
             s3.upload_file(str(file), "models", key)
 
-    from_s3 = run(_inputs(root, tmp_path / "work-s3", _release(root, "s3://models/team/m/v1"))).record
-    local = run(_inputs(root, tmp_path / "work-local", _release(root, "models/m"))).record
+    first = run(_inputs(root, tmp_path / "work-s3", _release(root, "s3://models/team/m/v1")))
+    from_s3 = first.record
+    bucket = os.environ["LLMRELEASE_S3_BUCKET"]
+    prefix = f"weights/sha256/{from_s3.digest.removeprefix('sha256:')}"
+    stamps = {o["Key"]: o["VersionId"] for o in s3.list_object_versions(Bucket=bucket, Prefix=prefix)["Versions"]}
+    second = run(_inputs(root, tmp_path / "work-local", _release(root, "models/m")))
+    local = second.record
 
     assert from_s3.kind == "weights" and from_s3.source_uri == "s3://models/team/m/v1"
-    assert from_s3.local_path == str(tmp_path / "work-s3" / "cache" / "s3" / "models" / "team" / "m" / "v1")
-    assert (Path(from_s3.local_path) / "sub" / "tokenizer.json").read_text() == "{}"
+    assert from_s3.weights_uri == local.weights_uri == f"s3://{bucket}/{prefix}"
+    assert first.published is not None and first.published.uploaded == [f.path for f in from_s3.files]
+    assert second.published is not None and (second.published.uploaded, second.published.reused) == ([], True)
+    assert sorted(stamps) == [f"{prefix}/files/{f.path}" for f in from_s3.files] + [f"{prefix}/manifest.json"]
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=prefix)["Versions"]
+    assert {o["Key"]: o["VersionId"] for o in versions} == stamps and len(versions) == len(stamps)
+    tokenizer = s3.get_object(Bucket=bucket, Key=f"{prefix}/files/sub/tokenizer.json")["Body"].read()
+    assert tokenizer == b"{}"
     assert from_s3.digest == local.digest and from_s3.files == local.files
     assert [f.path for f in from_s3.files] == ["config.json", "model.safetensors", "sub/tokenizer.json"]
     assert from_s3.config is not None and from_s3.config.params == 128

@@ -166,12 +166,12 @@ def test_watch_exits_1_with_the_message_when_the_workflow_fails(
         (
             ["-p", "enviroment=prod"],
             "parameter 'enviroment' is not a parameter of WorkflowTemplate golden-delivery: "
-            "allowed parameters are release, environment, git-commit, eval-shards",
+            "allowed parameters are release, git-repo, git-commit, environment, eval-shards",
         ),
         (
             ["-p", "environment=qa"],
             "parameter environment='qa' is not allowed by WorkflowTemplate golden-delivery: "
-            "allowed values are dev, stage, prod",
+            "allowed values are , dev, stage, prod",
         ),
         (["-p", "eval-shards=3"], "allowed values are 1, 2, 4, 8, 16"),
         (["-p", "release"], "-p 'release': write it as NAME=VALUE"),

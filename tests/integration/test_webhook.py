@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +25,23 @@ DELIVERY = "0b9c4a6e-1f2d-11f1-8e6b-2a3f4c5d6e7f"
 AFTER = "4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f70"
 
 
-def payload(ref: str = "refs/heads/main", modified: tuple[str, ...] = ("README.md", "releases/demo.yaml")) -> bytes:
+def payload(
+    ref: str = "refs/heads/main",
+    modified: tuple[str, ...] = ("README.md", "releases/demo.yaml"),
+    after: str = AFTER,
+    clone_url: str = "https://github.com/llmrelease/llmrelease.git",
+) -> bytes:
     return json.dumps(
         {
             "ref": ref,
             "before": "1" * 40,
-            "after": AFTER,
+            "after": after,
             "created": False,
             "deleted": False,
             "forced": False,
-            "repository": {"full_name": "llmrelease/llmrelease"},
+            "repository": {"full_name": "llmrelease/llmrelease", "clone_url": clone_url},
             "head_commit": {
-                "id": AFTER,
+                "id": after,
                 "message": "Merge pull request #42 from ml/demo-release",
                 "added": [],
                 "removed": [],
@@ -176,11 +182,22 @@ def test_a_missing_secret_is_an_error(
 def test_a_signed_merge_runs_golden_delivery_once_even_when_redelivered(
     env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], demo_models: Path
 ) -> None:
-    """GIVEN a signed merge of releases/demo.yaml WHEN simulated THEN golden-delivery runs end to end locally and
-    registers the model tagged with the merge commit; WHEN the same delivery comes again THEN no second run."""
+    """GIVEN a releases repository where releases/demo.yaml is broken at commit A and fixed at commit B, and a
+    signed merge of B WHEN simulated THEN golden-delivery runs end to end locally on B's spec (A's would fail
+    onboarding) and registers the model tagged with B; WHEN the same delivery comes again THEN no second run."""
     from registry import ModelRegistry
 
-    body = payload()
+    releases = tmp_path / "releases-repo"
+    (releases / "releases").mkdir(parents=True)
+    git = ["git", "-C", str(releases), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    demo = (REPO / "releases" / "demo.yaml").read_text()
+    for text in (demo.replace("apiVersion: llmrelease/v1", "apiVersion: llmrelease/v0"), demo):  # A, then B
+        (releases / "releases" / "demo.yaml").write_text(text)
+        subprocess.run([*git, "add", "-A"], check=True)
+        subprocess.run([*git, "commit", "-q", "-m", "spec"], check=True)
+    merged = subprocess.run([*git, "rev-parse", "HEAD"], check=True, capture_output=True, text=True).stdout.strip()
+    body = payload(after=merged, clone_url=str(releases))
     try:
         code, out, err = simulate(tmp_path, capsys, body, "--signature", sign(body), "--delivery-id", DELIVERY)
     finally:
@@ -191,7 +208,7 @@ def test_a_signed_merge_runs_golden_delivery_once_even_when_redelivered(
     version = registry.get_alias("demo-qa", "candidate")
     assert version is not None
     tags = registry._client.get_model_version("demo-qa", version).tags  # reading back in a test
-    assert tags["llmrelease.git_commit"] == AFTER
+    assert tags["llmrelease.git_commit"] == merged
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].startswith(f"golden-delivery-{DELIVERY}-")
 

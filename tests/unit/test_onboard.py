@@ -21,6 +21,7 @@ import yaml
 from safetensors.numpy import save_file
 
 from registry.errors import OnboardingError, PolicyError, ReleaseError, SpecError
+from registry.weights_store import WeightsStore
 from steps.core.hashing import canonical_json, sha256_file
 from steps.evals.engines.probe import API_KEY_ENV, ProviderProbe, probe_provider
 from steps.onboard import Inputs, Outputs, run
@@ -80,6 +81,11 @@ class Workspace:
     def record(self) -> Path:
         return self.work / RECORD_FILE
 
+    @property
+    def store(self) -> WeightsStore:
+        """The weights store the onboard step uploads to: a file store beside the model root."""
+        return WeightsStore((self.root.parent / "store").as_uri())
+
     def spec(self, **changes: Any) -> Path:
         """Write releases/tiny.yaml from the defaults updated by `changes` (dotted keys; None deletes)."""
         spec: dict[str, Any] = {
@@ -120,6 +126,7 @@ class Workspace:
                 policy_path=str(self.root / "policy" / "platform-policy.yaml"),
             ),
             probe=probe,
+            store=self.store,
         )
 
     def refused(self, kind: type[ReleaseError], *fragments: str, environment: str = "dev") -> str:
@@ -182,7 +189,9 @@ def test_local_model_record_is_complete_and_byte_identical_on_rerun(ws: Workspac
     assert ws.record.read_bytes() == before
     assert first.digest == second.digest and first.record_path == ws.record
     record = json.loads(before)
-    assert record["kind"] == "weights" and record["local_path"] == str(ws.model.resolve())
+    assert record["kind"] == "weights" and record["weights_uri"] == ws.store.location(first.digest)
+    assert first.published is not None and first.published.uploaded == [f["path"] for f in record["files"]]
+    assert second.published is not None and second.published.uploaded == [] and second.published.reused
     assert [f["path"] for f in record["files"]] == ["config.json", "model.safetensors", "tokenizer.json"]
     for entry in record["files"]:
         assert entry["sha256"], entry["size"] == sha256_file(ws.model / entry["path"])
@@ -205,7 +214,7 @@ def test_provider_model_record_has_no_files_and_digests_base_url_and_model(ws: W
     """GIVEN an OpenAI-compatible provider source WHEN onboarded THEN the record names it and has no files."""
     ws.spec(model__source="https://LOCALHOST:8000/v1/#demo-qa")
     record = ws.onboard().record
-    assert record.kind == "provider" and record.files == [] and record.local_path is None
+    assert record.kind == "provider" and record.files == [] and record.weights_uri is None
     assert record.provider is not None and record.provider.base_url == "https://localhost:8000/v1"
     expected = {"base_url": "https://localhost:8000/v1", "model": "demo-qa"}
     assert record.digest == "sha256:" + hashlib.sha256(canonical_json(expected)).hexdigest()
@@ -513,6 +522,13 @@ def test_spec_with_wrong_type_is_refused(ws: Workspace) -> None:
 
 
 def _hera(ws: Workspace, tmp_path: Path, release: str) -> subprocess.CompletedProcess[str]:
+    """The entry as a pod runs it: the root committed to git and cloned where its `git` input artifact goes."""
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], cwd=ws.root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=ws.root, check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "spec"], cwd=ws.root, check=True)
+    pod = tmp_path / "pod"
+    subprocess.run(["git", "clone", "-q", str(ws.root), str(pod / "inputs" / "release-repo")], check=True)
     params = tmp_path / "params.json"
     params.write_text(
         json.dumps(
@@ -520,10 +536,12 @@ def _hera(ws: Workspace, tmp_path: Path, release: str) -> subprocess.CompletedPr
                 {"name": "release", "value": release},
                 {"name": "environment", "value": "dev"},
                 {"name": "work_dir", "value": str(ws.work)},
+                {"name": "git_repo", "value": str(ws.root)},
+                {"name": "git_commit", "value": ""},
             ]
         )
     )
-    env = {**os.environ, "hera__outputs_directory": str(tmp_path / "out")}
+    env = {**os.environ, "hera__outputs_directory": str(tmp_path / "out"), "LLMRELEASE_POD_ROOT": str(pod)}
     command = [sys.executable, "-m", "hera.workflows.runner", "-e", "steps.onboard:onboard_step", str(params)]
     return subprocess.run(command, cwd=ws.root, env=env, capture_output=True, text=True, timeout=120, check=False)
 
@@ -540,11 +558,12 @@ def test_hera_runner_writes_the_output_parameters(ws: Workspace, tmp_path: Path)
 
 
 def test_hera_runner_prints_one_line_and_exits_non_zero_on_bad_input(ws: Workspace, tmp_path: Path) -> None:
-    """GIVEN a missing release spec WHEN Hera's runner runs the entry
+    """GIVEN a release spec not committed in the release repository WHEN Hera's runner runs the entry
     THEN one line `onboard: ...` on stderr, exit 2 (a SpecError), no traceback."""
     done = _hera(ws, tmp_path, "releases/missing.yaml")
     assert done.returncode == 2
     assert done.stderr.strip() == (
-        "onboard: releases/missing.yaml: release spec not found (pass a path or a name under releases/)"
+        f"onboard: release releases/missing.yaml is not in {ws.root} at its head: commit it there, or pass the "
+        "commit that has it (git-commit)"
     )
     assert not ws.record.exists()

@@ -19,7 +19,9 @@ from mlflow.tracking import MlflowClient
 from registry import AliasMove, ModelRegistry, format_history
 from registry.errors import RegistryError, SpecError
 from registry.history import alias_at
+from registry.integrity import Manifest
 from registry.tags import CHAMPION, ONBOARDING_EXPERIMENT
+from registry.weights_store import WeightsStore
 from steps.core.artifacts import RECORD_IN, ROOT
 from steps.core.entry import POD_ROOT_ENV
 from steps.core.git import resolve_git_commit
@@ -30,7 +32,8 @@ NAME = "demo-qa"
 
 
 def make_record(root: Path, payload: bytes = b"weights-v1", name: str = NAME) -> dict[str, Any]:
-    """An onboarding record (the JSON the onboard step writes) for a small weights folder under `root`."""
+    """An onboarding record (the JSON the onboard step writes) for a small weights folder under `root`, its
+    weights published to the file weights store `<root>/store` as the onboard step publishes them."""
     weights = root / f"weights-{hashlib.sha256(payload).hexdigest()[:8]}"
     weights.mkdir(parents=True, exist_ok=True)
     (weights / "config.json").write_text('{"architecture": "GPT2LMHeadModel"}')
@@ -40,12 +43,14 @@ def make_record(root: Path, payload: bytes = b"weights-v1", name: str = NAME) ->
         for p in sorted(weights.iterdir())
     ]
     digest = "sha256:" + hashlib.sha256(json.dumps(files, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    store = WeightsStore((root / "store").as_uri())
+    published = store.publish(weights, Manifest.model_validate({"digest": digest, "files": files}))
     return {
         "name": name,
         "environment": "dev",
         "source_uri": weights.as_uri(),
         "kind": "weights",
-        "local_path": str(weights),
+        "weights_uri": published.uri,
         "provider": None,
         "digest": digest,
         "files": files,
@@ -90,8 +95,9 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Store:
 def test_register_creates_version_one_with_tags_artifacts_and_candidate(store: Store, tmp_path: Path) -> None:
     """GIVEN an onboarding record of local weights and an empty store
     WHEN it is registered
-    THEN version 1 exists with every llmrelease tag, its weights copied into the run's artifacts as its source,
-    the record, card and manifest logged, and `candidate` pointing at it (one history entry)."""
+    THEN version 1 exists with every llmrelease tag, its source the weights' store location (no second copy in
+    the run's artifacts), the record, card and manifest logged, and `candidate` pointing at it (one history
+    entry)."""
     record = make_record(tmp_path)
     result = store.register(record)
 
@@ -107,8 +113,9 @@ def test_register_creates_version_one_with_tags_artifacts_and_candidate(store: S
         "llmrelease.environment": "dev",
     }
     run_dir = tmp_path / "mlartifacts" / result.run_id / "artifacts"
-    assert version.source == (run_dir / "model").as_uri() == result.source
-    assert (run_dir / "model" / "model.safetensors").read_bytes() == b"weights-v1"
+    hex_digest = record["digest"].removeprefix("sha256:")
+    assert version.source == f"{(tmp_path / 'store').as_uri()}/weights/sha256/{hex_digest}" == result.source
+    assert not (run_dir / "model").exists()
     assert json.loads((run_dir / "onboarding" / "record.json").read_text()) == record
     assert json.loads((run_dir / "onboarding" / "card.json").read_text())["license"] == "apache-2.0"
     assert json.loads((run_dir / "onboarding" / "manifest.json").read_text())["files"] == record["files"]
@@ -304,7 +311,7 @@ def test_a_provider_model_is_registered_by_its_uri(store: Store, tmp_path: Path)
     THEN the version's source is the provider URI and no weights are copied."""
     record = make_record(tmp_path) | {
         "kind": "provider",
-        "local_path": None,
+        "weights_uri": None,
         "source_uri": "openai://api.example.test/v1/demo-chat",
         "provider": {"base_url": "https://api.example.test/v1", "model": "demo-chat"},
         "files": [],

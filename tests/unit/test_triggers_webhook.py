@@ -30,6 +30,7 @@ ARGO = Path(__file__).resolve().parents[2] / "argo"
 SECRET = "s3cret"
 DELIVERY = "72d3162e-cc78-11e3-81ab-4c9367dc0958"
 AFTER = "9f2c4e1b7a3d5c6e8f0a1b2c3d4e5f6a7b8c9d0e"
+CLONE_URL = "https://github.com/llmrelease/llmrelease.git"
 
 
 def push(
@@ -41,6 +42,7 @@ def push(
         "after": AFTER,
         "deleted": False,
         "created": False,
+        "repository": {"full_name": "llmrelease/llmrelease", "clone_url": CLONE_URL},
         "head_commit": {
             "id": AFTER,
             "added": added or [],
@@ -153,14 +155,15 @@ def test_rendered_sensor_and_event_source_are_the_hardened_ones(sensor: dict[str
 
 def test_a_merge_to_main_touching_a_release_spec_submits_golden_delivery(sensor: dict[str, Any]) -> None:
     """GIVEN a push to main modifying releases/demo.yaml WHEN filtered and mapped THEN a Workflow from the
-    golden-delivery template gets release=that file, git-commit=body.after and a name from the delivery id."""
+    golden-delivery template gets release=that file, git-commit=body.after, git-repo=the pushed repository's clone
+    URL, no environment (the spec's own is used) and a name from the delivery id."""
     data = data_of(push())
     evaluate(sensor, data)
     workflow = resolve_workflow(sensor, data)
     assert workflow["spec"]["workflowTemplateRef"] == {"name": "golden-delivery"}
     assert workflow["metadata"]["name"] == f"golden-delivery-{DELIVERY}"
     params = {p["name"]: p["value"] for p in workflow["spec"]["arguments"]["parameters"]}
-    assert params == {"release": "releases/demo.yaml", "git-commit": AFTER}
+    assert params == {"release": "releases/demo.yaml", "git-commit": AFTER, "git-repo": CLONE_URL}
     added = data_of(push(modified=[], added=["releases/next.yaml"]))
     evaluate(sensor, added)
     assert resolve_workflow(sensor, added)["spec"]["arguments"]["parameters"][0]["value"] == "releases/next.yaml"
@@ -174,6 +177,8 @@ def test_a_merge_to_main_touching_a_release_spec_submits_golden_delivery(sensor:
         (push(ref="refs/tags/main"), "push", "body.ref"),
         (push(modified=["README.md", "docs/releases/x.yaml"]), "push", "does not exist"),
         (push(modified=["releases/notes.md"]), "push", "does not exist"),
+        (push(modified=["releases/../../etc/x.yaml"]), "push", "which does not match"),  # confined to releases/
+        (push(modified=["releases/sub/x.yaml"]), "push", "which does not match"),
         (push(deleted=True), "push", "body.deleted"),
         (push(), "pull_request", "body.X-GitHub-Event is 'pull_request'"),
         ({"zen": "Keep it logically awesome.", "hook_id": 1}, "ping", "X-GitHub-Event"),

@@ -59,6 +59,7 @@ def push(*changed: str) -> dict[str, Any]:
         "ref": "refs/heads/main",
         "after": "9f2c4e1b7a3d5c6e8f0a1b2c3d4e5f6a7b8c9d0e",
         "deleted": False,
+        "repository": {"clone_url": "https://github.com/acme/releases.git"},
         "head_commit": {"added": [], "removed": [], "modified": ["README.md", *changed]},
     }
 

@@ -11,6 +11,7 @@ import dataclasses
 import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -68,7 +69,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from workflows.runner import RunOptions, run_workflow
 
     options = RunOptions(
-        parameters=parse_pairs(args.parameter, "-p"),
+        parameters=_with_checkout(args.target, Path(args.argo_dir), parse_pairs(args.parameter, "-p")),
         resume=frozenset(args.resume),
         supplied=parse_pairs(args.supply, "--supply"),
         runs_dir=Path(args.runs_dir),
@@ -81,11 +82,32 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return print_result(result, time.monotonic() - started, as_json=args.json)
 
 
+def _with_checkout(target: str, argo_dir: Path, parameters: dict[str, str]) -> dict[str, str]:
+    """`parameters`, with `git-repo` = the git checkout this runs in when the template takes one and none is given.
+
+    A local run reads its release spec from the repository it is run from, at `git-commit` (committed specs only,
+    as on a cluster); `-p git-repo=URL|PATH` overrides it; outside a checkout the template's default stays.
+    """
+    if "git-repo" in parameters or target.endswith((".yaml", ".yml")) or not argo_dir.is_dir():
+        return parameters
+    from workflows.argo.manifests import load_library
+
+    found = load_library(argo_dir).by_name(target, ("WorkflowTemplate",))
+    declared = ((found[1].get("spec") or {}).get("arguments") or {}).get("parameters") or [] if found else []
+    if not any(p.get("name") == "git-repo" for p in declared):
+        return parameters
+    done = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=False)
+    top = done.stdout.strip()
+    return {**parameters, "git-repo": top} if done.returncode == 0 and top else parameters
+
+
 def _cmd_history(args: argparse.Namespace) -> int:
     from registry import format_history
+    from registry.prompts import PromptRegistry
     from workflows.cli.models import require_model
 
-    moves = require_model(args.name).history(args.name)
+    prompts = PromptRegistry.from_env()  # a prompt's alias moves, or else the model's
+    moves = prompts.history(args.name) if prompts.exists(args.name) else require_model(args.name).history(args.name)
     if args.json:
         print(json.dumps([m.model_dump(mode="json") for m in moves], indent=2))
     else:
@@ -191,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
 
     registry = sub.add_parser("registry", help="read the model registry")
     reg_sub = registry.add_subparsers(dest="registry_command", required=True)
-    history = reg_sub.add_parser("history", help="every alias move of a model: who, when, from, to, why")
+    history = reg_sub.add_parser("history", help="every alias move of a model or a prompt: who, when, from, to, why")
     history.add_argument("name")
     history.add_argument("--json", action="store_true", help="print the moves as JSON")
     history.set_defaults(func=_cmd_history)

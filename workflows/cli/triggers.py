@@ -87,9 +87,9 @@ def check_parameters(template: Mapping[str, Any], given: Mapping[str, str]) -> N
             )
         enum = [str(v) for v in declared[key].get("enum") or []]
         if enum and value not in enum:
+            shown = ", ".join(v or "'' (empty)" for v in enum)
             raise SpecError(
-                f"parameter {key}={value!r} is not allowed by WorkflowTemplate {name}: allowed values "
-                f"are {', '.join(enum)}"
+                f"parameter {key}={value!r} is not allowed by WorkflowTemplate {name}: allowed values are {shown}"
             )
 
 

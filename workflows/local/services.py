@@ -156,6 +156,8 @@ def plan(layout: Layout, ports: Mapping[str, int], credentials: Mapping[str, str
         "AWS_DEFAULT_REGION": REGION,
         "MLFLOW_S3_ENDPOINT_URL": s3_url,
     }
+    # What the cluster's serving pods and Ray workers get from the ConfigMap and the S3 Secret: the weights store.
+    store_env = {**s3_env, "AWS_ENDPOINT_URL_S3": s3_url, "LLMRELEASE_S3_BUCKET": BUCKET}
     services = [
         Service(
             "s3",
@@ -180,9 +182,9 @@ def plan(layout: Layout, ports: Mapping[str, int], credentials: Mapping[str, str
             ports["prometheus"],
             install="apt-get install prometheus (.ci/install-system-packages.sh prometheus)",
         ),
-        _serving(layout, ports["serving"], ports["mlflow"]),
+        _serving(layout, ports["serving"], ports["mlflow"], store_env),
     ]
-    return services + (_ray_nodes(layout, ports["ray"], credentials) if ray else [])
+    return services + (_ray_nodes(layout, ports["ray"], credentials, store_env) if ray else [])
 
 
 def _mlflow(layout: Layout, port: int, s3_env: Mapping[str, str]) -> Service:
@@ -194,11 +196,11 @@ def _mlflow(layout: Layout, port: int, s3_env: Mapping[str, str]) -> Service:
     return Service("mlflow", command, url, http_ready(f"{url}/health"), port, s3_env, "pip install mlflow")
 
 
-def _serving(layout: Layout, port: int, mlflow_port: int) -> Service:
+def _serving(layout: Layout, port: int, mlflow_port: int, store_env: Mapping[str, str]) -> Service:
     """The serving plane's service; its canary watchdogs release a dead canary's lease through MLflow."""
     url = f"http://{HOST}:{port}"
     command = [sys.executable, "-m", "steps.rollout.serving.service", "--home", str(layout.home), "--port", str(port)]
-    env = {"MLFLOW_TRACKING_URI": f"http://{HOST}:{mlflow_port}", "LLMRELEASE_HOME": str(layout.home)}
+    env = {"MLFLOW_TRACKING_URI": f"http://{HOST}:{mlflow_port}", "LLMRELEASE_HOME": str(layout.home), **store_env}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
     return Service("serving", command, url, http_ready(f"{url}/healthz"), port, env, "pip install -e .[ml]")
 
@@ -211,12 +213,15 @@ def _pushgateway(layout: Layout, port: int) -> Service:
     return Service("pushgateway", command, url, http_ready(f"{url}/-/ready"), port, install=install)
 
 
-def _ray_nodes(layout: Layout, gcs_port: int, credentials: Mapping[str, str]) -> list[Service]:
+def _ray_nodes(
+    layout: Layout, gcs_port: int, credentials: Mapping[str, str], store_env: Mapping[str, str]
+) -> list[Service]:
     """The head (GCS on `gcs_port`) and a second node joining it by address; each node's ports chosen free."""
     cpus = os.cpu_count() or 2
     head_cpus = max(1, cpus // 2)
     address = f"{HOST}:{gcs_port}"
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": credentials["ray_token"], "RAY_USAGE_STATS_ENABLED": "0"}
+    env.update(store_env)  # the workers fetch the weights from the store themselves
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # `down` stops the whole cluster: nothing to drain for
     common = ["start", "--block", f"--node-ip-address={HOST}", f"--object-store-memory={_OBJECT_STORE_BYTES}"]
     common += ["--disable-usage-stats"]

@@ -71,7 +71,7 @@ EVAL_SECRETS = (PROVIDER_KEYS, S3_KEYS, RAY_TOKEN)
 
 CONTROLS: dict[str, Control] = {
     "onboard": Control("500m", "1Gi", 30 * MINUTE, secrets=(PROVIDER_KEYS, S3_KEYS)),  # hashes weights; probes
-    "register": Control("250m", "1Gi", 30 * MINUTE, secrets=(S3_KEYS,)),  # re-hashes and uploads the weights
+    "register": Control("250m", "1Gi", 30 * MINUTE, secrets=(S3_KEYS,)),  # checks the manifest at the weights URI
     "batch-eval": Control("1", "4Gi", 2 * HOUR, secrets=EVAL_SECRETS),  # drives Ray: the workers run the model
     "nightly-eval": Control("1", "4Gi", 2 * HOUR, secrets=EVAL_SECRETS),
     "list-champions": Control("100m", "256Mi", 10 * MINUTE),
@@ -80,10 +80,10 @@ CONTROLS: dict[str, Control] = {
     "deploy": Control("250m", "512Mi", 30 * MINUTE, secrets=(S3_KEYS,)),  # waits for the candidate to serve
     "latency": Control("500m", "512Mi", 30 * MINUTE),  # the load generator
     "record-approval": Control("100m", "256Mi", 10 * MINUTE),
-    "canary": Control("250m", "512Mi", 2 * HOUR, retry=False),
-    "promote": Control("100m", "256Mi", 10 * MINUTE),
+    "canary": Control("250m", "512Mi", 2 * HOUR, retry=False, secrets=(S3_KEYS,)),  # may restart the champion
+    "promote": Control("100m", "256Mi", 10 * MINUTE, secrets=(S3_KEYS,)),
     "finalize": Control("250m", "512Mi", 30 * MINUTE),  # evidence bundle and report
-    "rollback": Control("100m", "256Mi", 10 * MINUTE),
+    "rollback": Control("100m", "256Mi", 10 * MINUTE, secrets=(S3_KEYS,)),  # may start the previous version
 }
 
 

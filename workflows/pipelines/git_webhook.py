@@ -1,8 +1,11 @@
 """The git-merge trigger: an Argo Events GitHub EventSource and a Sensor that delivers merged release specs.
 
 A push to `main` that adds or changes a file under `releases/` (`releases/*.yaml`) submits a Workflow from the
-`golden-delivery` WorkflowTemplate with `release` = that file and `git-commit` = the pushed head commit
-(`body.after`). Written as plain dicts: Hera's events models cannot inline a Workflow in a Sensor trigger.
+`golden-delivery` WorkflowTemplate with `release` = that file, `git-commit` = the pushed head commit
+(`body.after`) and `git-repo` = the pushed repository's clone URL (`body.repository.clone_url`): onboard reads the
+spec from that repository at that commit, so the run evaluates exactly what was merged. No `environment` is
+passed: the run delivers to the spec's own `environment` field (dev when the spec has none). Written as plain
+dicts: Hera's events models cannot inline a Workflow in a Sensor trigger.
 
 Safety properties, each a fact that bites when forgotten:
 
@@ -15,7 +18,8 @@ Safety properties, each a fact that bites when forgotten:
   default, 1 MiB, would drop large pushes), and refuses larger ones without reading them;
 * the Workflow is named `golden-delivery-<X-GitHub-Delivery>`: a redelivered event cannot start a second run
   (the API server refuses the existing name);
-* no secret travels as a parameter: only the spec path and the commit do.
+* no secret travels as a parameter: only the spec path, the commit and the repository URL do (a private
+  repository's credentials are the golden-delivery `git` artifact's, patched in by the installation).
 
 `llmrelease webhook simulate` applies these rendered objects (filters and parameter mapping read from argo/) to
 a payload on this machine and runs the resulting workflow with the local runner.
@@ -81,7 +85,7 @@ def _event_source() -> dict[str, Any]:
 
 
 def _workflow() -> dict[str, Any]:
-    """The Workflow the trigger submits; the trigger's parameters fill in name, release and commit."""
+    """The Workflow the trigger submits; the trigger's parameters fill in name, release, commit and repository."""
     return {
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Workflow",
@@ -92,6 +96,7 @@ def _workflow() -> dict[str, Any]:
                 "parameters": [
                     {"name": "release", "value": ""},
                     {"name": "git-commit", "value": ""},
+                    {"name": "git-repo", "value": ""},
                 ]
             },
         },
@@ -139,6 +144,10 @@ def _sensor() -> dict[str, Any]:
                                 },
                                 {"src": source(RELEASE_FILE_KEY), "dest": "spec.arguments.parameters.0.value"},
                                 {"src": source("body.after"), "dest": "spec.arguments.parameters.1.value"},
+                                {
+                                    "src": source("body.repository.clone_url"),
+                                    "dest": "spec.arguments.parameters.2.value",
+                                },
                             ],
                         },
                     },
