@@ -171,7 +171,7 @@ def test_watch_exits_1_with_the_message_when_the_workflow_fails(
         (
             ["-p", "environment=qa"],
             "parameter environment='qa' is not allowed by WorkflowTemplate golden-delivery: "
-            "allowed values are , dev, stage, prod",
+            "allowed values are '' (empty), dev, stage, prod",
         ),
         (["-p", "eval-shards=3"], "allowed values are 1, 2, 4, 8, 16"),
         (["-p", "release"], "-p 'release': write it as NAME=VALUE"),
