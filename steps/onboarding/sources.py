@@ -10,6 +10,7 @@ provider: no files, the digest is that of {base_url, model}).
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import shutil
@@ -245,6 +246,9 @@ def _s3_source(source: str, work_dir: Path, s3: S3Client | None) -> Source:
     return Source("weights", source, manifest_digest(files), local_dir=dest, files=files)
 
 
+_LOCAL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES})  # this pod's disk, not S3
+
+
 def _s3_list(s3: S3Client, bucket: str, prefix: str, source: str) -> list[tuple[str, str, int]]:
     """(relative path, key, size) of every object under the prefix, sorted by path."""
     from botocore.exceptions import BotoCoreError, ClientError
@@ -265,8 +269,8 @@ def _s3_list(s3: S3Client, bucket: str, prefix: str, source: str) -> list[tuple[
                 found.append((rel, key, int(obj["Size"])))
     except (BotoCoreError, ClientError) as e:
         raise OnboardingError(
-            f"model.source {source!r}: cannot list the bucket ({describe_error(e)}); check the bucket, "
-            "AWS_ENDPOINT_URL and the credentials"
+            f"model.source {source!r}: cannot list the bucket at {_endpoint()} ({describe_error(e)}); check the "
+            "bucket, AWS_ENDPOINT_URL and the credentials"
         ) from e
     if not found:
         raise OnboardingError(f"model.source {source!r}: no objects under this prefix; upload the model or fix the URI")
@@ -285,7 +289,14 @@ def _s3_download(s3: S3Client, bucket: str, key: str, size: int, target: Path, r
 
     try:
         digest, got = RetryPolicy.from_env().call(fetch, service=_s3_service(bucket))
-    except (BotoCoreError, ClientError, OSError) as e:
+    except OSError as e:
+        if e.errno not in _LOCAL_ERRNOS:
+            raise OnboardingError(f"model.source: download of s3://{bucket}/{key} failed ({e}); retry") from e
+        raise OnboardingError(
+            f"model.source: cannot write s3://{bucket}/{key} to {target} ({e.strerror}): free space there or set "
+            "the step's work dir elsewhere, then retry"
+        ) from e
+    except (BotoCoreError, ClientError) as e:
         raise OnboardingError(
             f"model.source: download of s3://{bucket}/{key} failed ({describe_error(e)}); check AWS_ENDPOINT_URL "
             "and the credentials, then retry"
@@ -295,7 +306,13 @@ def _s3_download(s3: S3Client, bucket: str, key: str, size: int, target: Path, r
     return FileEntry(path=rel, sha256=digest, size=got)
 
 
+def _endpoint() -> str:
+    """The S3 endpoint boto3 uses (AWS_ENDPOINT_URL_S3, else AWS_ENDPOINT_URL, else AWS's own)."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+
+
 def _s3_service(bucket: str) -> Service:
     """S3 (the endpoint of AWS_ENDPOINT_URL) for the retry policy's final line."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
-    return Service(f"S3 ({endpoint})", f"s3://{bucket}", "check AWS_ENDPOINT_URL and the credentials", OnboardingError)
+    return Service(
+        f"S3 ({_endpoint()})", f"s3://{bucket}", "check AWS_ENDPOINT_URL and the credentials", OnboardingError
+    )

@@ -153,11 +153,6 @@ def test_a_full_disk_during_an_s3_download_leaves_no_partial_model(
         world.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="steps/onboarding/sources.py _s3_download: an OSError (ENOSPC) is reported as a download failure with "
-    "'check AWS_ENDPOINT_URL and the credentials'; it should name the local path and say to free space there",
-)
 def test_a_full_disk_during_an_s3_download_names_the_local_path_not_the_credentials(
     small_disk: SmallDisk, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

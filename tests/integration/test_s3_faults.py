@@ -148,11 +148,6 @@ def test_onboarding_with_credentials_s3_does_not_know_is_one_line_naming_the_buc
     assert elapsed < SLACK_S
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="steps/onboarding/sources.py _s3_list: a refusal (403 InvalidAccessKeyId) names the bucket but not the "
-    "endpoint; add the endpoint (AWS_ENDPOINT_URL) to that line",
-)
 def test_a_refusal_by_s3_names_the_endpoint_too(world: S3World, tmp_path: Path) -> None:
     """GIVEN S3 refusing the credentials WHEN onboarded THEN the line names the endpoint as well as the bucket."""
     world.require_auth()
