@@ -42,8 +42,8 @@ format: setup ## rewrite the code in ruff's format and fix what ruff can fix
 demo-models: setup ## build the small demo models once (examples/models/)
 	$(BIN)/python examples/build_demo_models.py --out examples/models
 
-demo: demo-models ## set up and run the golden delivery pipeline locally on the demo model
-	bash .ci/install-system-packages.sh haproxy
+demo: demo-models ## the golden delivery on the local profile, every step an isolated pod (bubblewrap)
+	bash .ci/install-system-packages.sh haproxy bubblewrap prometheus prometheus-pushgateway
 	$(BIN)/python examples/demo.py
 
 system-packages: ## install the Debian packages the tests use (haproxy, chromium, pushgateway), only where missing

@@ -1,27 +1,27 @@
-"""Batch-eval throughput: one plain process vs sharded on Ray (1 and N workers), on a K-item suite.
+"""Batch-eval throughput, side by side in one run: bare engine, plain process, Ray 1 worker, Ray N workers.
 
-    .venv/bin/python benchmarks/eval_throughput.py [--k 256] [--workers 2] [--model DIR | --random-model]
-        [--max-new-tokens 32]
+    .venv/bin/python benchmarks/eval_throughput.py [--k 512] [--workers 2] [--repeats 3] [--models demo,llama]
+        [--max-new-tokens 32] [--address HOST:PORT]
 
-The suite is the golden-QA suite replicated to K items (ids suffixed, so every item is distinct work). The model
-is --model, else examples/models/candidate when it exists (make demo-models), else (or with --random-model) a
-random GPT-2 built here (4 layers, 256 wide: it rarely emits EOS, so every answer is max_new_tokens long).
-Greedy decoding, batch size 8 everywhere.
+Models: `demo` is examples/models/candidate (make demo-models; a random 4-layer GPT-2 is built when it is
+missing); `llama` is a random Llama (4 layers, 256 wide, grouped-query attention) with a BPE tokenizer and Llama
+3's chat template, built by `tests.tiny_models.build_tiny_llama`. The suite is golden-qa replicated to K distinct
+items; greedy decoding, `--max-new-tokens` per answer.
 
-Configurations (all on this machine's C cores):
-  plain     one process, TransformersEngine used directly, torch threads = C (what a user would write)
-  ray-1     run_suite with 1 worker (C threads)
-  ray-N     run_suite with N workers, C // N threads each
-  ray-1/1c  run_suite with 1 worker on 1 core (1 thread): the per-worker baseline of ray-N
-  plain-1t  (reference line) one plain process with 1 torch thread
-
-Each row reports the wall time including start-up (model load; for Ray, the actors' start and the engine load
-in each; ray.init is measured once and shown apart) and the steady throughput (examples/s and generated
-tokens/s once started: the start-up, measured on an N-item suite in shards of 1, subtracted). Ratios:
-  scaling efficiency = steady(ray-N) / (N x steady(ray-1))   goal >= 0.8
-  per-worker scaling = steady(ray-N) / (N x steady(ray-1/1c))
-  sharded vs plain   = wall speed(ray-N incl. ray.init) / wall speed(plain)   goal >= 1.0 for large K
-and the K at which sharded overtakes plain, from K* = (start_N - start_plain) / (1/steady_plain - 1/steady_N).
+Configurations (C = this process's usable cores):
+  bare      TransformersEngine in this process, already loaded and warm; threads 1..C x batch sizes swept on the
+            first min(K, 128) items, the best configuration then timed on K items: the roofline.
+  plain     a fresh process as a step without Ray runs it: import, load (threads = C, batch size by the rule,
+            both set explicitly by the engine), evaluate K items.
+  ray-1     a fresh driver process as the batch-eval step runs it, joining a long-lived Ray cluster by address
+            (RAY_ADDRESS; one is started here when none is given): connect, 1 worker of C threads, K items.
+  ray-N     the same with N workers of C // N threads each.
+  ray-1/1c  1 worker on 1 core: the per-worker baseline.
+Each configuration runs `--repeats` times; the table shows min/median/max of end-to-end seconds (process start
+to results) and of steady examples/s (K / evaluation time, start-up excluded). Ratios use medians:
+  per-worker efficiency = steady(ray-N) / (N x steady(ray-1/1c))                goal >= 0.8
+  sharded / bare        = steady(ray-N) / steady(bare), and end to end K / e2e   goal >= 0.9 at K >= 512
+  crossover K*          = (start(ray-N) - start(plain)) / (1/steady(plain) - 1/steady(ray-N))  goal <= 500
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import socket
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -40,156 +44,269 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from steps.evals.cache import GenerationSettings  # noqa: E402
-from steps.evals.sharding import EngineSpec, ShardOptions, connect_ray, evaluate_items, run_suite  # noqa: E402
+from steps.evals.engines.transformers_engine import usable_cores  # noqa: E402
+from steps.evals.sharding import evaluate_items  # noqa: E402
 from steps.evals.suites import Suite, load_suite  # noqa: E402
 
+GOLDEN = REPO / "suites/golden-qa/v1.jsonl"
+RAY = str(Path(sys.executable).parent / "ray")
 
-def replicated_suite(k: int, folder: Path) -> Suite:
+
+def replicated_suite(k: int, folder: Path) -> Path:
     """The golden-QA suite replicated (ids suffixed) to exactly k items, written to folder."""
-    rows = [json.loads(line) for line in (REPO / "suites/golden-qa/v1.jsonl").read_text().splitlines() if line]
+    rows = [json.loads(line) for line in GOLDEN.read_text().splitlines() if line]
     out = [dict(rows[i % len(rows)], id=f"{rows[i % len(rows)]['id']}-r{i // len(rows)}") for i in range(k)]
     path = folder / f"golden-x{k}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in out))
-    return load_suite(path, name="golden-qa")
+    return path
 
 
-def build_model(directory: Path) -> Path:
-    """A random 4-layer, 256-wide GPT-2 with a small BPE tokenizer and a chat template."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+def build_models(names: list[str], scratch: Path) -> dict[str, Path]:
+    """The benchmark's models by name (demo: the committed demo candidate, else a random GPT-2; llama: built)."""
+    from tests.tiny_models import build_tiny_gpt2, build_tiny_llama
 
-    rows = (REPO / "suites/golden-qa/v1.jsonl").read_text().splitlines()
-    raw = Tokenizer(models.BPE())
-    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    raw.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=800, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
-    raw.train_from_iterator(rows, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
-    tok.chat_template = "{% for m in messages %}User: {{ m['content'] }}\n{% endfor %}Assistant:"
-    torch.manual_seed(0)
-    eos = tok.eos_token_id
-    config = GPT2Config(
-        vocab_size=len(tok), n_positions=128, n_embd=256, n_layer=4, n_head=4, bos_token_id=eos, eos_token_id=eos
-    )
-    GPT2LMHeadModel(config).save_pretrained(directory)
-    tok.save_pretrained(directory)
-    return directory
+    corpus = [json.loads(line)["prompt"] for line in GOLDEN.read_text().splitlines() if line]
+    built: dict[str, Path] = {}
+    for name in names:
+        if name == "demo":
+            demo = REPO / "examples/models/candidate"
+            built[name] = demo if (demo / "config.json").is_file() else build_tiny_gpt2(scratch / "gpt2", corpus)
+        elif name == "llama":
+            built[name] = build_tiny_llama(
+                scratch / "llama", corpus, layers=4, width=256, vocab_size=1200, n_positions=256
+            )
+        else:
+            raise SystemExit(f"--models: unknown model {name!r}: expected demo or llama")
+    return built
 
 
-def bench_plain(model: Path, suite: Suite, one: Suite, settings: GenerationSettings, cores: int) -> dict[str, Any]:
+# --- in a fresh child process: a step as it runs -------------------------------------------------------------
+
+
+def child_plain(model: str, suite_path: str, max_new: int) -> dict[str, Any]:
+    """A plain process: load the engine with its defaults, evaluate every item."""
+    began = time.perf_counter()
     from steps.evals.engines.transformers_engine import TransformersEngine
 
-    began = time.perf_counter()
-    engine = TransformersEngine(model, num_threads=cores)
+    engine = TransformersEngine(model)
+    suite = load_suite(Path(suite_path), name="golden-qa")
     start = time.perf_counter() - began
-    evaluate_items(engine, one.name, one.items, settings)  # warm-up, not timed
+    t = time.perf_counter()
+    results = evaluate_items(engine, suite.name, suite.items, GenerationSettings(max_new_tokens=max_new))
+    run = time.perf_counter() - t
+    info = {"threads": engine.num_threads, "batch": engine.batch_size}
+    return {"start_s": start, "run_s": run, "n": len(results), "workers": [info]}
+
+
+def child_ray(model: str, suite_path: str, max_new: int, workers: int, cores: int, scratch: str) -> dict[str, Any]:
+    """A batch-eval driver: join the cluster at RAY_ADDRESS, start the pool (engines loaded), run the suite."""
+    from steps.evals.sharding import EngineSpec, ShardOptions, WorkerPool, connect_ray, plan_shards, run_suite
+
     began = time.perf_counter()
-    results = evaluate_items(engine, suite.name, suite.items, settings)
-    run = time.perf_counter() - began
-    return _row("plain", start, start + run, results)
+    connect_ray()
+    connect = time.perf_counter() - began
+    suite = load_suite(Path(suite_path), name="golden-qa")
+    spec = EngineSpec.of("transformers", model_dir=model)
+    options = ShardOptions(workers=workers, cores=cores)
+    with WorkerPool(options) as pool:
+        pool.start(spec, len(plan_shards(len(suite.items), workers)))
+        start = time.perf_counter() - began
+        t = time.perf_counter()
+        results, _ = run_suite(suite, spec, GenerationSettings(max_new_tokens=max_new), scratch, options, pool)
+        run = time.perf_counter() - t
+        where = [{"threads": w["torch_threads"], "omp": w["omp_threads"]} for w in pool.where]
+    return {"connect_s": connect, "start_s": start, "run_s": run, "n": len(results), "workers": where}
 
 
-def bench_ray(
-    model: Path, suite: Suite, warm: Suite, settings: GenerationSettings, workers: int, scratch: Path, cores: int
-) -> dict[str, Any]:
-    spec = EngineSpec.of("transformers", model_dir=str(model))
-    name = f"ray-{workers}" if cores == (os.cpu_count() or 1) else f"ray-{workers}/{cores}c"
-    tag = name.replace("/", "-")  # each configuration its own shard folders: nothing is skipped
-    options = ShardOptions(workers=workers, cores=cores, shard_size=max(16, min(64, len(suite.items) // (workers * 4))))
+def spawn(args: list[str], env: dict[str, str]) -> dict[str, Any]:
+    """Run this script as a child; its JSON, with `e2e_s` (process start to exit) added."""
     began = time.perf_counter()
-    run_suite(warm, spec, settings, scratch / f"warm-{tag}", ShardOptions(workers=workers, cores=cores, shard_size=1))
-    start = time.perf_counter() - began  # N actors' start + load + 1 item each: the start-up of a run
-    began = time.perf_counter()
-    results, _ = run_suite(suite, spec, settings, scratch / f"k-{tag}", options)
-    return _row(name, start, time.perf_counter() - began, results)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", *args], env=env, capture_output=True, text=True, timeout=900
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"child {args[:1]} failed:\n{done.stderr[-3000:]}")
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    row["e2e_s"] = time.perf_counter() - began
+    return row
 
 
-def _row(name: str, start: float, wall: float, results: list[Any]) -> dict[str, Any]:
-    tokens = sum(r.output_tokens for r in results)
-    steady = max(wall - start, 1e-9)
-    return {
-        "config": name,
-        "k": len(results),
-        "start_s": start,
-        "wall_s": wall,
-        "tokens": tokens,
-        "steady_ex_s": len(results) / steady,
-        "steady_tok_s": tokens / steady,
-        "wall_ex_s": len(results) / wall,
-    }
+# --- in this process: the bare engine's sweep -----------------------------------------------------------------
+
+
+def bench_bare(model: Path, suite: Suite, max_new: int, repeats: int, cores: int) -> tuple[list[float], str]:
+    """Sweep threads x batch size on a prefix; time the best on the whole suite `repeats` times (examples/s)."""
+    import torch
+
+    from steps.evals.engines.transformers_engine import TransformersEngine
+
+    settings = GenerationSettings(max_new_tokens=max_new)
+    engine = TransformersEngine(model, num_threads=cores)
+    prefix = suite.items[: min(len(suite.items), 128)]
+    evaluate_items(engine, suite.name, prefix[:16], settings)  # warm-up
+    best: tuple[float, int, int] = (0.0, cores, engine.batch_size)
+    for threads in range(1, cores + 1):
+        for batch in (4, 8, 16, 32, 64):
+            torch.set_num_threads(threads)
+            engine.batch_size = batch
+            t = time.perf_counter()
+            evaluate_items(engine, suite.name, prefix, settings)
+            rate = len(prefix) / (time.perf_counter() - t)
+            best = max(best, (rate, threads, batch))
+    _, threads, batch = best
+    torch.set_num_threads(threads)
+    engine.batch_size = batch
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        evaluate_items(engine, suite.name, suite.items, settings)
+        rates.append(len(suite.items) / (time.perf_counter() - t))
+    return rates, f"threads={threads} batch={batch}"
+
+
+# --- the cluster the Ray rows join ------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_cluster(scratch: Path, cores: int) -> tuple[subprocess.Popen[bytes], str]:
+    """A one-node Ray cluster (`ray start --head --block`, C CPUs, no token auth) in its own process group."""
+    port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    command = [RAY, "start", "--head", "--block", f"--port={port}", f"--num-cpus={cores}", "--disable-usage-stats"]
+    command += ["--node-ip-address=127.0.0.1", "--include-dashboard=false", "--object-store-memory=100000000"]
+    command += [f"--temp-dir={scratch / 'ray'}"]
+    log = scratch / "ray-head.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "Ray runtime started." not in log.read_text(errors="replace"):
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise SystemExit(f"ray head did not start:\n{log.read_text(errors='replace')[-2000:]}")
+        time.sleep(0.5)
+    return process, f"127.0.0.1:{port}"
+
+
+def stop_cluster(head: subprocess.Popen[bytes]) -> None:
+    """Stop the head's process group (the node and every worker it started): SIGTERM, then SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(head.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            head.wait(timeout=15)
+            time.sleep(1)  # let the group's other processes exit before the SIGKILL sweep
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# --- the run and the table -------------------------------------------------------------------------------------
+
+
+def bench_model(name: str, model: Path, args: argparse.Namespace, env: dict[str, str], scratch: Path) -> None:
+    """Every configuration for one model, `args.repeats` times each; the table and the ratios printed."""
+    cores, n = usable_cores(), args.workers
+    suite_path = replicated_suite(args.k, scratch)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    bare, best = bench_bare(model, load_suite(suite_path, name="golden-qa"), args.max_new_tokens, args.repeats, cores)
+    rows["bare"] = [{"steady": r, "e2e_s": float("nan"), "start_s": 0.0, "workers": []} for r in bare]
+    plans = {"plain": ["plain"], "ray-1": ["ray", "1", str(cores)], f"ray-{n}": ["ray", str(n), str(cores)]}
+    plans["ray-1/1c"] = ["ray", "1", "1"]
+    for i in range(args.repeats):  # interleaved, so a change in the machine's load hits every configuration
+        for config, plan in plans.items():
+            folder = scratch / f"shards-{name}-{config.replace('/', '-')}-{i}"
+            extra = [str(folder)] if plan[0] == "ray" else []
+            row = spawn([plan[0], str(model), str(suite_path), str(args.max_new_tokens), *plan[1:], *extra], env)
+            row["steady"] = row["n"] / row["run_s"]
+            rows.setdefault(config, []).append(row)
+    print(f"\n## {name} ({model.name}), K={args.k}, C={cores}, N={n}, bare best: {best}")
+    _table(rows, args.k)
+    _ratios(rows, n, args.k)
+
+
+def _mmm(values: list[float], fmt: str) -> str:
+    return "/".join(format(v, fmt) for v in (min(values), statistics.median(values), max(values)))
+
+
+def _table(rows: dict[str, list[dict[str, Any]]], k: int) -> None:
+    print("| config | start s (min/med/max) | end-to-end s | steady ex/s | end-to-end ex/s | threads per worker |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for config, runs in rows.items():
+        e2e = [r["e2e_s"] for r in runs]
+        threads = ",".join(str(w.get("threads")) for w in runs[0]["workers"]) or "swept"
+        wall = "-" if config == "bare" else _mmm(e2e, ".2f")
+        rate = "-" if config == "bare" else _mmm([k / x for x in e2e], ".0f")
+        start = "-" if config == "bare" else _mmm([r["start_s"] for r in runs], ".2f")
+        steady = _mmm([r["steady"] for r in runs], ".0f")
+        print(f"| {config} | {start} | {wall} | {steady} | {rate} | {threads} |")
+
+
+def _ratios(rows: dict[str, list[dict[str, Any]]], n: int, k: int) -> None:
+    def med(config: str, key: str) -> float:
+        return statistics.median(r[key] for r in rows[config])
+
+    bare, plain, many, lean = med("bare", "steady"), med("plain", "steady"), med(f"ray-{n}", "steady"), 0.0
+    lean = med("ray-1/1c", "steady")
+    per_worker = many / (n * lean)
+    e2e_many = k / med(f"ray-{n}", "e2e_s")
+    print(f"- per-worker efficiency ray-{n} / ({n} x ray-1/1c), steady: {per_worker:.2f} (goal >= 0.8)")
+    print(f"- ray-{n} / bare: steady {many / bare:.2f}, end to end {e2e_many / bare:.2f} (goal >= 0.9 at K >= 512)")
+    print(f"- plain / bare: steady {plain / bare:.2f}, end to end {k / med('plain', 'e2e_s') / bare:.2f}")
+    gap = 1 / plain - 1 / many
+    extra = med(f"ray-{n}", "e2e_s") - k / many - (med("plain", "e2e_s") - k / plain)
+    if extra <= 0:
+        print(f"- crossover: ray-{n} is ahead end to end at every K (start-up {extra:+.2f}s vs plain)")
+    elif gap > 0:
+        print(f"- crossover K* ~ {extra / gap:.0f} items (start-up {extra:+.2f}s vs plain; goal <= 500)")
+    else:
+        print(f"- no crossover: ray-{n} is not faster than plain once started (start-up {extra:+.2f}s)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--k", type=int, default=256, help="suite size (golden-qa replicated)")
+    """Parse the arguments; run a child measurement, or the whole benchmark."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--k", type=int, default=512, help="suite size (golden-qa replicated)")
     parser.add_argument("--workers", type=int, default=2, help="N, the sharded configuration's workers")
-    parser.add_argument("--model", type=Path, default=None, help="a save_pretrained model dir")
-    parser.add_argument("--random-model", action="store_true", help="use the random model built here")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--models", default="demo,llama", help="comma-separated: demo, llama")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="a running Ray cluster")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    cores = os.cpu_count() or 1
+    if args.child:
+        kind, model, suite, max_new, *rest = args.child
+        if kind == "plain":
+            out = child_plain(model, suite, int(max_new))
+        else:
+            out = child_ray(model, suite, int(max_new), int(rest[0]), int(rest[1]), rest[2])
+        print(json.dumps(out))
+        return 0
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the cluster below
     scratch = Path(tempfile.mkdtemp(prefix="eval-bench-"))
+    head = None
     try:
-        model = args.model or (REPO / "examples/models/candidate")
-        if args.random_model or not (model / "config.json").is_file():
-            model = build_model(scratch / "model")
-        suite, one = replicated_suite(args.k, scratch), replicated_suite(1, scratch)
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-        print(f"model {model}, K={args.k}, cores={cores}, N={args.workers}, max_new_tokens={args.max_new_tokens}")
-        plain = bench_plain(model, suite, one, settings, cores)
-        single = bench_plain(model, suite, one, settings, 1)
-        single["config"] = "plain-1t"
-        began = time.perf_counter()
-        connect_ray(cores)
-        ray_init = time.perf_counter() - began
-        rows = [plain] + [
-            bench_ray(model, suite, replicated_suite(n, scratch), settings, n, scratch, cores)
-            for n in (1, args.workers)
-        ]
-        lean = bench_ray(model, suite, replicated_suite(1, scratch), settings, 1, scratch, 1)
-        _report(rows + [lean], ray_init, args.workers)
-        print(
-            f"for reference, one plain process with 1 torch thread: {single['wall_s']:.2f}s wall, "
-            f"{single['steady_ex_s']:.2f} ex/s, {single['steady_tok_s']:.1f} tok/s steady (not in the ratios)"
-        )
+        if not args.address:
+            head, args.address = start_cluster(scratch, usable_cores())
+        env = {**os.environ, "RAY_ADDRESS": args.address, "PYTHONPATH": str(REPO)}
+        if head is not None:
+            env["RAY_AUTH_MODE"] = "disabled"
+        print(f"load average before: {os.getloadavg()}; Ray cluster at {args.address}")
+        for name, model in build_models(args.models.split(","), scratch).items():
+            bench_model(name, model, args, env, scratch)
+        print(f"load average after: {os.getloadavg()}")
     finally:
+        if head is not None:
+            stop_cluster(head)
         shutil.rmtree(scratch, ignore_errors=True)
     return 0
-
-
-def _report(rows: list[dict[str, Any]], ray_init: float, n: int) -> None:
-    print(f"ray.init: {ray_init:.1f}s (once per step process; counted in 'wall+init' for the Ray rows)")
-    print(
-        f"{'config':8} {'K':>5} {'start s':>8} {'wall s':>7} {'wall+init':>9} {'ex/s wall':>9} "
-        f"{'ex/s steady':>11} {'tok/s steady':>12} {'tokens':>7}"
-    )
-    for r in rows:
-        init = 0.0 if r["config"] == "plain" else ray_init
-        print(
-            f"{r['config']:8} {r['k']:5d} {r['start_s']:8.2f} {r['wall_s']:7.2f} {r['wall_s'] + init:9.2f} "
-            f"{r['k'] / (r['wall_s'] + init):9.2f} {r['steady_ex_s']:11.2f} {r['steady_tok_s']:12.1f} "
-            f"{r['tokens']:7d}"
-        )
-    plain, one, many, lean = rows
-    efficiency = many["steady_ex_s"] / (n * one["steady_ex_s"])
-    per_worker = many["steady_ex_s"] / (n * lean["steady_ex_s"])
-    vs_plain_wall = (many["k"] / (many["wall_s"] + ray_init)) / plain["wall_ex_s"]
-    vs_plain_steady = many["steady_ex_s"] / plain["steady_ex_s"]
-    print(f"scaling efficiency ray-{n} / ({n} x ray-1), steady: {efficiency:.2f} (goal >= 0.8)")
-    print(f"per-worker scaling efficiency ray-{n} / ({n} x ray-1 on 1 core, 1 thread), steady: {per_worker:.2f}")
-    print(
-        f"sharded vs plain, ray-{n} / plain: wall incl. ray.init {vs_plain_wall:.2f}, steady {vs_plain_steady:.2f} "
-        "(goal >= 1.0)"
-    )
-    gap = 1 / plain["steady_ex_s"] - 1 / many["steady_ex_s"]
-    extra = many["start_s"] + ray_init - plain["start_s"]
-    if gap > 0:
-        print(f"sharded overtakes plain (wall incl. start-up) from K ~ {extra / gap:.0f} items (estimated)")
-    else:
-        print("sharded is not faster than plain once started: no crossover K")
 
 
 if __name__ == "__main__":

@@ -305,6 +305,17 @@ class PromptRegistry:
             for alias, to, why in plan
         ]
 
+    def rollback(self, name: str, *, actor: str, reason: str, workflow_uid: str = "") -> list[AliasMove]:
+        """Make `previous` the champion again (the bad champion becomes `previous`), as `llmrelease rollback`.
+
+        Raises:
+            RegistryError: The prompt has no `previous` version.
+        """
+        target = self.get_alias(name, PREVIOUS)
+        if target is None:
+            raise RegistryError(f"prompt {name!r} has no 'previous' version to roll back to: promote a known-good one")
+        return self.promote(name, target, actor=actor, reason=reason, workflow_uid=workflow_uid)
+
     def remove_alias(
         self, name: str, alias: str, *, actor: str, reason: str, workflow_uid: str = ""
     ) -> AliasMove | None:

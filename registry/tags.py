@@ -42,6 +42,7 @@ __all__ = [
     "ROLLED_BACK_TAG",
     "RUN_COMPLETE_TAG",
     "SOURCE_URI_TAG",
+    "SPEC_REPOSITORY_TAG",
     "WORKFLOW_NAME_TAG",
     "WORKFLOW_UID_TAG",
     "Approval",
@@ -60,6 +61,7 @@ SOURCE_URI_TAG = "llmrelease.source_uri"
 LICENSE_TAG = "llmrelease.license"
 OWNER_TAG = "llmrelease.owner"  # a registered-model tag
 GIT_COMMIT_TAG = "llmrelease.git_commit"
+SPEC_REPOSITORY_TAG = "llmrelease.spec.repository"  # the releases repository the spec was read from, at GIT_COMMIT_TAG
 WORKFLOW_NAME_TAG = "llmrelease.workflow_name"
 WORKFLOW_UID_TAG = "llmrelease.workflow_uid"
 ENVIRONMENT_TAG = "llmrelease.environment"

@@ -101,12 +101,27 @@ def run(inputs: Inputs, client: Any | None = None, registry: Any | None = None) 
     """
     thresholds, note = load_thresholds(inputs.release, inputs.environment)
     report = merge_reports([EvalReport.load(p) for p in inputs.report_paths])
-    decision = decide(report, thresholds)
+    decision = _name_prompts(decide(report, thresholds), report)
     path = write_json_atomic(inputs.work_dir / DECISION_FILE, decision.model_dump_json(indent=2))
     out = Outputs(decision=decision, decision_path=path, thresholds_note=note)
     if client is None:
         return out
     return out.model_copy(update={"run_id": _log_decision(report, out, client, registry)})
+
+
+def _name_prompts(decision: GateDecision, report: EvalReport) -> GateDecision:
+    """The compared pairs named with their prompts: a prompt-only release compares one version with itself."""
+
+    def named(model: str, results: list[Any] | None) -> str:
+        digest = next((r.generation.get("prompt_digest") for r in results or [] if r.generation), None)
+        return f"{model} with prompt {digest[:19]}..." if model and digest else model
+
+    return decision.model_copy(
+        update={
+            "candidate_model": named(decision.candidate_model, report.candidate),
+            "champion_model": named(decision.champion_model, report.champion),
+        }
+    )
 
 
 def describe(outputs: Outputs) -> str:

@@ -16,6 +16,12 @@ The second step of the `nightly-regression` CronWorkflow (the first, `list-champ
   pass/fail items, McNemar's test agrees (p < 1 - confidence; the confidence is the release's
   `gates.quality.confidence`). Requiring both keeps false alarms rare on a test that runs every night.
 
+The spec is the one released: the pipeline gives the step the releases repository at the commit the champion was
+registered from (a `git` input artifact, `release-repo`), and the step reads the recorded path in it
+(`steps.release.source.checkout_spec`: confined to releases/, the checkout must be that commit). A champion
+registered before the repository was recorded (`source` image) is evaluated with the copy in the steps image, and
+the step says so in one warning line.
+
 Every run is logged to MLflow experiment `llmrelease-nightly` (per suite and metric: tonight's value, the
 baseline, the difference, the change since the previous night; the comparisons, the report and the trend of all
 nightly runs of the version as artifacts). A regression fails the step with one line naming model, version, suite,
@@ -34,14 +40,23 @@ from typing import Annotated, Any, ClassVar, Literal
 from hera.workflows import Artifact, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.tags import DIGEST_TAG, MODEL_NAME_TAG, MODEL_VERSION_TAG, NIGHTLY_EXPERIMENT, NIGHTLY_VERDICT_TAG
+from registry.errors import SpecError
+from registry.tags import (
+    CHAMPION,
+    DIGEST_TAG,
+    MODEL_NAME_TAG,
+    MODEL_VERSION_TAG,
+    NIGHTLY_EXPERIMENT,
+    NIGHTLY_VERDICT_TAG,
+)
 from steps.core.artifacts import ROOT
-from steps.core.entry import StepParams, run_step
+from steps.core.entry import StepParams, in_pod, pod_env, run_step
 from steps.core.images import STEPS_IMAGE
 from steps.evals.baseline import find_references
 from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport, MetricName, SuiteResult
 from steps.evals.stats import compare_metric, pair_by_id
+from steps.release.source import RELEASE_REPO_IN, checkout_spec
 
 __all__ = [
     "NIGHTLY_DIR",
@@ -54,6 +69,7 @@ __all__ = [
     "compare_results",
     "describe",
     "nightly_eval_step",
+    "release_spec",
     "run",
 ]
 
@@ -109,6 +125,10 @@ class Inputs(BaseModel):
     release: str
     work_dir: str
     shards: int = Field(default=2, ge=1)
+    repository: str = ""
+    """The releases repository the champion's spec was read from ("": not recorded, the image's copy is used)."""
+    commit: str = ""
+    """The commit of `repository` the champion was registered from."""
 
 
 class Outputs(BaseModel):
@@ -180,11 +200,36 @@ def compare_results(
     return out
 
 
-def run(inputs: Inputs, registry: Any, client: Any, *, home: Path) -> Outputs:
-    """Evaluate the champion afresh, compare with its baseline and the previous night, log to MLflow.
+def release_spec(inputs: Inputs, checkout: Path | None) -> tuple[str, str]:
+    """The spec file to evaluate the champion with, and a line saying where it came from.
+
+    With a recorded repository: `inputs.release` in `checkout`, that repository at `inputs.commit` (the step's
+    `release-repo` artifact). Without one: the image's copy, and the line is a warning.
 
     Raises:
-        SpecError: The release spec is missing or invalid.
+        SpecError: The checkout is missing, is not at that commit, or has no such spec.
+    """
+    if not inputs.repository:
+        return inputs.release, (
+            f"warning: {inputs.model_name} version {inputs.version} has no recorded releases repository: "
+            f"evaluating the image's copy of {inputs.release}, which may not be the spec released; re-deliver it "
+            "with golden-delivery to record it"
+        )
+    if checkout is None or not checkout.is_dir():
+        raise SpecError(
+            f"{inputs.model_name} version {inputs.version}: the release-repo artifact ({inputs.repository} at "
+            f"{inputs.commit}) is not there: give nightly-eval that git artifact"
+        )
+    repo, commit = inputs.repository, inputs.commit
+    spec_file, _, source = checkout_spec(checkout, inputs.release, repository=repo, requested=commit)
+    return str(spec_file), f"spec {source.path} at {source.commit[:12]} in {source.repository} (as released)"
+
+
+def run(inputs: Inputs, registry: Any, client: Any, *, home: Path, checkout: Path | None = None) -> Outputs:
+    """Evaluate the champion afresh (its spec from `checkout`, see `release_spec`), compare, log to MLflow.
+
+    Raises:
+        SpecError: The release spec is missing or invalid, or not in the repository at the commit.
         EvalError: The evaluation failed, or a baseline report cannot be read.
         RegistryError: The registry cannot be read.
     """
@@ -195,6 +240,8 @@ def run(inputs: Inputs, registry: Any, client: Any, *, home: Path) -> Outputs:
             f"champion version {inputs.version} of {inputs.model_name} has no recorded release spec "
             "(onboarding run parameter spec_path): re-deliver it with golden-delivery"
         )
+    release, where = release_spec(inputs, checkout)
+    inputs = inputs.model_copy(update={"release": release})
     spec = load_spec(inputs.release)
     tonight = _evaluate_fresh(inputs, client, home)
     refs = find_references(
@@ -216,7 +263,7 @@ def run(inputs: Inputs, registry: Any, client: Any, *, home: Path) -> Outputs:
         model_name=inputs.model_name,
         version=inputs.version,
         findings=findings,
-        notes=refs.notes,
+        notes=[where, *refs.notes],
         report_path=str(report_path),
     )
     run_id = _log(client, outcome, tonight, refs.nightly, home)
@@ -251,6 +298,7 @@ def _evaluate_fresh(inputs: Inputs, client: Any, home: Path) -> EvalReport:
                 work_dir=inputs.work_dir,
                 shards=inputs.shards,
                 home=str(scratch),
+                prompt_alias=CHAMPION,  # the prompt in production with this champion, not a pending candidate's
             )
             out = batch.run(be, _NoChampion(), client, log_to_mlflow=False)
             reports.append(EvalReport.load(out.report_path))
@@ -324,6 +372,8 @@ class NightlyEvalParams(StepParams):
     release: str
     work_dir: Path = Field(default=NIGHTLY_DIR, validate_default=True)  # a str default: Hera renders it
     shards: int = Field(default=2, ge=1)
+    repository: str = ""
+    commit: str = ""
 
 
 class NightlyEvalResult(Output):
@@ -333,17 +383,20 @@ class NightlyEvalResult(Output):
 
 
 def _run_here(inputs: Inputs) -> Outputs:
-    """`run` with this environment's registry and MLflow client, and its LLMRELEASE_HOME."""
+    """`run` with this environment's registry, MLflow client, LLMRELEASE_HOME and `release-repo` checkout."""
     from registry import ModelRegistry
     from steps.core.tracking import llmrelease_home, mlflow_client
 
-    return run(inputs, ModelRegistry.from_env(), mlflow_client(), home=llmrelease_home())
+    checkout = in_pod(RELEASE_REPO_IN)
+    return run(inputs, ModelRegistry.from_env(), mlflow_client(), home=llmrelease_home(), checkout=checkout)
 
 
 @script(
     constructor="runner",
     image=STEPS_IMAGE,
     name="nightly-eval",
+    env=pod_env(),
+    inputs=[Artifact(name="release-repo", path=RELEASE_REPO_IN, optional=True)],  # a `git` source per champion
     outputs=[Artifact(name="report", path=NIGHTLY_REPORT_OUT, optional=True)],
 )
 def nightly_eval_step(params: NightlyEvalParams) -> NightlyEvalResult:
@@ -354,6 +407,8 @@ def nightly_eval_step(params: NightlyEvalParams) -> NightlyEvalResult:
         release=params.release,
         work_dir=str(params.work_dir),
         shards=params.shards,
+        repository=params.repository,
+        commit=params.commit,
     )
     outputs = run_step("nightly-eval", lambda: _run_here(inputs))
     *lines, verdict = describe(outputs).splitlines()

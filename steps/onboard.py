@@ -7,10 +7,17 @@ config.json and estimate the GPU memory at the serving precision, check the mode
 validate the eval suites, and write `<work_dir>/onboarding-record.json` atomically, only once every check passed.
 The record has no timestamps: the same inputs give the same bytes.
 
+A release with a prompt has it validated against the weights it will be served with (variables, the policy's
+prompt rules, its length in the model's tokens: `steps.onboarding.prompts`) before any upload, and the record
+carries its content and digest. A prompt-only release (`model.source: champion`) keeps the champion's weights:
+the champion version is resolved and its weights fetched and checked (`steps.onboarding.champion`), nothing is
+uploaded, and the record names that version (`champion_version`) for the register step.
+
 No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
 """
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Annotated, ClassVar
 
@@ -24,8 +31,11 @@ from registry.weights_store import Published, WeightsStore
 from steps.core.artifacts import ONBOARD_DIR
 from steps.core.entry import StepParams, in_pod, pod_env, run_step
 from steps.core.images import STEPS_IMAGE
+from steps.core.tracking import llmrelease_home, mlflow_client
 from steps.evals.engines.probe import ProviderProbe, probe_provider
+from steps.onboarding.champion import ChampionReader, ChampionWeights, champion_weights
 from steps.onboarding.datasets import check_datasets
+from steps.onboarding.prompts import validate_prompt
 from steps.onboarding.sources import S3Client, Source, model_roots, resolve_source
 from steps.onboarding.weights import (
     check_weight_files,
@@ -35,7 +45,14 @@ from steps.onboarding.weights import (
     summarize_config,
 )
 from steps.release.policy import DEFAULT_POLICY_PATH, PlatformPolicy, check_policy, load_policy
-from steps.release.records import RECORD_FILE, ConfigSummary, MemoryEstimate, OnboardingRecord, write_record
+from steps.release.records import (
+    RECORD_FILE,
+    ConfigSummary,
+    MemoryEstimate,
+    OnboardingRecord,
+    PromptRecord,
+    write_record,
+)
 from steps.release.source import RELEASE_REPO_IN, SOURCE_OUT, SPEC_OUT, checkout_spec, publish_spec
 from steps.release.spec import ReleaseSpec, load_spec, resolve_spec_path
 
@@ -80,6 +97,7 @@ def run(
     s3: S3Client | None = None,
     probe: ProviderProbe | None = probe_provider,
     store: WeightsStore | None = None,
+    client: ChampionReader | None = None,
 ) -> Outputs:
     """Onboard the model of `inputs.release` for `inputs.environment`.
 
@@ -89,6 +107,8 @@ def run(
         store: The weights store the weights are uploaded to; `WeightsStore.from_env` (S3 bucket or local) if None.
         probe: Asks a provider source for a one-token completion before anything is recorded
             (`steps.evals.engines.probe`); None skips it (tests of the record alone).
+        client: An MLflow client: a prompt-only release (`model.source: champion`) reads the champion's version
+            and weights through it; built from MLFLOW_TRACKING_URI when None and needed.
 
     Returns:
         The record's path, the model digest and the record.
@@ -108,7 +128,12 @@ def run(
     root, work_dir = inputs.root, inputs.work_dir
     datasets = check_datasets(spec.evals, root)
     roots = model_roots(root, rules.model_roots)
-    source = resolve_source(spec.model.source, root=root, work_dir=work_dir, s3=s3, roots=roots)
+    champion = _champion(spec, client, work_dir) if spec.prompt_only else None
+    source = (
+        champion.source
+        if champion is not None
+        else resolve_source(spec.model.source, root=root, work_dir=work_dir, s3=s3, roots=roots)
+    )
     if source.provider_key is not None:
         check_policy(
             policy,
@@ -122,6 +147,8 @@ def run(
     config, memory, published = None, None, None
     if source.kind == "weights":
         config, memory = _check_weights(source, spec, policy, inputs.environment, rules.allow_pickle)
+    prompt = _prompt(spec, inputs, source, policy)  # a bad prompt stops the release before any upload
+    if source.kind == "weights" and champion is None:
         published = _publish(source, store or WeightsStore.from_env(s3=s3))  # type: ignore[arg-type]
     record = OnboardingRecord(
         name=spec.model.name,
@@ -129,7 +156,7 @@ def run(
         environment=inputs.environment,
         source_uri=spec.model.source,
         kind=source.kind,
-        weights_uri=published.uri if published is not None else None,
+        weights_uri=published.uri if published is not None else (source.uri if champion is not None else None),
         provider=source.provider,
         digest=source.digest,
         files=source.files,
@@ -140,11 +167,48 @@ def run(
         spec_path=str(spec_path),
         spec_sha256=hashlib.sha256(spec_file.read_bytes()).hexdigest(),
         policy_version=policy.version,
+        prompt=prompt,
+        champion_version=champion.version if champion is not None else None,
     )
     path = write_record(record, work_dir)
     required = inputs.environment in spec.rollout.approval_required_in
     return Outputs(
         record_path=path, digest=record.digest, record=record, approval_required=required, published=published
+    )
+
+
+def _champion(spec: ReleaseSpec, client: ChampionReader | None, work_dir: Path) -> ChampionWeights:
+    """A prompt-only release: the champion version and its weights (fetched into LLMRELEASE_HOME's cache)."""
+    if client is None:
+        client = mlflow_client(os.environ)
+    from steps.evals.weights import download_weights
+
+    return champion_weights(client, spec.model.name, llmrelease_home(), download_weights)
+
+
+def _prompt(spec: ReleaseSpec, inputs: Inputs, source: Source, policy: PlatformPolicy) -> PromptRecord | None:
+    """The release's prompt, validated against the weights it will be served with; None without one."""
+    if spec.prompt is None:
+        return None
+    if source.local_dir is None:
+        raise OnboardingError(
+            f"prompt {spec.prompt.name!r}: model.source {spec.model.source!r} is a provider model, whose tokenizer "
+            "the platform cannot read: release prompts with weights (or model.source: champion)"
+        )
+    checked = validate_prompt(
+        spec.prompt,
+        repo_root=inputs.spec_root or Path("."),
+        weights_dir=source.local_dir,
+        policy=policy,
+        environment=inputs.environment,
+        max_context=spec.model.serving.max_context,
+    )
+    return PromptRecord(
+        name=checked.content.name,
+        digest=checked.digest,
+        content=checked.content,
+        tokens=checked.tokens,
+        context_length=checked.context_length,
     )
 
 
@@ -195,6 +259,10 @@ def describe(outputs: Outputs) -> str:
     if outputs.published is not None:
         how = "already there" if not outputs.published.uploaded else f"{len(outputs.published.uploaded)} uploaded"
         what += f", in {outputs.published.uri} ({how})"
+    if rec.champion_version is not None:
+        what += f", the champion's weights (version {rec.champion_version})"
+    if rec.prompt is not None:
+        what += f", prompt {rec.prompt.name} {rec.prompt.digest[:19]}... ({rec.prompt.tokens} tokens)"
     return f"onboarded {rec.name} for {rec.environment} ({rec.digest[:19]}..., {what}): {outputs.record_path}"
 
 

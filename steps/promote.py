@@ -55,8 +55,11 @@ def _approver(registry: Any, client: Any, model: str, workflow_uid: str) -> str 
     return mine[0].approver if mine else None
 
 
-def run(inputs: Inputs, registry: Any, client: Any, plane: Any) -> Outputs:
+def run(inputs: Inputs, registry: Any, client: Any, plane: Any, prompts: Any = None) -> Outputs:
     """Make the candidate `champion` (the old one `previous`, kept hot) as the approver or the workflow.
+
+    A release with a prompt promotes the prompt's `candidate` version too, after the model (the old champion
+    prompt becomes `previous`); `prompts` is the prompt registry, from the environment when None.
 
     Raises:
         SpecError: The release spec is missing or invalid.
@@ -81,7 +84,32 @@ def run(inputs: Inputs, registry: Any, client: Any, plane: Any) -> Outputs:
         reason=f"canary completed in {inputs.workflow_name}",
         keep_previous_hot_s=spec.rollout.keep_previous_hot_s,
     )
+    if spec.prompt is not None:
+        moves += _promote_prompt(prompts, spec.prompt.name, actor, inputs)
     return Outputs(model=model, actor=actor, moves=moves)
+
+
+def _promote_prompt(prompts: Any, name: str, actor: str, inputs: Inputs) -> list[AliasMove]:
+    """The prompt's `candidate` version becomes its `champion` (the old one `previous`), as for the model."""
+    from registry.errors import RegistryError
+    from registry.tags import CANDIDATE
+
+    if prompts is None:
+        from registry.prompts import PromptRegistry
+
+        prompts = PromptRegistry.from_env()
+    version = prompts.get_alias(name, CANDIDATE)
+    if version is None:
+        raise RegistryError(f"prompt {name!r} has no candidate version to promote: run the register step first")
+    return list(
+        prompts.promote(
+            name,
+            version,
+            actor=actor,
+            reason=f"canary completed in {inputs.workflow_name}",
+            workflow_uid=inputs.workflow_uid,
+        )
+    )
 
 
 def describe(outputs: Outputs) -> str:

@@ -68,3 +68,64 @@ def register_local_version(client: Any, name: str, model_dir: Path, experiment: 
     client.set_terminated(run.info.run_id)
     client.create_model_version(name, str(model_dir), run_id=run.info.run_id, tags={DIGEST_TAG: digest})
     return digest
+
+
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+"""Llama 3's chat template (system prompt and tool handling left out): header tokens, <|eot_id|> ends a turn."""
+
+_LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+
+
+def build_tiny_llama(
+    directory: Path,
+    corpus: Iterable[str],
+    *,
+    seed: int = 0,
+    n_positions: int = 128,
+    layers: int = 2,
+    width: int = 64,
+    vocab_size: int = 512,
+    chat_template: str = LLAMA3_CHAT_TEMPLATE,
+) -> Path:
+    """A random Llama (LlamaForCausalLM: RMSNorm, rotary positions, SwiGLU, grouped-query attention) with a
+    byte-level BPE tokenizer trained on `corpus`, Llama 3's special tokens and chat template; saved in `directory`.
+
+    The tokenizer is a real one of the Llama 3 kind (BOS <|begin_of_text|>, EOS <|eot_id|>, which ends each chat
+    turn), so prompts go through the chat template exactly as a served instruct model's would.
+    """
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=_LLAMA3_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    raw.train_from_iterator(list(corpus), trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
+    )
+    tokenizer.chat_template = chat_template
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=width * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=n_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -5,6 +5,8 @@
 Sources (see SOURCES.md):
 - npm `@kubernetes-models/gateway-api@0.5.0`: the openAPIV3Schema of the Gateway API v1.0.0 CRDs (Gateway,
   GatewayClass, HTTPRoute v1), as plain JSON-schema object literals inside the package's CommonJS modules.
+- npm `@kubernetes-models/argo-rollouts@0.3.2`: Rollout and AnalysisTemplate (argoproj.io v1alpha1), from the Argo
+  Rollouts v1.5.0 CRDs (the first release with traffic-router plugins, which the Gateway API plugin needs).
 - npm `@kubernetes-models/prometheus-operator@1.6.3`: ServiceMonitor, PodMonitor, PrometheusRule (monitoring v1).
 - PyPI `hera` (the version in constraints.txt): Argo Events Sensor and EventSource, from Hera's models, which are
   generated from Argo Events' OpenAPI spec (pydantic `model_json_schema`).
@@ -35,6 +37,10 @@ NPM_SOURCES: dict[str, list[tuple[str, str]]] = {
         ("gateway.networking.k8s.io/v1/HTTPRoute.js", "gateway.networking.k8s.io/httproute_v1.json"),
         ("gateway.networking.k8s.io/v1/Gateway.js", "gateway.networking.k8s.io/gateway_v1.json"),
         ("gateway.networking.k8s.io/v1/GatewayClass.js", "gateway.networking.k8s.io/gatewayclass_v1.json"),
+    ],
+    "@kubernetes-models/argo-rollouts@0.3.2": [
+        ("argoproj.io/v1alpha1/Rollout.js", "argoproj.io/rollout_v1alpha1.json"),
+        ("argoproj.io/v1alpha1/AnalysisTemplate.js", "argoproj.io/analysistemplate_v1alpha1.json"),
     ],
     "@kubernetes-models/prometheus-operator@1.6.3": [
         ("monitoring.coreos.com/v1/ServiceMonitor.js", "monitoring.coreos.com/servicemonitor_v1.json"),

@@ -24,12 +24,14 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.prompts import PromptRegistry
 from registry.retry import describe_error
 from registry.tags import (
+    CANDIDATE,
     CHAMPION,
     DIGEST_TAG,
     EVAL_EXPERIMENT,
@@ -42,10 +44,11 @@ from steps.core.tracking import experiment_id, llmrelease_home
 from steps.evals.cache import CACHE_LABEL, GenerationSettings, ResultCache, short_hex
 from steps.evals.engine_spec import WeightsRef
 from steps.evals.engines.base import EvalError
+from steps.evals.prompt_pairs import AppliedPrompt, PromptReader, release_prompts
 from steps.evals.ray_connect import ray_address
 from steps.evals.results import EvalReport, SuiteResult
 from steps.evals.shard_ledger import SHARDS_LABEL
-from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, run_suite
+from steps.evals.sharding import EngineSpec, FaultInjection, ShardOptions, WorkerPool, run_suite
 from steps.evals.store import EvalStore, eval_store
 from steps.evals.suites import Suite, load_suite
 from steps.evals.weights import VersionReader, model_version, registered_digest
@@ -84,6 +87,8 @@ class Inputs(BaseModel):
     """Suite paths in the spec resolve under it."""
     home: str = ""
     """LLMRELEASE_HOME (model and result caches); empty: the environment's, else .llmrelease."""
+    prompt_alias: str = CANDIDATE
+    """A release with a prompt: the prompt alias evaluated with `version` (the nightly evaluates champion)."""
     gpus_per_worker: float | None = Field(default=None, ge=0)
     """GPUs each Ray worker asks for; None: LLMRELEASE_EVAL_GPUS_PER_WORKER, else 0 (CPU)."""
 
@@ -115,10 +120,28 @@ class ModelUnderTest(BaseModel):
     digest: str
     engine: EngineSpec
     settings: GenerationSettings
+    prompt: str = ""
+    """The prompt applied to every item, `<name> v<version> (sha256:...)`; empty: none."""
+
+    @property
+    def who(self) -> str:
+        """`<name> v<version>`, and `with prompt <prompt>` when one is applied (for the step's lines)."""
+        return f"{self.name} v{self.version}" + (f" with prompt {self.prompt}" if self.prompt else "")
 
 
-def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_to_mlflow: bool = True) -> Outputs:
+def run(
+    inputs: Inputs,
+    registry: RegistryReader,
+    client: VersionReader,
+    *,
+    log_to_mlflow: bool = True,
+    prompts: PromptReader | None = None,
+) -> Outputs:
     """Evaluate the candidate (and the champion, when there is another one) and write the report.
+
+    A release with a prompt evaluates (model, prompt) pairs (`steps.evals.prompt_pairs`): the champion is
+    evaluated too when only the prompt differs (a prompt-only release). `prompts` is the prompt registry; None:
+    one on `client`'s store.
 
     Raises:
         SpecError: The release spec is invalid.
@@ -137,17 +160,14 @@ def run(inputs: Inputs, registry: RegistryReader, client: VersionReader, *, log_
         fault=FaultInjection.from_env(os.environ.get("LLMRELEASE_EVAL_KILL_SHARD")),
     )
     wanted = GenerationSettings(max_new_tokens=max_new, backend="auto", device="cuda" if gpus else "cpu")
-    candidate = _resolve(client, inputs.model_name, inputs.version, home, wanted)
-    champion_version = registry.get_alias(inputs.model_name, CHAMPION)
-    champion = None
-    if champion_version is not None and champion_version != inputs.version:
-        champion = _resolve(client, inputs.model_name, champion_version, home, wanted, alias=CHAMPION)
+    candidate, champion = _pairs(inputs, spec, registry, client, home, wanted, prompts)
     cache = ResultCache(eval_store("results", home / "eval-cache", CACHE_LABEL))
     shards = eval_store("shards", Path(inputs.work_dir) / "eval-shards", SHARDS_LABEL)
-    report = EvalReport(
-        candidate=[_evaluate(candidate, s, cache, shards, options) for s in suites],
-        champion=[_evaluate(champion, s, cache, shards, options) for s in suites] if champion else None,
-    )
+    with WorkerPool(options) as pool:  # one pool for the step: each model loaded once for all its suites
+        report = EvalReport(
+            candidate=[_evaluate(candidate, s, cache, shards, options, pool) for s in suites],
+            champion=[_evaluate(champion, s, cache, shards, options, pool) for s in suites] if champion else None,
+        )
     path = report.save(Path(inputs.work_dir) / f"eval-report-{inputs.kind}.json")
     run_id = None
     if log_to_mlflow:
@@ -192,6 +212,28 @@ def _claim_ttl() -> float:
     return value
 
 
+def _pairs(
+    inputs: Inputs,
+    spec: ReleaseSpec,
+    registry: RegistryReader,
+    client: VersionReader,
+    home: Path,
+    wanted: GenerationSettings,
+    prompts: PromptReader | None,
+) -> tuple[ModelUnderTest, ModelUnderTest | None]:
+    """The candidate pair, and the champion pair when it differs (other weights, or another prompt)."""
+    mine, theirs = None, None
+    if spec.prompt is not None:
+        reader = prompts if prompts is not None else PromptRegistry(cast(Any, client), tracking_uri=client.tracking_uri)
+        mine, theirs = release_prompts(spec, reader, alias=inputs.prompt_alias)
+    candidate = _resolve(client, inputs.model_name, inputs.version, home, wanted, prompt=mine)
+    champion_version = registry.get_alias(inputs.model_name, CHAMPION)
+    other_prompt = (mine and mine.digest) != (theirs and theirs.digest)
+    if champion_version is None or (champion_version == inputs.version and not other_prompt):
+        return candidate, None
+    return candidate, _resolve(client, inputs.model_name, champion_version, home, wanted, CHAMPION, theirs)
+
+
 def _resolve(
     client: VersionReader,
     name: str,
@@ -199,6 +241,7 @@ def _resolve(
     home: Path,
     wanted: GenerationSettings,
     alias: str | None = None,
+    prompt: AppliedPrompt | None = None,
 ) -> ModelUnderTest:
     """The version's digest and an engine spec: its weights, fetched by the workers, or its provider endpoint."""
     mv = model_version(client, name, version, alias)
@@ -214,7 +257,11 @@ def _resolve(
         cache = "" if ray_address() else str(home)
         weights = WeightsRef(str(mv.source), digest, client.tracking_uri, mv.run_id or "", cache=cache)
         engine, settings = EngineSpec.of("auto", weights=weights), wanted
-    return ModelUnderTest(name=name, version=version, digest=digest, engine=engine, settings=settings)
+    if prompt is not None:  # the prompt's messages before every item, its settings (and digest) in the key
+        engine = EngineSpec(engine.kind, tuple(sorted([*engine.options, ("messages", prompt.messages)])))
+        settings = prompt.settings(settings)
+    label = prompt.label if prompt is not None else ""
+    return ModelUnderTest(name=name, version=version, digest=digest, engine=engine, settings=settings, prompt=label)
 
 
 def _provider(source: str) -> tuple[str, str]:
@@ -228,7 +275,12 @@ def _provider(source: str) -> tuple[str, str]:
 
 
 def _evaluate(
-    model: ModelUnderTest, suite: Suite, cache: ResultCache, shards: EvalStore, options: ShardOptions
+    model: ModelUnderTest,
+    suite: Suite,
+    cache: ResultCache,
+    shards: EvalStore,
+    options: ShardOptions,
+    pool: WorkerPool | None = None,
 ) -> SuiteResult:
     """The model's result on the suite: from the cache, else sharded on Ray (and then cached)."""
     labels = {"suite": suite.name, "model_name": model.name, "model_version": model.version}
@@ -237,10 +289,10 @@ def _evaluate(
         settings = model.settings.model_copy(update={"backend": backend})
         hit = cache.get(model.digest, suite.sha256, settings, relabel=labels)
         if hit is not None:
-            print(f"{suite.name}: {model.name} v{model.version}: cached result reused")
+            print(f"{suite.name}: {model.who}: cached result reused")
             return hit
     key = f"{short_hex(model.digest)}-{short_hex(suite.sha256)}-{short_hex(model.settings.digest())}"
-    examples, stats = run_suite(suite, model.engine, model.settings, shards.child(key), options)
+    examples, stats = run_suite(suite, model.engine, model.settings, shards.child(key), options, pool)
     used = model.settings.model_copy(
         update={"backend": stats.backend or backends[-1], "device": stats.device or model.settings.device}
     )
@@ -251,12 +303,12 @@ def _evaluate(
         model_version=model.version,
         model_digest=model.digest,
         backend=used.backend,
-        generation=used.model_dump(mode="json"),
+        generation=used.as_json(),
         examples=examples,
     )
     cache.put(result)
     print(
-        f"{suite.name}: {model.name} v{model.version}: {len(examples)} items, shards ran {len(stats.ran)} "
+        f"{suite.name}: {model.who}: {len(examples)} items, shards ran {len(stats.ran)} "
         f"skipped {len(stats.skipped)} shared {len(stats.shared)} retried {len(stats.retried)} "
         f"in {stats.seconds:.1f}s; " + _metrics_text(result.metrics())
     )

@@ -4,8 +4,9 @@ A `SuiteResult` is fully determined by three things, and is cached under them:
 
 * the model's digest (`llmrelease.digest` of its registered version: the sha256 of its weights' manifest),
 * the suite file's sha256 (`Suite.sha256`),
-* the generation settings (`GenerationSettings`: max_new_tokens, temperature, backend and device class),
-  hashed as canonical JSON.
+* the generation settings (`GenerationSettings`: max_new_tokens, temperature, backend and device class, and
+  the digest of the prompt applied to every item, if any), hashed as canonical JSON. A run without a prompt
+  leaves `prompt_digest` out of the JSON, so its key is the one it had before prompts existed.
 
 The cache is one JSON `SuiteResult` per key, `<key>.json`, in an `EvalStore` (`steps.evals.store`):
 `s3://$LLMRELEASE_S3_BUCKET/evals/results` when a bucket is configured (a hit in any pod on any node skips the
@@ -43,6 +44,8 @@ class GenerationSettings(BaseModel):
         temperature: 0 means greedy decoding.
         backend: The engine kind (transformers, vllm, http): different kernels can flip a greedy token.
         device: "cpu" or "cuda" for weight models, "remote" for provider models.
+        prompt_digest: The `PromptContent.digest` of the release prompt applied to every item (its messages
+            before the item's, its generation settings); None: the items alone.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -51,10 +54,15 @@ class GenerationSettings(BaseModel):
     temperature: float = Field(default=0.0, ge=0.0)
     backend: str = "transformers"
     device: str = "cpu"
+    prompt_digest: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The settings as JSON, without `prompt_digest` when there is no prompt (the keys from before prompts)."""
+        return self.model_dump(mode="json", exclude_none=True)
 
     def digest(self) -> str:
         """The sha256 hex digest of the settings as canonical JSON (sorted keys)."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        text = json.dumps(self.as_json(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
@@ -142,13 +150,10 @@ def _parse(text: str | None, model_digest: str, suite_sha256: str, settings: Gen
         return None
     try:
         result = SuiteResult.model_validate_json(text)
+        stored = GenerationSettings.model_validate(result.generation)  # no prompt_digest: none (entries before)
     except (ValidationError, ValueError):
         return None
-    if (
-        result.model_digest != model_digest
-        or result.suite_sha256 != suite_sha256
-        or result.generation != settings.model_dump(mode="json")
-    ):
+    if result.model_digest != model_digest or result.suite_sha256 != suite_sha256 or stored != settings:
         return None
     return result
 

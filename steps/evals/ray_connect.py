@@ -34,7 +34,7 @@ def connect_ray(num_cpus: int | None = None, *, timeout_s: float = _DEFAULT_TIME
     """Join the Ray cluster at RAY_ADDRESS, or start a local Ray (num_cpus, no dashboard, worker logs kept here).
 
     Args:
-        num_cpus: CPUs of a local Ray (None: the machine's); ignored when joining a cluster.
+        num_cpus: CPUs of a local Ray (None: the cores this process may run on); ignored when joining a cluster.
         timeout_s: How long the cluster's head may take to answer before giving up.
 
     Raises:
@@ -51,12 +51,20 @@ def connect_ray(num_cpus: int | None = None, *, timeout_s: float = _DEFAULT_TIME
     root = str(Path(__file__).resolve().parents[2])  # so local workers import `steps` from any cwd
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
-        num_cpus=num_cpus or os.cpu_count() or 1,
+        num_cpus=num_cpus or _usable_cores(),
         include_dashboard=False,
         log_to_driver=False,
         ignore_reinit_error=True,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
+
+
+def _usable_cores() -> int:
+    """This process's CPU affinity (a container's cpuset), else the machine's CPU count."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _join(address: str, timeout_s: float) -> None:

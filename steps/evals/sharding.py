@@ -18,13 +18,15 @@ where Ray Data hides them inside its streaming executor:
 
 The driver, not the workers, writes shards (on KubeRay the workers' pods may not mount the work volume).
 Ray runs locally (`ray.init(num_cpus=...)`) unless RAY_ADDRESS names a cluster (`steps.evals.ray_connect`).
-Each actor gets an equal share of the cores: `num_cpus` = torch threads = cores // workers (at least 1), and
-exactly `ShardOptions.gpus_per_worker` GPUs: the demand is stated, not read from the GPUs present, so a cluster
-autoscaler scales a GPU worker group up from zero (0 on CPU-only runs). Each actor builds its engine on its own
+Each actor gets an explicit share of the cores (`steps.evals.worker_pool`: at most one CPU-bound actor per core,
+`num_cpus` = torch threads = OMP/MKL threads = cores // actors, inter-op threads 1), and exactly
+`ShardOptions.gpus_per_worker` GPUs: the demand is stated, not read from the GPUs present, so a cluster autoscaler
+scales a GPU worker group up from zero (0 on CPU-only runs). Each actor builds its engine on its own
 node (`EngineSpec.on_worker`: weights fetched into that node's cache, engine kind chosen there) and reports
 what it chose and where it runs; the run's `ShardStats` carries both (`backend`, `device`, `nodes`), and the
 shard store's `engine.json` keeps the choice for a re-run that finds every shard done. Actors start only when
-this driver has a shard to run (none when every shard is stored or claimed by another driver).
+this driver has a shard to run (none when every shard is stored or claimed by another driver). A step passes
+one `WorkerPool` to every `run_suite` call: the actors start once and load each model once for all its suites.
 
 Test-only fault injection: `FaultInjection(shard=k, marker=path)` (in the batch-eval step, the environment
 variable `LLMRELEASE_EVAL_KILL_SHARD=<k>:<marker path>`) makes the worker starting shard k SIGKILL itself while
@@ -35,6 +37,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from steps.evals.cache import GenerationSettings
@@ -44,7 +48,7 @@ from steps.evals.evaluate import evaluate_items, refuse_judge_items
 from steps.evals.ray_connect import connect_ray
 from steps.evals.results import ExampleResult
 from steps.evals.shard_ledger import SHARDS_LABEL, ShardLedger
-from steps.evals.shard_pool import FaultInjection, ShardDriver, ShardOptions, ShardStats, ShardWorker
+from steps.evals.shard_pool import FaultInjection, ShardDriver, ShardOptions, ShardStats, ShardWorker, WorkerPool
 from steps.evals.store import EvalStore
 from steps.evals.suites import Suite, check_supported
 
@@ -54,6 +58,7 @@ __all__ = [
     "ShardOptions",
     "ShardStats",
     "ShardWorker",
+    "WorkerPool",
     "connect_ray",
     "evaluate_items",
     "plan_shards",
@@ -76,6 +81,7 @@ def run_suite(
     settings: GenerationSettings,
     shard_dir: str | Path | EvalStore,
     options: ShardOptions,
+    pool: WorkerPool | None = None,
 ) -> tuple[list[ExampleResult], ShardStats]:
     """Evaluate every item of `suite` on Ray actors, shard by shard, skipping shards already stored.
 
@@ -85,6 +91,7 @@ def run_suite(
         settings: The generation settings.
         shard_dir: The run key's shard store (`EvalStore`), or a local folder.
         options: How to shard and run.
+        pool: The step's workers, kept across suites (the model loaded once); None: a pool for this call only.
 
     Returns:
         One result per item in suite order, and what was run.
@@ -110,13 +117,20 @@ def run_suite(
             stats.skipped.append(k)
     todo = [k for k in range(len(shards)) if k not in found]
     if todo:
-        found.update(ShardDriver(suite, engine, settings, ledger, shards, options, stats).run(todo))
+        with WorkerPool(options) if pool is None else _kept(pool) as workers:
+            found.update(ShardDriver(suite, engine, settings, ledger, shards, options, stats, workers).run(todo))
     if not stats.backend:
         stats.backend, stats.device = ledger.engine()
     results = [r for k in range(len(shards)) for r in found[k]]
     _check_complete(suite, results)
     stats.seconds = time.perf_counter() - began
     return results, stats
+
+
+@contextmanager
+def _kept(pool: WorkerPool) -> Iterator[WorkerPool]:
+    """The caller's pool, left running for its next suite."""
+    yield pool
 
 
 def _check_complete(suite: Suite, results: list[ExampleResult]) -> None:

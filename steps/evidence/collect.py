@@ -29,6 +29,7 @@ from registry.tags import (
 from steps.core.images import STEPS_IMAGE
 from steps.evidence.bundle import write_bundle
 from steps.evidence.layout import KEY_ENV, STATEMENT
+from steps.evidence.prompt import collect_prompt
 from steps.evidence.statement import Inputs
 
 __all__ = [
@@ -194,6 +195,7 @@ def inputs_from_params(params: EvidenceParams, *, offline: bool = False) -> Inpu
         approvals=approvals,
         report_paths=[p.strip() for p in params.report_paths.split(",") if p.strip()],
         started_at=params.started_at,
+        prompt=None if offline else collect_prompt(params.release),
     )
 
 

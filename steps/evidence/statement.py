@@ -168,6 +168,7 @@ class Inputs(BaseModel):
     approvals: list[dict[str, Any]] = []  # the version's llmrelease.approval.<env> tags, decoded
     started_at: str = ""
     finished_at: str = ""
+    prompt: dict[str, Any] | None = None  # a release with a prompt: `steps.evidence.prompt.prompt_evidence`
 
 
 def _descriptor(name: str, path: Path, uri: str) -> dict[str, Any]:
@@ -257,9 +258,21 @@ def build_statement(
         "digest": {"sha256": digest} if digest else {},
         "annotations": {"version": inputs.version},
     }
+    prompt = inputs.prompt
+    subjects = [subject] + (
+        [
+            {
+                "name": f"prompt:{prompt['name']}",
+                "digest": {"sha256": str(prompt["digest"]).removeprefix("sha256:")},
+                "annotations": {"version": prompt["version"], "uri": prompt["uri"]},
+            }
+        ]
+        if prompt
+        else []
+    )
     return {
         "_type": STATEMENT_TYPE,
-        "subject": [subject],
+        "subject": subjects,
         "predicateType": PREDICATE_TYPE,
         "predicate": {
             "buildDefinition": {
@@ -267,6 +280,7 @@ def build_statement(
                 "externalParameters": {
                     "release": release,
                     "gitCommit": inputs.git_commit,
+                    **({"prompt": prompt} if prompt else {}),
                     "workflow": {
                         "name": inputs.workflow_name,
                         "uid": inputs.workflow_uid,

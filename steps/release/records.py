@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.prompt_content import PromptContent
 from steps.release.spec import Card
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "FileEntry",
     "MemoryEstimate",
     "OnboardingRecord",
+    "PromptRecord",
     "ProviderRef",
     "write_record",
 ]
@@ -113,6 +115,18 @@ class DatasetRecord(BaseModel):
     task_types: list[str]
 
 
+class PromptRecord(BaseModel):
+    """The release's validated prompt (`steps/onboarding/prompts.py`): what register versions, evals apply."""
+
+    model_config = _FROZEN
+
+    name: str = Field(description="the Prompt Registry name (prompt.name)")
+    digest: str = Field(description="sha256:<hex> of the content's canonical JSON (`PromptContent.digest`)")
+    content: PromptContent
+    tokens: int = Field(description="the rendered prompt plus generation.max_tokens, in the model's tokens")
+    context_length: int = Field(description="the context it was checked against")
+
+
 class OnboardingRecord(BaseModel):
     """The onboard step's result: identity, provenance and the checks the model passed."""
 
@@ -136,6 +150,11 @@ class OnboardingRecord(BaseModel):
     spec_path: str
     spec_sha256: str
     policy_version: str
+    prompt: PromptRecord | None = Field(default=None, description="the release's prompt, when it carries one")
+    champion_version: str | None = Field(
+        default=None,
+        description="a prompt-only release (model.source: champion): the champion version whose weights it keeps",
+    )
 
 
 def write_record(record: OnboardingRecord, work_dir: str | Path) -> Path:

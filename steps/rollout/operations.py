@@ -122,15 +122,15 @@ def deploy(
     The candidate joins the router with weight 0: it gets traffic only from the canary step. A first release
     (no champion yet) starts the router with the candidate as its only server.
     """
-    from steps.evals.weights import weights_dir
+    from steps.rollout.serving.weights import weights_location  # URIs: the plane fetches and verifies them
 
     with plane.locked(model) as state:
         _acquire(registry, model, candidate, workflow_uid, environment)
         champion = registry.get_alias(model, CHAMPION)
         champion = None if champion == candidate else champion
-        wanted = {candidate: weights_dir(versions, model, candidate, home)}
+        wanted = {candidate: weights_location(versions, model, candidate, home)}
         if champion is not None:
-            wanted[champion] = weights_dir(versions, model, champion, home)
+            wanted[champion] = weights_location(versions, model, champion, home)
         servers = plane.ensure_servers(state, wanted)  # a cold champion and the candidate start together
         candidate_server, champion_server = servers[candidate], servers.get(champion or "")
         router = plane.ensure_router(state, champion_server or candidate_server)
@@ -248,12 +248,12 @@ def rollback(
     if fast_target != target:
         from registry.settings import llmrelease_home
         from steps.core.tracking import mlflow_client
-        from steps.evals.weights import weights_dir
+        from steps.rollout.serving.weights import weights_location
 
         client = versions_factory() if versions_factory else mlflow_client()
-        model_dir = weights_dir(client, model, target, home or llmrelease_home())
+        weights = weights_location(client, model, target, home or llmrelease_home())
         with plane.locked(model) as state:
-            _switch(plane, state, plane.ensure_server(state, target, model_dir))
+            _switch(plane, state, plane.ensure_server(state, target, weights))
         switched_s = time.perf_counter() - started
     _finish_rollback(plane, registry, model, champion, target, actor=actor, reason=reason, workflow_uid=workflow_uid)
     return {"from": champion, "to": target, "switched_s": switched_s, "fast": fast_target == target}

@@ -4,7 +4,9 @@ GPT-2 models built offline, the rendered argo/nightly-regression.cronworkflow.ya
 Two champions share the same weights: `nightly-a` was promoted on its honest batch-eval results (re-evaluated
 tonight it has not changed), `nightly-b` on a promotion-time evaluation that scored every golden item correct
 (tonight it fails most of them: a significant regression). The run fails, naming nightly-b, and both outcomes are
-logged to MLflow; a second run of nightly-a alone compares with the previous night too.
+logged to MLflow; a second run of nightly-a alone compares with the previous night too. Both were registered without
+a releases repository (as before specs came from git): they run in `nightly-eval-image` with the spec copy on this
+machine, with a warning (test_nightly_git.py covers the spec fetched from git at the champion's commit).
 """
 
 from __future__ import annotations
@@ -170,8 +172,9 @@ def test_nightly_regression_fails_on_the_regressed_champion_only(
     assert result.phase == "Failed", result.tree
     pods = {n["displayName"]: n for n in result.status["status"]["nodes"].values() if n["type"] == "Pod"}
     # each eval pod sits under a Retry node (the step's transient retryStrategy); a regression is not retried
-    [failed] = [n for name, n in pods.items() if "nightly-b" in name and name.startswith("nightly-eval(")]
-    [passed] = [n for name, n in pods.items() if "nightly-a" in name and name.startswith("nightly-eval(")]
+    assert not [name for name in pods if name.startswith("nightly-eval(")]  # no repository recorded: the image's spec
+    [failed] = [n for name, n in pods.items() if "nightly-b" in name and name.startswith("nightly-eval-image(")]
+    [passed] = [n for name, n in pods.items() if "nightly-a" in name and name.startswith("nightly-eval-image(")]
     assert passed["phase"] == "Succeeded" and failed["phase"] == "Failed"
     assert "nightly regression: nightly-b version 1 regressed: quality/accuracy" in failed["message"]
     assert "vs baseline 1.000" in failed["message"] and "significant regression" in failed["message"]
@@ -194,4 +197,7 @@ def test_nightly_regression_fails_on_the_regressed_champion_only(
     from steps.core.tracking import mlflow_client
 
     trend = Path(mlflow_client().download_artifacts(a2.info.run_id, "nightly/trend.json", str(tmp_path / "dl")))
+    comparisons = mlflow_client().download_artifacts(a1.info.run_id, "nightly/comparisons.json", str(tmp_path / "c"))
+    notes = json.loads(Path(comparisons).read_text())["notes"]
+    assert notes[0].startswith("warning: nightly-a version 1 has no recorded releases repository: evaluating the image")
     assert [t["run_id"] for t in json.loads(trend.read_text())["trend"]] == [a1.info.run_id, a2.info.run_id]

@@ -181,7 +181,8 @@ def test_an_artifact_upload_to_an_unreachable_or_refusing_s3_fails_the_step_in_o
     """GIVEN the runner's artifact repository on S3, S3 stopped or refusing the credentials
     WHEN a step with an output artifact runs through `llmrelease run`
     THEN the run fails, the step's message is one line naming the artifact, the bucket and the endpoint, in
-    bounded time, and no traceback reaches stderr."""
+    bounded time, and no traceback reaches stderr; a refusal says access was refused and names the credentials
+    Secret, an outage says the bucket cannot be reached."""
     from tests.integration.test_runner_artifacts import cluster_config, repository
     from tests.integration.test_runner_artifacts import run as run_workflow
 
@@ -197,3 +198,8 @@ def test_an_artifact_upload_to_an_unreachable_or_refusing_s3_fails_the_step_in_o
     assert "artifact report" in message and "bucket artifacts" in message and endpoint in message, message
     assert "\n" not in message and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert elapsed < 60, elapsed
+    if fault == "unknown-credentials":  # a refusal, not an outage: it says so and names where the keys come from
+        assert "access to bucket artifacts" in message and "refused" in message, message
+        assert "cannot reach" not in message and "Secret s3-credentials" in message, message
+    else:
+        assert "cannot reach bucket artifacts" in message and "refused" not in message, message

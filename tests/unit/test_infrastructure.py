@@ -129,10 +129,18 @@ def _set_image(node: Any, image: dict[str, str]) -> None:
 
 
 def _render_serving() -> list[dict[str, Any]]:
+    """The vLLM Deployment + Service of a version, and the model's Rollout, Services, HTTPRoute, AnalysisTemplate."""
+    from steps.release.spec import PrometheusQuery, Rollout
     from steps.rollout.serving.kubernetes import render_vllm
+    from steps.rollout.serving.rollouts import ServedVersion, render_rollout
 
-    return render_vllm("demo-qa", "7", "s3://llmrelease-dev-artifacts/models/demo-qa/7",
-                       image="vllm/vllm-openai:v0.32.0", gpus=2, max_model_len=4096)  # fmt: skip
+    uri = "s3://llmrelease-dev-artifacts/models/demo-qa/7"
+    rollout = Rollout.model_validate({"analysis": {"interval_s": 1.5}})
+    spec_query = PrometheusQuery(url="http://prometheus:9090", query="sum(up{service='{canary}'})", max_value=1)
+    rollout = rollout.model_copy(update={"analysis": rollout.analysis.model_copy(update={"prometheus": spec_query})})
+    served = ServedVersion("7", uri, "vllm/vllm-openai:v0.32.0", gpus=2, max_model_len=4096)
+    return render_vllm("demo-qa", "7", uri, image="vllm/vllm-openai:v0.32.0", gpus=2,
+                       max_model_len=4096) + render_rollout("demo-qa", served, rollout)  # fmt: skip
 
 
 def _base() -> list[dict[str, Any]]:
@@ -209,8 +217,11 @@ def test_vendored_schemas_are_valid_and_sourced() -> None:
 # --- least privilege and hardening --------------------------------------------------------------------------------
 def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
     spec = doc.get("spec", {})
-    if doc["kind"] == "Deployment":
+    if doc["kind"] in ("Deployment", "Rollout"):
         return [spec["template"]["spec"]]
+    if doc["kind"] == "AnalysisTemplate":
+        jobs = [m["provider"]["job"] for m in spec["metrics"] if "job" in m["provider"]]
+        return [job["spec"]["template"]["spec"] for job in jobs]
     if doc["kind"] == "RayCluster":
         return [spec["headGroupSpec"]["template"]["spec"]] + [w["template"]["spec"] for w in spec["workerGroupSpecs"]]
     return []
@@ -219,7 +230,8 @@ def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
 def test_steps_role_grants_only_what_the_steps_use() -> None:
     """GIVEN the llmrelease-steps Role
     WHEN its rules are read
-    THEN they are exactly: Argo task results, HTTPRoute get/patch, Deployment/Service get/create/patch."""
+    THEN they are exactly: Argo task results, and what the cluster serving plane calls (Rollouts, their status,
+    AnalysisTemplates, AnalysisRuns, the model's Services and HTTPRoute), with no delete."""
     role = next(d for d in _base() if d["kind"] == "Role" and d["metadata"]["name"] == "llmrelease-steps")
     granted = {
         (group, resource, verb)
@@ -229,9 +241,10 @@ def test_steps_role_grants_only_what_the_steps_use() -> None:
         for verb in rule["verbs"]
     }
     expected = {("argoproj.io", "workflowtaskresults", v) for v in ("create", "patch")}
-    expected |= {("gateway.networking.k8s.io", "httproutes", v) for v in ("get", "patch")}
-    expected |= {("apps", "deployments", v) for v in ("get", "create", "patch")}
-    expected |= {("", "services", v) for v in ("get", "create", "patch")}
+    expected |= {("argoproj.io", r, v) for r in ("rollouts", "analysistemplates") for v in ("get", "create", "patch")}
+    expected |= {("argoproj.io", "rollouts/status", "patch"), ("argoproj.io", "analysisruns", "list")}
+    expected |= {("gateway.networking.k8s.io", "httproutes", v) for v in ("get", "create")}
+    expected |= {("", "services", v) for v in ("get", "create")}
     assert granted == expected
     binding = next(d for d in _base() if d["kind"] == "RoleBinding" and d["roleRef"]["name"] == "llmrelease-steps")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llmrelease-steps", "namespace": "llmrelease"}]

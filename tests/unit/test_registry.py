@@ -392,6 +392,7 @@ def _run_step(tmp_path: Path, env: dict[str, str]) -> subprocess.CompletedProces
         {"name": "workflow_name", "value": "golden-delivery-x"},
         {"name": "workflow_uid", "value": "uid-1"},
         {"name": "git_commit", "value": ""},
+        {"name": "git_repo", "value": ""},
     ]
     params_file = tmp_path / "params.json"
     params_file.write_text(json.dumps(params))

@@ -142,9 +142,9 @@ def test_no_environment_is_the_local_plane_without_reading_a_policy(tmp_path: Pa
     assert isinstance(serving_plane("", tmp_path), LocalServing)
 
 
-def test_reserved_kubernetes_plane_is_refused_in_one_line(tmp_path: Path, monkeypatch: Any) -> None:
-    """GIVEN a policy whose prod sets plane: kubernetes WHEN prod's plane is asked for
-    THEN one line names the rule, says the plane is not available yet and which issue adds it; dev still works."""
+def test_kubernetes_plane_is_not_a_local_serving_plane(tmp_path: Path, monkeypatch: Any) -> None:
+    """GIVEN a policy whose prod sets plane: kubernetes WHEN prod's local ServingPlane is asked for
+    THEN one line names the rule and points at the Argo Rollouts plane (rollout_plane); dev still works."""
     _policy_file(tmp_path, "kubernetes")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SpecError) as info:
@@ -152,7 +152,7 @@ def test_reserved_kubernetes_plane_is_refused_in_one_line(tmp_path: Path, monkey
     message = str(info.value)
     assert "\n" not in message
     assert "environments.prod.plane is 'kubernetes'" in message
-    assert "not available yet (issue 15 adds" in message and message.endswith("set plane: local")
+    assert "Argo Rollouts" in message and "rollout_plane" in message
     assert isinstance(serving_plane("dev", tmp_path), LocalServing)
 
 

@@ -27,8 +27,12 @@ EXAMPLES: dict[str, str] = {
     "registry history": "llmrelease registry history demo-qa\n  llmrelease registry history demo-qa --json",
     "registry promote": "llmrelease registry promote demo-qa 3 --actor alice --reason 'hotfix verified'",
     "rollback": "llmrelease rollback demo-qa --actor alice --reason 'p99 latency doubled'",
-    "rollout": "llmrelease rollout abort demo-qa --actor alice",
+    "rollout": "llmrelease rollout get demo-qa --env prod --watch",
+    "rollout get": "llmrelease rollout get demo-qa --env prod --watch",
+    "rollout promote": "llmrelease rollout promote demo-qa --env prod",
     "rollout abort": "llmrelease rollout abort demo-qa --actor alice --reason 'bad answers in canary'",
+    "rollout undo": "llmrelease rollout undo demo-qa --actor alice --reason 'p99 latency doubled'",
+    "rollout retry": "llmrelease rollout retry demo-qa --env prod",
     "canary": "llmrelease canary resume demo-qa --actor alice",
     "canary resume": "llmrelease canary resume demo-qa --actor alice",
     "canary abort": "llmrelease canary abort demo-qa --actor alice",
@@ -55,6 +59,8 @@ EXAMPLES: dict[str, str] = {
     "local up": "llmrelease local up\n  llmrelease local up --no-ray --port mlflow=5000",
     "local down": "llmrelease local down",
     "local status": "llmrelease local status\n  llmrelease local status --json",
+    "local upload": "llmrelease local upload examples/models/candidate demo-qa/candidate",
+    "local env": 'eval "$(llmrelease local env)"; llmrelease local env',
     "completion": "llmrelease completion bash > ~/.local/share/bash-completion/completions/llmrelease\n"
     "  llmrelease completion zsh > ~/.zfunc/_llmrelease",
 }

@@ -1,8 +1,9 @@
-"""`llmrelease local up|down|status`: the local profile, what the cluster provides, as services on 127.0.0.1.
+"""`llmrelease local up|down|status|upload|env`: the local profile, what the cluster provides, on 127.0.0.1.
 
 `up` starts an S3 API (moto), an MLflow tracking server, a two-node Ray cluster, Prometheus and a Pushgateway
 (see `workflows.local`) and writes the ConfigMaps/Secrets the pods get to `<LLMRELEASE_HOME>/local/cluster-config/`
-(pass it to `llmrelease run --cluster-config`). A second `up` keeps what runs; `down` stops everything.
+(pass it to `llmrelease run --cluster-config`). A second `up` keeps what runs; `down` stops everything. `upload DIR
+NAME` puts a model folder in the profile's bucket (`model.source: s3://...`); `env` prints the pods' environment.
 """
 
 from __future__ import annotations
@@ -37,6 +38,12 @@ def add_commands(sub: Any) -> None:
     show = local_sub.add_parser("status", help="one line per service: running or stopped, URL, pid")
     show.add_argument("--json", action="store_true", help="print the services as JSON")
     show.set_defaults(func=_cmd_status)
+    upload = local_sub.add_parser("upload", help="upload a model folder to s3://<bucket>/models/NAME/ (a model.source)")
+    upload.add_argument("folder", help="the model folder: config.json, weights, tokenizer")
+    upload.add_argument("name", help="its name under models/ in the profile's bucket")
+    upload.set_defaults(func=_cmd_upload)
+    env = local_sub.add_parser("env", help="print the pods' environment as shell export lines (for eval)")
+    env.set_defaults(func=_cmd_env)
 
 
 def _ports(pairs: list[str]) -> dict[str, int]:
@@ -103,4 +110,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for service in services:
         print(_line(service))
     print(f"serving plane: local (model servers and the router start on demand, state under {llmrelease_home()})")
+    return 0
+
+
+def _cmd_upload(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from registry.settings import llmrelease_home
+    from workflows.local.access import upload_model
+
+    print(upload_model(llmrelease_home(), Path(args.folder), args.name))
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    import shlex
+
+    from registry.settings import llmrelease_home
+    from workflows.local.access import profile_env
+
+    for name, value in sorted(profile_env(llmrelease_home()).items()):
+        print(f"export {name}={shlex.quote(value)}")
     return 0

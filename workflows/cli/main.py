@@ -154,6 +154,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 _COMMAND_MODULES = (
     "workflows.cli.runs",
     "workflows.cli.serving",
+    "workflows.cli.rollout",
     "workflows.cli.triggers",
     "workflows.cli.evidence",
     "workflows.cli.local",

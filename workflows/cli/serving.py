@@ -1,4 +1,4 @@
-"""`llmrelease` commands for serving and rollouts: rollback, rollout abort, canary resume/abort, serving status/stop.
+"""`llmrelease` commands for serving: rollback, canary resume/abort, serving status/stop (`rollout ...`: rollout.py).
 
 Imports stay inside the commands: `llmrelease rollback` must move traffic before anything heavy (MLflow) loads.
 """
@@ -47,26 +47,6 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
         f"{args.name}: rolled back: champion {result['from']} -> {result['to']}; all traffic on {result['to']} "
         f"{result['switched_s']:.3f}s after the command started ({path}); "
         f"done in {time.perf_counter() - started:.1f}s"
-    )
-    return 0
-
-
-def _cmd_rollout_abort(args: argparse.Namespace) -> int:
-    from registry.settings import llmrelease_home
-    from steps.rollout.operations import abort
-    from steps.rollout.serving.factory import serving_plane
-    from workflows.cli.models import require_model
-
-    aborted = abort(
-        require_model(args.name),
-        serving_plane("", llmrelease_home()),
-        model=args.name,
-        workflow_uid=None,
-        reason=f"aborted by {args.actor}: {args.reason}",
-    )
-    print(
-        f"{args.name}: "
-        + (f"rollout of version {aborted} aborted; all traffic on the champion" if aborted else "no rollout in flight")
     )
     return 0
 
@@ -132,20 +112,12 @@ def _cmd_serving_stop(args: argparse.Namespace) -> int:
 
 
 def add_commands(sub: Any) -> None:
-    """Add rollback, rollout, canary and serving to the `llmrelease` parser."""
+    """Add rollback, canary and serving to the `llmrelease` parser."""
     rollback = sub.add_parser("rollback", help="all traffic and `champion` back on `previous`, in one command")
     rollback.add_argument("name", help="registered model name")
     rollback.add_argument("--actor", required=True, help="who rolls back (recorded in the history)")
     rollback.add_argument("--reason", default="manual rollback", help="why (recorded in the history)")
     rollback.set_defaults(func=_cmd_rollback)
-
-    rollout = sub.add_parser("rollout", help="rollouts in flight")
-    rollout_sub = rollout.add_subparsers(dest="rollout_command", required=True)
-    abort = rollout_sub.add_parser("abort", help="abort the rollout in flight: all traffic back on the champion")
-    abort.add_argument("name")
-    abort.add_argument("--actor", required=True)
-    abort.add_argument("--reason", default="manual abort")
-    abort.set_defaults(func=_cmd_rollout_abort)
 
     canary = sub.add_parser("canary", help="decide a canary paused on an Inconclusive analysis")
     canary_sub = canary.add_subparsers(dest="canary_command", required=True)

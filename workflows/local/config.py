@@ -29,8 +29,11 @@ RAY_SECRET = "llmrelease-ray"
 _DEFAULT_REPOSITORY = "workflows.argoproj.io/default-artifact-repository"
 
 
-def config_data(home: Path, ports: Mapping[str, int], *, ray: bool) -> dict[str, str]:
-    """The `llmrelease-config` ConfigMap's data (RAY_ADDRESS only when the Ray cluster runs)."""
+def config_data(ports: Mapping[str, int], *, ray: bool) -> dict[str, str]:
+    """The `llmrelease-config` ConfigMap's data (RAY_ADDRESS only when the Ray cluster runs).
+
+    No LLMRELEASE_HOME: a pod keeps its image's (its own /tmp under pod isolation), never a folder of this machine.
+    """
     s3 = f"http://{HOST}:{ports['s3']}"
     data = {
         "AWS_REGION": REGION,
@@ -43,7 +46,6 @@ def config_data(home: Path, ports: Mapping[str, int], *, ray: bool) -> dict[str,
         "LLMRELEASE_PROMETHEUS": f"http://{HOST}:{ports['prometheus']}",
         "LLMRELEASE_SERVING_PLANE": "local",
         "LLMRELEASE_SERVING_URL": f"http://{HOST}:{ports['serving']}",
-        "LLMRELEASE_HOME": str(home),
     }
     if ray:
         data["RAY_ADDRESS"] = f"{HOST}:{ports['ray']}"
@@ -74,7 +76,7 @@ def _artifact_repositories(s3_port: int) -> Any:
 
 
 def write_cluster_config(
-    folder: Path, home: Path, ports: Mapping[str, int], credentials: Mapping[str, str], *, ray: bool
+    folder: Path, ports: Mapping[str, int], credentials: Mapping[str, str], *, ray: bool
 ) -> list[Path]:
     """Write the ConfigMaps and Secrets (owner-only files: they hold credentials); return the files written."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -95,7 +97,7 @@ def write_cluster_config(
         token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": credentials["ray_token"]}
         secrets.append(_object("Secret", RAY_SECRET, {"type": "Opaque", "stringData": token}))
     files = {
-        folder / "config.yaml": [_object("ConfigMap", CONFIG_MAP, {"data": config_data(home, ports, ray=ray)})],
+        folder / "config.yaml": [_object("ConfigMap", CONFIG_MAP, {"data": config_data(ports, ray=ray)})],
         folder / "secrets.yaml": secrets,
         folder / "artifact-repositories.yaml": [_artifact_repositories(ports["s3"])],
     }

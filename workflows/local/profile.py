@@ -99,7 +99,7 @@ def up(home: Path, *, ray: bool = True, timeout: float = 180.0, ports: Mapping[s
         if todo:
             preflight(todo)
             _start(layout, state, todo, started_at + timeout, timeout)
-            write_cluster_config(layout.cluster_config, home, state.ports, state.credentials, ray=ray)
+            write_cluster_config(layout.cluster_config, state.ports, state.credentials, ray=ray)
         return UpResult(
             [s.name for s in todo], kept, time.monotonic() - started_at, layout.cluster_config, status(home)
         )

@@ -20,9 +20,10 @@ failing gate or latency/cost check runs a reject step, which tags the version an
 reasons; a failing canary aborts itself; in every failed case the exit handler makes sure no traffic stays split.
 
 The release spec comes from git, never from the steps image: onboard gets the releases repository (`git-repo`) at
-`git-commit` as an Argo `git` input artifact (depth 1), reads `release` (confined to `releases/`) in it, outputs
-the commit it checked out (`git-commit`, which register and the evidence record) and the validated spec as the
-`spec` artifact that every later step reads. `git-repo` defaults to `RELEASES_REPO`, which an installation
+`git-commit` as an Argo `git` input artifact (a full clone: the commit may be behind the tip), reads `release`
+(confined to `releases/`) in it, outputs the commit it checked out (`git-commit`, which register and the evidence
+record) and the validated spec as the `spec` artifact that every later step reads. `git-repo` defaults to
+`RELEASES_REPO`, which an installation
 patches (a JSON 6902 patch on this WorkflowTemplate's parameter, or `-p git-repo=`); `llmrelease run` gives the
 checkout it runs from, and the webhook the pushed repository's clone URL. The environment is the `environment`
 parameter when given, else the spec's `environment` field, else dev (the webhook passes none).
@@ -249,8 +250,7 @@ def _deliver(release_model: DAG) -> None:
                         name="release-repo",
                         repo="{{workflow.parameters.git-repo}}",
                         revision="{{workflow.parameters.git-commit}}",
-                        depth=1,
-                    ),
+                    ),  # no depth: a shallow clone cannot check out a commit behind the branch tip
                     Parameter(name="release", value="{{workflow.parameters.release}}"),
                     Parameter(name="environment", value="{{workflow.parameters.environment}}"),
                     Parameter(name="work_dir", value=ONBOARD_DIR),
@@ -267,6 +267,7 @@ def _deliver(release_model: DAG) -> None:
                     Parameter(name="workflow_name", value="{{workflow.name}}"),
                     Parameter(name="workflow_uid", value="{{workflow.uid}}"),
                     Parameter(name="git_commit", value=str(onboard.get_parameter("git-commit").value)),
+                    Parameter(name="git_repo", value="{{workflow.parameters.git-repo}}"),
                 ],
             )
         )

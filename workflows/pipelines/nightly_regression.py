@@ -3,15 +3,22 @@
 Rendered as the `nightly-regression` CronWorkflow (Argo 3.6 `schedules`, 03:30 Europe/Berlin): `list-champions`
 finds the champions, `nightly-eval` runs once per champion (one at a time: each holds a Ray session and the
 engines), and fails with the reason when a champion has regressed against its promotion-time evaluation (see
-`steps.nightly_eval`). Run it on demand with `llmrelease run nightly-regression` (or `argo submit --from
-cronwf/nightly-regression`); `llmrelease cron next nightly-regression` shows when it fires next.
+`steps.nightly_eval`). Each champion is evaluated with the spec it was released with: `list-champions` gives its
+releases repository, commit and path, and the `nightly-eval` task gets that repository at that commit as a `git`
+artifact whose repo and revision are the loop item's (Argo substitutes `{{item.*}}` in artifact fields), so the pod
+clones nothing itself and the repository's credentials stay in the artifact (as onboard's). No depth: the commit
+is usually behind the branch tip by now. A champion registered before its repository was recorded (`source`
+image) runs in the `nightly-eval-image` task instead, with the spec copy in the steps image and a warning; each
+item runs in exactly one of the two tasks (`when` on the item's `source`). Run it on demand with `llmrelease run
+nightly-regression` (or `argo submit --from cronwf/nightly-regression`); `llmrelease cron next nightly-regression`
+shows when it fires next.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from hera.workflows import DAG, CronWorkflow, Parameter
+from hera.workflows import DAG, CronWorkflow, GitArtifact, Parameter, Task
 
 from steps.list_champions import list_champions_step
 from steps.nightly_eval import NIGHTLY_DIR, nightly_eval_step
@@ -59,18 +66,31 @@ def build() -> list[Any]:
             champions = as_task(
                 list_champions_step(name="list-champions", arguments={"model": "{{workflow.parameters.model}}"})
             )
-            evaluate = as_task(
-                nightly_eval_step(
-                    name="nightly-eval",
-                    arguments={
-                        "model_name": "{{item.model_name}}",
-                        "version": "{{item.version}}",
-                        "release": "{{item.release}}",
-                        "work_dir": NIGHTLY_DIR,
-                        "shards": "{{workflow.parameters.eval-shards}}",
-                    },
-                    with_param=champions.get_parameter("champions"),
-                )
-            )
-            champions >> evaluate
+            champions >> [_evaluate(champions, "git"), _evaluate(champions, "image")]
     return [apply_controls(cron)]
+
+
+def _evaluate(champions: Task, source: str) -> Task:
+    """The nightly-eval fan-out over the champions whose spec `source` is `git` (from the repository) or `image`."""
+    arguments: list[Parameter | GitArtifact] = [
+        Parameter(name=name, value=value)
+        for name, value in {
+            "model_name": "{{item.model_name}}",
+            "version": "{{item.version}}",
+            "release": "{{item.release}}",
+            "work_dir": NIGHTLY_DIR,
+            "shards": "{{workflow.parameters.eval-shards}}",
+            "repository": "{{item.repository}}",
+            "commit": "{{item.commit}}",
+        }.items()
+    ]
+    if source == "git":
+        arguments.append(GitArtifact(name="release-repo", repo="{{item.repository}}", revision="{{item.commit}}"))
+    return as_task(
+        nightly_eval_step(
+            name="nightly-eval" if source == "git" else "nightly-eval-image",
+            arguments=arguments,
+            with_param=champions.get_parameter("champions"),
+            when=f"'{{{{item.source}}}}' == '{source}'",
+        )
+    )

@@ -48,6 +48,7 @@ DEFAULT_ANNOTATION = "workflows.argoproj.io/default-artifact-repository"
 DEFAULT_KEY_FORMAT = "{{workflow.name}}/{{pod.name}}"
 _SOURCES = ("from", "raw", "s3", "http", "git", "artifactory", "gcs", "oss", "hdfs", "azure", "plugin")
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_REFUSED = {"401", "403", "AccessDenied", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken"}
 
 
 @dataclass(frozen=True)
@@ -336,7 +337,7 @@ class ArtifactStore:
             client = self._clients[cache]
             checked = (endpoint, loc.bucket) in self._buckets
         if not checked:
-            _check_bucket(client, loc.bucket, endpoint or "AWS S3", what)
+            _check_bucket(client, loc, endpoint or "AWS S3", what)
             with self._lock:
                 self._buckets.add((endpoint, loc.bucket))
         return client
@@ -407,7 +408,8 @@ def _new_client(endpoint: str | None, region: str, access: str | None, secret: s
     )
 
 
-def _check_bucket(client: Any, bucket: str, endpoint: str, what: str) -> None:
+def _check_bucket(client: Any, loc: _S3, endpoint: str, what: str) -> None:
+    bucket = loc.bucket
     try:
         client.head_bucket(Bucket=bucket)
     except Exception as e:  # noqa: BLE001 - botocore's errors, imported lazily
@@ -415,7 +417,23 @@ def _check_bucket(client: Any, bucket: str, endpoint: str, what: str) -> None:
             raise ArtifactError(
                 f"{what}: bucket {bucket} does not exist at {endpoint}; create it or fix the artifact repository"
             ) from e
+        if _code(e) in _REFUSED:
+            raise ArtifactError(
+                f"{what}: access to bucket {bucket} at {endpoint} was refused ({_reason(e)}): check the "
+                f"credentials in {_credentials(loc.config)} and the bucket's policy"
+            ) from e
         raise ArtifactError(f"{what}: cannot reach bucket {bucket} at {endpoint}: {_reason(e)}") from e
+
+
+def _credentials(config: Mapping[str, Any]) -> str:
+    """Where the repository's credentials come from: its Secret(s) and keys, else the environment's AWS keys."""
+    keys: dict[str, list[str]] = {}
+    for field in ("accessKeySecret", "secretKeySecret"):
+        selector = config.get(field) or {}
+        if selector:
+            keys.setdefault(str(selector.get("name", "")), []).append(str(selector.get("key", "")))
+    named = [f"Secret {name} (keys {', '.join(k)})" for name, k in keys.items()]
+    return ", ".join(named) or "the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: no Secret is named)"
 
 
 def _call(action: Any, what: str) -> Any:

@@ -134,10 +134,22 @@ def build_steps_image(image: str, into: Path) -> ImageRoot:
                 _copy_packages(rest, site, ignored)
     if workdir != "/app":
         raise WorkflowError(f"{dockerfile}: the final stage's WORKDIR is {workdir}, the local runner expects /app")
+    _byte_compile(site)
     venv = Path(sys.prefix)
     binds = [(str(venv), str(venv)), (str(venv), "/opt/venv"), (str(app), workdir), (str(site), SITE)]
     env["PYTHONPATH"] = SITE + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")
     return ImageRoot(image, tuple(binds), workdir, env)
+
+
+def _byte_compile(site: Path) -> None:
+    """Byte-compile the image's packages, as `pip install` in the build stage does.
+
+    A pod (read-only packages, PYTHONDONTWRITEBYTECODE) then loads them instead of compiling every module at every
+    start; tracebacks name the paths the pod sees (/opt/llmrelease/...).
+    """
+    import compileall
+
+    compileall.compile_dir(site, ddir=SITE, quiet=2, workers=0)
 
 
 def _stages(text: str) -> list[list[tuple[str, str]]]:

@@ -22,16 +22,21 @@ from registry.errors import ReleaseError
 __all__ = [
     "GENERATE",
     "LOGLIKELIHOOD",
+    "PromptMessages",
     "EngineKind",
     "Engine",
     "EvalError",
     "Generation",
+    "chat_messages",
+    "prefixed_context",
     "required_capability",
 ]
 
 GENERATE = "generate"
 LOGLIKELIHOOD = "loglikelihood"
 EngineKind = Literal["auto", "transformers", "vllm", "http"]
+PromptMessages = tuple[tuple[str, str], ...]
+"""A release prompt's rendered messages, (role, content) in order, put before every item (empty: none)."""
 
 
 class EvalError(ReleaseError):
@@ -79,3 +84,18 @@ class Engine(Protocol):
 def required_capability(task: str) -> str:
     """The engine capability a task type needs: log-likelihoods for multiple_choice, generation otherwise."""
     return LOGLIKELIHOOD if task == "multiple_choice" else GENERATE
+
+
+def chat_messages(prefix: PromptMessages, prompt: str) -> list[dict[str, str]]:
+    """The chat an engine sends for one item: the release prompt's messages, then the item as the user's."""
+    return [{"role": role, "content": content} for role, content in prefix] + [{"role": "user", "content": prompt}]
+
+
+def prefixed_context(prefix: PromptMessages, context: str) -> str:
+    """A raw (untemplated) text with the release prompt's messages before it, one blank line apart.
+
+    What a model without a chat template sees, and the context of a log-likelihood item under a prompt.
+    """
+    if not prefix:
+        return context
+    return "\n\n".join(content for _, content in prefix) + "\n\n" + context

@@ -33,7 +33,15 @@ import httpx
 from tenacity import AsyncRetrying
 
 from registry.retry import DEADLINE_ENV, RetryPolicy, Transient, service_deadline, shorten
-from steps.evals.engines.base import GENERATE, LOGLIKELIHOOD, EvalError, Generation
+from steps.evals.engines.base import (
+    GENERATE,
+    LOGLIKELIHOOD,
+    EvalError,
+    Generation,
+    PromptMessages,
+    chat_messages,
+    prefixed_context,
+)
 
 __all__ = ["RETRY_STATUSES", "CircuitBreaker", "OpenAIHTTPEngine", "parse_retry_after"]
 
@@ -128,6 +136,7 @@ class OpenAIHTTPEngine:
         max_retry_after_s: Cap on a server's Retry-After.
         deadline_s: Total deadline of one request, retries included; None: `registry.retry.service_deadline()`.
         logprobs: The server's /completions supports `echo` with `logprobs` (vLLM does): enables `loglikelihood`.
+        messages: A release prompt's rendered messages, sent before every item's user message.
     """
 
     name = "http"
@@ -149,6 +158,7 @@ class OpenAIHTTPEngine:
         max_retry_after_s: float = 60.0,
         deadline_s: float | None = None,
         logprobs: bool = False,
+        messages: PromptMessages = (),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -159,6 +169,7 @@ class OpenAIHTTPEngine:
         self.concurrency = concurrency
         self.capabilities = frozenset({GENERATE, LOGLIKELIHOOD} if logprobs else {GENERATE})
         self.requests_sent = 0
+        self.messages = tuple(messages)
         self.breaker = CircuitBreaker(self.base_url, breaker_threshold, breaker_cooldown_s)
         self._policy = RetryPolicy(
             deadline_s=service_deadline() if deadline_s is None else deadline_s,
@@ -170,7 +181,7 @@ class OpenAIHTTPEngine:
         )
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float) -> list[Generation]:
-        """Answer each prompt as one user message; results in input order (see `agenerate`)."""
+        """Answer each prompt as one user message (after the release prompt's); in input order (see `agenerate`)."""
         return asyncio.run(self.agenerate(prompts, max_new_tokens=max_new_tokens, temperature=temperature))
 
     async def agenerate(self, prompts: list[str], *, max_new_tokens: int, temperature: float) -> list[Generation]:
@@ -182,7 +193,7 @@ class OpenAIHTTPEngine:
         bodies = [
             {
                 "model": self.model,
-                "messages": [{"role": "user", "content": p}],
+                "messages": chat_messages(self.messages, p),
                 "max_tokens": max_new_tokens,
                 "temperature": temperature,
             }
@@ -207,7 +218,7 @@ class OpenAIHTTPEngine:
         bodies = [
             {
                 "model": self.model,
-                "prompt": ctx + cont,
+                "prompt": prefixed_context(self.messages, ctx) + cont,
                 "max_tokens": 1,
                 "temperature": 0.0,
                 "echo": True,
@@ -217,7 +228,7 @@ class OpenAIHTTPEngine:
         ]
         replies = await self._post_all("/completions", bodies)
         return [
-            _continuation_logprob(url, data, len(ctx), len(ctx) + len(cont))
+            _continuation_logprob(url, data, len(full := prefixed_context(self.messages, ctx)), len(full) + len(cont))
             for (url, data, _), (ctx, cont) in zip(replies, pairs, strict=True)
         ]
 

@@ -5,21 +5,96 @@ Generation uses the tokenizer's chat template when it has one (`add_generation_p
 prompt; batches are left-padded; temperature 0 means greedy decoding; generation stops at the EOS token.
 Log-likelihoods are scored in right-padded batches as the sum of the continuation tokens' log-probs.
 
+Threads are always set explicitly (`set_torch_threads`): the caller's share (an eval worker's), else every core
+this process may run on; intra-op = that share, inter-op = 1. Batch size, unless given (`choose_batch_size`):
+the sequences whose working memory (KV cache over the model's context, capped at 4096 positions, plus the
+float32 logits a scoring pass keeps twice) fits a quarter of this process's share of the free memory (on a GPU:
+half the free device memory after loading), clamped to 1..32 on CPU (larger batches pad more on mixed prompt
+lengths; benchmarks/eval_throughput.py sweeps it) and 1..128 on a GPU.
+
 torch and transformers are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steps.evals.engines.base import GENERATE, LOGLIKELIHOOD, EvalError, Generation
+from steps.evals.engines.base import (
+    GENERATE,
+    LOGLIKELIHOOD,
+    EvalError,
+    Generation,
+    PromptMessages,
+    chat_messages,
+    prefixed_context,
+)
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["TransformersEngine", "encode_pair"]
+__all__ = ["TransformersEngine", "choose_batch_size", "encode_pair", "set_torch_threads", "usable_cores"]
+
+CPU_MAX_BATCH = 32
+GPU_MAX_BATCH = 128
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container's cpuset narrows)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def set_torch_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads to `threads` (None: `usable_cores()`), inter-op to 1; the count set.
+
+    Inter-op threads can be set once per process, before any parallel work: a later call leaves them as they are.
+    """
+    import torch
+
+    count = max(1, threads or usable_cores())
+    torch.set_num_threads(count)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set, or parallel work has started in this process
+        pass
+    return count
+
+
+def choose_batch_size(config: Any, device: str, threads: int, free_bytes: int | None = None) -> int:
+    """Sequences per forward pass for a model `config` on `device`, by the rule in the module docs.
+
+    Args:
+        config: The model's transformers config (layers, hidden size, vocabulary, context length).
+        device: "cpu" or "cuda[:n]".
+        threads: This process's cores: its share of the free memory is threads / usable cores (on CPU).
+        free_bytes: The free memory to share; None: read it (psutil on CPU, torch on a GPU).
+    """
+    layers = int(getattr(config, "num_hidden_layers", 0) or getattr(config, "n_layer", 0) or 1)
+    hidden = int(getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 1)
+    vocab = int(getattr(config, "vocab_size", 0) or 1)
+    positions = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "n_positions", 0) or 2048)
+    context = min(positions, 4096)
+    per_sequence = context * (2 * layers * hidden * 4 + 2 * vocab * 4)
+    gpu = device.startswith("cuda")
+    if free_bytes is None:
+        free_bytes = _free_bytes(device)
+    budget = free_bytes // 2 if gpu else free_bytes * min(1.0, threads / usable_cores()) // 4
+    return int(max(1, min(GPU_MAX_BATCH if gpu else CPU_MAX_BATCH, budget // per_sequence)))
+
+
+def _free_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        import torch
+
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -53,10 +128,12 @@ class TransformersEngine:
     Args:
         model_dir: A directory written by `save_pretrained` (config.json, weights, tokenizer files).
         device: A torch device string, "cpu" or "cuda[:n]".
-        batch_size: Prompts (or pairs) per forward pass.
-        num_threads: torch intra-op threads for this process (the caller gives each shard its share of cores);
-            None leaves torch's default.
+        batch_size: Prompts (or pairs) per forward pass; None: `choose_batch_size` (model and free memory).
+        num_threads: torch intra-op threads for this process (an eval worker's share of the cores); None: every
+            core this process may run on (`usable_cores`), set explicitly either way.
         seed: Seeds sampling (temperature > 0) at each `generate` call, so sampled runs are reproducible.
+        messages: A release prompt's rendered messages, before every item (`base.chat_messages`); without a
+            chat template, and for log-likelihood contexts, their text before the item's (`base.prefixed_context`).
     """
 
     name = "transformers"
@@ -66,11 +143,11 @@ class TransformersEngine:
         self,
         model_dir: str | Path,
         device: str = "cpu",
-        batch_size: int = 8,
+        batch_size: int | None = None,
         num_threads: int | None = None,
         seed: int = 0,
+        messages: PromptMessages = (),
     ) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(model_dir)
@@ -79,8 +156,7 @@ class TransformersEngine:
                 f"model dir {model_dir}: no config.json there: point model_dir at a local save_pretrained "
                 "directory (hub ids are never downloaded)"
             )
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
+        self.num_threads = set_torch_threads(num_threads)
         try:
             self.tokenizer: Any = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
             self.model: Any = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, trust_remote_code=False)
@@ -94,15 +170,19 @@ class TransformersEngine:
         model.to(device)
         model.eval()
         self.device = device
-        self.batch_size = batch_size
+        self.batch_size = batch_size or choose_batch_size(model.config, device, self.num_threads)
         self.seed = seed
+        self.messages = tuple(messages)
 
     def format_prompt(self, prompt: str) -> str:
-        """The prompt as the model sees it: through the chat template when the tokenizer has one, else raw."""
+        """The prompt as the model sees it: through the chat template when the tokenizer has one, else raw.
+
+        A release prompt's messages come first (`messages`; without a chat template, their text).
+        """
         if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}]
+            messages = chat_messages(self.messages, prompt)
             return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        return prompt
+        return prefixed_context(self.messages, prompt)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float) -> list[Generation]:
         """Answer each prompt; left-padded batches; greedy at temperature 0; results in input order."""
@@ -152,7 +232,7 @@ class TransformersEngine:
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Sum of log-probs of each continuation's tokens given its raw context (no chat template); in order."""
-        encoded = [encode_pair(self.tokenizer, ctx, cont) for ctx, cont in pairs]
+        encoded = [encode_pair(self.tokenizer, prefixed_context(self.messages, ctx), cont) for ctx, cont in pairs]
         results: list[float] = []
         for start in range(0, len(encoded), self.batch_size):
             results.extend(self._score_batch(encoded[start : start + self.batch_size]))

@@ -17,7 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from steps.evals.engines.base import GENERATE, LOGLIKELIHOOD, EvalError, Generation
+from steps.evals.engines.base import (
+    GENERATE,
+    LOGLIKELIHOOD,
+    EvalError,
+    Generation,
+    PromptMessages,
+    chat_messages,
+    prefixed_context,
+)
 from steps.evals.engines.transformers_engine import encode_pair
 
 __all__ = ["VLLMEngine"]
@@ -33,6 +41,7 @@ class VLLMEngine:
         tensor_parallel_size: GPUs to shard the model across.
         max_model_len: Context length cap; None uses the model's.
         seed: vLLM's seed, for reproducible sampling.
+        messages: A release prompt's rendered messages, before every item (as in the transformers engine).
     """
 
     name = "vllm"
@@ -46,6 +55,7 @@ class VLLMEngine:
         tensor_parallel_size: int = 1,
         max_model_len: int | None = None,
         seed: int = 0,
+        messages: PromptMessages = (),
     ) -> None:
         try:
             from vllm import LLM, SamplingParams
@@ -66,13 +76,14 @@ class VLLMEngine:
             trust_remote_code=False,
         )
         self.tokenizer: Any = self.llm.get_tokenizer()
+        self.messages = tuple(messages)
 
     def format_prompt(self, prompt: str) -> str:
-        """The prompt through the tokenizer's chat template when it has one, else raw."""
+        """The prompt through the tokenizer's chat template when it has one, else raw; a release prompt first."""
         if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": prompt}]
+            messages = chat_messages(self.messages, prompt)
             return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
-        return prompt
+        return prefixed_context(self.messages, prompt)
 
     def generate(self, prompts: list[str], *, max_new_tokens: int, temperature: float) -> list[Generation]:
         """Answer each prompt in one vLLM batch; latency is the batch's wall time; results in input order."""
@@ -87,7 +98,7 @@ class VLLMEngine:
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Sum of the continuation tokens' prompt log-probs (one generated token, discarded); in input order."""
-        encoded = [encode_pair(self.tokenizer, ctx, cont) for ctx, cont in pairs]
+        encoded = [encode_pair(self.tokenizer, prefixed_context(self.messages, ctx), cont) for ctx, cont in pairs]
         params = self._sampling_params(temperature=0.0, max_tokens=1, prompt_logprobs=1)
         prompts = [{"prompt_token_ids": ctx + cont} for ctx, cont in encoded]
         outputs = self.llm.generate(prompts, params, use_tqdm=False)

@@ -4,6 +4,11 @@ The router reads the HTTPRoute, validates the requested split against the names 
 writes every weight in one JSON merge patch through the official Kubernetes client's `CustomObjectsApi`. The
 patch carries the resourceVersion it was computed from, so a concurrent edit makes the API server answer 409
 instead of being overwritten; the router then re-reads and tries again a few times.
+
+On the cluster serving plane (`steps.rollout.serving.cluster`) no step writes these weights: the Argo Rollouts
+Gateway API plugin does, on the `<model>` route with its `<model>-stable` and `<model>-canary` backendRefs, and the
+steps' Role grants only get and create on httproutes. There this router only reads the live split (`weights()`);
+`set_weights` is for a route no controller owns, under an account allowed to patch it.
 """
 
 from __future__ import annotations

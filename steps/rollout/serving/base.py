@@ -14,6 +14,7 @@ whatever happened in it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -94,12 +95,17 @@ class ServingPlane(Protocol):
         """Read the model's recorded state without the lock (empty when nothing was ever served)."""
         ...
 
-    def ensure_server(self, state: PlaneState, version: str, model_dir: Path) -> ServerState:
-        """Serve one version from its weights in `model_dir`; return its server once it answers a real completion."""
+    def ensure_server(self, state: PlaneState, version: str, model_dir: Path | str) -> ServerState:
+        """Serve one version from its weights; return its server once it answers a real completion."""
         ...
 
-    def ensure_servers(self, state: PlaneState, wanted: dict[str, Path]) -> dict[str, ServerState]:
-        """Serve several versions (version -> weights folder); those not serving yet start together."""
+    def ensure_servers(self, state: PlaneState, wanted: Mapping[str, Path | str]) -> dict[str, ServerState]:
+        """Serve several versions; those not serving yet start together.
+
+        `wanted` maps a version to its weights: the version's weights-store URI (`<root>/weights/sha256/<hex>`,
+        which the plane fetches and verifies itself: `steps.rollout.serving.weights`), or a folder the plane can
+        read (a plane in the caller's process; versions registered before the weights store).
+        """
         ...
 
     def is_ready(self, state: PlaneState, server: ServerState) -> bool:

@@ -13,15 +13,18 @@ pods; or, without that variable (unit tests, plain runs on this machine), in the
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from registry.errors import SpecError
 from steps.release.policy import PlatformPolicy, load_policy
 from steps.rollout.serving.base import ServingPlane
+from steps.rollout.serving.cluster import RolloutPlane
 from steps.rollout.serving.local import LocalServing
 from steps.rollout.serving.remote import SERVING_URL_ENV, RemoteServing
+from steps.rollout.serving.rollouts import RolloutOptions
 
-__all__ = ["serving_plane"]
+__all__ = ["rollout_plane", "serving_plane"]
 
 
 def serving_plane(environment: str, home: Path, policy: PlatformPolicy | None = None) -> ServingPlane:
@@ -41,8 +44,35 @@ def serving_plane(environment: str, home: Path, policy: PlatformPolicy | None = 
         plane = policy.environment(environment).plane
         if plane != "local":
             raise SpecError(
-                f"{policy.rule(environment, 'plane')} is {plane!r}, which is not available yet (issue 15 adds the "
-                "Kubernetes plane: vLLM behind Argo Rollouts); set plane: local"
+                f"{policy.rule(environment, 'plane')} is {plane!r}: versions are served by an Argo Rollouts Rollout "
+                "there, driven through steps.rollout.serving.factory.rollout_plane, not by a local ServingPlane"
             )
     url = os.environ.get(SERVING_URL_ENV, "").strip()
     return RemoteServing(url) if url else LocalServing(home)
+
+
+def rollout_plane(
+    environment: str,
+    policy: PlatformPolicy | None = None,
+    *,
+    options: RolloutOptions | None = None,
+    connect: Callable[[RolloutOptions | None], RolloutPlane] | None = None,
+) -> RolloutPlane | None:
+    """The cluster plane (vLLM behind Argo Rollouts) when `environment`'s policy sets `plane: kubernetes`, else None.
+
+    Args:
+        environment: dev, stage, prod (any environment the policy defines); "" is the local plane (None).
+        policy: the platform policy; None reads `policy/platform-policy.yaml`.
+        options: namespace, Gateway, Prometheus of the model's objects (default `RolloutOptions()`).
+        connect: builds the plane (default `RolloutPlane.from_cluster`: the pod's account, else the kubeconfig).
+
+    Raises:
+        SpecError: the environment is not in the policy, or the policy file is missing or malformed.
+        ServingError: no Kubernetes client or configuration (from `connect`).
+    """
+    if not environment:
+        return None
+    policy = policy or load_policy()
+    if policy.environment(environment).plane != "kubernetes":
+        return None
+    return (connect or RolloutPlane.from_cluster)(options)

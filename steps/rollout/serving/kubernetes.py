@@ -10,6 +10,10 @@ completion succeeds.
 
 `apply` creates each object, or patches it when it exists, through the official Kubernetes client's
 `AppsV1Api` and `CoreV1Api` (anything with the same methods: the `KubernetesApi` Protocol).
+
+The cluster serving plane does not apply these objects: it takes the Deployment's pod template into the model's
+Argo Rollouts `Rollout` (`steps.rollout.serving.rollouts`). `apply` stays for serving one version by hand, under an
+operator's account (the steps' Role grants no Deployments).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ __all__ = [
     "default_template",
     "object_name",
     "render_vllm",
+    "substitute",
 ]
 
 TEMPLATE_ENV = "LLMRELEASE_VLLM_TEMPLATE"
@@ -201,7 +206,7 @@ def render_vllm(
     path = template or default_template()
     try:
         documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
-        rendered = [_substitute(doc, values) for doc in documents]
+        rendered = [substitute(doc, values) for doc in documents]
     except (OSError, yaml.YAMLError) as e:
         raise ServingError(f"vLLM template {path}: cannot be read as YAML ({e}): fix the file") from e
     except (KeyError, ValueError) as e:
@@ -272,12 +277,12 @@ def _check_inputs(
         raise ServingError(f"max_model_len={max_model_len!r}: give a positive token count or None")
 
 
-def _substitute(node: Any, values: dict[str, str]) -> Any:
+def substitute(node: Any, values: dict[str, str]) -> Any:
     """Fill `${NAME}` placeholders in every string of a parsed document (structure never comes from values)."""
     if isinstance(node, dict):
-        return {_substitute(k, values): _substitute(v, values) for k, v in node.items()}
+        return {substitute(k, values): substitute(v, values) for k, v in node.items()}
     if isinstance(node, list):
-        return [_substitute(item, values) for item in node]
+        return [substitute(item, values) for item in node]
     if isinstance(node, str):
         return string.Template(node).substitute(values)
     return copy.deepcopy(node)

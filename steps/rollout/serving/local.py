@@ -32,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -127,15 +127,19 @@ class LocalServing:
         return PlaneState.model_validate_json(path.read_text())
 
     # --- model servers -----------------------------------------------------------------------------------------
-    def ensure_server(self, state: PlaneState, version: str, model_dir: Path) -> ServerState:
+    def ensure_server(self, state: PlaneState, version: str, model_dir: Path | str) -> ServerState:
         """Return the version's ready server, starting it when it is not running (call inside `locked`)."""
         return self.ensure_servers(state, {version: model_dir})[version]
 
-    def ensure_servers(self, state: PlaneState, wanted: dict[str, Path]) -> dict[str, ServerState]:
-        """Ready servers for several versions; those not running start together (call inside `locked`)."""
+    def ensure_servers(self, state: PlaneState, wanted: Mapping[str, Path | str]) -> dict[str, ServerState]:
+        """Ready servers for several versions; those not running start together (call inside `locked`).
+
+        `wanted` maps a version to its weights: a folder, or its weights-store URI, which is fetched into this
+        home's model cache and verified first (`steps.rollout.serving.weights.weights_folder`).
+        """
         ready: dict[str, ServerState] = {}
         starting: list[tuple[ServerState, subprocess.Popen[bytes], Path]] = []
-        for version, model_dir in wanted.items():
+        for version, location in wanted.items():
             current = state.servers.get(version)
             if current is not None and self.is_ready(state, current):
                 current.hot_until = None
@@ -143,7 +147,7 @@ class LocalServing:
                 continue
             if current is not None:
                 terminate(current.pid, created=current.pid_created, group=True)
-            starting.append(self._spawn(state.model, version, model_dir))
+            starting.append(self._spawn(state.model, version, self._folder(location)))
         try:
             for server, process, log in starting:
                 self._wait_ready(server, state.model, process, log)
@@ -154,6 +158,13 @@ class LocalServing:
         for server, _process, _log in starting:
             state.servers[server.version] = ready[server.version] = server
         return ready
+
+    def _folder(self, location: Path | str) -> Path:
+        if isinstance(location, Path):
+            return location
+        from steps.rollout.serving.weights import weights_folder  # numpy and the eval cache: only when fetching
+
+        return weights_folder(location, self._root.parent)
 
     def is_ready(self, state: PlaneState, server: ServerState) -> bool:
         """Whether the server's process runs and it answers a real completion now."""

@@ -15,6 +15,8 @@ it). JSON in and out, on 127.0.0.1:
 * `POST /v1/planes/<model>/unlock` `{token, state}`: records the state and releases the lock.
 * `POST /v1/planes/<model>/call` `{token?, op, state, args}` -> `{state, result}`: one `ServingPlane` or router
   method on the caller's state (`OPS`); the changed state comes back. Changes need the lock's token.
+  `ensure_servers` takes each version's weights-store URI: the service fetches and verifies the weights into its
+  own model cache (a step pod's folder is not visible here under pod isolation).
 * `POST /v1/planes/<model>/guard` `{op: start|renew|lapse, workflow_uid, candidate, deadline, factor, why}`.
 * `POST /v1/planes/<model>/shutdown`: stop the model's router and servers.
 
@@ -44,7 +46,7 @@ from registry.errors import ReleaseError
 from steps.rollout.serving.base import PlaneLocked, PlaneState, ServerState, ServingError
 from steps.rollout.serving.local import LocalServing
 
-__all__ = ["OPS", "PlaneService", "make_server", "weights_folder"]
+__all__ = ["OPS", "PlaneService", "make_server"]
 
 _PATH = re.compile(r"^/v1/planes/(?P<model>[^/]+)/(?P<action>state|lock|unlock|call|guard|shutdown)$")
 READ_OPS = frozenset({"router", "router_url", "is_ready", "router.weights", "router.backends"})
@@ -52,15 +54,6 @@ OPS = READ_OPS | {
     "ensure_servers", "stop_server", "reap", "ensure_router",
     "router.set_weights", "router.add_backend", "router.remove_backend", "router.stop",
 }  # fmt: skip
-
-
-def weights_folder(location: str) -> Path:
-    """The weights folder a version is served from: a path or a file:// URI (digest-addressed URIs come later)."""
-    if location.startswith("file://"):
-        return Path(location.removeprefix("file://"))
-    if "://" in location:
-        raise ServingError(f"weights {location!r}: the local plane serves a folder or a file:// URI; fetch it first")
-    return Path(location)
 
 
 @dataclass
@@ -191,7 +184,7 @@ class PlaneService:
 def _run(plane: LocalServing, op: str, state: PlaneState, args: dict[str, Any]) -> Any:
     """Dispatch one operation (`OPS`) to the LocalServing."""
     if op == "ensure_servers":
-        wanted = {str(v): weights_folder(str(loc)) for v, loc in dict(args["wanted"]).items()}
+        wanted = {str(v): str(loc) for v, loc in dict(args["wanted"]).items()}  # URIs: fetched and verified here
         return {v: s.model_dump(mode="json") for v, s in plane.ensure_servers(state, wanted).items()}
     if op == "is_ready":
         return plane.is_ready(state, ServerState.model_validate(args["server"]))
