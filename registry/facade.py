@@ -25,7 +25,7 @@ from registry.client import (
     short_error,
 )
 from registry.errors import RegistryError
-from registry.history import AliasMove, history_tag_key, moves_from_tags
+from registry.history import AliasMove, moves_from_tags, new_move
 from registry.integrity import MANIFEST_ARTIFACT, check_manifest_digest
 from registry.record import OnboardingView, parse_record, version_source
 from registry.settings import llmrelease_home, tracking_uri
@@ -317,16 +317,8 @@ class ModelRegistry:
         workflow_uid: str,
     ) -> AliasMove:
         """Write one alias move into the history (a registered-model tag) and return it."""
-        key, when = history_tag_key(self._clock())
-        move = AliasMove(
-            name=name,
-            alias=alias,
-            from_version=before,
-            to_version=after,
-            when=when,
-            actor=actor,
-            reason=reason,
-            workflow_uid=workflow_uid,
+        key, move = new_move(
+            self._clock(), name, alias, before, after, actor=actor, reason=reason, workflow_uid=workflow_uid
         )
         self._call(self._client.set_registered_model_tag, name, key, move.to_tag_value())
         return move

@@ -23,6 +23,7 @@ __all__ = [
     "AliasMove",
     "history_tag_key",
     "moves_from_tags",
+    "new_move",
     "alias_at",
     "format_history",
     "plan_promotion",
@@ -90,6 +91,34 @@ def history_tag_key(time_ns: int) -> tuple[str, datetime]:
     """
     key = f"{HISTORY_TAG_PREFIX}{time_ns:019d}-{uuid.uuid4().hex[:8]}"
     return key, _EPOCH + timedelta(microseconds=time_ns // 1000)
+
+
+def new_move(
+    time_ns: int,
+    name: str,
+    alias: str,
+    before: str | None,
+    after: str | None,
+    *,
+    actor: str,
+    reason: str,
+    workflow_uid: str,
+    kind: Literal["model", "prompt"] = "model",
+) -> tuple[str, AliasMove]:
+    """One alias move at `time_ns` and the fresh history tag key it is stored under (`history_tag_key`)."""
+    key, when = history_tag_key(time_ns)
+    move = AliasMove(
+        name=name,
+        alias=alias,
+        from_version=before,
+        to_version=after,
+        when=when,
+        actor=actor,
+        reason=reason,
+        workflow_uid=workflow_uid,
+        kind=kind,
+    )
+    return key, move
 
 
 def moves_from_tags(name: str, tags: Mapping[str, str]) -> list[AliasMove]:

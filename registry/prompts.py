@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from registry.client import call_with_retry, check_reachable, error_code, plain_mlflow_client, short_error
 from registry.errors import IntegrityError, RegistryError
-from registry.history import AliasMove, history_tag_key, moves_from_tags, plan_promotion
+from registry.history import AliasMove, moves_from_tags, new_move, plan_promotion
 from registry.prompt_content import GenerationSettings, PromptContent
 from registry.settings import tracking_uri
 from registry.tags import (
@@ -354,13 +354,12 @@ class PromptRegistry:
         reason: str,
         workflow_uid: str,
     ) -> AliasMove:
-        key, when = history_tag_key(self._clock())
-        move = AliasMove(
-            name=name,
-            alias=alias,
-            from_version=before,
-            to_version=after,
-            when=when,
+        key, move = new_move(
+            self._clock(),
+            name,
+            alias,
+            before,
+            after,
             actor=actor,
             reason=reason,
             workflow_uid=workflow_uid,

@@ -6,13 +6,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from workflows.runner import RunOptions, RunResult, run_workflow
+from workflows.runner.sandbox import bwrap_problem
 
-__all__ = ["LLMRELEASE", "nodes", "run", "sh", "write"]
+__all__ = ["BWRAP_PROBLEM", "ISOLATIONS", "LLMRELEASE", "nodes", "run", "sh", "write"]
 
 LLMRELEASE = [sys.executable, "-m", "workflows.cli.main"]
+BWRAP_PROBLEM = bwrap_problem()  # None where bubblewrap can sandbox a pod here
+# Both isolations for a parametrized test; the bwrap one skipped, with the reason, where bubblewrap cannot run.
+ISOLATIONS = [
+    "none",
+    pytest.param("bwrap", marks=pytest.mark.skipif(BWRAP_PROBLEM is not None, reason=str(BWRAP_PROBLEM))),
+]
 
 
 def write(tmp_path: Path, spec: dict[str, Any], name: str = "wf") -> Path:

@@ -13,11 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.integration.runner_support import BWRAP_PROBLEM, ISOLATIONS
 from workflows.runner import RunOptions, RunResult, run_workflow
-from workflows.runner.sandbox import bwrap_problem
 
-PROBLEM = bwrap_problem()
-ISOLATIONS = ["none", pytest.param("bwrap", marks=pytest.mark.skipif(PROBLEM is not None, reason=str(PROBLEM)))]
+PROBLEM = BWRAP_PROBLEM
 
 ENTRYPOINTS = """
 metadata: {generateName: entrypoints-}
