@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from registry.errors import ReleaseError
-from registry.tags import CANARY_TAG, CHAMPION, LEASE_TAG, PREVIOUS, ROLLED_BACK_TAG
+from registry.tags import CANARY_DECISION_TAG, CANARY_TAG, CHAMPION, LEASE_TAG, PREVIOUS, ROLLED_BACK_TAG
 from steps.rollout.serving.base import PlaneState, ServerState, ServingPlane, server_name
 from steps.rollout.serving.guard import return_to_champion
 
@@ -34,6 +34,7 @@ __all__ = [
     "Lease",
     "Deployment",
     "current_lease",
+    "request_canary_decision",
     "deploy",
     "require_lease",
     "abort",
@@ -74,6 +75,19 @@ def current_lease(registry: ModelRegistry, model: str) -> Lease | None:
     """The rollout in flight for `model`, or None."""
     raw = registry.model_tags(model).get(LEASE_TAG)
     return Lease.model_validate_json(raw) if raw else None
+
+
+def request_canary_decision(registry: ModelRegistry, model: str, action: str, actor: str) -> Lease | None:
+    """Record a human's `resume` or `abort` for the canary in flight, which its paused step reads; None: none flies."""
+    lease = current_lease(registry, model)
+    if lease is not None:
+        decision = {"workflow_uid": lease.workflow_uid, "action": action, "actor": actor, "at": _utc_now()}
+        registry.set_model_tag(model, CANARY_DECISION_TAG, json.dumps(decision))
+    return lease
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def require_lease(registry: ModelRegistry, model: str, workflow_uid: str) -> Lease:

@@ -130,18 +130,15 @@ def _cmd_promote(args: argparse.Namespace) -> int:
         print(cluster.promote(args.name, full=args.full))
         return 0
     from registry.errors import SpecError
-    from registry.tags import CANARY_DECISION_TAG
-    from steps.rollout.operations import current_lease
+    from steps.rollout.operations import request_canary_decision
     from workflows.cli.models import require_model
 
     if args.full:
         raise SpecError("--full: the local plane promotes one paused step at a time: run `rollout promote` again")
-    actor, registry = _actor(args), require_model(args.name)
-    lease = current_lease(registry, args.name)
+    actor = _actor(args)
+    lease = request_canary_decision(require_model(args.name), args.name, "resume", actor)
     if lease is None:
         raise SpecError(f"no rollout of {args.name} is in flight: nothing to promote (see `rollout get`)")
-    decision = {"workflow_uid": lease.workflow_uid, "action": "resume", "actor": actor, "at": _now()}
-    registry.set_model_tag(args.name, CANARY_DECISION_TAG, json.dumps(decision))
     print(f"{args.name}: canary of version {lease.candidate}: promote requested by {actor}")
     return 0
 
@@ -195,12 +192,6 @@ def _cmd_retry(args: argparse.Namespace) -> int:
         f"rollout retry {args.name}: the local plane keeps no aborted rollout to restart: resubmit the release "
         "(`llmrelease run`), or use --env for an environment on the cluster plane"
     )
-
-
-def _now() -> str:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC).isoformat()
 
 
 def add_commands(sub: Any) -> None:

@@ -53,23 +53,14 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
 
 def _cmd_canary_decide(args: argparse.Namespace) -> int:
     from registry.errors import SpecError
-    from registry.tags import CANARY_DECISION_TAG
-    from steps.rollout.operations import current_lease
+    from steps.rollout.operations import request_canary_decision
     from workflows.cli.models import require_model
 
     if not args.actor.strip():
         raise SpecError("--actor is empty: say who decides, it is recorded in the canary log")
-    registry = require_model(args.name)
-    lease = current_lease(registry, args.name)
+    lease = request_canary_decision(require_model(args.name), args.name, args.canary_command, args.actor)
     if lease is None:
         raise SpecError(f"no canary of {args.name} is in flight: nothing to {args.canary_command}")
-    decision = {
-        "workflow_uid": lease.workflow_uid,
-        "action": args.canary_command,
-        "actor": args.actor,
-        "at": datetime.now(UTC).isoformat(),
-    }
-    registry.set_model_tag(args.name, CANARY_DECISION_TAG, json.dumps(decision))
     print(f"{args.name}: canary of version {lease.candidate}: {args.canary_command} requested by {args.actor}")
     return 0
 
