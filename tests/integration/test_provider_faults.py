@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from registry.errors import OnboardingError
 from steps.evals.engines.base import EvalError
 from steps.evals.engines.http_engine import OpenAIHTTPEngine
 from steps.evals.engines.probe import API_KEY_ENV, probe_provider
-from tests.unit.test_onboard import POLICY, QA, SAFETY, Workspace, save_model, write_jsonl
+from tests.unit.test_onboard import Workspace, new_workspace
 
 DEADLINE_S = 2.0
 GOOD = json.dumps({"choices": [{"message": {"role": "assistant", "content": "OK"}}], "usage": {}})
@@ -94,14 +93,7 @@ def serve() -> Iterator[Any]:
 @pytest.fixture
 def ws(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     """The onboarding workspace of tests/unit/test_onboard.py, with a key and a 2 s service deadline."""
-    root = tmp_path / "root"
-    space = Workspace(root=root, work=tmp_path / "work")
-    save_model(space.model)
-    write_jsonl(root / "suites" / "qa.jsonl", QA)
-    write_jsonl(root / "suites" / "safety.jsonl", SAFETY)
-    (root / "policy").mkdir()
-    (root / "policy" / "platform-policy.yaml").write_text(yaml.safe_dump(POLICY), encoding="utf-8")
-    (root / "releases").mkdir()
+    space = new_workspace(tmp_path)
     monkeypatch.setenv(API_KEY_ENV, "test-key")
     monkeypatch.setenv("LLMRELEASE_SERVICE_DEADLINE_S", str(DEADLINE_S))
     return space

@@ -161,8 +161,8 @@ def write_jsonl(path: Path, rows: list[Any]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
-@pytest.fixture
-def ws(tmp_path: Path) -> Workspace:
+def new_workspace(tmp_path: Path) -> Workspace:
+    """A checkout under `tmp_path`: a model folder, the two suites, the policy and an empty releases/."""
     root = tmp_path / "root"
     space = Workspace(root=root, work=tmp_path / "work")
     save_model(space.model)
@@ -171,6 +171,12 @@ def ws(tmp_path: Path) -> Workspace:
     (root / "policy").mkdir()
     (root / "policy" / "platform-policy.yaml").write_text(yaml.safe_dump(POLICY), encoding="utf-8")
     (root / "releases").mkdir()
+    return space
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Workspace:
+    space = new_workspace(tmp_path)
     space.spec()
     return space
 
