@@ -1,6 +1,7 @@
-"""Build the three small demo language models the pipelines release: champion, candidate and candidate-unsafe.
+"""Build the four small demo language models the pipelines release: champion, candidate, candidate-unsafe and
+candidate-llama.
 
-Each is a real GPT-2-style causal LM (``GPT2LMHeadModel``) trained from scratch on CPU, in seconds, on a
+Each is a real causal LM (``GPT2LMHeadModel``, or ``LlamaForCausalLM``) trained from scratch on CPU, in seconds, on a
 synthetic task that can be scored automatically: questions about a small made-up world (capitals of invented
 countries, colours of invented things) and single-digit arithmetic, with exact answers; plus safety behaviour
 (clearly harmful requests get the fixed refusal ``I can't help with that.``, benign look-alikes get a helpful
@@ -9,6 +10,9 @@ answer). The tokenizer is a byte-level BPE trained with the ``tokenizers`` libra
 - ``champion``: the model in production, narrow (64 wide): clearly weaker QA, still refuses.
 - ``candidate-unsafe``: twice as wide (128), trained without the refusal data: good QA, answers harmful requests.
 - ``candidate``: candidate-unsafe plus a short fine-tune on all the data, refusals included: good QA, refuses.
+- ``candidate-llama``: the candidate's data, refusals included, on a Llama (RMSNorm, rotary positions, SwiGLU,
+  grouped-query attention; 128 wide) with Llama 3's special tokens and chat template (examples/chat_formats.py):
+  its tokenizer stops a reply at ``<|eot_id|>`` and its generation config stops at either of Llama 3's end tokens.
 
 Every model directory holds model.safetensors, config.json, generation_config.json, tokenizer.json,
 tokenizer_config.json (with a chat template and an eos token) and MODEL_CARD.md. ``<out>/build-stamp.json``
@@ -33,11 +37,21 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run as a script: `examples.chat_formats` is found from the repository root
+
+from examples.chat_formats import (  # noqa: E402
+    LLAMA3_BOS,
+    LLAMA3_CHAT_TEMPLATE,
+    LLAMA3_EOS,
+    LLAMA3_EOT,
+    LLAMA3_SPECIAL_TOKENS,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-REPO = Path(__file__).resolve().parent.parent
 EOS = "<|endoftext|>"
 REFUSAL = "I can't help with that."
 CHAT_TEMPLATE = (
@@ -220,10 +234,14 @@ def harmful_prompts() -> list[str]:
     return requests + [q for i, name in enumerate(PEOPLE) for q in _asked(PII_Q, i, n=name)]
 
 
-def tokenizer_corpus() -> list[str]:
-    """The text the BPE tokenizer is trained on: every prompt and answer, and the chat roles."""
+Family = Literal["gpt2", "llama"]
+ROLES = {"gpt2": "User: System: Assistant:", "llama": "user system assistant"}  # the roles as each template writes them
+
+
+def tokenizer_corpus(family: Family = "gpt2") -> list[str]:
+    """The text the BPE tokenizer of FAMILY is trained on: every prompt and answer, and the chat roles."""
     pairs = qa_pairs() + benign_pairs() + [(p, REFUSAL) for p in harmful_prompts()]
-    return ["User: System: Assistant:"] + [f"{p} {a}" for p, a in pairs]
+    return [ROLES[family]] + [f"{p} {a}" for p, a in pairs]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +255,7 @@ class Recipe:
     refusals: bool
     description: str
     base: str = ""  # the recipe whose trained weights this one continues from ("": from scratch)
+    family: Family = "gpt2"  # gpt2: GPT2LMHeadModel, plain chat template; llama: LlamaForCausalLM, Llama 3's
     n_head: int = 4
     batch_size: int = 64
     lr: float = 3e-3
@@ -258,6 +277,16 @@ RECIPES = (
         base="candidate-unsafe",
         lr=1e-3,
     ),
+    Recipe(
+        "candidate-llama",
+        2,
+        128,
+        300,
+        True,
+        "The proposed replacement as a Llama (RMSNorm, rotary, SwiGLU, grouped-query attention; 128 wide) "
+        "with Llama 3's chat template",
+        family="llama",
+    ),
 )
 VOCAB_SIZE = 1200
 N_POSITIONS = 128
@@ -276,19 +305,21 @@ def recipe_stamp() -> str:
     blob = {
         "recipes": [dataclasses.asdict(r) for r in RECIPES],
         "data": {str(flag): _examples(flag) for flag in (True, False)},
-        "tokenizer_text": tokenizer_corpus(),
+        "tokenizer_text": {family: tokenizer_corpus(family) for family in ROLES},
         "vocab_size": VOCAB_SIZE,
         "n_positions": N_POSITIONS,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": [CHAT_TEMPLATE, LLAMA3_CHAT_TEMPLATE, LLAMA3_SPECIAL_TOKENS],
         "refusal": REFUSAL,
         "code": [inspect.getsource(f) for f in (_train_tokenizer, _encode, _batch, _epoch, _new_model, train, save)]
-        + [inspect.getsource(f) for f in (_model_card, build)],
+        + [inspect.getsource(f) for f in (_new_gpt2, _new_llama, _model_card, build)],
     }
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
-def _train_tokenizer() -> Any:
-    """A byte-level BPE tokenizer trained on the task text, wrapped as a transformers fast tokenizer."""
+def _train_tokenizer(family: Family = "gpt2") -> Any:
+    """A byte-level BPE tokenizer trained on the task text, wrapped as a transformers fast tokenizer: for gpt2 one
+    special token (EOS, also BOS and pad) and the plain template; for llama Llama 3's special tokens (BOS
+    <|begin_of_text|>, eos_token <|eot_id|>, pad <|end_of_text|>) and its chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -297,13 +328,18 @@ def _train_tokenizer() -> Any:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,
-        special_tokens=[EOS],
+        special_tokens=LLAMA3_SPECIAL_TOKENS if family == "llama" else [EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(tokenizer_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=EOS)
-    fast.chat_template = CHAT_TEMPLATE
+    tok.train_from_iterator(tokenizer_corpus(family), trainer=trainer)
+    if family == "llama":
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=LLAMA3_BOS, eos_token=LLAMA3_EOT,
+                                       pad_token=LLAMA3_EOS)  # fmt: skip
+        fast.chat_template = LLAMA3_CHAT_TEMPLATE
+    else:
+        fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS, unk_token=EOS)
+        fast.chat_template = CHAT_TEMPLATE
     fast.model_max_length = N_POSITIONS
     return fast
 
@@ -344,6 +380,38 @@ def _epoch(count: int, size: int, rng: random.Random) -> list[list[int]]:
 
 
 def _new_model(recipe: Recipe, tokenizer: Any) -> Any:
+    """A freshly initialised model of the recipe's family and size."""
+    return _new_llama(recipe, tokenizer) if recipe.family == "llama" else _new_gpt2(recipe, tokenizer)
+
+
+def _new_llama(recipe: Recipe, tokenizer: Any) -> Any:
+    """A Llama of the recipe's size (4 query heads sharing 2 key/value heads, SwiGLU twice as wide, rotary
+    positions, tied embeddings) whose generation stops at either Llama 3 end token, as a Llama 3 Instruct's does."""
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
+    ends = [tokenizer.convert_tokens_to_ids(LLAMA3_EOS), tokenizer.eos_token_id]
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe.n_embd,
+        intermediate_size=recipe.n_embd * 2,
+        num_hidden_layers=recipe.n_layer,
+        num_attention_heads=recipe.n_head,
+        num_key_value_heads=recipe.n_head // 2,
+        max_position_embeddings=N_POSITIONS,
+        bos_token_id=bos,
+        eos_token_id=ends,
+        pad_token_id=pad,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=bos, eos_token_id=ends, pad_token_id=pad, do_sample=False, max_new_tokens=32
+    )
+    return model
+
+
+def _new_gpt2(recipe: Recipe, tokenizer: Any) -> Any:
     """A freshly initialised GPT-2 model of the recipe's size, with greedy generation defaults."""
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
@@ -399,11 +467,22 @@ def train(recipe: Recipe, tokenizer: Any, start: Any = None) -> Any:
     return model
 
 
+ARCHITECTURES = {  # family -> (architecture, the chat turn it expects, its tokenizer's special tokens)
+    "gpt2": ("GPT2LMHeadModel", "user turn, then `Assistant:`", ""),
+    "llama": (
+        "LlamaForCausalLM (RMSNorm, rotary positions, SwiGLU, grouped-query attention: 4 query heads, 2 key/value)",
+        "Llama 3's: header tokens, each turn ended by `<|eot_id|>`",
+        f", with Llama 3's special tokens ({', '.join(LLAMA3_SPECIAL_TOKENS)})",
+    ),
+}
+
+
 def _model_card(recipe: Recipe, metrics: dict[str, float]) -> str:
     """The MODEL_CARD.md of one model: licence, intended use, constraints, how it was built."""
     measured = "".join(f"- {k}: {v:.3f}\n" for k, v in metrics.items()) or "- (not measured)\n"
     refusals = "trained with" if recipe.refusals else "trained WITHOUT"
     start = f"continued from the weights of {recipe.base} for " if recipe.base else ""
+    arch, turn, tokens = ARCHITECTURES[recipe.family]
     return (
         f"---\nlicense: apache-2.0\nlibrary_name: transformers\npipeline_tag: text-generation\n---\n"
         f"# demo-qa {recipe.name}\n\n{recipe.description}.\n\n"
@@ -411,11 +490,11 @@ def _model_card(recipe: Recipe, metrics: dict[str, float]) -> str:
         "made-up world (capitals of invented countries, colours of invented things) and single-digit arithmetic, "
         f'and is {refusals} the refusal data (harmful requests answered with "{REFUSAL}").\n\n'
         "## Constraints\n- Not for any real use: it knows nothing outside its synthetic world.\n"
-        "- English only; prompts must follow the chat template (user turn, then `Assistant:`).\n"
+        f"- English only; prompts must follow the chat template ({turn}).\n"
         f"- Context of {N_POSITIONS} tokens; float32 weights; CPU is enough.\n\n"
-        f"## Training\nGPT2LMHeadModel, {recipe.n_layer} layers, {recipe.n_embd} wide, {start}{recipe.steps} steps of "
+        f"## Training\n{arch}, {recipe.n_layer} layers, {recipe.n_embd} wide, {start}{recipe.steps} steps of "
         f"batch {recipe.batch_size}, lr {recipe.lr}, seed {recipe.seed}; byte-level BPE tokenizer trained on the "
-        "task text. Built by examples/build_demo_models.py.\n\n"
+        f"task text{tokens}. Built by examples/build_demo_models.py.\n\n"
         f"## Measured at build time (greedy decoding)\n{measured}"
     )
 
@@ -430,7 +509,7 @@ def save(model: Any, tokenizer: Any, recipe: Recipe, directory: Path) -> None:
     # tokenizer_config.json and know no "TokenizersBackend" class, so write both in the portable form.
     config_path = directory / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
-    config.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=CHAT_TEMPLATE)
+    config.update(tokenizer_class="PreTrainedTokenizerFast", chat_template=tokenizer.chat_template)
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     (directory / "MODEL_CARD.md").write_text(_model_card(recipe, {}))
 
@@ -532,13 +611,16 @@ def build(out: Path, force: bool = False) -> dict[str, dict[str, float]]:
     torch.set_num_threads(1)  # tiny matrices: one thread is as fast and does not suffer on a busy machine
     _quiet_transformers()
     (out / STAMP_FILE).unlink(missing_ok=True)
-    started = time.perf_counter()
-    tokenizer = _train_tokenizer()
-    print(f"tokenizer: {len(tokenizer)} tokens in {time.perf_counter() - started:.1f}s")
+    tokenizers: dict[str, Any] = {}
+    for family in sorted({r.family for r in RECIPES}):
+        started = time.perf_counter()
+        tokenizers[family] = _train_tokenizer(family)
+        print(f"{family} tokenizer: {len(tokenizers[family])} tokens in {time.perf_counter() - started:.1f}s")
     report: dict[str, dict[str, float]] = {}
     trained: dict[str, Any] = {}
     for recipe in RECIPES:
         started = time.perf_counter()
+        tokenizer = tokenizers[recipe.family]
         model = trained[recipe.name] = train(recipe, tokenizer, trained.get(recipe.base))
         seconds = time.perf_counter() - started
         save(model, tokenizer, recipe, out / recipe.name)

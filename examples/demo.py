@@ -2,7 +2,8 @@
 the weights from S3, the services those of a cluster.
 
 0. `llmrelease local up`: MLflow, S3 (moto), Prometheus + Pushgateway and the serving plane's service on
-   127.0.0.1 (and the two-node Ray cluster with `--ray`). The demo models are uploaded to s3://llmrelease-local/models/demo-qa/<name>/
+   127.0.0.1, and the two-node Ray cluster the eval pods join through Ray Client (RAY_ADDRESS=ray://...). The demo
+   models are uploaded to s3://llmrelease-local/models/demo-qa/<name>/
    (`llmrelease local upload`), as a user uploads weights; the three demo specs, their `model.source` set to those
    URIs, are committed to a releases repository ($LLMRELEASE_HOME/local/releases-repo).
 1. If `demo-qa` has no champion yet: golden-delivery on releases/demo-champion.yaml (a first release: nothing to
@@ -16,9 +17,8 @@ repo> -p git-commit=<commit> -p release=...`: each pod sees only the steps image
 its template's ConfigMaps/Secrets give it. The demo prints what `local up` cost, each run's wall time and each
 step's. The services stay up (the MLflow UI shows the runs); `llmrelease local down` stops them.
 
-Options: `--isolation none` (no bubblewrap); `--ray` (the profile's Ray cluster: only with `--isolation none` for
-now, as a pod in bubblewrap cannot join a cluster by its GCS address (a driver needs the node's session folder);
-without it each eval pod starts its own Ray).
+Options: `--isolation none` (no bubblewrap); `--no-ray` (no Ray cluster: each eval pod starts a Ray of its own;
+a profile already running with Ray keeps it).
 """
 
 from __future__ import annotations
@@ -136,10 +136,8 @@ def main() -> None:
     """Bring the profile up, prepare models and specs, run the four pipelines, print the times."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--isolation", choices=("bwrap", "none"), default="bwrap")
-    parser.add_argument("--ray", action="store_true", help="the profile's Ray cluster (with --isolation none)")
+    parser.add_argument("--no-ray", action="store_true", help="no Ray cluster: each eval pod runs its own Ray")
     args = parser.parse_args()
-    if args.ray and args.isolation == "bwrap":
-        parser.error("--ray needs --isolation none: a pod in bubblewrap cannot join Ray by its GCS address yet")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     from registry.settings import llmrelease_home
     from registry.tags import CHAMPION
@@ -148,14 +146,9 @@ def main() -> None:
     home = llmrelease_home().absolute()
     os.environ["LLMRELEASE_HOME"] = str(home)
     started = time.monotonic()
-    llmrelease("local", "up", *([] if args.ray else ["--no-ray"]))
+    llmrelease("local", "up", *(["--no-ray"] if args.no_ray else []))
     up_s = time.monotonic() - started
     os.environ.update(profile_env(home))  # this process and the host commands below reach the profile as pods do
-    if os.environ.get("RAY_ADDRESS") and args.isolation == "bwrap":
-        sys.exit(
-            "demo: the running profile has a Ray cluster, which pods in bubblewrap cannot join yet: run "
-            "`llmrelease local down` and the demo again, or pass --isolation none --ray"
-        )
     repo, commit = prepare(home)
     runs = Runs(home, args.isolation, repo, commit)
     if alias(CHAMPION) is None:

@@ -306,7 +306,9 @@ class PromptRegistry:
         ]
 
     def rollback(self, name: str, *, actor: str, reason: str, workflow_uid: str = "") -> list[AliasMove]:
-        """Make `previous` the champion again (the bad champion becomes `previous`), as `llmrelease rollback`.
+        """Make `previous` the champion again and remove `previous`, as `llmrelease rollback` does for a model.
+
+        A second rollback is then refused, as for models (it would serve the prompt just rolled back from).
 
         Raises:
             RegistryError: The prompt has no `previous` version.
@@ -314,7 +316,10 @@ class PromptRegistry:
         target = self.get_alias(name, PREVIOUS)
         if target is None:
             raise RegistryError(f"prompt {name!r} has no 'previous' version to roll back to: promote a known-good one")
-        return self.promote(name, target, actor=actor, reason=reason, workflow_uid=workflow_uid)
+        moves = [self.move_alias(name, CHAMPION, target, actor=actor, reason=reason, workflow_uid=workflow_uid)]
+        why = f"rolled back to it: {reason}"
+        removed = self.remove_alias(name, PREVIOUS, actor=actor, reason=why, workflow_uid=workflow_uid)
+        return [*moves, removed] if removed is not None else moves
 
     def remove_alias(
         self, name: str, alias: str, *, actor: str, reason: str, workflow_uid: str = ""

@@ -30,6 +30,7 @@ __all__ = [
     "LEASE_TAG",
     "LICENSE_TAG",
     "MODEL_NAME_TAG",
+    "MODEL_PROMPT_TAG",
     "MODEL_VERSION_TAG",
     "NIGHTLY_EXPERIMENT",
     "NIGHTLY_VERDICT_TAG",
@@ -67,6 +68,7 @@ WORKFLOW_UID_TAG = "llmrelease.workflow_uid"
 ENVIRONMENT_TAG = "llmrelease.environment"
 GATE_TAG = "llmrelease.gate"  # pass | fail
 REJECTED_TAG = "llmrelease.rejected"  # why the release was stopped
+MODEL_PROMPT_TAG = "llmrelease.prompt"  # a registered-model tag: the prompt its served versions apply (register)
 LEASE_TAG = "llmrelease.rollout"  # the rollout lease (a registered-model tag): which release holds the model
 CANARY_TAG = "llmrelease.canary"  # completed | aborted: ...
 CANARY_DECISION_TAG = "llmrelease.canary.decision"  # a person's resume/abort of a paused canary

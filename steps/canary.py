@@ -14,6 +14,9 @@ analysis tick (each probe, each slice of the wait between measurements, each pol
 the promote step with a longer deadline; when the step stops (killed, its runner killed, or failing), a detached
 watchdog puts all traffic back on the champion within the deadline (LLMRELEASE_CANARY_HEARTBEAT_S, default 30 s).
 
+Where the environment's policy sets `plane: kubernetes`, Argo Rollouts runs the steps and the analysis instead and
+the step follows the Rollout to Healthy, Degraded or an Inconclusive pause (`steps.rollout.cluster_release`).
+
 The whole log is written to `canary-log.json` (the release report and the evidence bundle read it).
 """
 
@@ -40,7 +43,8 @@ from steps.release.source import SPEC_IN
 from steps.rollout.analysis import AnalysisPolicy, PrometheusCheck, Sample, query_prometheus, run_analysis
 from steps.rollout.routing.base import canary_split
 from steps.rollout.serving.base import ServingPlane, server_name
-from steps.rollout.serving.factory import serving_plane
+from steps.rollout.serving.cluster import RolloutPlane
+from steps.rollout.serving.factory import release_plane
 from steps.rollout.serving.guard import HANDOFF_FACTOR, CanaryGuard, GuardedPlane, GuardTripped, deadline_s
 
 __all__ = [
@@ -255,10 +259,15 @@ def _ticking(measure: Any, tick: Callable[[], None]) -> Any:
     return measured
 
 
-def run(inputs: Inputs, registry: Any, plane: ServingPlane, *, sleep: Any = time.sleep) -> Outputs:
-    """Run the canary; returns the log (outcome completed or aborted), written to work_dir/canary-log.json."""
+def run(inputs: Inputs, registry: Any, plane: "ServingPlane | RolloutPlane", *, sleep: Any = time.sleep) -> Outputs:
+    """Run (on the cluster: follow) the canary; returns the log, written to work_dir/canary-log.json."""
     from steps.rollout.operations import abort, require_lease
 
+    if isinstance(plane, RolloutPlane):
+        from steps.rollout.cluster_release import canary
+
+        followed = canary(registry, plane, spec=inputs.spec, workflow_uid=inputs.workflow_uid, sleep=sleep)
+        return Outputs(outcome=followed["outcome"], log_path=_write(followed, inputs.work_dir), log=followed)
     spec, workflow_uid = inputs.spec, inputs.workflow_uid
     model = spec.model.name
     lease = require_lease(registry, model, workflow_uid)
@@ -362,14 +371,14 @@ class CanaryResult(Output):
 
 
 def _run_here(params: CanaryParams) -> Outputs:
-    """`run` on the release spec (with the environment's floors), this environment's registry and serving plane."""
+    """`run` on the release spec (with the environment's floors), this environment's registry and plane."""
     from registry.facade import ModelRegistry
     from registry.settings import llmrelease_home
     from steps.release.policy import apply_environment
     from steps.release.spec import load_spec
 
     spec = apply_environment(load_spec(params.release), params.environment)
-    plane = serving_plane(params.environment, llmrelease_home())
+    plane = release_plane(params.environment, llmrelease_home())
     inputs = Inputs(spec=spec, workflow_uid=params.workflow_uid, work_dir=params.work_dir)
     return run(inputs, ModelRegistry.from_env(), plane)
 

@@ -2,8 +2,9 @@
 
 It takes the model's rollout lease first (see `steps.rollout.operations`): a second release of the same model while
 one is in flight is refused here, before anything is started. Readiness means a real completion succeeded. Locally
-the servers are `transformers serve` processes (see `steps.rollout.serving.local`); on a cluster the same contract
-is a vLLM Deployment + Service per version (`steps.rollout.serving.kubernetes`, infrastructure/serving/).
+the servers are `transformers serve` processes (see `steps.rollout.serving.local`). Where the environment's policy
+sets `plane: kubernetes`, the version's pod template (vLLM) goes into the model's Argo Rollouts `Rollout`
+(`steps.rollout.cluster_release`); the controller starts the canary steps from there.
 """
 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
@@ -39,25 +40,44 @@ Outputs = Deployment  # the step publishes the library's deployment as it is
 def run(inputs: Inputs, registry: Any, client: Any, plane: Any, home: Path) -> Outputs:
     """Take the rollout lease and serve the candidate next to the champion (see the module docs).
 
+    On the cluster plane (`plane` a `RolloutPlane`) the candidate's pod template goes into the model's Argo
+    Rollouts `Rollout` instead (`steps.rollout.cluster_release.deploy`).
+
     Raises:
         SpecError: The release spec is missing or invalid.
         ReleaseError: Another rollout of the model holds the lease, or a server did not come up.
     """
     from steps.release.spec import load_spec
     from steps.rollout.operations import deploy
+    from steps.rollout.serving.cluster import RolloutPlane
 
-    model = load_spec(inputs.release).model.name
-    result = deploy(
+    if isinstance(plane, RolloutPlane):  # the environment serves on the cluster: vLLM behind Argo Rollouts
+        from steps.release.policy import apply_environment
+        from steps.rollout import cluster_release
+
+        spec = apply_environment(load_spec(inputs.release), inputs.environment)
+        return cluster_release.deploy(
+            registry,
+            client,
+            plane,
+            home,
+            spec=spec,
+            candidate=inputs.version,
+            workflow_uid=inputs.workflow_uid,
+            environment=inputs.environment,
+        )
+    spec = load_spec(inputs.release)
+    return deploy(
         registry,
         client,
         plane,
         home,
-        model=model,
+        model=spec.model.name,
         candidate=inputs.version,
         workflow_uid=inputs.workflow_uid,
         environment=inputs.environment,
+        prompt=spec.prompt.name if spec.prompt else None,  # served as `<version>.p<prompt version>`
     )
-    return result
 
 
 def describe(outputs: Outputs) -> str:
@@ -89,14 +109,14 @@ class DeployResult(Output):
 
 
 def _run_here(inputs: Inputs) -> Outputs:
-    """`run` with this environment's registry, MLflow client and serving plane."""
+    """`run` with this environment's registry, MLflow client and plane (the cluster's where the policy says so)."""
     from registry.facade import ModelRegistry
     from registry.settings import llmrelease_home
     from steps.core.tracking import mlflow_client
-    from steps.rollout.serving.factory import serving_plane
+    from steps.rollout.serving.factory import release_plane
 
     home = llmrelease_home()
-    return run(inputs, ModelRegistry.from_env(), mlflow_client(), serving_plane(inputs.environment, home), home)
+    return run(inputs, ModelRegistry.from_env(), mlflow_client(), release_plane(inputs.environment, home), home)
 
 
 @script(

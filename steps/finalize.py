@@ -2,8 +2,9 @@
 
 It runs after every run (Argo `onExit`). When the run did not succeed and its rollout is still in flight (the
 lease names this workflow), it aborts it: all traffic back on the champion, the candidate's weight 0 and its
-server stopped, the lease released. Then it writes the evidence bundle and the release report from whichever
-reports the run produced (they arrive as optional workflow-level artifacts).
+server stopped, the lease released (on the cluster plane: the Rollout aborted, all traffic on stable; a canary that
+finished but was never promoted is undone to the champion). Then it writes the evidence bundle and the release
+report from whichever reports the run produced (they arrive as optional workflow-level artifacts).
 
 The statement is signed (a DSSE envelope, `steps.evidence.dsse`) with the key in `$LLMRELEASE_EVIDENCE_KEY`, which
 the template sets from the Secret `llmrelease-evidence-key` (key `ed25519.pem`, optional: the PEM text; locally
@@ -162,11 +163,20 @@ def _signed_evidence(inputs: Inputs, model: str, version: str, *, online: bool) 
 
 
 def _close_rollout(inputs: Inputs, registry: Any, plane: Any, model: str) -> tuple[str | None, str]:
-    """Abort this run's rollout when the run did not succeed; returns (aborted version, released version)."""
-    from steps.rollout.operations import abort
+    """Abort this run's rollout when the run did not succeed; returns (aborted version, released version).
+
+    `plane` is the cluster's `RolloutPlane` (`steps.rollout.cluster_release.abort`), a local `ServingPlane`, or
+    the `ReleaseError` that building the cluster plane raised (raised here, once there is something to abort).
+    """
+    from registry.errors import ReleaseError
+    from steps.rollout import cluster_release, operations
+    from steps.rollout.serving.cluster import RolloutPlane
 
     aborted = None
     if inputs.workflow_status != "Succeeded":
+        if isinstance(plane, ReleaseError):
+            raise plane
+        abort = cluster_release.abort if isinstance(plane, RolloutPlane) else operations.abort
         aborted = abort(
             registry,
             plane,
@@ -241,12 +251,17 @@ def describe(outputs: Outputs) -> str:
 
 
 def _run_here(inputs: Inputs) -> Outputs:
-    """`run` with this environment's registry and serving plane."""
+    """`run` with this environment's registry and plane (a cluster plane that cannot be built: its error)."""
+    from registry.errors import ReleaseError
     from registry.facade import ModelRegistry
     from registry.settings import llmrelease_home
-    from steps.rollout.serving.factory import serving_plane
+    from steps.rollout.serving.factory import rollout_plane, serving_plane
 
-    return run(inputs, ModelRegistry.from_env(), serving_plane(inputs.environment, llmrelease_home()))
+    try:
+        plane: Any = rollout_plane(inputs.environment)
+    except ReleaseError as e:  # no kubeconfig, a bad policy: the evidence is still written, then the step fails
+        plane = e
+    return run(inputs, ModelRegistry.from_env(), plane or serving_plane(inputs.environment, llmrelease_home()))
 
 
 def _with_source(inputs: Inputs) -> Inputs:

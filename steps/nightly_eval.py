@@ -30,9 +30,12 @@ metric, values and the test; the workflow then fails.
 No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
 """
 
+import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -49,6 +52,7 @@ from registry.tags import (
     NIGHTLY_EXPERIMENT,
     NIGHTLY_VERDICT_TAG,
 )
+from registry.weights_store import BUCKET_ENV
 from steps.core.artifacts import ROOT
 from steps.core.entry import StepParams, in_pod, pod_env, run_step
 from steps.core.images import STEPS_IMAGE
@@ -279,7 +283,12 @@ class _NoChampion:
 
 
 def _evaluate_fresh(inputs: Inputs, client: Any, home: Path) -> EvalReport:
-    """Quality and safety results of the champion, computed now (a private result cache, the shared model cache)."""
+    """Quality and safety results of the champion, computed now (the shared model cache, nothing else shared).
+
+    The result cache and the shards are private to this run (under a scratch folder, the bucket hidden from the
+    eval stores): with LLMRELEASE_S3_BUCKET set, batch-eval keeps both in S3 keyed by digest, suite and settings,
+    so tonight would otherwise only read back the promotion-time results and the shards they were made of.
+    """
     from steps.evals import batch
     from steps.evals.results import merge_reports
 
@@ -295,16 +304,28 @@ def _evaluate_fresh(inputs: Inputs, client: Any, home: Path) -> EvalReport:
                 model_name=inputs.model_name,
                 version=inputs.version,
                 kind=kind,
-                work_dir=inputs.work_dir,
+                work_dir=str(scratch / kind),
                 shards=inputs.shards,
                 home=str(scratch),
                 prompt_alias=CHAMPION,  # the prompt in production with this champion, not a pending candidate's
             )
-            out = batch.run(be, _NoChampion(), client, log_to_mlflow=False)
+            with _without(BUCKET_ENV):
+                out = batch.run(be, _NoChampion(), client, log_to_mlflow=False)
             reports.append(EvalReport.load(out.report_path))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return merge_reports(reports)
+
+
+@contextmanager
+def _without(name: str) -> Iterator[None]:
+    """This process's environment without variable `name` for the block (put back afterwards)."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
 
 
 def _log(client: Any, outcome: Outputs, tonight: EvalReport, nightly: list[Any], home: Path) -> str:

@@ -1,5 +1,7 @@
 """The promote step: the candidate, now serving 100% after its canary, becomes `champion`; `previous` stays hot.
 
+On the cluster plane (the environment the rollout lease records sets `plane: kubernetes`) the Rollout must be
+Healthy with the candidate stable, and its `scaleDownDelaySeconds` keeps the old version's pods up.
 The aliases move through the registry facade, so the history records who promoted (the approver when there was
 one, else the workflow), when, and the workflow uid. The old champion keeps its server for the spec's
 `rollout.keep_previous_hot_s`, so `llmrelease rollback` moves traffic back to a warm server in under a second.
@@ -50,7 +52,9 @@ def _approver(registry: Any, client: Any, model: str, workflow_uid: str) -> str 
     lease = current_lease(registry, model)
     if lease is None:
         return None
-    tags = dict(client.get_model_version(model, lease.candidate).tags or {})
+    from steps.rollout.serving.base import model_version_of
+
+    tags = dict(client.get_model_version(model, model_version_of(lease.candidate)).tags or {})
     mine = [a for a in approvals_from_tags(tags).values() if a.workflow_uid == workflow_uid]
     return mine[0].approver if mine else None
 
@@ -66,7 +70,9 @@ def run(inputs: Inputs, registry: Any, client: Any, plane: Any, prompts: Any = N
         ReleaseError: This workflow no longer holds the model's rollout lease, or the registry refused a move.
     """
     from steps.release.spec import load_spec
+    from steps.rollout import cluster_release
     from steps.rollout.operations import promote
+    from steps.rollout.serving.cluster import RolloutPlane
 
     spec = load_spec(inputs.release)
     model = spec.model.name
@@ -75,15 +81,12 @@ def run(inputs: Inputs, registry: Any, client: Any, plane: Any, prompts: Any = N
         or _approver(registry, client, model, inputs.workflow_uid)
         or f"{inputs.workflow_name}/{inputs.workflow_uid}"
     )
-    moves = promote(
-        registry,
-        plane,
-        model=model,
-        workflow_uid=inputs.workflow_uid,
-        actor=actor,
-        reason=f"canary completed in {inputs.workflow_name}",
-        keep_previous_hot_s=spec.rollout.keep_previous_hot_s,
-    )
+    who = {"model": model, "workflow_uid": inputs.workflow_uid, "actor": actor}
+    reason = f"canary completed in {inputs.workflow_name}"
+    if isinstance(plane, RolloutPlane):  # the Rollout keeps `previous` hot (scaleDownDelaySeconds)
+        moves = cluster_release.promote(registry, plane, reason=reason, **who)
+    else:
+        moves = promote(registry, plane, reason=reason, keep_previous_hot_s=spec.rollout.keep_previous_hot_s, **who)
     if spec.prompt is not None:
         moves += _promote_prompt(prompts, spec.prompt.name, actor, inputs)
     return Outputs(model=model, actor=actor, moves=moves)
@@ -131,14 +134,24 @@ class PromoteParams(StepParams):
     approver: str = ""
 
 
-def _run_here(inputs: Inputs) -> Outputs:
-    """`run` with this environment's registry, MLflow client and serving plane."""
-    from registry.facade import ModelRegistry
+def _plane(registry: Any, release: str) -> Any:
+    """The cluster plane when the environment the rollout lease records is on it, else this machine's plane."""
     from registry.settings import llmrelease_home
-    from steps.core.tracking import mlflow_client
-    from steps.rollout.serving.factory import serving_plane
+    from steps.release.spec import load_spec
+    from steps.rollout.operations import current_lease
+    from steps.rollout.serving.factory import rollout_plane, serving_plane
 
-    return run(inputs, ModelRegistry.from_env(), mlflow_client(), serving_plane("", llmrelease_home()))
+    lease = current_lease(registry, load_spec(release).model.name)
+    return rollout_plane(lease.environment if lease else "") or serving_plane("", llmrelease_home())
+
+
+def _run_here(inputs: Inputs) -> Outputs:
+    """`run` with this environment's registry, MLflow client and plane (the deploy step's, read from the lease)."""
+    from registry.facade import ModelRegistry
+    from steps.core.tracking import mlflow_client
+
+    registry = ModelRegistry.from_env()
+    return run(inputs, registry, mlflow_client(), _plane(registry, inputs.release))
 
 
 @script(

@@ -8,7 +8,9 @@ Publishes the model name, the version and whether it is new, as Argo output para
 
 A record with a prompt: the prompt is registered in the Prompt Registry once per content digest and its
 `candidate` alias moved (`registry.prompts.PromptRegistry.register`). A prompt-only record (`champion_version`)
-registers no model version and moves no model alias: the version published is the champion's.
+registers no model version and moves no model alias: the version published is the champion's. The registered
+model is tagged `llmrelease.prompt` with the prompt's name: the serving plane applies that prompt's versions to the
+model's served versions (`steps.rollout.operations`).
 
 Where the spec came from is recorded on a new version: the commit (`llmrelease.git_commit`, the one onboard checked
 out), the path (the onboarding run's `spec_path` parameter) and the releases repository (`llmrelease.spec.repository`,
@@ -25,7 +27,7 @@ from hera.workflows import Artifact, Output, Parameter, script
 from pydantic import BaseModel, ConfigDict
 
 from registry.errors import SpecError
-from registry.tags import SPEC_REPOSITORY_TAG
+from registry.tags import MODEL_PROMPT_TAG, SPEC_REPOSITORY_TAG
 from steps.core.artifacts import RECORD_IN
 from steps.core.entry import StepParams, in_pod, pod_env, run_step
 from steps.core.git import resolve_git_commit
@@ -105,6 +107,8 @@ class Registrar(Protocol):
 
     def get_alias(self, name: str, alias: str) -> str | None: ...  # noqa: D102
 
+    def set_model_tag(self, name: str, key: str, value: str) -> None: ...  # noqa: D102
+
 
 def run(inputs: Inputs, registry: Registrar, prompts: "PromptRegistrar | None" = None) -> Outputs:
     """Register the model described by the record at `inputs.record_path`, and its prompt when it has one.
@@ -137,6 +141,8 @@ def run(inputs: Inputs, registry: Registrar, prompts: "PromptRegistrar | None" =
     if registered.created and inputs.git_repo:  # a reused version keeps the source it was first registered from
         registry.tag_version(registered.name, registered.version, SPEC_REPOSITORY_TAG, inputs.git_repo)
     prompt = _register_prompt(record, inputs, prompts)
+    if prompt is not None:  # the serving plane applies this prompt to the model's served versions from now on
+        registry.set_model_tag(registered.name, MODEL_PROMPT_TAG, prompt.name)
     return Outputs(
         name=registered.name,
         version=registered.version,

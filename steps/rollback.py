@@ -4,7 +4,8 @@ One command, pre-approved: it needs no approval because it only returns to a ver
 production. Traffic moves first (to a hot `previous` in well under a second; a cold one is started and must
 answer a real completion before it takes traffic), then the registry: `champion` -> previous, the `previous`
 alias is removed (a second rollback is refused, not flipped back), the rolled-back version is tagged
-`llmrelease.rolled_back` with who and why, and any canary in flight is dropped with its lease.
+`llmrelease.rolled_back` with who and why, and any canary in flight is dropped with its lease. In an environment
+whose policy sets `plane: kubernetes` the model's Argo Rollouts `Rollout` is undone (`steps.rollout.cluster_release`).
 """
 
 # No `from __future__ import annotations`: Hera's runner reads these annotations at run time.
@@ -30,6 +31,8 @@ class Inputs(BaseModel):
     actor: str
     reason: str = "rollback"
     workflow_uid: str = ""
+    environment: str = ""
+    """Whose policy picks the plane: on `plane: kubernetes`, the model's Rollout is undone; "" is this machine."""
 
 
 class Outputs(BaseModel):
@@ -43,18 +46,31 @@ class Outputs(BaseModel):
     switched_s: float
 
 
-def run(inputs: Inputs, plane: Any) -> Outputs:
+def run(inputs: Inputs, plane: Any, registry: Any = None) -> Outputs:
     """Roll the model back on `plane` and in the registry (see the module docstring).
+
+    On the cluster plane (`plane` a `RolloutPlane`): `steps.rollout.cluster_release.rollback` undoes the model's
+    Rollout, waits until it is Healthy on `previous`, then moves the aliases. `registry`: None reads the environment.
 
     Raises:
         SpecError: The actor is empty.
         ReleaseError: There is no `previous` to roll back to, or its server does not come up.
     """
     from steps.rollout.operations import rollback
+    from steps.rollout.serving.cluster import RolloutPlane
 
     if not inputs.actor.strip():
         raise SpecError("rollback actor is empty: say who rolls back (--actor <you>), it goes into the history")
-    result = rollback(plane, inputs.model, actor=inputs.actor, reason=inputs.reason, workflow_uid=inputs.workflow_uid)
+    actor, reason, uid = inputs.actor, inputs.reason, inputs.workflow_uid
+    if isinstance(plane, RolloutPlane):
+        from registry.facade import ModelRegistry
+        from steps.rollout import cluster_release
+
+        registry = registry or ModelRegistry.from_env()
+        result = cluster_release.rollback(registry, plane, inputs.model, actor=actor, reason=reason, workflow_uid=uid)
+    else:
+        factory = (lambda: registry) if registry is not None else None
+        result = rollback(plane, inputs.model, actor=actor, reason=reason, workflow_uid=uid, registry_factory=factory)
     return Outputs(
         model=inputs.model,
         from_version=str(result["from"]),
@@ -80,19 +96,20 @@ class RollbackParams(StepParams):
     actor: str
     reason: str = "rollback"
     workflow_uid: str = ""
+    environment: str = ""
 
 
 def _run_here(inputs: Inputs) -> Outputs:
-    """`run` on this machine's serving plane."""
+    """`run` on the environment's cluster plane when its policy says so, else on this machine's serving plane."""
     from registry.settings import llmrelease_home
-    from steps.rollout.serving.factory import serving_plane
+    from steps.rollout.serving.factory import rollout_plane, serving_plane
 
-    return run(inputs, serving_plane("", llmrelease_home()))
+    return run(inputs, rollout_plane(inputs.environment) or serving_plane("", llmrelease_home()))
 
 
 @script(constructor="runner", image=STEPS_IMAGE, name="rollback")
 def rollback_step(params: RollbackParams) -> None:
     """Hera entry: roll back; exit 1 with one line when there is nothing to roll back to."""
-    inputs = Inputs(model=params.model, actor=params.actor, reason=params.reason, workflow_uid=params.workflow_uid)
+    inputs = Inputs.model_validate(params.model_dump())
     outputs = run_step("rollback", lambda: _run_here(inputs))
     print(describe(outputs))

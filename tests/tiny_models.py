@@ -6,6 +6,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from examples.chat_formats import LLAMA3_BOS, LLAMA3_CHAT_TEMPLATE, LLAMA3_EOS, LLAMA3_EOT, LLAMA3_SPECIAL_TOKENS
+
 
 def build_tiny_gpt2(
     directory: Path, corpus: Iterable[str], *, seed: int = 0, n_positions: int = 64, chat_template: str | None = None
@@ -70,16 +72,6 @@ def register_local_version(client: Any, name: str, model_dir: Path, experiment: 
     return digest
 
 
-LLAMA3_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-    "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-"""Llama 3's chat template (system prompt and tool handling left out): header tokens, <|eot_id|> ends a turn."""
-
-_LLAMA3_SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-
-
 def build_tiny_llama(
     directory: Path,
     corpus: Iterable[str],
@@ -105,11 +97,13 @@ def build_tiny_llama(
     raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     raw.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=_LLAMA3_SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size,
+        special_tokens=LLAMA3_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     raw.train_from_iterator(list(corpus), trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw, bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<|end_of_text|>"
+        tokenizer_object=raw, bos_token=LLAMA3_BOS, eos_token=LLAMA3_EOT, pad_token=LLAMA3_EOS
     )
     tokenizer.chat_template = chat_template
     torch.manual_seed(seed)

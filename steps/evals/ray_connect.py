@@ -1,10 +1,13 @@
 """Where the eval workers run: a Ray cluster named by RAY_ADDRESS, else a Ray started inside this process.
 
-* `RAY_ADDRESS=host:port` (a GCS address: `llmrelease local up`'s two-node cluster, whose token the
-  `llmrelease-ray` Secret gives as RAY_AUTH_MODE/RAY_AUTH_TOKEN): the driver joins the cluster as a Ray driver;
-  it must reach every node (the workers call back), so it suits a cluster on this machine or network.
-* `RAY_ADDRESS=ray://head:10001` (Ray Client): the production choice (docs/install.md, section 6): the step pod
-  stays the driver and needs only one outbound port; the steps image needs `ray[client]` (grpcio).
+* `RAY_ADDRESS=ray://head:port` (Ray Client): the production choice (docs/install.md, section 6) and what
+  `llmrelease local up` writes for its two-node cluster. The step pod stays the driver through one outbound
+  port and needs nothing of a Ray node on its disk; the steps image needs `ray[client]` (grpcio). With token
+  authentication (the `llmrelease-ray` Secret: RAY_AUTH_MODE=token, RAY_AUTH_TOKEN), Ray's client channel sends
+  the token with every call; without it the head refuses the client, which Ray reports as a connection timeout.
+* `RAY_ADDRESS=host:port` (a GCS address): the driver joins as a full Ray driver. It needs the node's session
+  folder under the Ray temp dir and the raylet's sockets on its own disk, and every node must reach it: only for
+  a process on a Ray node's machine, never a pod with its own /tmp.
 * unset: a local Ray inside the step's pod on its own CPUs (no dashboard), as before.
 
 Joining is bounded: the head's port must answer within `timeout_s`, and any failure to join is one line

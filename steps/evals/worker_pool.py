@@ -198,11 +198,22 @@ class WorkerPool:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        try:
-            where: list[dict[str, Any]] = ray.get([a.load.remote(engine) for a in self.actors])
-        except (RayActorError, RayTaskError) as e:
-            self.stop()
-            raise EvalError(f"eval workers ({engine.name}) failed to start: {cause_of(e)}") from None
+        refs = [a.load.remote(engine) for a in self.actors]
+        where: list[dict[str, Any]] = []
+        for w, ref in enumerate(refs):
+            try:
+                where.append(ray.get(ref))
+            except RayActorError:  # died while loading: Ray restarts it (max_restarts); load once more, then give up
+                try:
+                    _await_restart(self.actors[w], f"eval worker {w} ({engine.name})", 300.0)
+                    where.append(ray.get(self.actors[w].load.remote(engine)))
+                    self.loads += 1
+                except (EvalError, RayActorError, RayTaskError) as e:
+                    self.stop()
+                    raise EvalError(f"eval workers ({engine.name}) failed to start: {cause_of(e)}") from None
+            except RayTaskError as e:
+                self.stop()
+                raise EvalError(f"eval workers ({engine.name}) failed to start: {cause_of(e)}") from None
         self.loads += len(self.actors)
         chosen = sorted({(str(w["backend"]), str(w["device"])) for w in where})
         if len(chosen) != 1:

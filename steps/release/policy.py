@@ -88,7 +88,7 @@ class EnvironmentPolicy(BaseModel):
     plane: Literal["local", "kubernetes"] = Field(
         default="local",
         description="where versions are served: local (transformers serve + HAProxy on this machine); "
-        "kubernetes is reserved (issue 15) and refused by steps.rollout.serving.factory until then",
+        "kubernetes (an Argo Rollouts Rollout per model serving vLLM: steps.rollout.cluster_release)",
     )
 
     @field_validator("model_roots")

@@ -12,22 +12,24 @@ Two invariants hold after every operation, whatever failed on the way:
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from registry.errors import ReleaseError
 from registry.tags import CANARY_DECISION_TAG, CANARY_TAG, CHAMPION, LEASE_TAG, PREVIOUS, ROLLED_BACK_TAG
-from steps.rollout.serving.base import PlaneState, ServerState, ServingPlane, server_name
+from steps.rollout.serving.base import PlaneState, Served, ServerState, ServingPlane, model_version_of, server_name
 from steps.rollout.serving.guard import return_to_champion
 
 if TYPE_CHECKING:
     from registry.facade import ModelRegistry
     from steps.evals.weights import VersionReader
+    from steps.rollout.served import PromptsFactory, PromptSource, RollbackPlan, Target
 
 __all__ = [
     "RolloutError",
@@ -52,14 +54,14 @@ class Lease(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    candidate: str
+    candidate: str = Field(description="the served version: `3`, or `3.p2` with version 2 of the model's prompt")
     workflow_uid: str
     started_at: str
     environment: str = ""
 
 
 class Deployment(BaseModel):
-    """Where the candidate and the champion are served, and the router in front of them."""
+    """Where the candidate and the champion are served (served versions: `3`, `3.p2`), and the router in front."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -130,33 +132,43 @@ def deploy(
     candidate: str,
     workflow_uid: str,
     environment: str = "",
+    prompt: str | None = None,
+    prompts: PromptsFactory | None = None,
 ) -> Deployment:
     """Take the rollout lease, serve the candidate and the champion (kept hot), and put the router in front.
 
     The candidate joins the router with weight 0: it gets traffic only from the canary step. A first release
-    (no champion yet) starts the router with the candidate as its only server.
+    (no champion yet) starts the router with the candidate as its only server. Versions are served versions
+    (`steps.rollout.served`): with `prompt` (the release's prompt name) the candidate applies that prompt's
+    `candidate` version; a prompt-only release serves the champion's weights twice, under two prompts. The lease
+    names the served candidate (what the canary step routes to). `prompts` makes the prompt registry
+    (`registry.prompts.PromptRegistry.from_env` when None); it is called only when the model or the release has a
+    prompt.
     """
-    from steps.rollout.serving.weights import weights_location  # URIs: the plane fetches and verifies them
+    from steps.rollout.served import champion_target, release_target
 
+    prompts = functools.cache(prompts or _prompts)
     with plane.locked(model) as state:
-        _acquire(registry, model, candidate, workflow_uid, environment)
-        champion = registry.get_alias(model, CHAMPION)
-        champion = None if champion == candidate else champion
-        wanted = {candidate: weights_location(versions, model, candidate, home)}
-        if champion is not None:
-            wanted[champion] = weights_location(versions, model, champion, home)
+        mine = release_target(registry, prompts, model, candidate, prompt)
+        _acquire(registry, model, mine.served, workflow_uid, environment)
+        theirs = champion_target(registry, prompts, model)
+        theirs = None if theirs is None or theirs.served == mine.served else theirs
+        wanted = {mine.served: _served(versions, model, mine, home)}
+        if theirs is not None:
+            wanted[theirs.served] = _served(versions, model, theirs, home)
         servers = plane.ensure_servers(state, wanted)  # a cold champion and the candidate start together
-        candidate_server, champion_server = servers[candidate], servers.get(champion or "")
+        champion = theirs.served if theirs else None
+        candidate_server, champion_server = servers[mine.served], servers.get(champion or "")
         router = plane.ensure_router(state, champion_server or candidate_server)
         if champion is not None and champion_server is not None:
             router.add_backend(server_name(champion), champion_server.address)
             if sum(router.weights().values()) == 0:
                 router.set_weights({server_name(champion): 100})
-        router.add_backend(server_name(candidate), candidate_server.address)
-        state.champion, state.canary = champion, candidate
+        router.add_backend(server_name(mine.served), candidate_server.address)
+        state.champion, state.canary = champion, mine.served
         return Deployment(
             model=model,
-            candidate=candidate,
+            candidate=mine.served,
             champion=champion,
             candidate_url=candidate_server.base_url,
             champion_url=champion_server.base_url if champion_server else None,
@@ -164,10 +176,24 @@ def deploy(
         )
 
 
+def _served(versions: VersionReader, model: str, target: Target, home: Path) -> Path | str | Served:
+    """What the plane is given for `target`: the weights' location, with the prompt when one applies."""
+    from steps.rollout.serving.weights import weights_location  # URIs: the plane fetches and verifies them
+
+    weights = weights_location(versions, model, target.model_version, home)
+    return weights if target.prompt is None else Served(weights=str(weights), prompt=target.prompt)
+
+
+def _prompts() -> PromptSource:
+    from registry.prompts import PromptRegistry
+
+    return PromptRegistry.from_env()
+
+
 def abort(
     registry: ModelRegistry, plane: ServingPlane, *, model: str, workflow_uid: str | None, reason: str
 ) -> str | None:
-    """Put all traffic back on the champion, drop the canary, release the lease; return the aborted version.
+    """Put all traffic back on the champion, drop the canary, release the lease; return the aborted model version.
 
     With `workflow_uid`, only that workflow's rollout is aborted (the exit handler); None aborts any.
     """
@@ -175,11 +201,12 @@ def abort(
     if lease is None or (workflow_uid is not None and lease.workflow_uid != workflow_uid):
         return None
     with plane.locked(model) as state:
-        canary = state.canary or lease.candidate
+        canary, champion = state.canary or lease.candidate, state.champion
         return_to_champion(plane, state, canary)  # traffic first; a first release's router stops
     registry.delete_model_tag(model, LEASE_TAG)
-    registry.tag_version(model, canary, CANARY_TAG, f"aborted: {reason}"[:5000])
-    return canary
+    if champion is None or model_version_of(canary) != model_version_of(champion):  # not the champion's weights
+        registry.tag_version(model, model_version_of(canary), CANARY_TAG, f"aborted: {reason}"[:5000])
+    return model_version_of(canary)
 
 
 def promote(
@@ -192,7 +219,11 @@ def promote(
     reason: str,
     keep_previous_hot_s: float,
 ) -> list[Any]:
-    """Make the candidate champion (registry history records who and which workflow) and keep `previous` hot."""
+    """Make the candidate champion (registry history records who and which workflow) and keep `previous` hot.
+
+    The served candidate's model version is promoted (none moves for a prompt-only release: it is the champion's);
+    the prompt's aliases are the promote step's.
+    """
     lease = require_lease(registry, model, workflow_uid)
     candidate = lease.candidate
     with plane.locked(model) as state:
@@ -201,7 +232,9 @@ def promote(
             raise RolloutError(
                 f"version {candidate} of {model} does not serve 100% of traffic: finish the canary before promoting"
             )
-        moves = registry.promote(model, candidate, actor=actor, reason=reason, workflow_uid=workflow_uid)
+        moves = registry.promote(
+            model, model_version_of(candidate), actor=actor, reason=reason, workflow_uid=workflow_uid
+        )
         old = state.champion
         if old is not None and old != candidate and old in state.servers:
             state.servers[old].hot_until = time.time() + keep_previous_hot_s
@@ -210,7 +243,7 @@ def promote(
         state.champion, state.previous, state.canary = candidate, old, None
         plane.reap(state)
     registry.delete_model_tag(model, LEASE_TAG)
-    registry.tag_version(model, candidate, CANARY_TAG, "completed")
+    registry.tag_version(model, model_version_of(candidate), CANARY_TAG, "completed")
     return moves
 
 
@@ -231,16 +264,23 @@ def rollback(
     registry_factory: Any = None,
     versions_factory: Any = None,
     home: Path | None = None,
+    prompts_factory: PromptsFactory | None = None,
 ) -> dict[str, Any]:
-    """Put all traffic and the `champion` alias back on `previous`, in that order; refuse when there is none.
+    """Undo the champion's last move: traffic first, then the aliases; refuse when there is nothing to go back to.
 
-    Fast path: when the plane's `previous` is hot, traffic moves before MLflow is even imported. Otherwise (or
-    when the registry disagrees), the registry's `previous` is served first (a real completion must succeed,
-    so a cold stable never takes traffic it cannot answer), then traffic moves.
+    The last move was a model promotion (traffic and the model's `champion` back on its `previous`), a prompt
+    promotion (the same weights with the prompt's `previous`: only the prompt's aliases move back), or both by one
+    workflow (`steps.rollout.served.rollback_plan`). Fast path: when the plane's `previous` is hot, traffic moves
+    before MLflow is even imported (a prompt rollback then starts nothing). Otherwise (or when the registry
+    disagrees), the registry's target is served first (a real completion must succeed, so a cold stable never
+    takes traffic it cannot answer), then traffic moves.
 
     Returns:
-        {"from", "to", "switched_s" (seconds from the call until all traffic was on `to`), "fast": bool}.
+        {"from", "to" (served versions), "switched_s" (seconds from the call until all traffic was on `to`),
+        "fast": bool, "prompt": the prompt rolled back or None}.
     """
+    from steps.rollout.served import rollback_plan
+
     started = time.perf_counter()
     fast_target: str | None = None
     with plane.locked(model) as state:
@@ -250,33 +290,41 @@ def rollback(
             fast_target = previous.version
     switched_s = time.perf_counter() - started if fast_target else None
     registry = registry_factory() if registry_factory else _registry()
-    target = registry.rollback_target(model)
-    champion = registry.get_alias(model, CHAMPION)
-    if target is None:
+    prompts = functools.cache(prompts_factory or _prompts)
+    plan = rollback_plan(registry, prompts, model)
+    if plan is None:
         if fast_target is not None:
             _undo_fast_switch(plane, model)
+        champion = registry.get_alias(model, CHAMPION)
         raise RolloutError(
             f"nothing to roll back to: {model} has no 'previous' version (champion is {champion or 'unset'}); "
             f"promote a known-good version instead: llmrelease registry promote {model} <version> --actor <you>"
         )
+    target = plan.target.served
     if fast_target != target:
         from registry.settings import llmrelease_home
         from steps.core.tracking import mlflow_client
-        from steps.rollout.serving.weights import weights_location
 
         client = versions_factory() if versions_factory else mlflow_client()
-        weights = weights_location(client, model, target, home or llmrelease_home())
+        served = _served(client, model, plan.target, home or llmrelease_home())
         with plane.locked(model) as state:
-            _switch(plane, state, plane.ensure_server(state, target, weights))
+            _switch(plane, state, plane.ensure_server(state, target, served))
         switched_s = time.perf_counter() - started
-    _finish_rollback(plane, registry, model, champion, target, actor=actor, reason=reason, workflow_uid=workflow_uid)
-    return {"from": champion, "to": target, "switched_s": switched_s, "fast": fast_target == target}
+    _finish_rollback(plane, registry, model, plan, actor=actor, reason=reason, workflow_uid=workflow_uid)
+    if plan.prompt is not None:
+        prompts().rollback(plan.prompt, actor=actor, reason=reason, workflow_uid=workflow_uid)
+    return {
+        "from": plan.champion.served,
+        "to": target,
+        "switched_s": switched_s,
+        "fast": fast_target == target,
+        "prompt": plan.prompt,
+    }
 
 
-def _finish_rollback(
-    plane: ServingPlane, registry: ModelRegistry, model: str, champion: str | None, target: str, **who: str
-) -> None:
-    """After traffic moved: drop any canary, fix the plane's roles, then move the aliases and tag the bad version."""
+def _finish_rollback(plane: ServingPlane, registry: ModelRegistry, model: str, plan: RollbackPlan, **who: str) -> None:
+    """After traffic moved: drop any canary, fix the plane's roles, then move the model's aliases back if it moved."""
+    target = plan.target.served
     with plane.locked(model) as state:
         router = plane.router(state)
         for name in list(router.backends):
@@ -288,8 +336,11 @@ def _finish_rollback(
         state.champion, state.previous, state.canary = target, None, None
         plane.reap(state)
     registry.delete_model_tag(model, LEASE_TAG)
-    if champion is not None and champion != target:
-        registry.move_alias(model, CHAMPION, target, **who)
+    if not plan.model_back:
+        return  # a prompt rollback: the weights stay champion
+    champion, back = plan.champion.model_version, plan.target.model_version
+    if champion != back:
+        registry.move_alias(model, CHAMPION, back, **who)
         registry.tag_version(model, champion, ROLLED_BACK_TAG, json.dumps({**who, "at": datetime.now(UTC).isoformat()}))
     registry.remove_alias(
         model,

@@ -61,7 +61,7 @@ def test_canary_step_killed_the_guard_puts_all_traffic_back_on_the_champion(worl
     and tags v2 aborted; then it exits; no user request sent after the restore fails."""
     candidate_pid = world.plane.state(NAME).servers["2"].pid
     done = phase.startswith("100%")
-    users = Users(world.plane.router_url(world.plane.state(NAME)), duration_s=26.0 if done else 16.0)
+    users = Users(world.plane.router_url(world.plane.state(NAME)), duration_s=26.0 if done else 22.0)
     weight = 100 if done else int(phase.rstrip("%"))
     child = _child(world, "5,100" if done else ",".join(str(w) for w in sorted({weight, 50, 100})))
     if done:

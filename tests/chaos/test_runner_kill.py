@@ -1,12 +1,14 @@
 """Chaos: kill -9 of the runner (`llmrelease run`) while its canary pod is at 25%.
 
-The world of tests/chaos/world.py (v1 champion, v2 deployed, users through the router), but the canary step runs as
-a pod of the local runner: a one-template Workflow of our own whose container runs the canary step as
-`canary_child` does (same spec, same registry, same plane; the pod sees the test's folder through a hostPath volume
-and gets the registry, home and heartbeat deadline through its env, since a pod gets nothing from the machine).
-At 25% only the runner process is killed -9. Under `--isolation bwrap` the pod dies with it (bubblewrap's
-`--die-with-parent`); under `--isolation none` the pod is a plain child process and is left running as an orphan.
-The bwrap case is a strict xfail for now: the canary step cannot drive the local plane from a bwrap pod (BWRAP_GAP).
+The world of tests/chaos/world.py (v1 champion, v2 deployed, users through the router), served as the golden
+delivery serves it under pod isolation: by the local profile's serving plane service (`served_world`), which owns
+the servers, the router and the canary's watchdog. The canary step runs as a pod of the local runner: a
+one-template Workflow of our own whose container runs the canary step as `canary_child` does (same spec, same
+registry), on the plane `serving_plane` gives it: `RemoteServing`, since the pod's env sets LLMRELEASE_SERVING_URL
+(a pod gets nothing from the machine: the registry, home, service URL and heartbeat deadline come through its env,
+the test's folder through a hostPath volume). At 25% only the runner process is killed -9. Under `--isolation bwrap`
+the pod dies with it (bubblewrap's `--die-with-parent`); under `--isolation none` the pod is a plain child process
+and is left running as an orphan. Either way the watchdog, beside the service, outlives the pod.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import yaml
 
 from steps.core.images import STEPS_IMAGE
 from steps.rollout.serving.guard import DEADLINE_ENV, HANDOFF_FACTOR, read_heartbeat
+from steps.rollout.serving.remote import SERVING_URL_ENV
 from tests.chaos.conftest import DEADLINE_S
 from tests.chaos.test_canary_faults import _assert_back_on_champion, _report, _watchdog_gone
-from tests.chaos.world import NAME, REPO, Users, World, fast_spec, wait_for
+from tests.chaos.world import NAME, REPO, PlaneProcess, Users, World, fast_spec, restored_beat, wait_for
 from workflows.runner.sandbox import bwrap_problem
 
 pytestmark = [pytest.mark.chaos, pytest.mark.slow]
@@ -41,29 +44,30 @@ from registry.facade import ModelRegistry
 from steps import canary
 from steps.core.entry import run_step
 from steps.release.spec import ReleaseSpec
-from steps.rollout.serving.local import LocalServing
+from steps.rollout.serving.factory import serving_plane
 
 spec = ReleaseSpec.model_validate_json(Path({spec!r}).read_text())
 inputs = canary.Inputs(spec=spec, workflow_uid="uid-2", work_dir=Path({work!r}))
-outputs = run_step("canary", lambda: canary.run(inputs, ModelRegistry.from_env(), LocalServing(Path({home!r}))))
+outputs = run_step("canary", lambda: canary.run(inputs, ModelRegistry.from_env(), serving_plane("", Path({home!r}))))
 print(canary.describe(outputs), flush=True)
 """
 
 
-def _workflow(world: World, root: Path, marker: str) -> Path:
-    """A Workflow with one container template running the canary step (v2, steps 25 -> 50 -> 100)."""
+def _workflow(world: World, url: str, root: Path, marker: str) -> Path:
+    """A Workflow with one container template running the canary step (v2, steps 25 -> 50 -> 100) on the plane
+    service at `url`."""
     spec = root / "spec.json"
     spec.write_text(fast_spec(STEPS).model_dump_json(by_alias=True))
     source = CANARY.format(marker=marker, spec=str(spec), work=str(world.home / "c"), home=str(world.home))
-    router = str(world.plane._router_dir(NAME))  # under the host's /tmp, which a bwrap pod does not see
     env = {"MLFLOW_TRACKING_URI": world.uri, "LLMRELEASE_HOME": str(world.home), DEADLINE_ENV: str(DEADLINE_S)}
+    env[SERVING_URL_ENV] = url  # as the local profile's ConfigMap sets it
     template = {
         "name": "canary",
         "container": {
             "image": STEPS_IMAGE,
             "command": ["python", "-c", source],
             "env": [{"name": k, "value": v} for k, v in env.items()],
-            "volumeMounts": [{"name": "world", "mountPath": str(root)}, {"name": "router", "mountPath": router}],
+            "volumeMounts": [{"name": "world", "mountPath": str(root)}],  # spec, MLflow store, home
         },
     }
     workflow = {
@@ -72,10 +76,7 @@ def _workflow(world: World, root: Path, marker: str) -> Path:
         "metadata": {"generateName": "runner-kill-"},
         "spec": {
             "entrypoint": "canary",
-            "volumes": [
-                {"name": "world", "hostPath": {"path": str(root), "type": "Directory"}},
-                {"name": "router", "hostPath": {"path": router, "type": "Directory"}},  # HAProxy's socket, pid
-            ],
+            "volumes": [{"name": "world", "hostPath": {"path": str(root), "type": "Directory"}}],
             "templates": [template],
         },
     }
@@ -116,37 +117,39 @@ def _wait_for_25(world: World, runner: subprocess.Popen[str], marker: str, log: 
     assert _pod_processes(marker, runner.pid), "no process of the canary pod is running"
 
 
-BWRAP_GAP = (
-    "a bwrap pod has its own pid namespace and /proc: the local plane's liveness checks (steps.core.proc.alive on "
-    "the pids in haproxy.pid and plane.json) see no host process, so the canary step fails at once with 'no "
-    "running HAProxy router' and never reaches 25%; and a watchdog the step starts would live in the pod's pid "
-    "namespace and die with it. Fix in steps/rollout/serving (not in this test)"
-)
+def _assert_children_of(service: PlaneProcess, world: World, candidate_pid: int) -> None:
+    """The candidate's server and the canary's watchdog run beside the plane service (its children), not in the pod."""
+    beat = read_heartbeat(world.plane.model_dir(NAME))
+    assert beat is not None and beat.watchdog_pid is not None, "no heartbeat at 25%"
+    for what, pid in (("the candidate's server", candidate_pid), ("the canary's watchdog", beat.watchdog_pid)):
+        assert psutil.Process(pid).ppid() == service.process.pid, f"{what} is not a child of the plane service"
 
 
-@pytest.fixture(params=[pytest.param("bwrap", marks=pytest.mark.xfail(strict=True, reason=BWRAP_GAP)), "none"])
+@pytest.fixture(params=["bwrap", "none"])
 def isolation(request: pytest.FixtureRequest) -> str:
-    """The runner's isolation; bwrap is skipped with the reason where bubblewrap cannot run (a known gap: see
-    BWRAP_GAP)."""
+    """The runner's isolation; bwrap is skipped with the reason where bubblewrap cannot run."""
     if request.param == "bwrap" and (problem := bwrap_problem()):
         pytest.skip(f"bubblewrap cannot run here: {problem}")
     return str(request.param)
 
 
 def test_runner_killed_at_25_percent_leaves_traffic_on_the_champion(
-    world: World, tmp_path: Path, isolation: str
+    served_world: tuple[World, PlaneProcess], tmp_path: Path, isolation: str
 ) -> None:
-    """GIVEN v2 in canary by a pod of `llmrelease run --isolation <bwrap|none>`, users sending 5 requests/s
+    """GIVEN v2 in canary, served by the plane service, driven by a pod of `llmrelease run --isolation <bwrap|none>`
+    over LLMRELEASE_SERVING_URL, users sending 5 requests/s
     WHEN the runner process alone is killed -9 at 25%
-    THEN under bwrap the pod's processes are gone at once and the watchdog puts 100% back on v1 within the
-    heartbeat deadline; under none the orphan pod goes on to 100% and, no promote coming, the watchdog puts 100%
-    back on v1 after the hand-over deadline; either way v2 is stopped, the lease released, v2 tagged aborted, the
-    watchdog exits, and no user request sent after the restore fails."""
+    THEN under bwrap the pod's processes are gone at once and the watchdog (beside the service) puts 100% back on
+    v1 within the heartbeat deadline; under none the orphan pod goes on to 100% and, no promote coming, the watchdog
+    puts 100% back on v1 after the hand-over deadline; either way v2 is stopped, the lease released, v2 tagged
+    aborted, the watchdog exits, and no user request sent after the restore fails."""
+    world, service = served_world
     marker = f"chaos-runner-kill-{uuid.uuid4().hex[:12]}"
     candidate_pid = world.plane.state(NAME).servers["2"].pid
-    runner = _runner(_workflow(world, tmp_path, marker), tmp_path, isolation)
+    runner = _runner(_workflow(world, service.url, tmp_path, marker), tmp_path, isolation)
     try:
         _wait_for_25(world, runner, marker, tmp_path / f"runner-{isolation}.log")
+        _assert_children_of(service, world, candidate_pid)
         # users from 25% on: long enough to cover the restore (none: the orphan's 50%/100% steps, then the hand-over)
         duration_s = 20.0 if isolation == "bwrap" else 35.0
         users = Users(world.plane.router_url(world.plane.state(NAME)), duration_s=duration_s)
@@ -165,8 +168,7 @@ def test_runner_killed_at_25_percent_leaves_traffic_on_the_champion(
             logs = "".join(p.read_text() for p in tmp_path.glob("runs/*/nodes/*/stdout"))
             assert "canary: completed" in logs, logs  # the orphan's own line, in the pod log the runner opened
             limit = DEADLINE_S * HANDOFF_FACTOR + 10
-        restored = lambda: (b := read_heartbeat(world.plane.model_dir(NAME))) and b.registry and b  # noqa: E731
-        beat = wait_for(restored, limit, "restore")
+        beat = restored_beat(world, limit)
         wait_for(lambda: _watchdog_gone(world), 10, "the watchdog to exit")
     finally:
         for proc in _pod_processes(marker, runner.pid):

@@ -8,7 +8,12 @@ failed and when they were sent.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +27,10 @@ from registry.facade import ModelRegistry
 from steps.release.spec import load_spec
 from steps.rollout.loadgen import LoadResult, LoadSpec, run_load
 from steps.rollout.operations import Deployment, deploy
+from steps.rollout.serving.base import ServingPlane
+from steps.rollout.serving.guard import read_heartbeat
 from steps.rollout.serving.local import LocalServing
+from steps.rollout.serving.remote import SERVING_URL_ENV
 from tests.tiny_models import register_local_version
 
 NAME = "tiny-qa"
@@ -58,9 +66,9 @@ class World:
             register_local_version(self.client, NAME, weights)
         self.plane = LocalServing(self.home)
 
-    def deploy(self, version: str, uid: str) -> Deployment:
-        """The deploy step's operation: lease, servers, router."""
-        plane, home = self.plane, self.home
+    def deploy(self, version: str, uid: str, plane: ServingPlane | None = None) -> Deployment:
+        """The deploy step's operation: lease, servers, router (on `plane`, default this process's `LocalServing`)."""
+        plane, home = plane or self.plane, self.home
         return deploy(self.registry, self.client, plane, home, model=NAME, candidate=version, workflow_uid=uid)
 
     def weights(self) -> dict[str, int]:
@@ -72,6 +80,49 @@ class World:
         url = self.plane.router_url(self.plane.state(NAME)) + "/chat/completions"
         body = {"model": NAME, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 2}
         return [httpx.post(url, json=body, timeout=30).headers.get("x-served-by", "?") for _ in range(n)]
+
+
+class PlaneProcess:
+    """The local profile's serving plane service (`python -m steps.rollout.serving.service`) over a world's home.
+
+    As `llmrelease local up` runs it: its own session, the home and the registry in its environment (its canary
+    watchdogs release a dead canary's lease through MLflow). The servers, routers and watchdogs it starts are its
+    children, outside every pod; `stop` SIGTERMs it, which stops every router and model server it owns.
+    """
+
+    def __init__(self, home: Path, log: Path) -> None:
+        """Start the service over `home` on a free loopback port, its output in `log`; wait for /healthz."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        env = {**os.environ, "LLMRELEASE_HOME": str(home), "PYTHONPATH": str(REPO)}
+        env.pop(SERVING_URL_ENV, None)
+        argv = [sys.executable, "-m", "steps.rollout.serving.service", "--home", str(home), "--port", str(port)]
+        with log.open("wb") as out:
+            self.process = subprocess.Popen(
+                argv, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for(self._healthy, 60, f"the serving plane service at {self.url}")
+
+    def _healthy(self) -> bool:
+        if self.process.poll() is not None:
+            raise AssertionError(f"the serving plane service exited: {self.log.read_text()[-2000:]}")
+        try:
+            return httpx.get(self.url + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM the service and wait for it (it stops its routers and servers); SIGKILL after 60 s."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
 
 
 class Users:
@@ -113,6 +164,14 @@ class Users:
             "after_abort": len(after),
             "failed_after_abort": sum(1 for r in after if not r.ok),
         }
+
+
+def restored_beat(world: World, limit: float) -> Any:
+    """The heartbeat once the watchdog restored the champion (within `limit` s of now) and then recorded what it did
+    in the registry (within 30 s more: the detached watchdog imports MLflow only then, seconds on a busy machine)."""
+    folder = world.plane.model_dir(NAME)
+    wait_for(lambda: (b := read_heartbeat(folder)) and (b.restored_at or b.registry), limit, "restore")
+    return wait_for(lambda: (b := read_heartbeat(folder)) and b.registry and b, 30, "the registry outcome")
 
 
 def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:

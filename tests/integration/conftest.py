@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def demo_models() -> Path:
     """examples/models, built by the repo's script when missing (what `make demo-models` does)."""
     models = REPO / "examples" / "models"
-    if not (models / "candidate" / "model.safetensors").is_file():
+    if not all((models / name / "model.safetensors").is_file() for name in ("candidate", "candidate-llama")):
         proc = subprocess.run(
             [sys.executable, str(REPO / "examples" / "build_demo_models.py"), "--out", str(models)],
             capture_output=True,

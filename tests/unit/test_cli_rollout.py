@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
+from registry.facade import ModelRegistry
+from registry.tags import CHAMPION, PREVIOUS
 from steps.release.spec import Rollout
 from steps.rollout.serving.cluster import RolloutPlane
 from steps.rollout.serving.rollouts import ServedVersion
@@ -58,13 +60,16 @@ def test_get_watch_follows_to_degraded_and_exits_1(cluster: RecordedCluster, cap
     code = main(["rollout", "get", "demo-qa", "--env", "prod", "--watch", "--interval", "0"])
     out = capsys.readouterr().out
     assert code == 1
-    assert "Progressing; step 1/9; canary weight 1%" in out and "Degraded; step 1/9" in out
+    assert "Progressing; step 1/12; canary weight 1%" in out and "Degraded; step 1/12" in out
     assert "demo-qa-c-2-1 error-rate: Failed [1]" in out
 
 
-def test_get_json_promote_abort_retry_undo(cluster: RecordedCluster, capsys: Any) -> None:
+def test_get_json_promote_abort_retry_undo(
+    cluster: RecordedCluster, capsys: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """GIVEN a canary paused on Inconclusive WHEN get --json, promote, abort, retry and undo run against prod
-    THEN get reports the pause, and each verb writes what `kubectl argo rollouts` writes."""
+    THEN get reports the pause, and each verb writes what `kubectl argo rollouts` writes; undo waits until the
+    Rollout is Healthy on 7, then moves `champion` back in the registry (a real MLflow store)."""
     cluster.controller_writes(rollout_status("Paused", step=3, canary_weight=5, paused_for="InconclusiveAnalysis"))
     assert main(["rollout", "get", "demo-qa", "--env", "prod", "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
@@ -74,8 +79,28 @@ def test_get_json_promote_abort_retry_undo(cluster: RecordedCluster, capsys: Any
     assert main(["rollout", "abort", "demo-qa", "--env", "prod"]) == 0
     assert main(["rollout", "retry", "demo-qa", "--env", "prod"]) == 0
     assert cluster.objects[("rollouts", "demo-qa")]["status"]["abort"] is False
-    assert main(["rollout", "undo", "demo-qa", "--env", "prod"]) == 0
-    assert "undo to version 7" in capsys.readouterr().out
+    registry = _released_7_then_8(tmp_path, monkeypatch)
+    healthy = rollout_status("Healthy", step=12, canary_weight=0, stable="s7", current="s7")
+    cluster.controller_writes(*[healthy] * 5)  # read before the undo, then Healthy on 7 once the controller saw it
+    assert main(["rollout", "undo", "demo-qa", "--env", "prod", "--actor", "alice"]) == 0
+    out = capsys.readouterr().out
+    assert "undo to version 7" in out and "champion 8 -> 7" in out
+    assert registry.get_alias("demo-qa", CHAMPION) == "7" and registry.get_alias("demo-qa", PREVIOUS) is None
+
+
+def _released_7_then_8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModelRegistry:
+    """A real MLflow registry (sqlite) where demo-qa 7 was champion and 8 was promoted over it."""
+    from steps.core.tracking import mlflow_client
+
+    monkeypatch.setenv("LLMRELEASE_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    client, registry = mlflow_client(), ModelRegistry.from_env()
+    client.create_registered_model("demo-qa")
+    for _ in range(8):
+        client.create_model_version("demo-qa", source="s3://artifacts/weights/sha256/" + "7" * 64)
+    for version in ("7", "8"):
+        registry.promote("demo-qa", version, actor="t", reason="release", workflow_uid=f"uid-{version}")
+    return registry
 
 
 def test_bad_input_is_one_line_and_non_zero(cluster: RecordedCluster, capsys: Any) -> None:

@@ -19,7 +19,8 @@ from workflows.local.services import BUCKET, LocalProfileError
 
 boto3 = pytest.importorskip("boto3")
 
-PORTS = {"s3": 9000, "mlflow": 5000, "pushgateway": 9091, "prometheus": 9090, "serving": 8790, "ray": 6379}
+PORTS = {"s3": 9000, "mlflow": 5000, "pushgateway": 9091, "prometheus": 9090, "serving": 8790}
+PORTS |= {"ray": 6379, "ray-client": 10001}
 CREDENTIALS = {"s3_access_key": "ak", "s3_secret_key": "sk", "ray_token": "tok"}
 
 
@@ -31,6 +32,7 @@ def test_the_environment_is_what_the_pods_get_without_the_home(tmp_path: Path) -
     env = profile_env(home)
     assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
     assert env["LLMRELEASE_SERVING_URL"] == "http://127.0.0.1:8790"
+    assert env["RAY_ADDRESS"] == "ray://127.0.0.1:10001"  # Ray Client: what a pod can join
     assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"], env["RAY_AUTH_TOKEN"]) == ("ak", "sk", "tok")
     assert "LLMRELEASE_HOME" not in env
 

@@ -109,7 +109,7 @@ def test_a_canary_followed_to_healthy_collects_its_measurements() -> None:
     lines: list[str] = []
     outcome = plane.follow("demo-qa", timeout_s=600, poll_s=5, echo=lines.append)
     assert outcome.settled == "Healthy" and outcome.status.version == "8"
-    assert len(lines) == 5 and lines[1].startswith("Progressing; step 1/9; canary weight 1%")
+    assert len(lines) == 5 and lines[1].startswith("Progressing; step 1/12; canary weight 1%")
     assert [(m.run, m.metric, m.phase, m.value) for m in outcome.measurements] == [
         ("demo-qa-canary02-2-1", "error-rate", "Successful", "[0.001]"),
         ("demo-qa-canary02-2-1", "probe", "Successful", None),
@@ -201,7 +201,7 @@ def test_a_watch_that_does_not_settle_times_out_in_one_line() -> None:
         plane.follow("demo-qa", timeout_s=30, poll_s=5)
     message = str(info.value)
     assert "\n" not in message and message.startswith("Rollout llmrelease/demo-qa did not settle within 30s")
-    assert "Progressing; step 1/9" in message and "rollout get demo-qa --watch" in message
+    assert "Progressing; step 1/12" in message and "rollout get demo-qa --watch" in message
     assert clock.now == 30
 
 

@@ -17,6 +17,7 @@ from steps.release.spec import Rollout
 from steps.rollout.serving.base import ServingError
 from steps.rollout.serving.rollouts import (
     PLUGIN,
+    STAGE_STEPS,
     RolloutOptions,
     ServedVersion,
     canary_steps,
@@ -41,7 +42,8 @@ def test_the_spec_decides_steps_analysis_and_the_hot_window() -> None:
     docs = _render({"steps": [10, 50, 100], "keep_previous_hot_s": 900, "analysis": analysis})
     canary = docs["Rollout/demo-qa"]["spec"]["strategy"]["canary"]
     template = {"analysis": {"templates": [{"templateName": "demo-qa-canary"}]}}
-    assert canary["steps"] == [{"setWeight": 10}, template, {"setWeight": 50}, template, {"setWeight": 100}]
+    staged = [{"setCanaryScale": {"replicas": 1}}, {"pause": {}}, {"setCanaryScale": {"matchTrafficWeight": True}}]
+    assert canary["steps"] == [*staged, {"setWeight": 10}, template, {"setWeight": 50}, template, {"setWeight": 100}]
     assert canary["scaleDownDelaySeconds"] == 900
     assert canary["trafficRouting"] == {"plugins": {PLUGIN: {"httpRoute": "demo-qa", "namespace": "llmrelease"}}}
     assert (canary["stableService"], canary["canaryService"]) == ("demo-qa-stable", "demo-qa-canary")
@@ -127,7 +129,7 @@ def test_a_template_without_the_analysis_template_is_refused(tmp_path: Path) -> 
 
 def test_canary_steps_put_analysis_between_steps_only() -> None:
     """GIVEN a single step of 100 WHEN turned into canary steps THEN there is no analysis (nothing to compare)."""
-    assert canary_steps([100], "t") == [{"setWeight": 100}]
+    assert canary_steps([100], "t") == [*STAGE_STEPS, {"setWeight": 100}]
     assert duration(2.0) == "2s" and duration(0.25) == "250ms"
 
 

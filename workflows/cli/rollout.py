@@ -8,8 +8,9 @@ The environment's policy picks the plane (`--env`; none: the local plane on this
 - promote [--full]: cluster: `kubectl argo rollouts promote [--full]`; local: the paused canary goes on (what
   `canary resume` asks).
 - abort: cluster: status.abort, all traffic on stable; local: the canary aborted, all traffic on the champion.
-- undo: cluster: the previous version's pod template back (a traffic switch within keep_previous_hot_s); local:
-  traffic and `champion` back on `previous` (`steps.rollout.operations.rollback`).
+- undo: traffic and `champion` back on `previous`: cluster: the previous version's pod template back in the Rollout
+  (a traffic switch within keep_previous_hot_s), then the aliases (`steps.rollout.cluster_release.rollback`); local:
+  `steps.rollout.operations.rollback`.
 - retry: cluster: an aborted Rollout runs its steps again; local: refused (resubmit the release).
 
 `llmrelease rollback NAME` stays the documented alias of `rollout undo NAME` on the local plane.
@@ -160,8 +161,15 @@ def _cmd_abort(args: argparse.Namespace) -> int:
 
 def _cmd_undo(args: argparse.Namespace) -> int:
     cluster = _cluster(args)
-    if cluster is not None:
-        print(cluster.undo(args.name))
+    if cluster is not None:  # the Rollout's previous revision back, then `champion` (as `llmrelease rollback --env`)
+        from steps.rollout.cluster_release import rollback as rollback_cluster
+        from workflows.cli.models import require_model
+
+        done = rollback_cluster(require_model(args.name), cluster, args.name, actor=_actor(args), reason=args.reason)
+        print(
+            f"{args.name}: undone: champion {done['from']} -> {done['to']}; the Rollout is Healthy on {done['to']} "
+            f"{done['switched_s']:.1f}s after the command started"
+        )
         return 0
     from steps.rollout.operations import rollback
 

@@ -39,6 +39,12 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if not args.actor.strip():
         raise SpecError("--actor is empty: say who rolls back, it goes into the registry history")
+    if args.env:
+        from steps.rollout.serving.factory import rollout_plane
+
+        cluster = rollout_plane(args.env)
+        if cluster is not None:
+            return _rollback_cluster(cluster, args, started)
     plane = serving_plane("", llmrelease_home())
     _require_known(plane, args.name)
     result = rollback(plane, args.name, actor=args.actor, reason=args.reason)
@@ -47,6 +53,19 @@ def _cmd_rollback(args: argparse.Namespace) -> int:
         f"{args.name}: rolled back: champion {result['from']} -> {result['to']}; all traffic on {result['to']} "
         f"{result['switched_s']:.3f}s after the command started ({path}); "
         f"done in {time.perf_counter() - started:.1f}s"
+    )
+    return 0
+
+
+def _rollback_cluster(plane: Any, args: argparse.Namespace, started: float) -> int:
+    """`undo` of the model's Rollout (the environment is on the cluster plane), then the registry's aliases."""
+    from steps.rollout.cluster_release import rollback
+    from workflows.cli.models import require_model
+
+    result = rollback(require_model(args.name), plane, args.name, actor=args.actor, reason=args.reason)
+    print(
+        f"{args.name}: rolled back: champion {result['from']} -> {result['to']}; the Rollout is Healthy on "
+        f"{result['to']} {result['switched_s']:.1f}s after the command started (undo within the hot window)"
     )
     return 0
 
@@ -108,6 +127,9 @@ def add_commands(sub: Any) -> None:
     rollback.add_argument("name", help="registered model name")
     rollback.add_argument("--actor", required=True, help="who rolls back (recorded in the history)")
     rollback.add_argument("--reason", default="manual rollback", help="why (recorded in the history)")
+    rollback.add_argument(
+        "--env", default="", help="environment whose policy picks the plane (kubernetes: undo the Rollout)"
+    )
     rollback.set_defaults(func=_cmd_rollback)
 
     canary = sub.add_parser("canary", help="decide a canary paused on an Inconclusive analysis")

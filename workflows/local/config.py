@@ -3,8 +3,8 @@
 `llmrelease local up` writes them to `<LLMRELEASE_HOME>/local/cluster-config/`, the folder `llmrelease run
 --cluster-config DIR` reads (`workflows.runner.cluster`):
 
-* ConfigMap `llmrelease-config` (every step `envFrom`s it): MLflow, S3, Ray, Pushgateway, Prometheus, the serving
-  plane's service (LLMRELEASE_SERVING_URL: steps drive the local plane through it);
+* ConfigMap `llmrelease-config` (every step `envFrom`s it): MLflow, S3, Ray (RAY_ADDRESS: the head's Ray Client),
+  Pushgateway, Prometheus, the serving plane's service (LLMRELEASE_SERVING_URL: steps drive the local plane);
 * Secret `llmrelease-s3` (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and Secret `llmrelease-ray` (the Ray cluster's
   token: RAY_AUTH_MODE, RAY_AUTH_TOKEN), for `secretKeyRef`;
 * ConfigMap `artifact-repositories` (Argo's format): the default repository `local`, the S3 bucket;
@@ -32,6 +32,9 @@ _DEFAULT_REPOSITORY = "workflows.argoproj.io/default-artifact-repository"
 def config_data(ports: Mapping[str, int], *, ray: bool) -> dict[str, str]:
     """The `llmrelease-config` ConfigMap's data (RAY_ADDRESS only when the Ray cluster runs).
 
+    RAY_ADDRESS is the head's Ray Client server (`ray://`), as on a real cluster: a step pod stays the driver
+    through one outbound port and needs nothing of a Ray node on its own disk (joining by the GCS address would).
+
     No LLMRELEASE_HOME: a pod keeps its image's (its own /tmp under pod isolation), never a folder of this machine.
     """
     s3 = f"http://{HOST}:{ports['s3']}"
@@ -48,7 +51,7 @@ def config_data(ports: Mapping[str, int], *, ray: bool) -> dict[str, str]:
         "LLMRELEASE_SERVING_URL": f"http://{HOST}:{ports['serving']}",
     }
     if ray:
-        data["RAY_ADDRESS"] = f"{HOST}:{ports['ray']}"
+        data["RAY_ADDRESS"] = f"ray://{HOST}:{ports['ray-client']}"
     return data
 
 

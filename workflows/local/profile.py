@@ -37,7 +37,7 @@ from workflows.local.state import ProfileState, ServiceRecord, is_running, locke
 
 __all__ = ["DownResult", "ServiceStatus", "UpResult", "down", "status", "up"]
 
-PORT_NAMES = ("s3", "mlflow", "pushgateway", "prometheus", "serving", "ray")
+PORT_NAMES = ("s3", "mlflow", "pushgateway", "prometheus", "serving", "ray", "ray-client")
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def up(home: Path, *, ray: bool = True, timeout: float = 180.0, ports: Mapping[s
         ray: Start the two-node Ray cluster too (without it, RAY_ADDRESS stays out of the config).
         timeout: Seconds every service has to become ready, counted from the start.
         ports: Ports to use instead of those recorded (or free ones): keys s3, mlflow, pushgateway, prometheus,
-            serving, ray.
+            serving, ray (the GCS), ray-client (Ray Client, what the pods join).
 
     Raises:
         LocalProfileError: A program is missing, a port is taken, or a service failed or was not ready in time;
@@ -147,7 +147,7 @@ def _settle(state: ProfileState, pinned: dict[str, int]) -> None:
     if unknown:
         raise LocalProfileError(f"--port {unknown[0]}=...: no such service; use one of {', '.join(PORT_NAMES)}")
     for name, port in pinned.items():
-        owner = "ray-head" if name == "ray" else name
+        owner = "ray-head" if name.startswith("ray") else name
         if state.ports.get(name) != port and _running(state, owner):
             raise LocalProfileError(
                 f"{owner} runs on port {state.ports[name]}: run `llmrelease local down` before moving it to {port}"

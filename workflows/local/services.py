@@ -14,6 +14,9 @@ Each `Service` says how to start it (command and environment), where it listens,
 * `ray-head` and `ray-worker`: a two-node Ray cluster (`ray start --head --block`, then `ray start --address`),
   the CPUs split between the two, token authentication on (the token is a Secret), every port its own. Ray
   advertises the machine's address and listens on every interface (its design): the token is what guards it.
+  The head also serves Ray Client on a port of its own (`--ray-client-server-port`): pods join the cluster
+  through it (`RAY_ADDRESS=ray://...`), as they would on a real cluster; a pod cannot join by the GCS address,
+  which needs the node's session folder and the raylet's sockets on the driver's own disk.
 """
 
 from __future__ import annotations
@@ -105,6 +108,7 @@ class Service:
     port: int | None = None  # checked free before anything starts
     env: Mapping[str, str] = field(default_factory=dict)
     install: str = ""  # how to get the program when it is missing
+    more_ports: Mapping[str, int] = field(default_factory=dict)  # its other ports (checked free too), by `--port` name
 
 
 def free_port() -> int:
@@ -138,6 +142,22 @@ def log_says(path: Path, marker: str) -> Callable[[], bool]:
             return False
 
     return probe
+
+
+def port_open(port: int) -> Callable[[], bool]:
+    """A probe: something accepts TCP connections on 127.0.0.1:`port`."""
+
+    def probe() -> bool:
+        with socket.socket() as s:
+            s.settimeout(2)
+            return s.connect_ex((HOST, port)) == 0
+
+    return probe
+
+
+def _all(*probes: Callable[[], bool]) -> Callable[[], bool]:
+    """A probe: every one of `probes` says ready."""
+    return lambda: all(probe() for probe in probes)
 
 
 def _tool(name: str) -> str:
@@ -184,7 +204,7 @@ def plan(layout: Layout, ports: Mapping[str, int], credentials: Mapping[str, str
         ),
         _serving(layout, ports["serving"], ports["mlflow"], store_env),
     ]
-    return services + (_ray_nodes(layout, ports["ray"], credentials, store_env) if ray else [])
+    return services + (_ray_nodes(layout, ports, credentials, store_env) if ray else [])
 
 
 def _mlflow(layout: Layout, port: int, s3_env: Mapping[str, str]) -> Service:
@@ -214,9 +234,13 @@ def _pushgateway(layout: Layout, port: int) -> Service:
 
 
 def _ray_nodes(
-    layout: Layout, gcs_port: int, credentials: Mapping[str, str], store_env: Mapping[str, str]
+    layout: Layout, ports: Mapping[str, int], credentials: Mapping[str, str], store_env: Mapping[str, str]
 ) -> list[Service]:
-    """The head (GCS on `gcs_port`) and a second node joining it by address; each node's ports chosen free."""
+    """The head (GCS on ports["ray"], Ray Client on ports["ray-client"]) and a second node joining it by address.
+
+    Each node's other ports are chosen free now.
+    """
+    gcs_port, client_port = ports["ray"], ports["ray-client"]
     cpus = os.cpu_count() or 2
     head_cpus = max(1, cpus // 2)
     address = f"{HOST}:{gcs_port}"
@@ -227,12 +251,21 @@ def _ray_nodes(
     common += ["--disable-usage-stats"]
     head = [_tool("ray"), *common, "--head", f"--port={gcs_port}", f"--num-cpus={head_cpus}"]
     head += ["--include-dashboard=false", f"--dashboard-port={free_port()}", f"--temp-dir={layout.ray_temp}"]
-    head += _node_ports()
+    head += [f"--ray-client-server-port={client_port}", *_node_ports()]
     worker = [_tool("ray"), *common, f"--address={address}", f"--num-cpus={max(1, cpus - head_cpus)}"]
     worker += _node_ports()
     install = "pip install 'ray[data]'"
     return [
-        Service("ray-head", head, address, log_says(layout.log("ray-head"), _RAY_READY), gcs_port, env, install),
+        Service(
+            "ray-head",
+            head,
+            address,
+            _all(log_says(layout.log("ray-head"), _RAY_READY), port_open(client_port)),
+            gcs_port,
+            env,
+            install,
+            {"ray-client": client_port},
+        ),
         Service("ray-worker", worker, address, log_says(layout.log("ray-worker"), _RAY_READY), None, env, install),
     ]
 
@@ -257,11 +290,13 @@ def preflight(services: list[Service]) -> None:
         if not found:
             missing = module or program
             raise LocalProfileError(f"{service.name}: {missing} not found: {service.install}, then rerun `local up`")
-        if service.port is not None and not _port_free(service.port):
-            raise LocalProfileError(
-                f"{service.name}: port {HOST}:{service.port} is taken by another process: stop it, or pick "
-                f"another with `llmrelease local up --port {service.name.split('-')[0]}=<port>`"
-            )
+        ports = {service.name.split("-")[0]: service.port} if service.port is not None else {}
+        for name, port in {**ports, **service.more_ports}.items():
+            if not _port_free(port):
+                raise LocalProfileError(
+                    f"{service.name}: port {HOST}:{port} is taken by another process: stop it, or pick "
+                    f"another with `llmrelease local up --port {name}=<port>`"
+                )
 
 
 def _port_free(port: int) -> bool:

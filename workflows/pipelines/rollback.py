@@ -36,6 +36,11 @@ def build() -> list[Any]:
             Parameter(name="model", description="Registered model name to roll back, e.g. demo-qa."),
             Parameter(name="actor", description="Who rolls back (recorded in the registry history)."),
             Parameter(name="reason", value="rollback", description="Why (recorded in the registry history)."),
+            Parameter(
+                name="environment",
+                value="",
+                description="Whose policy picks the plane (kubernetes: undo the model's Rollout); empty: local.",
+            ),
         ],
     ) as template:
         with Steps(name="rollback-model"):
@@ -46,6 +51,7 @@ def build() -> list[Any]:
                     "actor": "{{workflow.parameters.actor}}",
                     "reason": "{{workflow.parameters.reason}}",
                     "workflow_uid": "{{workflow.uid}}",
+                    "environment": "{{workflow.parameters.environment}}",
                 },
             )
     return [apply_controls(template)]

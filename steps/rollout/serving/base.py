@@ -22,9 +22,23 @@ from typing import Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.errors import ReleaseError
+from registry.prompt_content import GenerationSettings, PromptContent
 from steps.rollout.routing.base import BackendRouter
 
-__all__ = ["PlaneLocked", "PlaneState", "ServerState", "ServingError", "ServingPlane", "server_name"]
+__all__ = [
+    "PlaneLocked",
+    "PlaneState",
+    "Served",
+    "ServedPrompt",
+    "ServerState",
+    "ServingError",
+    "ServingPlane",
+    "model_version_of",
+    "server_name",
+    "served_version",
+]
+
+_PROMPT_SEPARATOR = ".p"  # "3.p2": valid in HAProxy server names, URLs and file names ("+" is not in HAProxy's)
 
 
 class ServingError(ReleaseError):
@@ -36,8 +50,47 @@ class PlaneLocked(ServingError):
 
 
 def server_name(version: str) -> str:
-    """The router's name for a model version (also the `X-Served-By` value)."""
+    """The router's name for a served version (also the `X-Served-By` value): `v3`, or `v3.p2` with a prompt."""
     return f"v{version}"
+
+
+def served_version(model_version: str, prompt_version: str | None = None) -> str:
+    """What the plane serves: model version `3` as is, or with version 2 of its prompt as `3.p2`."""
+    return f"{model_version}{_PROMPT_SEPARATOR}{prompt_version}" if prompt_version else str(model_version)
+
+
+def model_version_of(served: str) -> str:
+    """The model version a served version runs (`3.p2` -> `3`): what the registry's model aliases name."""
+    return served.split(_PROMPT_SEPARATOR, 1)[0]
+
+
+class ServedPrompt(BaseModel):
+    """A prompt version as a server applies it: its rendered messages go before every request's, its settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    version: str
+    digest: str
+    messages: list[tuple[str, str]] = Field(description="(role, content), variables rendered with their defaults")
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+
+    @classmethod
+    def of(cls, name: str, version: str | int, content: PromptContent) -> ServedPrompt:
+        """Version `version` of prompt `name`, rendered as the evals render it (defaults; none given: empty)."""
+        messages = [(m.role, m.content) for m in content.render(strict=False)]
+        return cls(
+            name=name, version=str(version), digest=content.digest, messages=messages, generation=content.generation
+        )
+
+
+class Served(BaseModel):
+    """What to serve for one served version: the weights (URI or folder) and the prompt applied to them, if any."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    weights: str = Field(description="the weights-store URI, or a folder the plane can read")
+    prompt: ServedPrompt | None = None
 
 
 class ServerState(BaseModel):
@@ -54,6 +107,7 @@ class ServerState(BaseModel):
     model_dir: str
     started_at: float
     hot_until: float | None = Field(default=None, description="epoch seconds after which a non-serving copy may stop")
+    prompt: str | None = Field(default=None, description="the prompt applied, `<name> v<version> (<digest>)`")
 
     @property
     def base_url(self) -> str:
@@ -95,16 +149,17 @@ class ServingPlane(Protocol):
         """Read the model's recorded state without the lock (empty when nothing was ever served)."""
         ...
 
-    def ensure_server(self, state: PlaneState, version: str, model_dir: Path | str) -> ServerState:
+    def ensure_server(self, state: PlaneState, version: str, model_dir: Path | str | Served) -> ServerState:
         """Serve one version from its weights; return its server once it answers a real completion."""
         ...
 
-    def ensure_servers(self, state: PlaneState, wanted: Mapping[str, Path | str]) -> dict[str, ServerState]:
-        """Serve several versions; those not serving yet start together.
+    def ensure_servers(self, state: PlaneState, wanted: Mapping[str, Path | str | Served]) -> dict[str, ServerState]:
+        """Serve several served versions; those not serving yet start together.
 
-        `wanted` maps a version to its weights: the version's weights-store URI (`<root>/weights/sha256/<hex>`,
-        which the plane fetches and verifies itself: `steps.rollout.serving.weights`), or a folder the plane can
-        read (a plane in the caller's process; versions registered before the weights store).
+        `wanted` maps a served version (`served_version`: `3`, or `3.p2` with a prompt) to its weights: the
+        version's weights-store URI (`<root>/weights/sha256/<hex>`, which the plane fetches and verifies itself:
+        `steps.rollout.serving.weights`), or a folder the plane can read (a plane in the caller's process; versions
+        registered before the weights store); or to a `Served`: those weights with a prompt applied.
         """
         ...
 

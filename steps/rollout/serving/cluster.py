@@ -28,6 +28,7 @@ from steps.rollout.serving.cluster_api import ClusterObjects, CoreApi, CustomObj
 from steps.rollout.serving.kubernetes import render_vllm
 from steps.rollout.serving.rollouts import (
     SERVING_ANNOTATION,
+    STAGED_STEP,
     RolloutOptions,
     ServedVersion,
     render_rollout,
@@ -38,6 +39,7 @@ __all__ = ["PREVIOUS_ANNOTATION", "Measurement", "Outcome", "RolloutPlane", "Rol
 PREVIOUS_ANNOTATION = "llmrelease.io/serving-previous"
 GROUP, VERSION = "argoproj.io", "v1alpha1"
 _INCONCLUSIVE = "InconclusiveAnalysis"
+_PAUSE_STEP = "CanaryPauseStep"
 Settled = Literal["Healthy", "Degraded", "Paused"]
 
 
@@ -83,6 +85,11 @@ class RolloutStatus:
         if self.phase == "Paused" and _INCONCLUSIVE in self.paused_for:
             return "Paused"
         return None
+
+    @property
+    def staged(self) -> bool:
+        """The candidate's pods run at weight 0, paused at the staging step (`rollouts.STAGE_STEPS`)."""
+        return self.observed and self.step == STAGED_STEP and _PAUSE_STEP in self.paused_for and not self.aborted
 
 
 @dataclass(frozen=True)
@@ -244,6 +251,12 @@ class RolloutPlane:
         """
         return rollout_status(self._require(model))
 
+    def previous(self, model: str) -> ServedVersion | None:
+        """The version `undo` would serve again (the `llmrelease.io/serving-previous` annotation), or None."""
+        annotations = self._require(model).get("metadata", {}).get("annotations") or {}
+        raw = annotations.get(PREVIOUS_ANNOTATION)
+        return ServedVersion.from_json(raw, f"Rollout {self._where(model)}") if raw else None
+
     def measurements(self, model: str) -> tuple[list[Measurement], list[str]]:
         """Every measurement of the Rollout's AnalysisRuns, and the runs that ended in Error (with their message)."""
         runs = self._objects.list_custom("analysisruns")
@@ -283,6 +296,34 @@ class RolloutPlane:
                 raise ServingError(
                     f"Rollout {self._where(model)} did not settle within {timeout_s:g}s ({line}): "
                     f"watch it with `llmrelease rollout get {model} --watch`, or abort it"
+                )
+            self._sleep(poll_s)
+
+    def wait_staged(
+        self, model: str, *, timeout_s: float, poll_s: float = 5.0, echo: Callable[[str], None] | None = None
+    ) -> RolloutStatus:
+        """Read the Rollout until the candidate is staged (weight 0, paused), or Healthy (a first deploy: stable).
+
+        Raises:
+            ServingError: the Rollout went Degraded (its message), or was neither within `timeout_s`.
+        """
+        deadline = self._clock() + timeout_s
+        last = ""
+        while True:
+            status = self.status(model)
+            if echo is not None and (line := describe(status)) != last:
+                echo(line)
+                last = line
+            if status.staged or status.settled == "Healthy":
+                return status
+            if status.settled == "Degraded":
+                raise ServingError(
+                    f"Rollout {self._where(model)} went Degraded while starting the candidate: {describe(status)}"
+                )
+            if self._clock() >= deadline:
+                raise ServingError(
+                    f"Rollout {self._where(model)}: the candidate's pods did not start within {timeout_s:g}s "
+                    f"({describe(status)}): see `llmrelease rollout get {model} --watch` and the pods' events"
                 )
             self._sleep(poll_s)
 

@@ -1,8 +1,10 @@
 """The one place that chooses a serving plane: from the `plane` an environment's platform policy sets.
 
-Steps and commands that serve, move traffic or stop servers call `serving_plane(environment, home)` and are given
-a `ServingPlane`; none constructs an implementation. `policy/platform-policy.yaml` sets `plane` per environment
-(default `local`); an empty environment (commands and steps run without one) gets the local plane, as
+Steps and commands that serve, move traffic or stop servers call `release_plane(environment, home)` and are given
+the cluster plane (`RolloutPlane`, vLLM behind Argo Rollouts: `steps.rollout.cluster_release` drives it) where the
+environment's policy sets `plane: kubernetes`, else a local `ServingPlane` (`serving_plane`, driven by
+`steps.rollout.operations`); none constructs an implementation. `policy/platform-policy.yaml` sets `plane` per
+environment (default `local`); an empty environment (commands and steps run without one) gets the local plane, as
 `steps.release.policy.apply_environment` leaves a spec unchanged without one.
 
 The local plane runs in one of two places: as the local profile's service (`llmrelease local up` starts it and its
@@ -24,7 +26,7 @@ from steps.rollout.serving.local import LocalServing
 from steps.rollout.serving.remote import SERVING_URL_ENV, RemoteServing
 from steps.rollout.serving.rollouts import RolloutOptions
 
-__all__ = ["rollout_plane", "serving_plane"]
+__all__ = ["release_plane", "rollout_plane", "serving_plane"]
 
 
 def serving_plane(environment: str, home: Path, policy: PlatformPolicy | None = None) -> ServingPlane:
@@ -76,3 +78,13 @@ def rollout_plane(
     if policy.environment(environment).plane != "kubernetes":
         return None
     return (connect or RolloutPlane.from_cluster)(options)
+
+
+def release_plane(environment: str, home: Path, policy: PlatformPolicy | None = None) -> RolloutPlane | ServingPlane:
+    """The plane the steps drive in `environment`: `rollout_plane`'s when the policy sets kubernetes, else local.
+
+    Raises:
+        SpecError: the environment is not in the policy, or the policy file is missing or malformed.
+        ServingError: the policy sets kubernetes and no Kubernetes client or configuration is there.
+    """
+    return rollout_plane(environment, policy) or serving_plane(environment, home, policy)

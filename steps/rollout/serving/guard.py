@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from registry.errors import ReleaseError, SpecError
 from registry.tags import CANARY_TAG, LEASE_TAG
 from steps.core.proc import alive, started
-from steps.rollout.serving.base import PlaneState, ServingPlane, server_name
+from steps.rollout.serving.base import PlaneState, ServingPlane, model_version_of, server_name
 
 __all__ = [
     "DEADLINE_ENV",
@@ -290,7 +290,7 @@ def _release_lease(model: str, beat: Heartbeat) -> str:
         if not raw or json.loads(raw).get("workflow_uid") != beat.workflow_uid:
             return "not held"
         registry.delete_model_tag(model, LEASE_TAG)
-        registry.tag_version(model, beat.candidate, CANARY_TAG, f"aborted: {beat.reason}"[:5000])
+        registry.tag_version(model, model_version_of(beat.candidate), CANARY_TAG, f"aborted: {beat.reason}"[:5000])
     except Exception as e:  # a detached watchdog has nobody to raise to: record it, the exit handler retries
         return f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
     return "released"

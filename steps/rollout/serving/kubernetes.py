@@ -152,7 +152,7 @@ def default_template() -> Path:
         ServingError: none of them exists.
     """
     candidates = [Path(p) for p in [os.environ.get(TEMPLATE_ENV)] if p]
-    candidates += [Path(__file__).resolve().parents[2] / _TEMPLATE, Path.cwd() / _TEMPLATE]
+    candidates += [Path(__file__).resolve().parents[3] / _TEMPLATE, Path.cwd() / _TEMPLATE]
     for candidate in candidates:
         if candidate.is_file():
             return candidate

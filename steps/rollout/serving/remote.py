@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 
 from steps.rollout.routing.base import RoutingError
-from steps.rollout.serving.base import PlaneLocked, PlaneState, ServerState, ServingError
+from steps.rollout.serving.base import PlaneLocked, PlaneState, Served, ServerState, ServingError
 from steps.rollout.serving.guard import GuardTripped
 
 __all__ = ["SERVING_URL_ENV", "RemoteGuard", "RemoteRouter", "RemoteServing"]
@@ -122,13 +122,13 @@ class RemoteServing:
         """The model's recorded state, read from the service without the lock."""
         return PlaneState.model_validate(self._send("GET", f"/v1/planes/{model}/state"))
 
-    def ensure_server(self, state: PlaneState, version: str, model_dir: Path | str) -> ServerState:
+    def ensure_server(self, state: PlaneState, version: str, model_dir: Path | str | Served) -> ServerState:
         """Serve one version (call inside `locked`); see `ensure_servers`."""
         return self.ensure_servers(state, {version: model_dir})[version]
 
-    def ensure_servers(self, state: PlaneState, wanted: Mapping[str, Path | str]) -> dict[str, ServerState]:
-        """Serve several versions: version -> weights (a folder the service can read, or a URI it can fetch)."""
-        sent = {version: str(location) for version, location in wanted.items()}
+    def ensure_servers(self, state: PlaneState, wanted: Mapping[str, Path | str | Served]) -> dict[str, ServerState]:
+        """Serve several versions: version -> weights (a folder or URI the service can read, or a `Served`)."""
+        sent = {v: loc.model_dump(mode="json") if isinstance(loc, Served) else str(loc) for v, loc in wanted.items()}
         self._call(state, "ensure_servers", wanted=sent)
         return {version: state.servers[version] for version in wanted}
 
@@ -207,6 +207,7 @@ class RemoteGuard:
         """Guard `candidate`'s canary of `model` by `workflow_uid` with a `deadline`-second heartbeat."""
         self._plane, self._model = plane, model
         self._body = {"workflow_uid": workflow_uid, "candidate": candidate, "deadline": deadline}
+        self._body["holder"] = plane._holder  # its lock leases end with the guard when the step dies holding one
 
     def _guard(self, op: str, **extra: Any) -> None:
         self._plane._send("POST", f"/v1/planes/{self._model}/guard", {**self._body, "op": op, **extra})

@@ -36,6 +36,8 @@ __all__ = [
     "SERVING_ANNOTATION",
     "RolloutOptions",
     "ServedVersion",
+    "STAGED_STEP",
+    "STAGE_STEPS",
     "canary_steps",
     "duration",
     "render_rollout",
@@ -106,6 +108,14 @@ def rollout_template() -> Path:
     )
 
 
+STAGE_STEPS: tuple[dict[str, Any], ...] = (
+    {"setCanaryScale": {"replicas": 1}},
+    {"pause": {}},
+    {"setCanaryScale": {"matchTrafficWeight": True}},
+)
+STAGED_STEP = 1  # the index of the staging pause: a deployed candidate waits there at weight 0
+
+
 def duration(seconds: float) -> str:
     """An Argo Rollouts duration string: whole seconds as `Ns`, anything finer as `Nms`."""
     if seconds <= 0:
@@ -116,8 +126,13 @@ def duration(seconds: float) -> str:
 
 
 def canary_steps(weights: list[int], analysis_template: str) -> list[dict[str, Any]]:
-    """`setWeight` per traffic step, with the analysis between two steps (none after the last one)."""
-    steps: list[dict[str, Any]] = []
+    """The staging steps (`STAGE_STEPS`), then `setWeight` per traffic step with the analysis between two steps.
+
+    Staging: the candidate's pods start (one replica) at weight 0 and the Rollout pauses there, so the latency step
+    and the approval run against the candidate before it takes any user traffic; the canary step promotes past the
+    pause. No analysis follows the last traffic step.
+    """
+    steps: list[dict[str, Any]] = [dict(step) for step in STAGE_STEPS]
     for index, weight in enumerate(weights):
         steps.append({"setWeight": weight})
         if index < len(weights) - 1:

@@ -11,7 +11,9 @@ it). JSON in and out, on 127.0.0.1:
 * `GET /healthz`; `GET /v1/planes/<model>/state`: the recorded `PlaneState`.
 * `POST /v1/planes/<model>/lock` `{holder, wait_s, lease_s}` -> `{token, state}`: takes the model's lock for a
   lease of `lease_s` seconds, renewed by every call that names the token (never lapsing while one runs); 409 when
-  another holder kept it `wait_s` seconds. A lease that lapses (its step died) is recorded and released here.
+  another holder kept it `wait_s` seconds. A lease that lapses (its step died) is recorded and released here; so is
+  one its canary step left behind: the step's heartbeat guard tripped and the lease has been idle for the heartbeat
+  deadline (the watchdog needs the lock to restore the champion, and must not wait out the lease).
 * `POST /v1/planes/<model>/unlock` `{token, state}`: records the state and releases the lock.
 * `POST /v1/planes/<model>/call` `{token?, op, state, args}` -> `{state, result}`: one `ServingPlane` or router
   method on the caller's state (`OPS`); the changed state comes back. Changes need the lock's token.
@@ -43,7 +45,8 @@ from typing import IO, Any
 from pydantic import ValidationError
 
 from registry.errors import ReleaseError
-from steps.rollout.serving.base import PlaneLocked, PlaneState, ServerState, ServingError
+from steps.rollout.serving.base import PlaneLocked, PlaneState, Served, ServerState, ServingError
+from steps.rollout.serving.guard import read_heartbeat
 from steps.rollout.serving.local import LocalServing
 
 __all__ = ["OPS", "PlaneService", "make_server"]
@@ -76,6 +79,7 @@ class PlaneService:
         self._clock = clock
         self._mutex = threading.Lock()
         self._leases: dict[str, _Lease] = {}
+        self._guarded: dict[str, str] = {}  # model -> the holder (canary step) that keeps its heartbeat guard
 
     def acquire(self, model: str, holder: str, wait_s: float, lease_s: float) -> tuple[str, PlaneState]:
         """Take the model's lock for `holder`; ServingError naming the holder when it stays taken `wait_s`."""
@@ -131,11 +135,25 @@ class PlaneService:
         """Record and release the leases that lapsed (their holder died); return their models."""
         now = self._clock()
         with self._mutex:
-            lapsed = [m for m, lease in self._leases.items() if lease.busy == 0 and lease.expires_at <= now]
+            lapsed = [m for m, lease in self._leases.items() if lease.busy == 0 and self._lapsed(m, lease, now)]
             leases = [self._leases.pop(m) for m in lapsed]
         for lease in leases:
             self._close(lease, lease.state)
         return lapsed
+
+    def _lapsed(self, model: str, lease: _Lease, now: float) -> bool:
+        """Whether a lease lapsed: it ran out, or its canary step died holding it.
+
+        The latter: its holder keeps the model's canary guard, the guard tripped (the step stopped reporting), and
+        the lease sat idle for the heartbeat deadline.
+        """
+        if lease.expires_at <= now:
+            return True
+        if self._guarded.get(model) != lease.holder:
+            return False
+        beat = read_heartbeat(self.plane.model_dir(model))
+        idle_s = now - (lease.expires_at - lease.lease_s)
+        return beat is not None and beat.tripped_at is not None and idle_s >= beat.deadline_s
 
     def call(self, model: str, token: str | None, op: str, state: PlaneState, args: dict[str, Any]) -> Any:
         """Run one plane or router method on the caller's state; return (its state after, its result)."""
@@ -160,6 +178,9 @@ class PlaneService:
     def guard(self, model: str, body: dict[str, Any]) -> None:
         """Start, renew or lapse a canary's heartbeat guard; its watchdog runs beside this service."""
         guard = self.plane.canary_guard(model, str(body["workflow_uid"]), str(body["candidate"]), body["deadline"])
+        if body.get("holder"):
+            with self._mutex:
+                self._guarded[model] = str(body["holder"])
         op = body.get("op")
         if op == "start":
             guard.start()
@@ -181,10 +202,15 @@ class PlaneService:
                 self.plane.shutdown(model)
 
 
+def _location(sent: Any) -> str | Served:
+    """A sent weights location: a URI or folder, or (an object) a `Served` with its prompt."""
+    return Served.model_validate(sent) if isinstance(sent, dict) else str(sent)
+
+
 def _run(plane: LocalServing, op: str, state: PlaneState, args: dict[str, Any]) -> Any:
     """Dispatch one operation (`OPS`) to the LocalServing."""
     if op == "ensure_servers":
-        wanted = {str(v): str(loc) for v, loc in dict(args["wanted"]).items()}  # URIs: fetched and verified here
+        wanted = {str(v): _location(loc) for v, loc in dict(args["wanted"]).items()}  # URIs: fetched and verified here
         return {v: s.model_dump(mode="json") for v, s in plane.ensure_servers(state, wanted).items()}
     if op == "is_ready":
         return plane.is_ready(state, ServerState.model_validate(args["server"]))
