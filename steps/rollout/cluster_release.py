@@ -8,7 +8,9 @@ controller moves the traffic and runs the analysis; these functions write the Ro
 
 - deploy: the version's pod template into the model's Rollout (`RolloutPlane.deploy`): weights from the version's
   digest-addressed `s3://` weights-store URI (its `files/` prefix, which the initContainer copies), the vLLM image
-  `vllm_image()`, the spec's `serving.max_context`. The controller starts the canary steps as soon as the new
+  `vllm_image()`, the spec's `serving.max_context`, and the release's prompt (or the model's champion prompt) as
+  SERVED_PROMPT, which the initContainer applies to the weights (a prompt-only release is a new pod template on the
+  same weights: a canary like any other). The controller starts the canary steps as soon as the new
   template is written (the first `setWeight` included). URLs: the candidate is the canary Service
   (`http://<model>-canary.<ns>.svc:8000/v1`), the champion the stable one, and the router the model's HTTPRoute
   host on the Gateway (`http://<model>.models.llmrelease.internal/v1`, the hostname the rendered HTTPRoute sets):
@@ -37,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 from registry.tags import CANARY_TAG, CHAMPION, LEASE_TAG, PREVIOUS, ROLLED_BACK_TAG
 from steps.rollout.operations import Deployment, RolloutError, _acquire, current_lease, require_lease
-from steps.rollout.serving.base import ServingError
+from steps.rollout.served import PromptsFactory, release_target
+from steps.rollout.serving.base import ServedPrompt, ServingError
 from steps.rollout.serving.cluster import Outcome, RolloutPlane, RolloutStatus, describe
 from steps.rollout.serving.rollouts import STAGE_STEPS, ServedVersion, render_rollout
 
@@ -55,9 +58,17 @@ _SEVERITY = {"Successful": 0, "Inconclusive": 1, "Failed": 2, "Error": 3}
 
 
 def served_version(
-    versions: VersionReader, model: str, version: str, home: Path, *, max_model_len: int | None = None
+    versions: VersionReader,
+    model: str,
+    version: str,
+    home: Path,
+    *,
+    max_model_len: int | None = None,
+    prompt: ServedPrompt | None = None,
 ) -> ServedVersion:
-    """What the Rollout's pods serve for `version`: its weights-store files on S3, the vLLM image, one GPU.
+    """What the Rollout's pods serve for `version`: its weights on S3, the vLLM image, one GPU, the prompt.
+
+    The prompt is applied to the weights by the pod's initContainer (`steps.rollout.serving.prompted.apply_in_place`).
 
     Raises:
         RolloutError: The version's weights are not in an S3 weights store (the pods cannot fetch them).
@@ -75,7 +86,10 @@ def served_version(
         )
     location = str(weights_location(versions, model, version, home))  # checks the URI against the digest tag
     image = os.environ.get(VLLM_IMAGE_ENV, "").strip() or VLLM_IMAGE
-    return ServedVersion(version, f"{location.rstrip('/')}/files", image, max_model_len=max_model_len)
+    served_prompt = prompt.model_dump_json() if prompt is not None else ""
+    return ServedVersion(
+        version, f"{location.rstrip('/')}/files", image, max_model_len=max_model_len, prompt=served_prompt
+    )
 
 
 def deploy(
@@ -89,6 +103,7 @@ def deploy(
     workflow_uid: str,
     environment: str,
     poll_s: float = 5.0,
+    prompts: PromptsFactory | None = None,
 ) -> Deployment:
     """Take the rollout lease, write the candidate's pod template into the model's Rollout, wait until it is staged.
 
@@ -99,7 +114,11 @@ def deploy(
     _acquire(registry, model, candidate, workflow_uid, environment)
     champion = registry.get_alias(model, CHAMPION)
     champion = None if champion == candidate else champion
-    served = served_version(versions, model, candidate, home, max_model_len=spec.model.serving.max_context)
+    prompt = spec.prompt.name if spec.prompt is not None else None  # else the model's prompt, if it has one
+    target = release_target(registry, prompts or _prompt_registry, model, candidate, prompt)
+    served = served_version(
+        versions, model, candidate, home, max_model_len=spec.model.serving.max_context, prompt=target.prompt
+    )
     for line in plane.deploy(model, served, spec.rollout):
         print(f"deploy: {line}", flush=True)
     echo = lambda line: print(f"deploy: {line}", flush=True)  # noqa: E731
@@ -113,6 +132,12 @@ def deploy(
         champion_url=f"http://{model}-stable.{ns}.svc:8000/v1" if champion else None,
         router_url=f"http://{route['spec']['hostnames'][0]}/v1",
     )
+
+
+def _prompt_registry() -> Any:
+    from registry.prompts import PromptRegistry
+
+    return PromptRegistry.from_env()
 
 
 def _release(registry: ModelRegistry, model: str, workflow_uid: str | None, version: str, outcome: str) -> None:

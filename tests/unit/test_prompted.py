@@ -136,3 +136,26 @@ def test_served_versions_name_model_and_prompt() -> None:
     assert served_version("3") == "3" and served_version("3", "2") == "3.p2" and served_version("3", None) == "3"
     assert model_version_of("3.p2") == "3" and model_version_of("12") == "12"
     assert server_name("3.p2") == "v3.p2"
+
+
+def test_the_cluster_pod_applies_the_same_prompt_files_to_its_downloaded_weights(tmp_path: Path) -> None:
+    """GIVEN weights as the cluster's fetch-weights initContainer downloads them and a prompted version's
+    SERVED_PROMPT (the ServedPrompt as JSON, from the Rollout's pod template)
+    WHEN `apply_in_place` runs on the folder (what the initContainer runs)
+    THEN the folder holds exactly the overlay's template, generation config and prompt.json (vLLM reads them from
+    there), a request without the prompt renders as one carrying it; a SERVED_PROMPT that is not a served prompt is
+    one line naming the variable."""
+    from steps.rollout.serving.prompted import apply_in_place
+
+    prompt = _prompt(NASTY, temperature=0.0, max_tokens=24)
+    overlay = overlay_folder(_weights(tmp_path / "local"), prompt, tmp_path / "overlay")
+    pod = _weights(tmp_path / "pod")
+    written = apply_in_place(str(pod), prompt.model_dump_json())
+    assert written == ["chat_template.jinja", "generation_config.json", "prompt.json", "tokenizer_config.json"]
+    for name in written:
+        assert (pod / name).read_text() == (overlay / name).read_text(), name
+    carried = [{"role": role, "content": content} for role, content in prompt.messages] + REQUEST
+    assert _rendered(pod, REQUEST) == _rendered(_weights(tmp_path / "plain"), carried)
+    with pytest.raises(ServingError, match="^SERVED_PROMPT is not a served prompt") as info:
+        apply_in_place(pod, '{"name": "x"}')
+    assert "\n" not in str(info.value)

@@ -144,3 +144,30 @@ def test_the_shipped_demo_route_is_the_rendered_one() -> None:
         if d["kind"] == "HTTPRoute" and d["metadata"]["name"] == "demo-qa"
     )  # fmt: skip
     assert shipped == _render()["HTTPRoute/demo-qa"]
+
+
+def test_a_prompted_version_is_a_new_pod_template_whose_init_container_applies_the_prompt() -> None:
+    """GIVEN the same weights served without and with a prompt (a prompt-only release on the cluster)
+    WHEN both Rollouts are rendered
+    THEN only the fetch-weights initContainer's SERVED_PROMPT differs (the ServedPrompt as JSON, "" without), so the
+    controller sees a new pod template and runs the canary; both validate against the CRD schema."""
+    import dataclasses
+
+    served = dataclasses.replace(SERVED, prompt='{"name": "assistant", "version": "2"}')
+    docs = {}
+    for key, version in (("plain", SERVED), ("prompted", served)):
+        rendered = render_rollout("demo-qa", version, Rollout())
+        docs[key] = next(d for d in rendered if d["kind"] == "Rollout")
+        assert not schema_errors(docs[key])
+
+    def init_env(doc: dict[str, Any]) -> dict[str, str]:
+        init = doc["spec"]["template"]["spec"]["initContainers"][0]
+        assert init["name"] == "fetch-weights"
+        return {e["name"]: e["value"] for e in init["env"]}
+
+    assert init_env(docs["plain"])["SERVED_PROMPT"] == ""
+    assert init_env(docs["prompted"])["SERVED_PROMPT"] == served.prompt
+    plain, prompted = docs["plain"]["spec"]["template"], docs["prompted"]["spec"]["template"]
+    assert plain != prompted and {**init_env(docs["plain"]), "SERVED_PROMPT": served.prompt} == init_env(
+        docs["prompted"]
+    )

@@ -228,6 +228,7 @@ class RolloutPlane:
             namespace=self.options.namespace,
             gpus=served.gpus,
             max_model_len=served.max_model_len,
+            served_prompt=served.prompt,
         )
         template = next(doc for doc in pods if doc["kind"] == "Deployment")["spec"]["template"]
         annotations[PREVIOUS_ANNOTATION] = annotations.get(SERVING_ANNOTATION, "")

@@ -174,6 +174,7 @@ def render_vllm(
     max_model_len: int | None = None,
     weights_image: str = STEPS_IMAGE,
     template: Path | None = None,
+    served_prompt: str = "",
 ) -> list[dict[str, Any]]:
     """The vLLM Deployment and Service of one model version, from the template.
 
@@ -188,6 +189,8 @@ def render_vllm(
         max_model_len: vLLM's context cap; None keeps the model's own.
         weights_image: Image of the initContainer that copies the weights (needs python and boto3).
         template: Another template file (default: `default_template()`).
+        served_prompt: A prompted version's `ServedPrompt` as JSON (the initContainer applies it to the weights:
+            `steps.rollout.serving.prompted.apply_in_place`); "" serves the weights as they are.
 
     Returns:
         `[deployment, service]` as dicts, ready for `apply` or `yaml.safe_dump_all`.
@@ -200,6 +203,7 @@ def render_vllm(
     _check_inputs(model_name, version, model_uri, image, gpus, max_model_len)
     values = {
         "NAME": name, "NAMESPACE": namespace, "MODEL": model_name, "VERSION": version, "MODEL_URI": model_uri,
+        "SERVED_PROMPT": served_prompt,
         "IMAGE": image, "WEIGHTS_IMAGE": weights_image, "SERVED_MODEL_NAME": served, "GPUS": str(gpus),
         "CPUS": str(3 * gpus), "MEMORY": f"{24 * gpus}Gi",
     }  # fmt: skip

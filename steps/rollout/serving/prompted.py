@@ -17,8 +17,8 @@ from an *overlay folder*: a symbolic link to every verified weight file, plus
 `transformers serve` (the local plane's server) loads the processor and the model from that folder, so both apply
 to every chat completion. It raises a default `max_new_tokens` below 1024 to 1024 (its `_build_generation_config`),
 so there the prompt's `max_tokens` is not a default cap; vLLM's `--generation-config` keeps it. On the cluster the
-same two files are vLLM's `--chat-template` and `--generation-config` (`chat_template` and `generation_config`
-below), not yet wired into `steps.rollout.serving.rollouts`.
+same files are written into the downloaded weights folder by the pod's `fetch-weights` initContainer
+(`apply_in_place`, from the Rollout's SERVED_PROMPT), and vLLM reads both from there.
 """
 
 from __future__ import annotations
@@ -30,7 +30,16 @@ from typing import Any
 
 from steps.rollout.serving.base import ServedPrompt, ServingError
 
-__all__ = ["OVERRIDDEN", "chat_template", "generation_config", "jinja_literal", "overlay_folder", "prompt_prefix"]
+__all__ = [
+    "OVERRIDDEN",
+    "apply_in_place",
+    "chat_template",
+    "generation_config",
+    "jinja_literal",
+    "overlay_folder",
+    "prompt_files",
+    "prompt_prefix",
+]
 
 OVERRIDDEN = ("chat_template.jinja", "chat_template.json", "tokenizer_config.json", "generation_config.json")
 _JINJA_SPECIAL = set("\"'\\{}%#")
@@ -110,6 +119,23 @@ def _read_json(path: Path) -> dict[str, Any]:
     return loaded if isinstance(loaded, dict) else {}
 
 
+def prompt_files(weights: Path, prompt: ServedPrompt) -> dict[str, str]:
+    """The files that apply `prompt` to `weights`: chat template, tokenizer config, generation config, prompt.json.
+
+    Raises:
+        ServingError: The weights have no chat template, or a config file is not JSON.
+    """
+    template = chat_template(_original_template(weights), prompt)
+    tokenizer = {**_read_json(weights / "tokenizer_config.json"), "chat_template": template}
+    generation = generation_config(_read_json(weights / "generation_config.json"), prompt)
+    return {
+        "chat_template.jinja": template,
+        "tokenizer_config.json": json.dumps(tokenizer, indent=2),
+        "generation_config.json": json.dumps(generation, indent=2),
+        "prompt.json": prompt.model_dump_json(indent=2),
+    }
+
+
 def overlay_folder(weights: Path, prompt: ServedPrompt, folder: Path) -> Path:
     """Write `folder`: links to the files of `weights` and the prompt's template and generation config.
 
@@ -125,9 +151,7 @@ def overlay_folder(weights: Path, prompt: ServedPrompt, folder: Path) -> Path:
         ServingError: The weights have no chat template, or a config file is not JSON.
     """
     weights = weights.resolve()
-    template = chat_template(_original_template(weights), prompt)
-    tokenizer = {**_read_json(weights / "tokenizer_config.json"), "chat_template": template}
-    generation = generation_config(_read_json(weights / "generation_config.json"), prompt)
+    files = prompt_files(weights, prompt)
     if folder.is_symlink() or folder.is_file():
         folder.unlink()
     elif folder.exists():
@@ -136,8 +160,29 @@ def overlay_folder(weights: Path, prompt: ServedPrompt, folder: Path) -> Path:
     for entry in weights.iterdir():
         if entry.name not in OVERRIDDEN:
             (folder / entry.name).symlink_to(entry)
-    (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
-    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2), encoding="utf-8")
-    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2), encoding="utf-8")
-    (folder / "prompt.json").write_text(prompt.model_dump_json(indent=2), encoding="utf-8")
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
     return folder
+
+
+def apply_in_place(folder: str | Path, served_prompt: str) -> list[str]:
+    """Apply a prompt (a `ServedPrompt` as JSON) to a downloaded weights folder; return the files written.
+
+    What the cluster's `fetch-weights` initContainer runs after copying a prompted version's weights
+    (infrastructure/serving/vllm.yaml, env SERVED_PROMPT): vLLM then serves the folder with the prompt's chat
+    template and generation defaults, the same files the local plane's overlay folder holds.
+
+    Raises:
+        ServingError: `served_prompt` is not a served prompt, or the weights have no chat template.
+    """
+    try:
+        prompt = ServedPrompt.model_validate_json(served_prompt)
+    except ValueError as e:
+        first = " ".join(str(e).split())[:300]
+        raise ServingError(f"SERVED_PROMPT is not a served prompt ({first}): re-deploy the version") from None
+    folder = Path(folder)
+    files = prompt_files(folder, prompt)  # read the originals before writing over them
+    (folder / "chat_template.json").unlink(missing_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return sorted(files)

@@ -61,6 +61,7 @@ class ServedVersion:
     image: str
     gpus: int = 1
     max_model_len: int | None = None
+    prompt: str = ""  # a prompted version's ServedPrompt as JSON (steps.rollout.serving.prompted), "" for none
 
     def to_json(self) -> str:
         """The annotation value."""
@@ -178,7 +179,7 @@ def render_rollout(
     by_kind = {doc["kind"]: doc for doc in docs}
     pods = render_vllm(
         model_name, served.version, served.model_uri, image=served.image, namespace=options.namespace,
-        gpus=served.gpus, max_model_len=served.max_model_len,
+        gpus=served.gpus, max_model_len=served.max_model_len, served_prompt=served.prompt,
     )  # fmt: skip
     deployment = next(doc for doc in pods if doc["kind"] == "Deployment")
     _fill_rollout(by_kind["Rollout"], deployment["spec"]["template"], served, rollout, f"{model_name}-canary")
