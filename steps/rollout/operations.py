@@ -311,7 +311,11 @@ def rollback(
             _switch(plane, state, plane.ensure_server(state, target, served))
         switched_s = time.perf_counter() - started
     _finish_rollback(plane, registry, model, plan, actor=actor, reason=reason, workflow_uid=workflow_uid)
-    if plan.prompt is not None:
+    if plan.prompt is not None and plan.target.prompt is None:  # the model's first prompt: back to none
+        prompts().remove_alias(
+            plan.prompt, CHAMPION, actor=actor, reason=f"rolled back: {reason}", workflow_uid=workflow_uid
+        )
+    elif plan.prompt is not None:
         prompts().rollback(plan.prompt, actor=actor, reason=reason, workflow_uid=workflow_uid)
     return {
         "from": plan.champion.served,

@@ -37,6 +37,9 @@ class PromptSource(Protocol):
     def load(self, name: str, *, alias: str | None = None, version: str | int | None = None) -> PromptContent: ...  # noqa: D102
     def history(self, name: str) -> list[AliasMove]: ...  # noqa: D102
     def rollback(self, name: str, *, actor: str, reason: str, workflow_uid: str = "") -> list[AliasMove]: ...  # noqa: D102
+    def remove_alias(  # noqa: D102
+        self, name: str, alias: str, *, actor: str, reason: str, workflow_uid: str = ""
+    ) -> AliasMove | None: ...
 
 
 PromptsFactory = Callable[[], PromptSource]
@@ -107,7 +110,8 @@ def rollback_plan(registry: ModelRegistry, prompts: PromptsFactory, model: str) 
     """What `llmrelease rollback` undoes: the champion's last move; None when there is nothing to go back to.
 
     The prompt goes back when its champion moved last (or together with the model's, by one workflow), the
-    model's when the model's moved last; each needs its `previous`.
+    model's when the model's moved last; each needs its `previous`, except a model's first prompt, which goes back
+    to no prompt (the weights served as they were before it).
     """
     champion = registry.get_alias(model, CHAMPION)
     if champion is None:
@@ -121,10 +125,12 @@ def rollback_plan(registry: ModelRegistry, prompts: PromptsFactory, model: str) 
     together = bool(m_last and p_last and p_last.workflow_uid and p_last.workflow_uid == m_last.workflow_uid)
     prompt_last = p_last is not None and (m_last is None or p_last.when > m_last.when)
     model_back = previous is not None and (together or not prompt_last)
-    prompt_back = p_previous is not None and (together or prompt_last)
+    # The model's first prompt (its champion moved from none) goes back to none: the weights served as before it.
+    first_prompt = p_champion is not None and p_last is not None and p_last.from_version is None
+    prompt_back = (p_previous is not None or first_prompt) and (together or prompt_last)
     if not (model_back or prompt_back) or (prompt_last and not prompt_back and not together):
         return None
-    back = _served_prompt(source, name, p_previous if prompt_back else p_champion) if name else None
+    back = _served_prompt(source, name, p_previous if prompt_back else p_champion) if name else None  # None: none
     return RollbackPlan(
         champion=Target(champion, _served_prompt(source, name, p_champion) if name else None),
         target=Target(previous if model_back and previous else champion, back),

@@ -98,3 +98,14 @@ def test_weights_and_prompt_promoted_by_one_workflow_roll_back_together(store: S
     store.model_release("2", "u3")
     store.prompt_release(".", "u3")
     assert store.plan() == ("2.p2", "1.p1", True, PROMPT)
+
+
+def test_a_models_first_prompt_rolls_back_to_no_prompt_on_the_same_weights_and_only_once(store: Store) -> None:
+    # GIVEN weights 1 released without a prompt, then the model's first prompt promoted on them
+    store.model_release("1", "u1")
+    store.prompt_release("OK", "u2")
+    # THEN the rollback serves weights 1 as before the prompt (no prompt), the model's aliases stay
+    assert store.plan() == ("1.p1", "1", False, PROMPT)
+    store.prompts.remove_alias(PROMPT, CHAMPION, actor="carol", reason="rolled back")
+    # AND then there is nothing left to roll back to
+    assert store.plan() is None
