@@ -26,6 +26,7 @@ from steps.evals.engines.base import EvalError
 __all__ = ["connect_ray", "ray_address"]
 
 _DEFAULT_TIMEOUT_S = 60.0
+_JOIN_ATTEMPTS = 3  # Ray Client: a session server that failed to start is retried after 2 s, then 4 s
 
 
 def ray_address() -> str | None:
@@ -73,16 +74,35 @@ def _usable_cores() -> int:
 def _join(address: str, timeout_s: float) -> None:
     """ray.init(address=...) once the head answers; every failure one EvalError line naming RAY_ADDRESS."""
     import ray
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
     _await_port(address, timeout_s)
+    retrying = Retrying(
+        retry=retry_if_exception(_server_failed_to_start),
+        stop=stop_after_attempt(_JOIN_ATTEMPTS),
+        wait=wait_exponential(multiplier=2, max=8),
+        before_sleep=lambda _: ray.shutdown(),
+        reraise=True,
+    )
     try:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        for attempt in retrying:
+            with attempt:
+                ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     except Exception as e:
         detail = " ".join(str(e).split())[:200] or type(e).__name__
         raise EvalError(
             f"RAY_ADDRESS={address}: cannot join the Ray cluster ({type(e).__name__}: {detail}): check the "
             "address, the Ray version and RAY_AUTH_TOKEN, or unset RAY_ADDRESS to run Ray in the step"
         ) from None
+
+
+def _server_failed_to_start(error: BaseException) -> bool:
+    """Whether `error` is a Ray Client session server that failed to start: worth another try.
+
+    The head's proxier forks one server per client, and of two clients arriving together one sometimes fails to
+    start ("Initialization failure from server", seen when the demo's two eval steps joined within a second).
+    """
+    return isinstance(error, ConnectionError) and "Initialization failure from server" in str(error)
 
 
 def _await_port(address: str, timeout_s: float) -> None:
