@@ -2,9 +2,10 @@
 
 Starting from the rate the release had to hold (held or not), the search brackets the capacity by doubling (or
 halving) the rate, then bisects the bracket until it is `precision` narrow, the highest rate to try is reached, the
-client itself becomes the bottleneck where the SLO held (a miss under a lagging client is still a miss), or the
-time budget is spent. A probe is one measured run at a rate; the caller's `measure` runs it within the time left
-and says whether the SLO held. The capacity is the highest rate tried at which it held (None when none did);
+client itself becomes the bottleneck where the SLO held (the SLO then held at the rate the client did offer, which
+counts; a miss under a lagging client is still a miss), or the time budget is spent. A probe is one measured run at
+a rate; the caller's `measure` runs it within the time left and says whether the SLO held. The capacity is the
+highest rate at which it held (None when none did);
 every probe is kept for the latency-vs-rate table.
 """
 
@@ -132,8 +133,14 @@ def search_capacity(
             stopped = f"time budget of {max_time_s:g} s spent (the probe at {rate:.3g} req/s was cut)"
             break
         probes.append(probe)
-        if probe.holds and probe.client_bound:  # the offered load fell short of the rate: the hold proves nothing
-            stopped = f"the load client was the bottleneck at {rate:.3g} req/s ({probe.reason})"
+        if probe.holds and probe.client_bound:  # the offered load fell short of the rate: it held at what was sent
+            offered = probe.req_per_s
+            if offered > 0 and (lo is None or offered > lo):
+                lo = offered
+            stopped = (
+                f"the load client was the bottleneck at {rate:.3g} req/s ({probe.reason}); the SLO held at the "
+                f"{offered:.3g} req/s it offered"
+            )
         elif probe.holds:
             lo = rate
         else:

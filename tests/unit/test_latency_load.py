@@ -145,3 +145,24 @@ def test_a_load_above_capacity_searches_down_and_the_budget_bounds_the_search() 
     )  # fmt: skip
     assert cut.capacity_req_per_s is None and len(cut.probes) == 2 and cut.elapsed_s <= 12
     assert cut.stopped == "time budget of 12 s spent"
+
+
+def test_a_hold_under_a_lagging_client_counts_at_the_rate_the_client_offered() -> None:
+    """GIVEN a required load that missed at 40 req/s and a load client that can send only 17 req/s
+    WHEN the search halves to 20 req/s and the SLO holds there at the 17 req/s actually sent
+    THEN the search stops (the client is the bottleneck) with the capacity the SLO held at, 17 req/s, and says so."""
+
+    def measure(rate: float, left_s: float) -> Probe:
+        return Probe(
+            rate, True, 300.0, 0.0, 17.0, 17.0, 85, 5.0, reason="event loop behind schedule", client_bound=True
+        )
+
+    cap = search_capacity(
+        measure, start=40, start_holds=False, max_time_s=60, min_probe_s=5, max_rate=1000, precision=0.1,
+        clock=iter(range(0, 1000, 5)).__next__,
+    )  # fmt: skip
+    assert cap.capacity_req_per_s == 17.0 and len(cap.probes) == 1
+    assert cap.stopped == (
+        "the load client was the bottleneck at 20 req/s (event loop behind schedule); the SLO held at the 17 req/s "
+        "it offered"
+    )
