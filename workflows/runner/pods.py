@@ -212,6 +212,7 @@ class Prepared:
     locate: Callable[[str], str]  # a path in the container -> where it lies on this machine
     settle: Callable[[], None] = lambda: None  # after it ends: drop placeholders it did not write
     cleanup: Callable[[], None] = lambda: None  # after its outputs are read: remove its private files
+    missing: str = ""  # the command, when it is on none of the pod's PATH folders: the pod cannot start it
 
 
 def run_pod(spec: PodSpec, node: Node) -> tuple[str, str]:
@@ -310,10 +311,15 @@ def _prepare_isolated(spec: PodSpec, sandbox: Sandbox) -> Prepared:
         declared = [*_declared_paths(spec.template), *([STAGED_SCRIPT] if "script" in spec.template else [])]
         wrapped = sandbox.wrap(argv, image, pod, workdir, str(spec.scope.get("pod.name", "pod")), declared, spec.mounts)
         (spec.node_dir / "sandbox").write_text(" ".join(wrapped) + "\n")
+        missing = (
+            argv[0] if argv and sandbox.missing(argv[0], image, env.get("PATH", image.env.get("PATH", ""))) else ""
+        )
     except BaseException:
         shutil.rmtree(pod, ignore_errors=True)
         raise
-    return Prepared(wrapped, env, locate, lambda: sandbox.settle(pod), lambda: shutil.rmtree(pod, ignore_errors=True))
+    return Prepared(
+        wrapped, env, locate, lambda: sandbox.settle(pod), lambda: shutil.rmtree(pod, ignore_errors=True), missing
+    )
 
 
 def _launch(spec: PodSpec, node: Node, prepared: Prepared, *, collect: bool = True) -> tuple[str, str]:
@@ -322,6 +328,8 @@ def _launch(spec: PodSpec, node: Node, prepared: Prepared, *, collect: bool = Tr
     At its deadline, or when `spec.stopped` says the workflow is being stopped or terminated, the whole group is
     killed (SIGTERM, then SIGKILL after a grace period, as the kubelet does), bubblewrap's pod included.
     """
+    if prepared.missing:
+        return "Error", f"cannot start {prepared.missing}: No such file or directory"
     try:
         proc = process.start(prepared.argv, prepared.env, spec.node_dir)
     except OSError as e:

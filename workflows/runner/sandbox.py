@@ -76,6 +76,27 @@ class Sandbox:
             return self._roots[name]
 
     @staticmethod
+    def missing(program: str, image: ImageRoot, path: str) -> bool:
+        """Whether a bare command name is on none of the pod's `path` folders, as the image's files lie here.
+
+        The container runtime looks the command up before the container starts (runc's "executable file not found
+        in $PATH", a StartError); bubblewrap would only fail at its exec, after it has started, which races with a
+        main container that ends first. A name with a slash is left to the exec.
+        """
+        if not program or "/" in program:
+            return False
+        for folder in filter(None, path.split(":")):
+            here = folder
+            for source, target in reversed(image.binds):
+                if folder == target or folder.startswith(target + "/"):
+                    here = source + folder[len(target) :]
+                    break
+            candidate = os.path.join(here, program)
+            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+                return False
+        return True
+
+    @staticmethod
     def prepare(pod: Path) -> None:
         """A fresh folder for the pod's files on this machine, with a world-writable /tmp, as a container starts."""
         shutil.rmtree(pod, ignore_errors=True)

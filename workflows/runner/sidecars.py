@@ -42,6 +42,11 @@ class _Prepared(Protocol):
         """Removes its private files."""
         ...
 
+    @property
+    def missing(self) -> str:
+        """The command, when the pod has no such program."""
+        ...
+
 
 @dataclass
 class _Running:
@@ -70,9 +75,12 @@ class Sidecars:
         except WorkflowError as e:
             raise type(e)(f"sidecar {name}: {e}") from e
         try:
+            if prepared.missing:
+                raise FileNotFoundError(2, "No such file or directory", prepared.missing)
             proc = process.start(prepared.argv, prepared.env, logs)
         except OSError as e:
-            why = f"{name}: StartError (exit code 128): cannot start {prepared.argv[0]}: {e.strerror}"
+            program = prepared.missing or prepared.argv[0]
+            why = f"{name}: StartError (exit code 128): cannot start {program}: {e.strerror}"
             self._running.append(_Running(name, logs, None, prepared.cleanup, why))
             return
         self._running.append(_Running(name, logs, proc, prepared.cleanup))
