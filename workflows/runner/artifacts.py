@@ -15,6 +15,7 @@ copied into the run's folder as before. A problem is an `ArtifactError`: the nod
 
 from __future__ import annotations
 
+import json
 import posixpath
 import shutil
 import tempfile
@@ -41,7 +42,15 @@ from workflows.runner.artifact_sources import (
 )
 from workflows.runner.cluster import ClusterConfig, MissingConfig
 
-__all__ = ["ArtifactError", "ArtifactStore", "Repository", "input_source", "resolve_argument", "resolve_repository"]
+__all__ = [
+    "ArtifactError",
+    "ArtifactStore",
+    "Repository",
+    "artifact_reference",
+    "input_source",
+    "resolve_argument",
+    "resolve_repository",
+]
 
 DEFAULT_CONFIG_MAP = "artifact-repositories"
 DEFAULT_ANNOTATION = "workflows.argoproj.io/default-artifact-repository"
@@ -110,6 +119,13 @@ def resolve_argument(art: Mapping[str, Any], scope: Mapping[str, str], where: st
         WorkflowError: a reference does not resolve.
     """
     return _substituted(art, scope, f"{where}: artifact {art.get('name')}")
+
+
+def artifact_reference(art: Mapping[str, Any]) -> str:
+    """What `{{inputs.artifacts.NAME}}` stands for in a `from:`: the stored artifact's reference, else its source."""
+    if "from" in art:
+        return str(art["from"])
+    return json.dumps({k: v for k, v in art.items() if k != "name"}, sort_keys=True)
 
 
 def input_source(
@@ -251,6 +267,8 @@ class ArtifactStore:
             return fetch_git(art["git"], dest, name, self._secret)
         if "from" in art:
             reference = str(art["from"])
+            if reference.startswith("{"):  # an artifact given by its source (`artifact_reference`)
+                return self._fetch({**json.loads(reference), "name": name}, dest)
             with self._lock:
                 saved = self._saved.get(reference)
             if saved is None:

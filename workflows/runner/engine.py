@@ -3,7 +3,8 @@
 Covers dag (enhanced `depends` and legacy `dependencies`) and steps templates, nesting, container and script
 leaves, parameters and artifacts, `when`, withItems / withParam / withSequence, parallelism, retryStrategy,
 activeDeadlineSeconds, suspend, and onExit with `workflow.status` / `workflow.failures`. The leaves (pods with
-sidecars, daemons, containerSets; retries; suspend) are in `workflows.runner.leaves`. What needs a cluster is
+sidecars, daemons, containerSets; retries; suspend) are in `workflows.runner.leaves`, `http` templates in
+`workflows.runner.http_template`, step/task exit hooks in `workflows.runner.tasks`. What needs a cluster is
 refused up front (see `workflows.runner.options.unsupported`).
 """
 
@@ -19,8 +20,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from registry.errors import WorkflowError
-from workflows.runner.artifacts import ArtifactStore, resolve_argument
+from workflows.runner.artifacts import ArtifactStore, artifact_reference, resolve_argument
 from workflows.runner.cluster import ClusterConfig
+from workflows.runner.http_template import run_http_node
 from workflows.runner.leaves import export_globals, run_pod_node, run_retry, run_suspend
 from workflows.runner.memo import memo_of, outputs_of, restore_outputs
 from workflows.runner.nodes import FAILED, Node, NodeBook, failures, format_tree, iso
@@ -35,7 +37,8 @@ from workflows.runner.templates import TemplateResolver, path_placeholders, temp
 __all__ = ["Runner"]
 
 _TERMINAL = frozenset({"Succeeded", "Failed", "Error", "Skipped", "Omitted"})
-_REUSED = frozenset({"Pod", "Retry", "Suspend"})  # leaves a resumed run takes as they were
+_REUSED = frozenset({"Pod", "Retry", "Suspend", "HTTP"})  # leaves a resumed run takes as they were
+_KINDS = (("dag", "DAG"), ("steps", "Steps"), ("suspend", "Suspend"), ("http", "HTTP"))  # node type, else Pod
 _RECORDED = (
     "resources",
     "affinity",
@@ -118,6 +121,8 @@ class Runner:
         scope = dict(self.globals)
         scope.update({f"inputs.parameters.{k}": v for k, v in inputs.items()})
         scope["inputs.parameters"] = json.dumps([{"name": k, "value": v} for k, v in inputs.items()])
+        if not self.exiting:  # Argo's `%f` seconds since the start, as of this substitution
+            scope["workflow.duration"] = f"{time.time() - self.started:f}"
         scope.update(extra or {})
         return scope
 
@@ -135,9 +140,9 @@ class Runner:
         """Run any template under `parent`; returns its (terminal) node."""
         inputs = self.inputs(tmpl, args)
         scope = self.scope_for(inputs, extra)
-        scope.update({f"inputs.artifacts.{k}": str(a["from"]) for k, a in (artifacts or {}).items() if "from" in a})
+        scope.update({f"inputs.artifacts.{k}": artifact_reference(a) for k, a in (artifacts or {}).items()})
         scope.update(path_placeholders(tmpl))
-        kind = "DAG" if "dag" in tmpl else "Steps" if "steps" in tmpl else "Suspend" if "suspend" in tmpl else "Pod"
+        kind = next((name for key, name in _KINDS if key in tmpl), "Pod")
         reused = self._reuse(parent, display)
         if reused is not None:
             export_globals(self, tmpl, reused)
@@ -201,6 +206,8 @@ class Runner:
                 return run_retry(self, tmpl, scope, node, artifacts)
             if kind == "Pod":
                 return run_pod_node(self, tmpl, scope, node, artifacts)
+            if kind == "HTTP":  # Argo's agent makes the request; no pod
+                return run_http_node(self, tmpl, scope, node)
             if kind == "Suspend":
                 return run_suspend(self, tmpl, node)
             ctx = TaskContext(self, tmpl, node, scope)
@@ -232,7 +239,7 @@ class Runner:
 
     def stopped(self, kind: str) -> str:
         """Why a node may not start: the workflow was stopped/terminated, or its deadline passed ("" if it may)."""
-        if kind not in ("Pod", "Suspend") or self.exiting:  # Argo runs exit handlers after stop and deadline
+        if kind not in ("Pod", "Suspend", "HTTP") or self.exiting:  # Argo runs exit handlers after stop and deadline
             return ""
         strategy = self.options.shutdown or requested_shutdown(self.run_dir)
         if strategy:
@@ -313,7 +320,8 @@ class Runner:
     def _main(self) -> Node:
         entry = self.template({"template": self.spec.get("entrypoint")}, "spec.entrypoint")
         params, arts = self.arguments()
-        main = self.execute(entry, params, None, self.name, arts)
+        # operator.go calls the entrypoint (and onExit) as a step with no name: `{{steps.name}}` is "" there
+        main = self.execute(entry, params, None, self.name, arts, {"steps.name": ""})
         self.end_daemons("")  # a daemon entrypoint: its scope is the workflow
         return main
 
@@ -382,13 +390,13 @@ class Runner:
             {
                 "workflow.status": phase,
                 "workflow.failures": json.dumps(failures(self.book)),
-                "workflow.duration": f"{main.duration:.3f}",
+                "workflow.duration": f"{main.duration:f}",
             }
         )
         self.exiting = True
         handler = self.template({"template": self.spec["onExit"]}, "spec.onExit")
         params, arts = self.arguments()
-        exit_node = self.execute(handler, params, None, f"{self.name}.onExit", arts)
+        exit_node = self.execute(handler, params, None, f"{self.name}.onExit", arts, {"steps.name": ""})
         if exit_node.phase in FAILED and phase == "Succeeded":
             return exit_node.phase, exit_node.message  # Argo: the exit node's phase and message
         return phase, message

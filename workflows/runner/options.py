@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = ["RunOptions", "RunResult", "unsupported"]
 
-_REFUSED_TEMPLATE = ("resource", "http", "data", "plugin")
+_REFUSED_TEMPLATE = ("resource", "data", "plugin")
 
 
 @dataclass(frozen=True)
@@ -41,12 +41,23 @@ class RunResult:
 
 def unsupported(spec: Mapping[str, Any]) -> list[str]:
     """Fields the local runner cannot honour, each as 'where: field', found before anything runs."""
-    found = [f"spec.{key}" for key in ("hostNetwork",) if spec.get(key)]
+    found = [f"spec.{key}" for key in ("hostNetwork", "hooks") if spec.get(key)]  # spec.hooks: use spec.onExit
     for tmpl in spec.get("templates", []):
         where = f"template {tmpl.get('name')}"
         found += [f"{where}: {key}" for key in _REFUSED_TEMPLATE if tmpl.get(key)]
         body = tmpl.get("container") or tmpl.get("script") or {}
         found += [f"{where}: {key}" for key in ("volumeDevices",) if body.get(key)]
         for task in tmpl.get("dag", {}).get("tasks", []):
-            found += [f"{where}: task {task.get('name')}: {k}" for k in ("onExit", "hooks") if task.get(k)]
+            found += _hooks(f"{where}: task {task.get('name')}", task)
+        for step in [s for group in tmpl.get("steps") or [] for s in group or [] if isinstance(s, Mapping)]:
+            found += _hooks(f"{where}: step {step.get('name')}", step)
+    return found
+
+
+def _hooks(where: str, call: Mapping[str, Any]) -> list[str]:
+    """Lifecycle hooks the runner cannot run: any but `exit`, and an `exit` hook with an `expression`."""
+    hooks = call.get("hooks") or {}
+    found = [f"{where}: hooks.{name}" for name in hooks if name != "exit"]
+    if (hooks.get("exit") or {}).get("expression"):
+        found.append(f"{where}: hooks.exit.expression")
     return found

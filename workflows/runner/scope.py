@@ -15,6 +15,7 @@ from workflows.runner.templates import check_enum, parameter_value
 __all__ = ["NAMESPACE", "template_inputs", "workflow_globals"]
 
 NAMESPACE = "local"  # `workflow.namespace`, and the namespace of locks
+_SCHEDULED_TIME = "workflows.argoproj.io/scheduled-time"  # the annotation `workflow.scheduledTime` reads
 
 
 def workflow_globals(
@@ -32,9 +33,16 @@ def workflow_globals(
         "workflow.uid": uid,
         "workflow.namespace": NAMESPACE,
         "workflow.serviceAccountName": str(spec.get("serviceAccountName", "default")),
-        "workflow.creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "workflow.mainEntrypoint": str(spec.get("entrypoint", "")),
+        "workflow.status": "Running",  # the runtime values, as setGlobalRuntimeParameters (duration: the engine's)
+        "workflow.duration": "0.000000",
+        **_creation_timestamp(time.time()),
     }
+    if spec.get("priority") is not None:
+        scope["workflow.priority"] = str(int(spec["priority"]))
+    scheduled = (metadata.get("annotations") or {}).get(_SCHEDULED_TIME)
+    if scheduled is not None:
+        scope["workflow.scheduledTime"] = str(scheduled)
     for kind in ("labels", "annotations"):  # workflow.labels.<NAME>, .json and (deprecated) the bare JSON
         notes = {str(k): str(v) for k, v in (metadata.get(kind) or {}).items()}
         scope |= {f"workflow.{kind}.{k}": v for k, v in notes.items()}
@@ -54,6 +62,24 @@ def workflow_globals(
     scope["workflow.parameters"] = scope["workflow.parameters.json"] = json.dumps(  # both, as operator.go
         [{"name": k.split(".", 2)[2], "value": v} for k, v in scope.items() if k.startswith("workflow.param")]
     )
+    return scope
+
+
+def _creation_timestamp(now: float) -> dict[str, str]:
+    """`workflow.creationTimestamp` (RFC 3339, UTC, whole seconds), `.RFC3339`, `.s` and `.<c>` per strftime char."""
+    stamp = time.gmtime(int(now))
+    rfc3339 = time.strftime("%Y-%m-%dT%H:%M:%SZ", stamp)
+    scope = {
+        "workflow.creationTimestamp": rfc3339,
+        "workflow.creationTimestamp.RFC3339": rfc3339,
+        "workflow.creationTimestamp.s": str(int(now)),
+    }
+    scope |= {f"workflow.creationTimestamp.{c}": time.strftime(f"%{c}", stamp) for c in "BbmAadHIMSYyp"}
+    scope |= {  # Go's layouts for these (util/strftime): "MST", "-0700", ".000" of a UTC time of whole seconds
+        "workflow.creationTimestamp.Z": "UTC",
+        "workflow.creationTimestamp.z": "+0000",
+        "workflow.creationTimestamp.L": ".000",
+    }
     return scope
 
 

@@ -15,11 +15,14 @@ from workflows.runner.nodes import FAILED, POD_IP, Node, NodeBook
 
 __all__ = ["TaskContext", "run_dag", "run_steps"]
 
+_ENDED = frozenset({"Succeeded", "Failed", "Error"})  # Completed(): a Skipped/Omitted node runs no exit hook
+
 
 class Runner(Protocol):
     """What scheduling needs from the engine (`workflows.runner.engine.Runner`): its nodes and template calls."""
 
     book: NodeBook
+    spec: Mapping[str, Any]
 
     def template(
         self, ref: Mapping[str, Any], where: str, within: Mapping[str, Any] | None = None
@@ -58,6 +61,13 @@ class TaskContext:
 
     def publish(self, name: str, node: Node) -> None:
         """Expose a finished child's status and outputs as `tasks.<name>.*` / `steps.<name>.*`."""
+        entries = self._entries(name, node)
+        with self.cond:
+            self.results[name] = node
+            self.scope.update(entries)
+            self.cond.notify_all()
+
+    def _entries(self, name: str, node: Node) -> dict[str, str]:
         base = f"{self.prefix}.{name}"
         kids = [self.runner.book.get(c) for c in node.children] if node.type in ("TaskGroup", "StepGroup") else []
         entries = {
@@ -82,10 +92,7 @@ class TaskContext:
                 entries[f"{base}.outputs.result"] = node.result
             entries.update({f"{base}.outputs.parameters.{k}": v for k, v in node.parameters.items()})
             entries.update({f"{base}.outputs.artifacts.{k}": v for k, v in node.artifacts.items()})
-        with self.cond:
-            self.results[name] = node
-            self.scope.update(entries)
-            self.cond.notify_all()
+        return entries
 
     def run_task(self, task: Mapping[str, Any]) -> Node:
         """Run one task/step: expand its loop if any, else run it once."""
@@ -133,12 +140,40 @@ class TaskContext:
             }
             arts = _artifact_args(task, local, where)
             tmpl = self.runner.template(task, where, self.tmpl)
+            own = {f"{self.prefix}.name": display}  # Argo's steps.name / tasks.name: the calling step's name
             if self.slots:
                 with self.slots:
-                    return self.runner.execute(tmpl, args, parent, display, arts)
-            return self.runner.execute(tmpl, args, parent, display, arts)
+                    node = self.runner.execute(tmpl, args, parent, display, arts, own)
+            else:
+                node = self.runner.execute(tmpl, args, parent, display, arts, own)
         except WorkflowError as e:
             return self._error(task, parent, display, str(e))
+        return self._exit_hook(task, node, local)
+
+    def _exit_hook(self, task: Mapping[str, Any], node: Node, local: Mapping[str, str]) -> Node:
+        """Run the task's exit hook (`hooks.exit`, or `onExit`) once its node ended, as Argo's runOnExitNode.
+
+        The hook is a child `<node>.onExit` of the task's node, called with its own arguments (none: the
+        workflow's), which see the task's outputs; the task waits for it, and its phase is not the task's.
+        """
+        hook = {"template": task["onExit"]} if task.get("onExit") else (task.get("hooks") or {}).get("exit")
+        if not hook or node.phase not in _ENDED:
+            return node
+        if not hook.get("arguments"):
+            hook = {**hook, "arguments": self.runner.spec.get("arguments") or {}}
+        where = f"{self.where(task)}: exit hook"
+        outputs = {k: v for k, v in self._entries(str(task["name"]), node).items() if ".outputs." in k}
+        local = {**local, **outputs}
+        try:
+            args = {
+                str(p["name"]): substitute(str(p.get("value", "")), local, where=f"{where}: argument {p['name']}")
+                for p in hook["arguments"].get("parameters", [])
+            }
+            tmpl = self.runner.template(hook, where, self.tmpl)
+            self.runner.execute(tmpl, args, node, "onExit", _artifact_args(hook, local, where), {"steps.name": ""})
+        except WorkflowError as e:
+            self._error(hook, node, "onExit", str(e))
+        return node
 
     def _error(self, task: Mapping[str, Any], parent: Node, display: str, message: str) -> Node:
         node = self.runner.book.new(parent, display, "Pod", str(task.get("template", "")))
