@@ -238,6 +238,8 @@ def test_rollback_workflow_template_refuses_then_rolls_back(
         str(REPO / "argo"),
         "--runs-dir",
         str(world.home / "runs"),
+        "--isolation",
+        "none",  # the step reads the test's own MLflow store under tmp, which a bwrap pod does not see
     ]
 
     assert main(argv) != 0

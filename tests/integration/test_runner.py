@@ -192,6 +192,8 @@ def test_cli_exit_codes_and_json_status(tmp_path: Path) -> None:
         "--json",
         "--runs-dir",
         str(tmp_path / "runs"),
+        "--isolation",
+        "none",
     ]
     ok = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert ok.returncode == 0, ok.stderr

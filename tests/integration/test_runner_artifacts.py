@@ -129,6 +129,8 @@ def run(tmp_path: Path, workflow: str, cluster: Path | None, *params: str) -> Ru
         str(tmp_path / "runs"),
         "--argo-dir",
         str(tmp_path / "argo"),
+        "--isolation",
+        "none",
     ]
     argv += ["--cluster-config", str(cluster)] if cluster else []
     for param in params:

@@ -167,7 +167,7 @@ def test_stop_or_terminate_ends_a_workflow_waiting_on_a_lock(tmp_path: Path, lev
         waiter = {"entrypoint": "main", "templates": [sh("main", "true", synchronization={"mutex": {"name": "m"}})]}
     env = {**os.environ, "LLMRELEASE_HOME": str(tmp_path / "home")}
     runs = tmp_path / "runs"
-    cmd = [*LLMRELEASE, "run", "--runs-dir", str(runs), "--argo-dir", str(tmp_path / "x")]
+    cmd = [*LLMRELEASE, "run", "--runs-dir", str(runs), "--argo-dir", str(tmp_path / "x"), "--isolation", "none"]
     first = subprocess.Popen([*cmd, str(write(tmp_path, holder, "holder"))], env=env, stdout=subprocess.DEVNULL)
     try:
         _wait_for(lambda: any(runs.glob("holder-*/nodes/*/stdout")))  # its pod runs: it holds the mutex

@@ -33,6 +33,7 @@ def test_workflow_mutex_makes_a_second_process_wait(tmp_path: Path) -> None:
     path = write(tmp_path, spec, "locked")
     env = {**os.environ, "LLMRELEASE_HOME": str(tmp_path / "home")}
     cmd = [*LLMRELEASE, "run", str(path), "--runs-dir", str(tmp_path / "runs"), "--argo-dir", str(tmp_path / "x")]
+    cmd += ["--isolation", "none"]
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) for _ in range(2)]
     seen_waiting = ""
     while any(p.poll() is None for p in procs) and not seen_waiting:

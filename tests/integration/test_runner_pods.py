@@ -173,7 +173,15 @@ def test_suspended_workflow_holds_its_mutex_until_terminated(tmp_path: Path, mon
     a = run(write(tmp_path, a_spec, "a"), tmp_path)
     assert a.phase == "Running"
     b_spec = {"entrypoint": "go", "synchronization": lock, "templates": [sh("go", "date +%s.%N")]}
-    cmd = [*LLMRELEASE, "run", str(write(tmp_path, b_spec, "b")), "--runs-dir", str(tmp_path / "runs")]
+    cmd = [
+        *LLMRELEASE,
+        "run",
+        str(write(tmp_path, b_spec, "b")),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--isolation",
+        "none",
+    ]
     proc = subprocess.Popen([*cmd, "--argo-dir", str(tmp_path / "x")], env=dict(os.environ), stdout=subprocess.PIPE)
     try:
         b_status = wait_for(lambda: pending_message(tmp_path / "runs", "b-"), 60)

@@ -185,7 +185,7 @@ def test_two_deliveries_of_one_model_queue_on_its_mutex(tmp_path: Path, models: 
         path = tmp_path / f"wf-{i}.yaml"
         path.write_text(yaml.safe_dump(_model_locked(model)))
         cmd = [sys.executable, "-m", "workflows.cli.main", "run", str(path), "--runs-dir", str(tmp_path / "runs"),
-               "--argo-dir", str(tmp_path / "none")]  # fmt: skip
+               "--argo-dir", str(tmp_path / "none"), "--isolation", "none"]  # fmt: skip
         procs.append(
             subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )

@@ -201,8 +201,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--isolation",
         choices=("none", "bwrap"),
-        default="none",
-        help="bwrap: each pod in bubblewrap, seeing only its image's files and Argo's environment",
+        default="bwrap",
+        help="bwrap (the default): each pod in bubblewrap, seeing only its image's files and Argo's environment; "
+        "none: pods are host processes with their paths rewritten (where bubblewrap cannot run)",
     )
     run.add_argument(
         "--cluster-config",
