@@ -17,6 +17,13 @@ Configurations (C = this process's usable cores):
             (RAY_ADDRESS; one is started here when none is given): connect, 1 worker of C threads, K items.
   ray-N     the same with N workers of C // N threads each.
   ray-1/1c  1 worker on 1 core: the per-worker baseline.
+  ray-N/warm  a fresh driver process as in ray-N, on warm workers (named, detached actors that an earlier driver
+            started and loaded: `steps.evals.worker_pool`), the next step of a delivery. Run after the others
+            (warm workers hold the cluster's CPUs): one untimed driver starts them, then `--repeats` timed drivers
+            reuse them; then they are killed, so the next model's rows start cold.
+  ray-N/warm-new  the same warm workers asked for a model they do not hold (a copy of it in another folder, as
+            a new candidate is): warm processes, the model loaded.
+The cold rows use the step's own workers (`ShardOptions(warm=False)`), started and killed by each driver.
 Each configuration runs `--repeats` times; the table shows min/median/max of end-to-end seconds (process start
 to results) and of steady examples/s (K / evaluation time, start-up excluded). Ratios use medians:
   per-worker efficiency = steady(ray-N) / (N x steady(ray-1/1c))                goal >= 0.8
@@ -98,7 +105,9 @@ def child_plain(model: str, suite_path: str, max_new: int) -> dict[str, Any]:
     return {"start_s": start, "run_s": run, "n": len(results), "workers": [info]}
 
 
-def child_ray(model: str, suite_path: str, max_new: int, workers: int, cores: int, scratch: str) -> dict[str, Any]:
+def child_ray(
+    model: str, suite_path: str, max_new: int, workers: int, cores: int, scratch: str, warm: bool = False
+) -> dict[str, Any]:
     """A batch-eval driver: join the cluster at RAY_ADDRESS, start the pool (engines loaded), run the suite."""
     from steps.evals.sharding import EngineSpec, ShardOptions, WorkerPool, connect_ray, plan_shards, run_suite
 
@@ -107,15 +116,29 @@ def child_ray(model: str, suite_path: str, max_new: int, workers: int, cores: in
     connect = time.perf_counter() - began
     suite = load_suite(Path(suite_path), name="golden-qa")
     spec = EngineSpec.of("transformers", model_dir=model)
-    options = ShardOptions(workers=workers, cores=cores)
+    options = ShardOptions(workers=workers, cores=cores, warm=warm)
     with WorkerPool(options) as pool:
         pool.start(spec, len(plan_shards(len(suite.items), workers)))
         start = time.perf_counter() - began
         t = time.perf_counter()
         results, _ = run_suite(suite, spec, GenerationSettings(max_new_tokens=max_new), scratch, options, pool)
         run = time.perf_counter() - t
-        where = [{"threads": w["torch_threads"], "omp": w["omp_threads"]} for w in pool.where]
+        where = [{"threads": w["torch_threads"], "omp": w["omp_threads"], "hit": w.get("hit")} for w in pool.where]
     return {"connect_s": connect, "start_s": start, "run_s": run, "n": len(results), "workers": where}
+
+
+def child_release() -> dict[str, Any]:
+    """Kill every warm eval worker on the cluster at RAY_ADDRESS (a step using one gets a new one by its name)."""
+    import ray
+
+    from steps.evals.sharding import connect_ray
+    from steps.evals.worker_pool import WARM_NAMESPACE
+
+    connect_ray()
+    named = [n for n in ray.util.list_named_actors(all_namespaces=True) if n["namespace"] == WARM_NAMESPACE]
+    for entry in named:
+        ray.kill(ray.get_actor(entry["name"], namespace=WARM_NAMESPACE))
+    return {"killed": len(named)}
 
 
 def spawn(args: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -222,14 +245,41 @@ def bench_model(name: str, model: Path, args: argparse.Namespace, env: dict[str,
     plans["ray-1/1c"] = ["ray", "1", "1"]
     for i in range(args.repeats):  # interleaved, so a change in the machine's load hits every configuration
         for config, plan in plans.items():
-            folder = scratch / f"shards-{name}-{config.replace('/', '-')}-{i}"
-            extra = [str(folder)] if plan[0] == "ray" else []
-            row = spawn([plan[0], str(model), str(suite_path), str(args.max_new_tokens), *plan[1:], *extra], env)
-            row["steady"] = row["n"] / row["run_s"]
-            rows.setdefault(config, []).append(row)
+            rows.setdefault(config, []).append(_measure(config, plan, i, name, model, suite_path, args, env, scratch))
+    warm = ["ray", str(n), str(cores), "warm"]
+    _measure(f"ray-{n}/first", warm, 0, name, model, suite_path, args, env, scratch)  # starts the warm workers
+    for i in range(args.repeats):
+        rows.setdefault(f"ray-{n}/warm", []).append(
+            _measure(f"ray-{n}/warm", warm, i, name, model, suite_path, args, env, scratch)
+        )
+        copy = shutil.copytree(model, scratch / f"{name}-new-{i}")  # another model: loaded, in a warm process
+        rows.setdefault(f"ray-{n}/warm-new", []).append(
+            _measure(f"ray-{n}/warm-new", warm, i, name, copy, suite_path, args, env, scratch)
+        )
+    spawn(["release", "-", "-", "0"], env)
     print(f"\n## {name} ({model.name}), K={args.k}, C={cores}, N={n}, bare best: {best}")
     _table(rows, args.k)
     _ratios(rows, n, args.k)
+
+
+def _measure(
+    config: str,
+    plan: list[str],
+    i: int,
+    name: str,
+    model: Path,
+    suite_path: Path,
+    args: argparse.Namespace,
+    env: dict[str, str],
+    scratch: Path,
+) -> dict[str, Any]:
+    """One fresh child process for `config` (a shard folder of its own); its row with `steady` examples/s."""
+    folder = scratch / f"shards-{name}-{config.replace('/', '-')}-{i}"
+    extra = [str(folder)] if plan[0] == "ray" else []
+    rest, warm = (plan[1:-1], ["warm"]) if plan[-1] == "warm" else (plan[1:], [])
+    row = spawn([plan[0], str(model), str(suite_path), str(args.max_new_tokens), *rest, *extra, *warm], env)
+    row["steady"] = row["n"] / row["run_s"]
+    return row
 
 
 def _mmm(values: list[float], fmt: str) -> str:
@@ -260,6 +310,12 @@ def _ratios(rows: dict[str, list[dict[str, Any]]], n: int, k: int) -> None:
     print(f"- per-worker efficiency ray-{n} / ({n} x ray-1/1c), steady: {per_worker:.2f} (goal >= 0.8)")
     print(f"- ray-{n} / bare: steady {many / bare:.2f}, end to end {e2e_many / bare:.2f} (goal >= 0.9 at K >= 512)")
     print(f"- plain / bare: steady {plain / bare:.2f}, end to end {k / med('plain', 'e2e_s') / bare:.2f}")
+    warm, cold = f"ray-{n}/warm", f"ray-{n}"
+    hits = all(w.get("hit") for r in rows[warm] for w in r["workers"])
+    print(
+        f"- {warm} vs {cold}: start {med(warm, 'start_s'):.2f}s vs {med(cold, 'start_s'):.2f}s, end to end "
+        f"{med(warm, 'e2e_s'):.2f}s vs {med(cold, 'e2e_s'):.2f}s (every warm load a hit: {hits})"
+    )
     gap = 1 / plain - 1 / many
     extra = med(f"ray-{n}", "e2e_s") - k / many - (med("plain", "e2e_s") - k / plain)
     if extra <= 0:
@@ -285,8 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         kind, model, suite, max_new, *rest = args.child
         if kind == "plain":
             out = child_plain(model, suite, int(max_new))
+        elif kind == "release":
+            out = child_release()
         else:
-            out = child_ray(model, suite, int(max_new), int(rest[0]), int(rest[1]), rest[2])
+            out = child_ray(model, suite, int(max_new), int(rest[0]), int(rest[1]), rest[2], rest[3:] == ["warm"])
         print(json.dumps(out))
         return 0
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a `timeout` still stops the cluster below

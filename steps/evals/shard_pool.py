@@ -5,7 +5,8 @@
 and the model it holds, across suites), persisting each shard as it finishes, resubmitting a shard whose worker
 died, and waiting for (then taking) the shards another driver of the same run key stores. The pool starts
 before any claim is taken and only when a pending shard is claimable, and is stopped while this driver has nothing
-to run, so two drivers sharing a Ray cluster's resources never wait on each other. ray and torch are imported lazily.
+to run, so two drivers sharing a Ray cluster's resources never wait on each other (warm workers are only let go:
+the other driver may be using them). ray and torch are imported lazily.
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class ShardDriver:
             w = self.idle.pop()
             self.stats.attempts[k] = self.stats.attempts.get(k, 0) + 1
             items = [self.suite.items[i] for i in self.shards[k]]
-            call = self.pool.actors[w].run_shard.remote(self.suite.name, k, items, self.settings)
+            call = self.pool.submit(w, self.engine, self.suite.name, k, items, self.settings)
             self.running[call] = (w, k)
 
     def _start(self, wanted: int) -> None:

@@ -1,7 +1,7 @@
 """Sharded batch evals on Ray: a suite's items split into contiguous shards, run by a pool of engine actors.
 
 Design: an explicit pool of Ray actors (`steps.evals.shard_pool`), not Ray Data's `map_batches`. Each actor
-builds ONE engine when it starts and answers one shard per call; the driver keeps the queue, claims a shard and
+builds its engine once (kept loaded) and answers one shard per call; the driver keeps the queue, claims a shard and
 hands it to an idle actor, waits for the first to finish (`ray.wait`) and persists it at once as
 `shard-<k>.jsonl` in the run key's shard store (`steps.evals.shard_ledger`: S3 when a bucket is configured, else
 a local folder; an object that exists is complete). Explicit actors make the things this step needs direct,
@@ -27,6 +27,9 @@ what it chose and where it runs; the run's `ShardStats` carries both (`backend`,
 shard store's `engine.json` keeps the choice for a re-run that finds every shard done. Actors start only when
 this driver has a shard to run (none when every shard is stored or claimed by another driver). A step passes
 one `WorkerPool` to every `run_suite` call: the actors start once and load each model once for all its suites.
+On a cluster reached by address the actors are warm ones kept across steps (named, detached, a few engines
+cached each, ended after LLMRELEASE_EVAL_IDLE_S idle; `steps.evals.worker_pool`), and every shard call names
+its engine, so parallel steps (batch-eval and safety) share them.
 
 Test-only fault injection: `FaultInjection(shard=k, marker=path)` (in the batch-eval step, the environment
 variable `LLMRELEASE_EVAL_KILL_SHARD=<k>:<marker path>`) makes the worker starting shard k SIGKILL itself while

@@ -1,4 +1,4 @@
-"""The eval workers of one step: Ray actors that each hold one engine and an explicit share of the cores.
+"""The eval workers of a step: Ray actors with an explicit share of the cores, ephemeral or kept warm across steps.
 
 Thread budget. A pool for `ShardOptions.workers` workers on C cores (`ShardOptions.cores`, else the Ray cluster's
 CPUs) runs at most n = min(workers, C) CPU-bound actors: a worker on a fraction of a core only oversubscribes it.
@@ -11,50 +11,48 @@ Start-up out of the hot path. The step keeps one pool for all its suites (`Worke
 batch-eval step opens once): an actor starts once (its process, torch and transformers imported once) and loads an
 engine only when asked for one it does not hold, so the candidate's suites share one model load and the champion's
 another. A worker that died and restarted (Ray re-runs its constructor) is given its engine again (`revive`).
+
+Warm workers across steps. On a cluster reached by address (RAY_ADDRESS; `ShardOptions.warm` overrides), the
+workers are named, detached actors in the `llmrelease-evals` namespace, one name per slot and shape (threads, CPUs,
+GPUs, and the eval code's hash), got or created with `get_if_exists`: the next step (another driver process,
+e.g. the safety step running beside batch-eval, or the next delivery) finds them started, with up to
+`warm_engines` models loaded (`steps.evals.engine_cache`), and every call names its engine, so two steps can
+share them at once. `stop` leaves them running; a warm worker with no call for `idle_s` (LLMRELEASE_EVAL_IDLE_S,
+default 600) ends itself, and the next step starts it again under the same name. Without RAY_ADDRESS (a Ray
+started in the step) the workers are the step's own: one engine each, killed by `stop`, as before.
 ray and torch are imported lazily.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import signal
-import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 from steps.evals.cache import GenerationSettings
+from steps.evals.engine_cache import idle_seconds, warm_engines
 from steps.evals.engine_spec import EngineSpec
-from steps.evals.engines.base import Engine, EvalError
-from steps.evals.evaluate import evaluate_items
-from steps.evals.ray_connect import connect_ray
+from steps.evals.engines.base import EvalError
+from steps.evals.ray_connect import connect_ray, ray_address
+from steps.evals.shard_worker import FaultInjection, ShardWorker
 from steps.evals.suites import SuiteItem
 
-__all__ = ["FaultInjection", "ShardOptions", "ShardWorker", "WorkerPool", "cause_of", "thread_budget"]
+__all__ = [
+    "WARM_NAMESPACE",
+    "FaultInjection",
+    "ShardOptions",
+    "ShardWorker",
+    "WorkerPool",
+    "cause_of",
+    "thread_budget",
+    "warm_name",
+]
 
-
-@dataclass(frozen=True)
-class FaultInjection:
-    """Test hook: the worker that starts shard `shard` kills itself (SIGKILL) while `marker` exists."""
-
-    shard: int
-    marker: str
-
-    @classmethod
-    def from_env(cls, value: str | None) -> FaultInjection | None:
-        """Parse `<k>:<marker path>` (LLMRELEASE_EVAL_KILL_SHARD); None when unset or empty."""
-        if not value:
-            return None
-        shard, _, marker = value.partition(":")
-        if not shard.isdigit() or not marker:
-            raise EvalError(f"LLMRELEASE_EVAL_KILL_SHARD={value!r}: expected <shard index>:<marker path>")
-        return cls(int(shard), marker)
-
-    def maybe_die(self, shard: int) -> None:
-        """SIGKILL this process when starting the chosen shard and the marker exists (removed first)."""
-        if shard == self.shard and os.path.exists(self.marker):
-            os.unlink(self.marker)
-            os.kill(os.getpid(), signal.SIGKILL)
+WARM_NAMESPACE = "llmrelease-evals"
+"""The Ray namespace of the warm workers (named, detached actors kept on a cluster across steps)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +67,10 @@ class ShardOptions:
         gpus_per_worker: GPUs each actor asks Ray for (explicit, so an autoscaler sees the demand); 0: CPU only.
         claim_ttl_s: A shard claim not renewed for this long (its driver died) is taken over.
         fault: Test-only fault injection.
+        warm: Named, detached workers kept on the cluster across steps; None: when RAY_ADDRESS names a cluster,
+            unless LLMRELEASE_EVAL_WARM=0.
+        warm_engines: Engines a warm worker keeps loaded; None: LLMRELEASE_EVAL_WARM_ENGINES, else 2.
+        idle_s: A warm worker with no call for this long ends itself; None: LLMRELEASE_EVAL_IDLE_S, else 600.
     """
 
     workers: int = 2
@@ -78,6 +80,31 @@ class ShardOptions:
     gpus_per_worker: float = 0.0
     claim_ttl_s: float = 30.0
     fault: FaultInjection | None = None
+    warm: bool | None = None
+    warm_engines: int | None = None
+    idle_s: float | None = None
+
+    @property
+    def is_warm(self) -> bool:
+        """Whether the workers are warm: `warm`, else RAY_ADDRESS names a cluster and LLMRELEASE_EVAL_WARM is not 0."""
+        if self.warm is not None:
+            return self.warm
+        off = os.environ.get("LLMRELEASE_EVAL_WARM", "").strip().lower() in ("0", "false", "no", "off")
+        return bool(ray_address()) and not off
+
+
+def warm_name(slot: int, threads: int, cpus: float, gpus: float, code: str = "") -> str:
+    """The name of warm worker `slot` of a shape (threads, Ray CPUs, GPUs), for the code it runs."""
+    return f"shard-worker-{slot}-t{threads}-c{cpus:g}-g{gpus:g}" + (f"-{code}" if code else "")
+
+
+def code_tag() -> str:
+    """8 hex of the eval package's sources: a warm worker started from other code is not reused."""
+    digest = hashlib.sha256()
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def thread_budget(cores: int, workers: int, remote: bool = False) -> tuple[int, int, float]:
@@ -94,67 +121,23 @@ def thread_budget(cores: int, workers: int, remote: bool = False) -> tuple[int, 
     return actors, threads, float(threads)
 
 
-class ShardWorker:
-    """The Ray actor body: an explicit thread share; one engine at a time, loaded on demand; one shard per call."""
-
-    def __init__(self, num_threads: int, fault: FaultInjection | None = None, use_gpu: bool = False) -> None:
-        self.num_threads, self.fault, self.use_gpu = num_threads, fault, use_gpu
-        self.spec: EngineSpec | None = None
-        self.engine: Engine | None = None
-        self.backend = self.device = ""
-
-    def load(self, engine: EngineSpec) -> dict[str, Any]:
-        """Build `engine` here unless it is the one held (weights fetched on this node); then `ready()`."""
-        if engine != self.spec:
-            self.engine = None  # free the previous model before loading the next
-            concrete, self.device = engine.on_worker(self.use_gpu)
-            self.backend = concrete.kind
-            self.engine = concrete.build(self.num_threads)
-            self.spec = engine
-        return self.ready()
-
-    def ready(self) -> dict[str, Any]:
-        """Where and what: pid, Ray node, backend, device, and the threads this process runs (torch, OMP)."""
-        import ray
-
-        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-        torch = sys.modules.get("torch")
-        return {
-            "pid": os.getpid(),
-            "node": node,
-            "backend": self.backend,
-            "device": self.device,
-            "loaded": self.spec is not None,
-            "torch_threads": torch.get_num_threads() if torch else 0,
-            "interop_threads": torch.get_num_interop_threads() if torch else 0,
-            "omp_threads": os.environ.get("OMP_NUM_THREADS", ""),
-            "mkl_threads": os.environ.get("MKL_NUM_THREADS", ""),
-        }
-
-    def run_shard(
-        self, suite_name: str, index: int, items: list[SuiteItem], settings: GenerationSettings
-    ) -> list[dict[str, Any]]:
-        """Evaluate one shard with the engine held; the results as JSON-able dicts, in item order."""
-        if self.fault is not None:
-            self.fault.maybe_die(index)
-        if self.engine is None:
-            raise EvalError(f"suite {suite_name} shard {index}: the worker holds no engine: load one first")
-        results = evaluate_items(self.engine, suite_name, items, settings)
-        return [r.model_dump(mode="json") for r in results]
-
-
 class WorkerPool:
-    """The actors of one step, started on first use and kept (with the engine they hold) until `stop`."""
+    """The actors of a step, got on first use and kept (with the engines they hold) until `stop`."""
 
     def __init__(self, options: ShardOptions) -> None:
         self.options = options
+        self.warm = options.is_warm
         self.actors: list[Any] = []
         self.where: list[dict[str, Any]] = []
         self.engine: EngineSpec | None = None
+        self.shape: tuple[int, float, float] = (1, 1.0, 0.0)
         self.starts = 0
-        """Actors started over the pool's life (restarts by Ray not counted): what a test checks."""
+        """Actor handles got over the pool's life (warm ones may be reused; restarts by Ray not counted)."""
         self.loads = 0
         """Engine loads asked of the actors (one per actor and engine)."""
+        self.hits = 0
+        """Loads a warm actor answered from the engines it held (no model loaded)."""
+        self._code = ""
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -163,7 +146,7 @@ class WorkerPool:
         self.stop()
 
     def start(self, engine: EngineSpec, wanted: int) -> int:
-        """Actors for `wanted` shards (started or grown as needed), each holding `engine`; the pool's size.
+        """Actors for `wanted` shards (got or grown as needed), each holding `engine`; the pool's size.
 
         Raises:
             EvalError: Ray cannot be reached, the workers failed to start or to load the engine, or they chose
@@ -177,21 +160,74 @@ class WorkerPool:
         size, threads, cpus = thread_budget(cores, self.options.workers, remote)
         missing = min(size, max(1, wanted)) - len(self.actors)
         if missing > 0 or engine != self.engine:
-            gpus = 0.0 if remote else self.options.gpus_per_worker
-            self.actors += [self._actor(threads, cpus, gpus) for _ in range(max(0, missing))]
+            if not self.actors:
+                self.shape = (threads, cpus, 0.0 if remote else self.options.gpus_per_worker)
+            if self.warm and missing > 0:
+                self._make_room(missing * self.shape[1])
+            self.actors += [self._actor(len(self.actors) + i) for i in range(max(0, missing))]
             self.starts += max(0, missing)
             self.where = self._load(engine)
             self.engine = engine
         return len(self.actors)
 
-    def _actor(self, threads: int, cpus: float, gpus: float) -> Any:
+    def submit(
+        self,
+        w: int,
+        engine: EngineSpec,
+        suite_name: str,
+        index: int,
+        items: list[SuiteItem],
+        settings: GenerationSettings,
+    ) -> Any:
+        """Shard `index` on actor `w` with `engine` (named in the call); the Ray object ref of its results."""
+        return self.actors[w].run_shard.remote(engine, suite_name, index, items, settings, self.options.fault)
+
+    def _actor(self, slot: int) -> Any:
+        """Actor `slot` of the pool's shape: the step's own, or the warm one of that name (created if absent)."""
         import ray
 
+        threads, cpus, gpus = self.shape
         env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         remote: Any = ray.remote(max_restarts=self.options.max_attempts, max_task_retries=0)(ShardWorker)
-        return remote.options(num_cpus=cpus, num_gpus=gpus, runtime_env={"env_vars": env}).remote(
-            threads, self.options.fault, gpus > 0
-        )
+        options: dict[str, Any] = {"num_cpus": cpus, "num_gpus": gpus, "runtime_env": {"env_vars": env}}
+        if not self.warm:
+            return remote.options(**options).remote(threads, gpus > 0)
+        self._code = self._code or code_tag()
+        engines = self.options.warm_engines or warm_engines()
+        idle = self.options.idle_s or idle_seconds()
+        name = warm_name(slot, threads, cpus, gpus, self._code)
+        options |= {"name": name, "namespace": WARM_NAMESPACE, "lifetime": "detached", "get_if_exists": True}
+        return remote.options(**options).remote(threads, gpus > 0, engines, idle)
+
+    def _make_room(self, cpus: float) -> None:
+        """Free `cpus` Ray CPUs held by idle warm workers of another shape or code, when the cluster has too few.
+
+        Warm workers keep their CPUs while idle; a step of another shape (another `shards`, an http engine) or of
+        newer eval code would otherwise wait for their idle timeout. One answering within a second and idle for
+        more than a second is ended; one that is busy (a shard of another step in progress) is left alone.
+        """
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+        from ray.util import list_named_actors
+
+        if ray.available_resources().get("CPU", 0.0) >= cpus:
+            return
+        threads, shape_cpus, gpus = self.shape
+        ours = warm_name(0, threads, shape_cpus, gpus, self._code or code_tag()).split("-", 3)[3]
+        for entry in list_named_actors(all_namespaces=True):
+            name = str(entry.get("name", "")) if isinstance(entry, dict) else str(entry)
+            if (isinstance(entry, dict) and entry.get("namespace") != WARM_NAMESPACE) or not name.startswith(
+                "shard-worker-"
+            ):
+                continue
+            if name.split("-", 3)[3] == ours:
+                continue
+            try:
+                actor = ray.get_actor(name, namespace=WARM_NAMESPACE)
+                if float(cast(Any, ray.get(actor.idle_for.remote(), timeout=1.0))) > 1.0:
+                    ray.kill(actor, no_restart=True)
+            except (GetTimeoutError, RayActorError, RayTaskError, AttributeError, ValueError):
+                continue
 
     def _load(self, engine: EngineSpec) -> list[dict[str, Any]]:
         """Every actor holding `engine`; their `ready()`; one engine kind and device among them."""
@@ -205,7 +241,7 @@ class WorkerPool:
                 where.append(ray.get(ref))
             except RayActorError:  # died while loading: Ray restarts it (max_restarts); load once more, then give up
                 try:
-                    _await_restart(self.actors[w], f"eval worker {w} ({engine.name})", 300.0)
+                    self._recover(w, f"eval worker {w} ({engine.name})", 300.0)
                     where.append(ray.get(self.actors[w].load.remote(engine)))
                     self.loads += 1
                 except (EvalError, RayActorError, RayTaskError) as e:
@@ -215,6 +251,7 @@ class WorkerPool:
                 self.stop()
                 raise EvalError(f"eval workers ({engine.name}) failed to start: {cause_of(e)}") from None
         self.loads += len(self.actors)
+        self.hits += sum(1 for w in where if w.get("hit"))
         chosen = sorted({(str(w["backend"]), str(w["device"])) for w in where})
         if len(chosen) != 1:
             self.stop()
@@ -229,7 +266,7 @@ class WorkerPool:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        _await_restart(self.actors[w], what, timeout_s)
+        self._recover(w, what, timeout_s)
         try:
             self.where[w] = ray.get(self.actors[w].load.remote(self.engine))
         except (RayActorError, RayTaskError) as e:
@@ -237,19 +274,47 @@ class WorkerPool:
         self.loads += 1
         return self.where[w]
 
+    def _recover(self, w: int, what: str, timeout_s: float) -> None:
+        """Worker `w` answering again: restarted by Ray, or (a warm one that ended) a new actor under its name.
+
+        A warm worker ends for good when its idle timeout ends it between a driver getting it and calling it, or
+        when it ran out of restarts.
+
+        Raises:
+            EvalError: It did not come back within `timeout_s`, or it died for good and is not a warm worker.
+        """
+        died = _await_restart(self.actors[w], what, timeout_s)
+        if died is not None and self.warm:
+            self.actors[w] = self._actor(w)
+            self.starts += 1
+            died = _await_restart(self.actors[w], what, timeout_s)
+        if died is not None:
+            raise EvalError(f"{what}: its worker died and cannot restart ({cause_of(died)})")
+
     def stop(self) -> None:
-        """Kill the actors (their resources may be what another driver waits for); the next start begins anew."""
+        """Let go of the actors: the step's own killed, warm ones left running for the next step.
+
+        The step's own may hold resources another driver waits for; warm ones may be in use by another step.
+        The next start begins anew.
+        """
         if not self.actors:
             return
-        import ray
+        if not self.warm:
+            import ray
 
-        for actor in self.actors:
-            ray.kill(actor)
+            for actor in self.actors:
+                ray.kill(actor)
         self.actors, self.where, self.engine = [], [], None
 
 
-def _await_restart(actor: Any, what: str, timeout_s: float) -> None:
-    """Block until a restarting actor answers again (Ray refuses calls while it restarts)."""
+def _await_restart(actor: Any, what: str, timeout_s: float) -> Exception | None:
+    """Block until a restarting actor answers again (Ray refuses calls while it restarts).
+
+    Returns None, or the `ActorDiedError` when the actor has ended for good.
+
+    Raises:
+        EvalError: It did not answer within `timeout_s`.
+    """
     import ray
     from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError
 
@@ -257,7 +322,7 @@ def _await_restart(actor: Any, what: str, timeout_s: float) -> None:
     while True:
         try:
             ray.get(actor.ready.remote(), timeout=max(1.0, deadline - time.monotonic()))
-            return
+            return None
         except (ActorUnavailableError, GetTimeoutError) as e:
             if time.monotonic() >= deadline:
                 raise EvalError(
@@ -265,7 +330,7 @@ def _await_restart(actor: Any, what: str, timeout_s: float) -> None:
                 ) from e
             time.sleep(0.2)
         except ActorDiedError as e:
-            raise EvalError(f"{what}: its worker died and cannot restart ({cause_of(e)})") from None
+            return e
 
 
 def cause_of(error: Exception) -> str:

@@ -97,8 +97,12 @@ def test_nightly_regression_runs_as_isolated_pods_on_the_profiles_ray_cluster(
     assert f"spec {RELEASE} at {profile.commit[:12]} in {profile.repo} (as released)" in comparisons["notes"]
     assert not [n for n in comparisons["notes"] if "no baseline" in n], comparisons["notes"]
 
-    jobs = client_jobs_since(before, ray_view(profile))
-    assert len(jobs) == 1 and all(jobs.values()), jobs  # the nightly-eval pod's Ray Client session ran the workers
+    after = ray_view(profile)
+    jobs = client_jobs_since(before, after)
+    assert len(jobs) == 1, jobs  # the nightly-eval pod's Ray Client session
+    # Its workers are the warm ones (an earlier delivery's, or created by this session): alive on the cluster's nodes.
+    alive = [a for a in after["actors"] if a["cls"] == "ShardWorker" and a["state"] == "ALIVE"]
+    assert alive and {a["node"] for a in alive} <= set(after["nodes"]), after["actors"]
 
 
 def _artifact(client: Any, run_id: str, path: str, folder: Path) -> Any:

@@ -133,7 +133,7 @@ import json, sys, ray
 from ray._private import state
 ray.init(address=sys.argv[1], log_to_driver=False)
 jobs = [{{"id": j["JobID"], "entrypoint": j.get("Entrypoint", ""), "dead": j["IsDead"]}} for j in state.jobs()]
-actors = [{{"cls": a["ActorClassName"], "job": a["JobID"], "node": a["Address"]["NodeID"]}}
+actors = [{{"cls": a["ActorClassName"], "job": a["JobID"], "node": a["Address"]["NodeID"], "state": a["State"]}}
           for a in state.actors().values()]
 nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
 print(json.dumps({{"jobs": jobs, "actors": actors, "nodes": nodes}}))
@@ -193,7 +193,7 @@ def test_eval_pods_score_on_the_profiles_ray_cluster_through_ray_client(
     """GIVEN `local up` with Ray (RAY_ADDRESS=ray://..., token auth) and no eval actor in its cluster yet
     WHEN the golden delivery, cut after batch-eval and safety, runs under `--isolation bwrap` from the committed spec
     THEN it succeeds with both suites scored, and the cluster's GCS shows two new jobs, each a Ray Client session of
-    the head, each running ShardWorker actors, which between them ran on both of the cluster's nodes."""
+    the head, and ShardWorker actors (warm, shared by both pods) created by them on both of the cluster's nodes."""
     assert profile.env()["RAY_ADDRESS"].startswith("ray://127.0.0.1:")
     before = ray_view(profile)
     assert len(before["nodes"]) == 2
@@ -218,5 +218,7 @@ def test_eval_pods_score_on_the_profiles_ray_cluster_through_ray_client(
     after = ray_view(profile)
     jobs = client_jobs_since(before, after)
     assert len(jobs) == 2, after["jobs"]  # one Ray Client session per eval pod
-    assert all(jobs.values()), jobs  # each session ran eval actors
+    # The eval workers are warm (named, detached): the first pod to reach the cluster creates them, the other pod
+    # uses the same ones, so the actors belong to one session or the other, depending on which came first.
+    assert any(jobs.values()), jobs
     assert set().union(*jobs.values()) == set(after["nodes"]), (jobs, after["nodes"])
