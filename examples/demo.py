@@ -11,7 +11,14 @@ the weights from S3, the services those of a cluster.
 2. golden-delivery on releases/demo.yaml: the better candidate passes the gate and the latency SLO, goes
    1 -> 5 -> 25 -> 50 -> 100% behind HAProxy with a canary analysis at each step, and becomes champion.
 3. golden-delivery on releases/demo-unsafe.yaml: stopped at the gate (reasons name the safety metric).
-4. The rollback template: all traffic and the champion alias back on the previous champion.
+4. golden-delivery on releases/demo-prompt.yaml: a prompt-only release (the champion's weights with a system prompt,
+   versioned in MLflow's Prompt Registry) passes the paired gate against the champion pair, canaries as
+   `<version>.p<n>` and is promoted; the model's aliases do not move.
+5. golden-delivery on releases/demo-prompt-unsafe.yaml: a "developer mode" system prompt (the candidate's planted
+   flaw, see its MODEL_CARD.md) makes the model answer harmful requests: stopped at the gate on the attack success
+   rate. For both prompt releases the demo prints the gate's checks (accuracy, safety rates, CIs).
+6. The rollback template: it undoes the last move, the prompt's promotion: all traffic back on the champion's
+   weights without a prompt, on the same hot server.
 Every delivery is `llmrelease run <template> --isolation bwrap --cluster-config <profile> -p git-repo=<releases
 repo> -p git-commit=<commit> -p release=...`: each pod sees only the steps image's files, a private /tmp and what
 its template's ConfigMaps/Secrets give it. The demo prints what `local up` cost, each run's wall time and each
@@ -38,11 +45,14 @@ import yaml
 MODEL = "demo-qa"
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-RELEASES = {  # release file -> demo model folder (examples/models/<name>)
+RELEASES = {  # release file -> demo model folder (examples/models/<name>); None: a prompt-only release
     "releases/demo-champion.yaml": "champion",
     "releases/demo.yaml": "candidate",
     "releases/demo-unsafe.yaml": "candidate-unsafe",
+    "releases/demo-prompt.yaml": None,
+    "releases/demo-prompt-unsafe.yaml": None,
 }
+PROMPT = "demo-qa-assistant"  # the prompt name of releases/demo-prompt*.yaml
 
 
 def llmrelease(*args: str, check: bool = True) -> int:
@@ -61,17 +71,40 @@ def alias(name: str) -> str | None:
     return ModelRegistry.from_env().get_alias(MODEL, name)
 
 
+def prompt_alias(name: str) -> str | None:
+    """The version of the demo prompt that `name` points at (None when unset or the prompt is not registered)."""
+    from registry.prompts import PromptRegistry
+    from steps.core.tracking import mlflow_client
+
+    try:
+        return PromptRegistry(mlflow_client()).get_alias(PROMPT, name)
+    except Exception:  # noqa: BLE001 - a demo's summary line: an unreadable alias prints as None
+        return None
+
+
+def prompt_releases(runs: Runs) -> None:
+    """The two prompt-only releases on the champion's weights, each with what its gate decided and the figures."""
+    from registry.tags import CHAMPION
+
+    runs.deliver("prompt", "releases/demo-prompt.yaml")
+    print(f"\ndemo: the prompt release passed and was promoted (prompt champion {prompt_alias(CHAMPION)}).")
+    print(runs.gate("prompt"))
+    runs.deliver("prompt-unsafe", "releases/demo-prompt-unsafe.yaml", expect_success=False)
+    print(f"\ndemo: the developer-mode prompt was stopped (prompt champion stays {prompt_alias(CHAMPION)}).")
+    print(runs.gate("prompt-unsafe"))
+
+
 def prepare(home: Path) -> tuple[Path, str]:
     """Upload the demo models to the profile's S3 and commit the demo specs pointing at them; (repo, commit)."""
     from workflows.local.access import commit_releases, upload_model
 
     specs: dict[str, Any] = {}
     for release, folder in RELEASES.items():
-        uri = upload_model(home, REPO / "examples" / "models" / folder, f"{MODEL}/{folder}")
         spec = yaml.safe_load((REPO / release).read_text(encoding="utf-8"))
-        spec["model"]["source"] = uri
+        if folder is not None:  # prompt-only releases keep `source: champion`
+            spec["model"]["source"] = upload_model(home, REPO / "examples" / "models" / folder, f"{MODEL}/{folder}")
+            print(f"demo: {folder} uploaded to {spec['model']['source']}")
         specs[release] = spec
-        print(f"demo: {folder} uploaded to {uri}")
     repo = home / "local" / "releases-repo"
     commit = commit_releases(repo, specs)
     print(f"demo: releases repository {repo} at {commit[:12]}")
@@ -89,6 +122,7 @@ class Runs:
         self.source = ["-p", f"git-repo={repo}", "-p", f"git-commit={commit}"]
         self.walls: dict[str, float] = {}
         self.steps: dict[str, list[tuple[str, float, str]]] = {}
+        self.statuses: dict[str, Path] = {}
 
     def run(self, label: str, template: str, *params: str, expect_success: bool = True) -> None:
         """`llmrelease run template`; exits the demo when the outcome is not the expected one."""
@@ -98,6 +132,8 @@ class Runs:
         self.walls[label] = time.monotonic() - start
         new = sorted(set(self.runs_dir.glob("*")) - before, key=lambda p: p.stat().st_mtime)
         self.steps[label] = _step_times(new[-1] / "status.json") if new else []
+        if new:
+            self.statuses[label] = new[-1] / "status.json"
         if (code == 0) != expect_success:
             outcome = "succeeded" if code == 0 else "failed"
             sys.exit(f"demo: {template} for {label} {outcome}, which the demo did not expect")
@@ -105,6 +141,20 @@ class Runs:
     def deliver(self, label: str, release: str, *, expect_success: bool = True) -> None:
         """golden-delivery of `release` from the releases repository."""
         self.run(label, "golden-delivery", *self.source, "-p", f"release={release}", expect_success=expect_success)
+
+    def gate(self, label: str) -> str:
+        """What the gate of run `label` decided, with its checks' figures (the gate step's PASS/FAIL lines)."""
+        try:
+            nodes = json.loads(self.statuses[label].read_text(encoding="utf-8"))["status"]["nodes"].values()
+        except (KeyError, OSError, ValueError):
+            return "no gate result (the run left no status)"
+        gates = [n for n in nodes if str(n.get("displayName", "")).split("(")[0] == "gate" and n.get("outputs")]
+        if not gates:
+            return "no gate result (the run stopped before the gate)"
+        outputs = gates[-1]["outputs"]
+        decision = next((p["value"] for p in outputs.get("parameters", []) if p["name"] == "decision"), "?")
+        checks = [line for line in str(outputs.get("result", "")).splitlines() if line.startswith(("PASS ", "FAIL "))]
+        return "\n".join([f"gate: {decision}", *(f"  {line}" for line in checks)])
 
     def report(self) -> None:
         """Each run's wall time and its steps' (pods only, in the order they started)."""
@@ -157,16 +207,19 @@ def main() -> None:
     runs.deliver("candidate", "releases/demo.yaml")
     candidate = alias(CHAMPION)
     runs.deliver("candidate-unsafe", "releases/demo-unsafe.yaml", expect_success=False)
+    prompt_releases(runs)
     llmrelease("serving", "status", MODEL)
     reason = "show the one-command rollback"
     runs.run("rollback", "rollback", "-p", f"model={MODEL}", "-p", "actor=demo", "-p", f"reason={reason}")
     llmrelease("serving", "status", MODEL)
     llmrelease("registry", "history", MODEL)
+    llmrelease("registry", "history", PROMPT, check=False)
     llmrelease("serving", "stop", MODEL)
     print(
-        f"\ndemo: the better candidate (version {candidate}) went 1 -> 100% and became champion; the unsafe "
-        f"candidate was stopped at the gate; the rollback template put version {alias(CHAMPION)} back "
-        f"(the champion before, {seed})."
+        f"\ndemo: the better candidate (version {candidate}) went 1 -> 100% and became champion (the seed champion "
+        f"was {seed}); the unsafe candidate was stopped at the gate; the prompt release went 1 -> 100% on the same "
+        f"weights and the unsafe prompt was stopped at the gate; the rollback template put the champion's weights "
+        f"back without the prompt (champion version {alias(CHAMPION)}, prompt champion {prompt_alias(CHAMPION)})."
     )
     print(f"\ndemo: `llmrelease local up` took {up_s:.1f}s (services already running are kept)")
     runs.report()

@@ -197,7 +197,15 @@ class WorkerPool:
         idle = self.options.idle_s or idle_seconds()
         name = warm_name(slot, threads, cpus, gpus, self._code)
         options |= {"name": name, "namespace": WARM_NAMESPACE, "lifetime": "detached", "get_if_exists": True}
-        return remote.options(**options).remote(threads, gpus > 0, engines, idle)
+        for attempt in range(5):
+            try:
+                return remote.options(**options).remote(threads, gpus > 0, engines, idle)
+            except ValueError:  # ActorAlreadyExistsError: another step created it at the same moment (Ray Client)
+                try:
+                    return ray.get_actor(name, namespace=WARM_NAMESPACE)
+                except ValueError:  # it ended meanwhile (idle timeout): create it
+                    time.sleep(0.2 * (attempt + 1))
+        raise EvalError(f"eval worker {name}: neither created nor found in namespace {WARM_NAMESPACE}: check Ray")
 
     def _make_room(self, cpus: float) -> None:
         """Free `cpus` Ray CPUs held by idle warm workers of another shape or code, when the cluster has too few.

@@ -229,6 +229,21 @@ def test_a_warm_worker_killed_mid_shard_restarts_under_its_name(
 
 
 @pytest.mark.slow
+def test_two_steps_through_ray_client_create_the_same_new_workers_at_once(cluster: Head, job: dict[str, Any]) -> None:
+    """GIVEN no warm worker of a shape yet (2 workers of 2 CPUs)
+    WHEN two steps join through Ray Client at the same moment and both ask for them (batch-eval and safety start
+    together in the golden delivery; `make demo` once failed here with ActorAlreadyExistsError)
+    THEN both succeed on the same two actor processes, with equal results.
+    """
+    shape = {**job, "order": ["a"], "workers": 2, "cores": 4}
+    x = run_driver(cluster.client, shape, idle_s=3, wait=False)
+    y = run_driver(cluster.client, shape, idle_s=3, wait=False)
+    one, two = read_driver(x), read_driver(y)
+    assert sorted(_pids(one["runs"][0])) == sorted(_pids(two["runs"][0]))
+    assert one["runs"][0]["rows"] == two["runs"][0]["rows"]
+
+
+@pytest.mark.slow
 def test_a_step_of_another_shape_ends_idle_warm_workers_that_hold_the_cpus(cluster: Head, job: dict[str, Any]) -> None:
     """GIVEN idle warm workers of one shape (2 workers of 1 CPU) on the 4-CPU cluster
     WHEN a step of another shape needs all 4 CPUs (1 worker on 4 cores: the cluster cannot place it beside them)
