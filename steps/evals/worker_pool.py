@@ -207,6 +207,32 @@ class WorkerPool:
                     time.sleep(0.2 * (attempt + 1))
         raise EvalError(f"eval worker {name}: neither created nor found in namespace {WARM_NAMESPACE}: check Ray")
 
+    def _call_load(self, w: int, engine: EngineSpec) -> Any:
+        """Ask worker `w` to hold `engine`; a warm one whose creation lost a race is taken by name first."""
+        try:
+            return self.actors[w].load.remote(engine)
+        except ValueError:  # ActorAlreadyExistsError: another step created it at the same moment
+            if not self.warm:
+                raise
+            self.actors[w] = self._named(w)
+            return self.actors[w].load.remote(engine)
+
+    def _named(self, w: int) -> Any:
+        """The warm worker of slot `w` by its name (another step created it); waits up to ~10 s for its name.
+
+        Raises:
+            EvalError: No worker has that name.
+        """
+        import ray
+
+        name = warm_name(w, *self.shape, self._code or code_tag())
+        for attempt in range(20):
+            try:
+                return ray.get_actor(name, namespace=WARM_NAMESPACE)
+            except ValueError:
+                time.sleep(min(1.0, 0.1 * (attempt + 1)))
+        raise EvalError(f"eval worker {name}: its name is taken but no worker has it in {WARM_NAMESPACE}: check Ray")
+
     def _make_room(self, cpus: float) -> None:
         """Free `cpus` Ray CPUs held by idle warm workers of another shape or code, when the cluster has too few.
 
@@ -242,11 +268,17 @@ class WorkerPool:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        refs = [a.load.remote(engine) for a in self.actors]
+        refs = [self._call_load(w, engine) for w in range(len(self.actors))]
         where: list[dict[str, Any]] = []
         for w, ref in enumerate(refs):
             try:
-                where.append(ray.get(ref))
+                try:
+                    where.append(ray.get(ref))
+                except ValueError:  # ActorAlreadyExistsError at first use: another step's creation of it won
+                    if not self.warm:
+                        raise
+                    self.actors[w] = self._named(w)
+                    where.append(ray.get(self.actors[w].load.remote(engine)))
             except RayActorError:  # died while loading: Ray restarts it (max_restarts); load once more, then give up
                 try:
                     self._recover(w, f"eval worker {w} ({engine.name})", 300.0)
