@@ -43,7 +43,7 @@ from registry.tags import (
 from steps.core.tracking import experiment_id, llmrelease_home
 from steps.evals.cache import CACHE_LABEL, GenerationSettings, ResultCache, short_hex
 from steps.evals.engine_spec import WeightsRef
-from steps.evals.engines.base import EvalError
+from steps.evals.engines.base import EvalError, env_seconds
 from steps.evals.prompt_pairs import AppliedPrompt, PromptReader, release_prompts
 from steps.evals.ray_connect import ray_address
 from steps.evals.results import EvalReport, SuiteResult
@@ -202,14 +202,7 @@ def _gpus_per_worker(inputs: Inputs) -> float:
 
 def _claim_ttl() -> float:
     """LLMRELEASE_EVAL_CLAIM_TTL_S, else 30 s: how long a shard claim holds without being renewed."""
-    raw = os.environ.get("LLMRELEASE_EVAL_CLAIM_TTL_S") or "30"
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise EvalError(f"LLMRELEASE_EVAL_CLAIM_TTL_S={raw!r}: expected seconds > 0, e.g. 30")
-    return value
+    return env_seconds("LLMRELEASE_EVAL_CLAIM_TTL_S", 30.0)
 
 
 def _pairs(

@@ -20,7 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from steps.evals.engines.base import Engine, EvalError
+from steps.evals.engines.base import Engine, EvalError, env_seconds
 
 __all__ = [
     "DEFAULT_IDLE_S",
@@ -98,13 +98,4 @@ def warm_engines(environ: Mapping[str, str] | None = None) -> int:
 
 def idle_seconds(environ: Mapping[str, str] | None = None) -> float:
     """LLMRELEASE_EVAL_IDLE_S, else 600: seconds without a call after which a warm worker ends itself."""
-    raw = (os.environ if environ is None else environ).get("LLMRELEASE_EVAL_IDLE_S") or ""
-    if not raw:
-        return DEFAULT_IDLE_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = 0.0
-    if not 0 < value < float("inf"):
-        raise EvalError(f"LLMRELEASE_EVAL_IDLE_S={raw!r}: expected seconds > 0, e.g. 600")
-    return value
+    return env_seconds("LLMRELEASE_EVAL_IDLE_S", DEFAULT_IDLE_S, environ)

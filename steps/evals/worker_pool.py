@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 WARM_NAMESPACE = "llmrelease-evals"
+_WARM_PREFIX = "shard-worker-"
 """The Ray namespace of the warm workers (named, detached actors kept on a cluster across steps)."""
 
 
@@ -95,7 +96,12 @@ class ShardOptions:
 
 def warm_name(slot: int, threads: int, cpus: float, gpus: float, code: str = "") -> str:
     """The name of warm worker `slot` of a shape (threads, Ray CPUs, GPUs), for the code it runs."""
-    return f"shard-worker-{slot}-t{threads}-c{cpus:g}-g{gpus:g}" + (f"-{code}" if code else "")
+    return f"{_WARM_PREFIX}{slot}-{_shape(threads, cpus, gpus, code)}"
+
+
+def _shape(threads: int, cpus: float, gpus: float, code: str) -> str:
+    """What follows the slot in a warm worker's name: its shape and code."""
+    return f"t{threads}-c{cpus:g}-g{gpus:g}" + (f"-{code}" if code else "")
 
 
 def code_tag() -> str:
@@ -246,16 +252,9 @@ class WorkerPool:
 
         if ray.available_resources().get("CPU", 0.0) >= cpus:
             return
-        threads, shape_cpus, gpus = self.shape
-        ours = warm_name(0, threads, shape_cpus, gpus, self._code or code_tag()).split("-", 3)[3]
-        for entry in list_named_actors(all_namespaces=True):
-            name = str(entry.get("name", "")) if isinstance(entry, dict) else str(entry)
-            if (isinstance(entry, dict) and entry.get("namespace") != WARM_NAMESPACE) or not name.startswith(
-                "shard-worker-"
-            ):
-                continue
-            if name.split("-", 3)[3] == ours:
-                continue
+        ours = _shape(*self.shape, self._code or code_tag())
+        warm = [str(e["name"]) for e in list_named_actors(all_namespaces=True) if e["namespace"] == WARM_NAMESPACE]
+        for name in (n for n in warm if n.startswith(_WARM_PREFIX) and n.split("-", 3)[3] != ours):
             try:
                 actor = ray.get_actor(name, namespace=WARM_NAMESPACE)
                 if float(cast(Any, ray.get(actor.idle_for.remote(), timeout=1.0))) > 1.0:

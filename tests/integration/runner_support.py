@@ -12,7 +12,7 @@ import yaml
 from workflows.runner import RunOptions, RunResult, run_workflow
 from workflows.runner.sandbox import bwrap_problem
 
-__all__ = ["BWRAP_PROBLEM", "ISOLATIONS", "LLMRELEASE", "nodes", "run", "sh", "write"]
+__all__ = ["BWRAP_PROBLEM", "ISOLATIONS", "LLMRELEASE", "nodes", "run", "run_text", "sh", "write"]
 
 LLMRELEASE = [sys.executable, "-m", "workflows.cli.main"]
 BWRAP_PROBLEM = bwrap_problem()  # None where bubblewrap can sandbox a pod here
@@ -35,6 +35,13 @@ def run(path: Path, tmp_path: Path, **options: Any) -> RunResult:
     """Run the workflow at `path` with the local runner, its runs under `tmp_path/runs`."""
     opts = RunOptions(runs_dir=tmp_path / "runs", echo=False, **options)
     return run_workflow(str(path), opts, argo_dir=tmp_path / "no-argo")
+
+
+def run_text(tmp_path: Path, text: str, **options: Any) -> RunResult:
+    """Run the Workflow YAML `text` (apiVersion added when it has none) from `tmp_path/workflow.yaml`."""
+    path = tmp_path / "workflow.yaml"
+    path.write_text(yaml.safe_dump({"apiVersion": "argoproj.io/v1alpha1", **yaml.safe_load(text)}))
+    return run(path, tmp_path, **options)
 
 
 def nodes(result: RunResult) -> dict[str, dict[str, Any]]:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from registry.errors import WorkflowError
-from workflows.runner import RunOptions, RunResult, run_workflow
+from tests.integration.runner_support import run_text
+from workflows.runner import RunResult
 
 WORKFLOW = """
 apiVersion: argoproj.io/v1alpha1
@@ -65,11 +65,7 @@ spec:
 @pytest.fixture(scope="module")
 def result(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     """One run of WORKFLOW."""
-    tmp = tmp_path_factory.mktemp("hooks")
-    (tmp / "workflow.yaml").write_text(yaml.safe_dump(yaml.safe_load(WORKFLOW)))
-    (tmp / "argo").mkdir()
-    options = RunOptions(runs_dir=tmp / "runs", echo=False)
-    return run_workflow(str(tmp / "workflow.yaml"), options, argo_dir=tmp / "argo")
+    return run_text(tmp_path_factory.mktemp("hooks"), WORKFLOW)
 
 
 def _nodes(result: RunResult) -> dict[str, dict[str, Any]]:
@@ -108,7 +104,5 @@ def test_a_tasks_failing_hook_leaves_its_phase_and_takes_the_workflow_arguments(
 def test_hooks_the_runner_cannot_run_are_refused(tmp_path: Path) -> None:
     """GIVEN a step with a `running` hook, WHEN run, THEN it is refused up front, naming the hook."""
     text = WORKFLOW.replace("hooks: {exit: {template: broken}}", "hooks: {running: {template: broken}}")
-    (tmp_path / "workflow.yaml").write_text(yaml.safe_dump(yaml.safe_load(text)))
-    (tmp_path / "argo").mkdir()
     with pytest.raises(WorkflowError, match="template graph: task t: hooks.running"):
-        run_workflow(str(tmp_path / "workflow.yaml"), RunOptions(runs_dir=tmp_path / "r"), argo_dir=tmp_path / "argo")
+        run_text(tmp_path, text)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from workflows.runner import RunOptions, RunResult, run_workflow
+from tests.integration.runner_support import run_text
+from workflows.runner import RunResult
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -81,12 +81,7 @@ def _run(tmp_path: Path, http: str) -> RunResult:
     config.mkdir()
     (config / "api.yaml").write_text("kind: Secret\nmetadata: {name: api}\nstringData: {token: s3cret}\n")
     text = WORKFLOW.format(http=textwrap.indent(textwrap.dedent(http).strip(), " " * 8))
-    workflow = tmp_path / "workflow.yaml"
-    workflow.write_text(yaml.safe_dump({"apiVersion": "argoproj.io/v1alpha1", **yaml.safe_load(text)}))
-    argo_dir = tmp_path / "argo"
-    argo_dir.mkdir()
-    opts = RunOptions(runs_dir=tmp_path / "runs", echo=False, cluster_config=config)
-    return run_workflow(str(workflow), opts, argo_dir=argo_dir)
+    return run_text(tmp_path, text, cluster_config=config)
 
 
 def _node(result: RunResult, name: str) -> dict[str, Any]:

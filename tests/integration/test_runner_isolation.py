@@ -303,65 +303,33 @@ def test_a_script_run_by_sh_dash_c_is_executable(tmp_path: Path, isolation: str)
     assert result_of(result, "gen") == "7"
 
 
+def _cli_run(tmp_path: Path, template: dict[str, Any], *args: str, **run: Any) -> subprocess.CompletedProcess[str]:
+    """`llmrelease run` (the CLI, from the checkout) on a workflow of `template`, with `args`."""
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(workflow(template)))
+    argv = [sys.executable, "-m", "workflows.cli.main", "run", str(path), *args]
+    argv += ["--argo-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs")]
+    return subprocess.run(argv, cwd=PROJECT, capture_output=True, text=True, check=False, **run)
+
+
 @pytest.mark.parametrize("given", [["--isolation", "bwrap"], []], ids=["explicit", "default"])
 def test_bwrap_missing_is_one_line_with_the_install_hint(tmp_path: Path, given: list[str]) -> None:
     """GIVEN a machine where bwrap is not on PATH WHEN `llmrelease run` (bwrap is its default) THEN exit 2 and one
     line saying how to install bubblewrap or run with --isolation none."""
-    path = tmp_path / "wf.yaml"
-    path.write_text(yaml.safe_dump(workflow(sh("a", "true"))))
     empty = tmp_path / "empty-bin"
     empty.mkdir()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workflows.cli.main",
-            "run",
-            str(path),
-            *given,
-            "--argo-dir",
-            str(tmp_path),
-            "--runs-dir",
-            str(tmp_path / "runs"),
-        ],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PATH": str(empty)},
-        check=False,
-        timeout=120,
-    )
+    done = _cli_run(tmp_path, sh("a", "true"), *given, env={**os.environ, "PATH": str(empty)}, timeout=120)
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "apt-get install bubblewrap" in lines[0] and "--isolation none" in lines[0]
 
 
-@pytest.mark.skipif(PROBLEM is not None, reason=PROBLEM or "")
+@needs_bwrap
 def test_llmrelease_run_isolates_pods_by_default(tmp_path: Path) -> None:
     """GIVEN a pod that looks for the checkout's pyproject.toml and writes /escape.txt WHEN `llmrelease run` is
     given no --isolation THEN the pod runs in bubblewrap: the checkout is not there and nothing lands on the host."""
     probe = f"test -e {PROJECT}/pyproject.toml && echo seen || echo hidden; echo x > /escape.txt; echo ok"
-    path = tmp_path / "wf.yaml"
-    path.write_text(yaml.safe_dump(workflow(sh("a", probe))))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "workflows.cli.main",
-            "run",
-            str(path),
-            "--json",
-            "--argo-dir",
-            str(tmp_path),
-            "--runs-dir",
-            str(tmp_path / "runs"),
-        ],  # fmt: skip
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=300,
-    )
+    done = _cli_run(tmp_path, sh("a", probe), "--json", timeout=300)
     assert done.returncode == 0, done.stderr
     node = next(n for n in json.loads(done.stdout)["status"]["nodes"].values() if n.get("type") == "Pod")
     assert node["outputs"]["result"] == "hidden\nok"

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from workflows.runner import RunOptions, RunResult, run_workflow
+from tests.integration.runner_support import run_text
+from workflows.runner import RunResult
 
 WORKFLOW = """
 apiVersion: argoproj.io/v1alpha1
@@ -78,10 +77,7 @@ NAMES = (
 
 
 def _run(tmp_path: Path, text: str) -> RunResult:
-    workflow = tmp_path / "workflow.yaml"
-    workflow.write_text(yaml.safe_dump(yaml.safe_load(text)))
-    (tmp_path / "argo").mkdir()
-    return run_workflow(str(workflow), RunOptions(runs_dir=tmp_path / "runs", echo=False), argo_dir=tmp_path / "argo")
+    return run_text(tmp_path, text)
 
 
 def _stdout(result: RunResult, display: str) -> str:

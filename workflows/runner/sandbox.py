@@ -85,16 +85,8 @@ class Sandbox:
         """
         if not program or "/" in program:
             return False
-        for folder in filter(None, path.split(":")):
-            here = folder
-            for source, target in reversed(image.binds):
-                if folder == target or folder.startswith(target + "/"):
-                    here = source + folder[len(target) :]
-                    break
-            candidate = os.path.join(here, program)
-            if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
-                return False
-        return True
+        here = [_on_host(folder, image) for folder in path.split(":") if folder]
+        return shutil.which(program, path=os.pathsep.join(here)) is None
 
     @staticmethod
     def prepare(pod: Path) -> None:
@@ -184,6 +176,14 @@ def _declared_mounts(pod: Path, declared: Sequence[str], occupied: set[str]) -> 
         words += ["--bind", str(host), target]
         bound.append(target)
     return words
+
+
+def _on_host(folder: str, image: ImageRoot) -> str:
+    """Where a pod's `folder` lies on this machine: under the image bind that covers it, else the host's own."""
+    for source, target in reversed(image.binds):
+        if folder == target or folder.startswith(target + "/"):
+            return source + folder[len(target) :]
+    return folder
 
 
 def _is_replaced(target: str) -> bool:

@@ -13,7 +13,8 @@ Engines are imported lazily: this module imports neither torch, transformers nor
 
 from __future__ import annotations
 
-from collections.abc import Set
+import os
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -28,6 +29,7 @@ __all__ = [
     "EvalError",
     "Generation",
     "chat_messages",
+    "env_seconds",
     "prefixed_context",
     "required_capability",
 ]
@@ -41,6 +43,24 @@ PromptMessages = tuple[tuple[str, str], ...]
 
 class EvalError(ReleaseError):
     """An eval suite, backend or endpoint failed: names the suite/item/endpoint at fault and the fix."""
+
+
+def env_seconds(name: str, default: float, environ: Mapping[str, str] | None = None) -> float:
+    """The environment variable `name` as seconds > 0, else `default` when unset or empty.
+
+    Raises:
+        EvalError: It is set but not a finite number of seconds > 0 (one line naming it and an example).
+    """
+    raw = (os.environ if environ is None else environ).get(name) or ""
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise EvalError(f"{name}={raw!r}: expected seconds > 0, e.g. {default:g}")
+    return value
 
 
 @dataclass(frozen=True)
