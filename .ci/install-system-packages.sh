@@ -2,7 +2,8 @@
 # Install the Debian packages the test suite needs: haproxy (the local traffic router), chromium + chromium-driver
 # (the HTML release report is tested in headless Chromium), prometheus-pushgateway (step metrics are pushed to it)
 # and prometheus (the canary analysis' Prometheus query is tested against it), and bubblewrap (`llmrelease run
-# --isolation bwrap` runs each pod in it).
+# --isolation bwrap` runs each pod in it), nginx-light, influxdb and busybox (under bwrap they stand in for the
+# nginx and influxdb images' servers and the curlimages/curl image's busybox sh: workflows/runner/images.py).
 # Idempotent and quiet: installs only what is missing; runs `apt-get update` only when an install is needed.
 # Needs root (CI runs it as root); elsewhere it uses sudo when available.
 set -euo pipefail
@@ -15,6 +16,9 @@ declare -A PACKAGES=(
     [prometheus-pushgateway]=prometheus-pushgateway
     [prometheus]=prometheus
     [bubblewrap]=bwrap
+    [nginx-light]=nginx
+    [influxdb]=influxd
+    [busybox]=busybox
 )
 
 # With arguments, only those packages (e.g. `install-system-packages.sh haproxy` for the demo).

@@ -8,7 +8,13 @@ depth, `!` re-includes, the last match wins). The project's virtualenv stands in
 the final stage's `ENV` lines are the environment. Any other image (alpine, python:alpine, debian...) is the
 host's system folders, read-only, with Docker's default PATH. The images Argo's examples rely on for their own
 entrypoint or binaries get stand-ins from workflows/runner/tools/: argoproj/argosay (entrypoint `/argosay`, and
-`cowsay` on PATH as its base image has) and docker/whalesay (`cowsay`).
+`cowsay` on PATH as its base image has) and docker/whalesay (`cowsay`). Server images get the host's program
+from its Debian package as their entrypoint, set up as the image sets it up: `nginx` (nginx:1.13's `nginx -g
+'daemon off;'`, package nginx-light, with tools/nginx/nginx.conf over the host's: the image's site on port 80,
+logs to stdout/stderr, its pid and temporary files in the pod's /tmp) and `influxdb` (`influxd`, package influxdb,
+its data under the pod's /tmp). Where the host lacks the program the pod fails "cannot start PROGRAM".
+`curlimages/curl` is an alpine image whose `sh` is busybox's ash (`>& FILE` redirects both streams, a syntax
+error in dash): the host's busybox (package busybox), where installed, stands in for the host's /bin/sh there.
 """
 
 from __future__ import annotations
@@ -52,6 +58,29 @@ _TOOL_IMAGES = {"argoproj/argosay": ("/argosay",), "docker/whalesay": ("cowsay",
 
 
 @dataclass(frozen=True)
+class _Packaged:
+    """A server image stood in for by the host's program from a Debian package (see the module's docstring)."""
+
+    entrypoint: tuple[str, ...]
+    files: tuple[tuple[str, str], ...] = ()  # (file under TOOLS, path in the pod), bound where the host has it
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+_INFLUX_DIRS = {"META_DIR": "meta", "DATA_DIR": "data", "DATA_WAL_DIR": "wal"}  # influxd reads INFLUXDB_<SECTION>_<KEY>
+_BUSYBOX_SH = frozenset({"curlimages/curl"})  # alpine images whose /bin/sh matters: busybox's ash, not dash
+_PACKAGED = {
+    "nginx": _Packaged(("nginx", "-g", "daemon off;"), (("nginx/nginx.conf", "/etc/nginx/nginx.conf"),)),
+    "influxdb": _Packaged(
+        ("influxd",),
+        env={
+            "INFLUXDB_REPORTING_DISABLED": "true",
+            **{f"INFLUXDB_{k}": f"/tmp/influxdb/{v}" for k, v in _INFLUX_DIRS.items()},
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
 class ImageRoot:
     """What a pod of one image sees on top of the host's read-only system folders.
 
@@ -80,7 +109,7 @@ def _repository(image: str) -> str:
     name = image.split("@", 1)[0]
     tail = name.rsplit("/", 1)[-1]
     name = name.rsplit(":", 1)[0] if ":" in tail else name
-    return name.removeprefix("docker.io/").removeprefix("quay.io/")
+    return name.removeprefix("docker.io/").removeprefix("quay.io/").removeprefix("library/")
 
 
 def tool_image(image: str) -> bool:
@@ -90,12 +119,21 @@ def tool_image(image: str) -> bool:
 
 def entrypoint(image: str) -> list[str]:
     """The image's ENTRYPOINT as the pod sees it, for a container without `command`; [] when unknown."""
-    return list(_TOOL_IMAGES.get(_repository(image), ()))
+    repository = _repository(image)
+    packaged = _PACKAGED.get(repository)
+    return list(packaged.entrypoint if packaged else _TOOL_IMAGES.get(repository, ()))
 
 
 def plain_image(image: str) -> ImageRoot:
     """Any image but the steps image: the host's system folders; `python` is the host's base interpreter."""
     base = os.path.realpath(getattr(sys, "_base_executable", sys.executable))
+    packaged = _PACKAGED.get(_repository(image))
+    if packaged:
+        files = tuple((str(TOOLS / f), target) for f, target in packaged.files if os.path.exists(target))
+        return ImageRoot(image, files, env={"PATH": DEFAULT_PATH, "HOME": "/root", **packaged.env}, python=base)
+    busybox = shutil.which("busybox")
+    if _repository(image) in _BUSYBOX_SH and busybox:
+        return ImageRoot(image, ((busybox, os.path.realpath("/bin/sh")),), python=base)  # over /bin/sh's target
     if not tool_image(image):
         return ImageRoot(image, python=base)
     binds = ((str(TOOLS), GAMES), *((str(TOOLS / e.lstrip("/")), e) for e in entrypoint(image) if e[0] == "/"))

@@ -12,6 +12,7 @@ from registry.errors import WorkflowError
 from workflows.argo.expressions import depends_names, evaluate_depends, evaluate_when, substitute
 from workflows.runner.artifacts import resolve_argument
 from workflows.runner.nodes import FAILED, POD_IP, Node, NodeBook
+from workflows.runner.skipped import NOT_RUN, declared_outputs, refuse_absent, unsupplied
 
 __all__ = ["TaskContext", "run_dag", "run_steps"]
 
@@ -51,6 +52,7 @@ class TaskContext:
         self.scope = dict(scope)
         self.prefix = "tasks" if "dag" in tmpl else "steps"
         self.results: dict[str, Node] = {}
+        self.absent: set[str] = set()  # outputs of Skipped/Omitted children that declare no default
         self.cond = threading.Condition()
         limit = tmpl.get("parallelism")
         self.slots = threading.BoundedSemaphore(int(limit)) if limit else None
@@ -59,13 +61,37 @@ class TaskContext:
         """'template T: task N' for messages."""
         return f"template {self.tmpl['name']}: {self.prefix[:-1]} {task.get('name')}"
 
-    def publish(self, name: str, node: Node) -> None:
+    def publish(self, name: str, node: Node, task: Mapping[str, Any] | None = None) -> None:
         """Expose a finished child's status and outputs as `tasks.<name>.*` / `steps.<name>.*`."""
         entries = self._entries(name, node)
+        absent: set[str] = set()
+        if task is not None and node.phase in NOT_RUN and not node.parameters:
+            defaults, absent = self._skipped_outputs(name, task)
+            entries.update(defaults)
         with self.cond:
             self.results[name] = node
             self.scope.update(entries)
+            self.absent |= absent
             self.cond.notify_all()
+
+    def _skipped_outputs(self, name: str, task: Mapping[str, Any]) -> tuple[dict[str, str], set[str]]:
+        """A child that never ran: its outputs' defaults and the absent rest (workflows.runner.skipped)."""
+        try:
+            tmpl = self.runner.template(task, self.where(task), self.tmpl)
+        except WorkflowError:
+            return {}, set()  # the task's own error already says why
+        return declared_outputs(tmpl, f"{self.prefix}.{name}.outputs")
+
+    def _arguments(self, arguments: Mapping[str, Any], local: Mapping[str, str], where: str) -> dict[str, str]:
+        """The parameter arguments substituted; one that is only a reference to an absent output is left out."""
+        args: dict[str, str] = {}
+        for param in arguments.get("parameters", []):
+            value, here = str(param.get("value", "")), f"{where}: argument {param['name']}"
+            if unsupplied(value, self.absent, local):
+                continue  # the input's default applies, or the call fails for want of a value
+            refuse_absent(value, self.absent, local, here)
+            args[str(param["name"])] = substitute(value, local, where=here)
+        return args
 
     def _entries(self, name: str, node: Node) -> dict[str, str]:
         base = f"{self.prefix}.{name}"
@@ -130,14 +156,12 @@ class TaskContext:
         where = self.where(task)
         try:
             if "when" in task:
+                refuse_absent(str(task["when"]), self.absent, local, f"{where}: when")
                 condition = substitute(str(task["when"]), local, where=f"{where}: when")
                 if not evaluate_when(condition):
                     node = self.runner.book.new(parent, display, "Skipped", str(task.get("template", "")))
                     return self.runner.book.finish(node, "Skipped", f"when '{condition}' evaluated false")
-            args = {
-                str(p["name"]): substitute(str(p.get("value", "")), local, where=f"{where}: argument {p['name']}")
-                for p in task.get("arguments", {}).get("parameters", [])
-            }
+            args = self._arguments(task.get("arguments", {}), local, where)
             arts = _artifact_args(task, local, where)
             tmpl = self.runner.template(task, where, self.tmpl)
             own = {f"{self.prefix}.name": display}  # Argo's steps.name / tasks.name: the calling step's name
@@ -165,10 +189,7 @@ class TaskContext:
         outputs = {k: v for k, v in self._entries(str(task["name"]), node).items() if ".outputs." in k}
         local = {**local, **outputs}
         try:
-            args = {
-                str(p["name"]): substitute(str(p.get("value", "")), local, where=f"{where}: argument {p['name']}")
-                for p in hook["arguments"].get("parameters", [])
-            }
+            args = self._arguments(hook["arguments"], local, where)
             tmpl = self.runner.template(hook, where, self.tmpl)
             self.runner.execute(tmpl, args, node, "onExit", _artifact_args(hook, local, where), {"steps.name": ""})
         except WorkflowError as e:
@@ -313,7 +334,7 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
 
     def work(name: str) -> None:
         node = ctx.run_task(tasks[name])
-        ctx.publish(name, node)
+        ctx.publish(name, node, tasks[name])
         with ctx.cond:  # only after its result is published: the loop must never see it neither running nor done
             running.discard(name)
             ctx.cond.notify_all()
@@ -327,7 +348,7 @@ def run_dag(ctx: TaskContext) -> tuple[str, str]:
                 if exprs[name] and not evaluate_depends(exprs[name], _task_result(ctx.results, ctx.runner.book.get)):
                     node = ctx.runner.book.new(ctx.node, name, "Skipped", str(tasks[name].get("template", "")))
                     ctx.runner.book.finish(node, "Omitted", f"depends '{exprs[name]}' is false")
-                    ctx.results[name] = node
+                    ctx.publish(name, node, tasks[name])  # its status, and its outputs' defaults
                     continue
                 running.add(name)
                 threading.Thread(target=work, args=(name,), daemon=True).start()
@@ -371,7 +392,7 @@ def run_steps(ctx: TaskContext) -> tuple[str, str]:
         _run_all(threads)
         ctx.node = saved
         for step, node in done:
-            ctx.publish(str(step["name"]), node)
+            ctx.publish(str(step["name"]), node, step)
         if any(_suspended(node) for _, node in done):  # a suspended step: resume continues from here
             return "Running", ""
         failed = [(s, n) for s, n in done if n.phase in FAILED and not _continues(s, n)]
