@@ -33,8 +33,9 @@ from steps.core.entry import StepParams, in_pod, pod_env, run_step
 from steps.core.images import STEPS_IMAGE
 from steps.core.tracking import llmrelease_home, mlflow_client
 from steps.evals.engines.probe import ProviderProbe, probe_provider
+from steps.evals.store import eval_store
 from steps.onboarding.champion import ChampionReader, ChampionWeights, champion_weights
-from steps.onboarding.datasets import check_datasets
+from steps.onboarding.datasets import PassedChecks, check_datasets
 from steps.onboarding.prompts import validate_prompt
 from steps.onboarding.sources import S3Client, Source, model_roots, resolve_source
 from steps.onboarding.weights import (
@@ -57,6 +58,8 @@ from steps.release.source import RELEASE_REPO_IN, SOURCE_OUT, SPEC_OUT, checkout
 from steps.release.spec import ReleaseSpec, load_spec, resolve_spec_path
 
 __all__ = ["Inputs", "OnboardParams", "OnboardResult", "Outputs", "describe", "onboard_step", "run"]
+
+_CHECKS = "eval suites that passed validation"
 
 
 class Inputs(BaseModel):
@@ -98,6 +101,7 @@ def run(
     probe: ProviderProbe | None = probe_provider,
     store: WeightsStore | None = None,
     client: ChampionReader | None = None,
+    passed: PassedChecks | None = None,
 ) -> Outputs:
     """Onboard the model of `inputs.release` for `inputs.environment`.
 
@@ -109,6 +113,8 @@ def run(
             (`steps.evals.engines.probe`); None skips it (tests of the record alone).
         client: An MLflow client: a prompt-only release (`model.source: champion`) reads the champion's version
             and weights through it; built from MLFLOW_TRACKING_URI when None and needed.
+        passed: The eval suites that passed validation before (`check_datasets`); when None, the platform's
+            store: `s3://$LLMRELEASE_S3_BUCKET/evals/datasets`, else `$LLMRELEASE_HOME/dataset-checks`.
 
     Returns:
         The record's path, the model digest and the record.
@@ -126,7 +132,8 @@ def run(
     _check_card(spec)
     check_policy(policy, inputs.environment, license=spec.model.card.license, model_name=spec.model.name)
     root, work_dir = inputs.root, inputs.work_dir
-    datasets = check_datasets(spec.evals, root)
+    passed = passed or eval_store("datasets", llmrelease_home() / "dataset-checks", _CHECKS)
+    datasets = check_datasets(spec.evals, root, passed)
     roots = model_roots(root, rules.model_roots)
     champion = _champion(spec, client, work_dir) if spec.prompt_only else None
     source = (
@@ -316,10 +323,11 @@ def onboard_step(params: OnboardParams) -> OnboardResult:
             requested=params.git_commit,
             environment=params.environment,
         ),
+        timed=False,
     )
     inputs = Inputs(release=source.path, environment=source.environment, work_dir=params.work_dir, spec_root=checkout)
     outputs = run_step("onboard", lambda: run(inputs))
-    run_step("onboard", lambda: publish_spec(spec_file, source, params.work_dir))
+    run_step("onboard", lambda: publish_spec(spec_file, source, params.work_dir), timed=False)
     print(f"{describe(outputs)} (spec {source.path} at {source.commit[:12]}, environment {source.environment})")
     return OnboardResult(
         record_path=str(outputs.record_path),

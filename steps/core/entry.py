@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, NoReturn, TypeVar
@@ -37,17 +38,21 @@ from steps.core.artifacts import ROOT
 __all__ = [
     "DEBUG_ENV",
     "POD_ROOT_ENV",
+    "PROFILE_ENV",
     "StepParams",
     "fail",
     "in_pod",
     "one_line",
     "parameter_error",
     "pod_env",
+    "process_age_s",
     "run_step",
 ]
 
 DEBUG_ENV = "LLMRELEASE_DEBUG"
 """Set to 1 to get the traceback of an unexpected exception instead of its one line."""
+PROFILE_ENV = "LLMRELEASE_PROFILE"
+"""Set to 1 to get the step's cProfile (the 25 slowest calls, cumulative) on stderr after its work."""
 POD_ROOT_ENV = "LLMRELEASE_POD_ROOT"
 """Where the pod sees `steps.core.artifacts.ROOT` (ROOT itself under Argo; a private folder locally)."""
 
@@ -70,12 +75,14 @@ def _debug() -> bool:
     return os.environ.get(DEBUG_ENV, "") == "1"
 
 
-def run_step(step: str, body: Callable[[], T]) -> T:
+def run_step(step: str, body: Callable[[], T], *, timed: bool = True) -> T:
     """Run a step's body: a `ReleaseError` or any other exception becomes one line on stderr and an exit.
 
     Args:
         step: The step's name, the prefix of the line (`deploy: ...`).
         body: The step's work, e.g. `lambda: run(inputs, registry)`.
+        timed: Print `<step>: timing: start-up Xs, work Ys` on stderr when it succeeds (the process's start-up,
+            imports included, and the body): False for a helper call of an entry that times its main call.
 
     Returns:
         What `body` returns.
@@ -85,14 +92,51 @@ def run_step(step: str, body: Callable[[], T]) -> T:
             exception (`<step>: unexpected <Type>: <message>; report this bug`), which is re-raised as is
             instead when LLMRELEASE_DEBUG=1.
     """
+    started = time.monotonic()
     try:
-        return body()
+        result = _profiled(step, body) if timed and os.environ.get(PROFILE_ENV, "") == "1" else body()
     except ReleaseError as e:
         fail(step, str(e), e.exit_code)
     except Exception as e:
         if _debug():
             raise
         fail(step, f"unexpected {type(e).__name__}: {e}; report this bug", 1)
+    if timed:
+        _timing(step, started)
+    return result
+
+
+def _profiled(step: str, body: Callable[[], T]) -> T:
+    """`body` under cProfile; the 25 calls with the most cumulative time go to stderr (LLMRELEASE_PROFILE=1)."""
+    import cProfile
+    import io
+    import pstats
+
+    profile = cProfile.Profile()
+    try:
+        return profile.runcall(body)
+    finally:
+        out = io.StringIO()
+        pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(25)
+        print(f"{step}: profile:\n{out.getvalue()}", file=sys.stderr, flush=True)
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux's /proc; None elsewhere): the interpreter and imports so far."""
+    try:
+        fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, IndexError, ValueError):
+        return None
+    return uptime - int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22 of stat: start time in clock ticks
+
+
+def _timing(step: str, started: float) -> None:
+    """One stderr line: how long the pod's process took to reach the step (start-up, imports) and the step itself."""
+    age = process_age_s()
+    work = time.monotonic() - started
+    before = f"start-up {age - work:.2f}s, " if age is not None else ""
+    print(f"{step}: timing: {before}work {work:.2f}s", file=sys.stderr, flush=True)
 
 
 def parameter_error(step: str, error: ValidationError) -> SpecError:

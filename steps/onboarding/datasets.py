@@ -7,18 +7,25 @@ checks the table: at least one row, ids non-null and unique, prompts non-empty, 
 required fields (`REQUIRED_FIELDS`) non-null. Each failed expectation becomes a one-line `OnboardingError` naming
 the file, the column and the failing ids. Every row is then checked against the schema itself (`check_item`):
 types, unknown fields, regexes that compile, a multiple-choice answer that indexes its choices.
+
+A suite that passed is remembered by its content digest and `checks_key()` (these checks' code and Great
+Expectations' version) in the store the onboard step gives (`s3://<bucket>/evals/datasets`): the same bytes under
+the same checks pass again, so the next release of any model skips Great Expectations (its import alone is seconds
+of every onboard pod). A failure is never remembered: a fixed file has another digest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from registry.errors import OnboardingError
 from steps.core.hashing import sha256_file
@@ -27,7 +34,7 @@ from steps.release.records import DatasetRecord
 from steps.release.spec import Evals, Suite
 from steps.release.suite_items import REQUIRED_FIELDS, check_item
 
-__all__ = ["TASK_FIELDS", "check_datasets", "load_cases", "validate_suite"]
+__all__ = ["TASK_FIELDS", "PassedChecks", "check_datasets", "checks_key", "load_cases", "validate_suite"]
 
 TASK_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType(dict(REQUIRED_FIELDS))
 """The fields each task needs besides id and prompt: the schema's own table (`steps.release.suite_items`)."""
@@ -52,30 +59,76 @@ class Cases:
         return f"ids {shown or '(none)'} (lines {', '.join(lines)}{more})"
 
 
-def check_datasets(evals: Evals, root: Path) -> list[DatasetRecord]:
+class PassedChecks(Protocol):
+    """Where suites that passed are remembered: `steps.evals.store.EvalStore` (S3 or a folder) has this shape."""
+
+    def read(self, name: str) -> str | None: ...  # noqa: D102
+
+    def write(self, name: str, text: str) -> None: ...  # noqa: D102
+
+
+def check_datasets(evals: Evals, root: Path, passed: PassedChecks | None = None) -> list[DatasetRecord]:
     """Validate every suite of the spec (quality suites, then safety) and describe each.
 
     Args:
         evals: The spec's `evals`.
         root: The directory relative suite paths are resolved under (and may not escape).
+        passed: Suites that passed before, by content digest and checks (`checks_key`): a suite found there is
+            not validated again (its bytes and the checks are the same, so is the outcome); one that passes now is
+            added. None: every suite is validated.
 
     Raises:
         OnboardingError: A file is missing, a line is not a JSON object, or a check failed.
     """
-    context = _ephemeral_context()
+    contexts: list[Any] = []  # Great Expectations' context, made on the first suite not validated before
+
+    def context() -> Any:
+        if not contexts:
+            contexts.append(_ephemeral_context())
+        return contexts[0]
+
     suites = [(f"evals.suites[{i}].path", s) for i, s in enumerate(evals.suites)] + [
         ("evals.safety.path", evals.safety)
     ]
-    return [_check_suite(context, field, suite, root) for field, suite in suites]
+    return [_check_suite(context, field, suite, root, passed) for field, suite in suites]
 
 
-def _check_suite(context: Any, field: str, suite: Suite, root: Path) -> DatasetRecord:
+def checks_key() -> str:
+    """What a pass depends on besides the suite's bytes: this module, the suite schema, Great Expectations' version."""
+    from steps.release import suite_items
+
+    digest = hashlib.sha256(metadata.version("great_expectations").encode())
+    for module in (__file__, suite_items.__file__):
+        digest.update(Path(module).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _check_suite(
+    context: Callable[[], Any], field: str, suite: Suite, root: Path, passed: PassedChecks | None
+) -> DatasetRecord:
     path = resolve_under_root(suite.path, root, field)
-    cases = load_cases(path, suite.path)
-    validate_suite(context, suite.name, cases)
     digest, _ = sha256_file(path)
-    tasks = sorted({str(row["task"]) for row in cases.rows})
-    return DatasetRecord(name=suite.name, path=suite.path, sha256=digest, rows=len(cases.rows), task_types=tasks)
+    name = f"{digest}-{checks_key()}.json"
+    known = _passed_before(passed, name)
+    if known is not None:
+        rows, tasks = known
+    else:
+        cases = load_cases(path, suite.path)
+        validate_suite(context(), suite.name, cases)
+        rows, tasks = len(cases.rows), sorted({str(row["task"]) for row in cases.rows})
+        if passed is not None:
+            passed.write(name, json.dumps({"rows": rows, "task_types": tasks, "checked_as": suite.name}) + "\n")
+    return DatasetRecord(name=suite.name, path=suite.path, sha256=digest, rows=rows, task_types=tasks)
+
+
+def _passed_before(passed: PassedChecks | None, name: str) -> tuple[int, list[str]] | None:
+    """(rows, task types) of a suite that passed these checks before, or None (never, or an unreadable record)."""
+    text = passed.read(name) if passed is not None else None
+    try:
+        record = json.loads(text) if text else None
+        return (int(record["rows"]), [str(t) for t in record["task_types"]]) if record else None
+    except (ValueError, KeyError, TypeError):
+        return None  # validated again, and written afresh
 
 
 def load_cases(path: Path, label: str) -> Cases:

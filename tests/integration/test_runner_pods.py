@@ -9,6 +9,7 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -74,6 +75,8 @@ def test_pod_spec_patch_sets_env_and_records_resources(tmp_path: Path, isolation
     recorded = node["recordedSchedulingFields"]
     assert recorded["resources"] == {"requests": {"cpu": "100m"}, "limits": {"memory": "64Mi"}}
     assert recorded["nodeSelector"] == {"a": "b"}
+    timings = (result.run_dir / "nodes" / node["id"] / "timings").read_text()  # where a slow pod spends its time
+    assert re.fullmatch(r"inputs \d+\.\d\ds process \d+\.\d\ds outputs \d+\.\d\ds\n", timings), timings
 
 
 def test_pod_spec_patch_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:

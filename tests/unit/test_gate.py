@@ -284,11 +284,15 @@ def test_gate_step_through_hera_runner_exits_zero_on_a_failing_decision(tmp_path
     assert "FAIL safety/attack_success_rate" in done.stdout and "PASS golden-qa/accuracy" in done.stdout
 
 
-def test_gate_step_bad_input_is_one_line_and_its_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_gate_step_bad_input_is_one_line_and_its_exit_code(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """GIVEN a missing report (an EvalError), and a release spec that does not exist (a SpecError)
     WHEN the gate step function is called (outside a workflow context Hera calls it directly)
-    THEN it exits 1, then 2, with one line on stderr `gate: ...` naming the file.
+    THEN it exits 1, then 2, with one line on stderr `gate: ...` naming the file, before any MLflow call (the
+    tracking URI is a server that is not there; a default sqlite store would log its own creation on stderr).
     """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     EvalReport(candidate=[quality("c", 3, n=5)]).save(tmp_path / "r.json")
     cases = ((tmp_path / "missing.json", "", 1), (tmp_path / "r.json", str(tmp_path / "nope.yaml"), 2))
     for report, release, code in cases:

@@ -24,6 +24,7 @@ from registry.errors import OnboardingError, PolicyError, ReleaseError, SpecErro
 from registry.weights_store import WeightsStore
 from steps.core.hashing import canonical_json, sha256_file
 from steps.evals.engines.probe import API_KEY_ENV, ProviderProbe, probe_provider
+from steps.evals.store import EvalStore
 from steps.onboard import Inputs, Outputs, run
 from steps.onboarding.weights import estimate_memory
 from steps.release.records import RECORD_FILE, ConfigSummary
@@ -127,6 +128,7 @@ class Workspace:
             ),
             probe=probe,
             store=self.store,
+            passed=EvalStore(self.work.parent / "dataset-checks"),
         )
 
     def refused(self, kind: type[ReleaseError], *fragments: str, environment: str = "dev") -> str:

@@ -234,3 +234,31 @@ def test_the_policy_rules_are_per_environment(weights: Path, tmp_path: Path) -> 
     version = yaml.safe_load((REPO / "policy" / "platform-policy.yaml").read_text())["version"]
     assert f"platform-policy.yaml v{version}: environments.prod.prompt_rules" in str(info.value)
     assert load_policy(REPO / "policy" / "platform-policy.yaml").environment("dev").prompt_rules.max_chars == 8000
+
+
+def test_the_tokenizer_loaded_directly_counts_as_autotokenizer_does(weights: Path, tmp_path: Path) -> None:
+    """GIVEN the tiny GPT-2 folder (generic fast tokenizer, chat template) and a copy naming another tokenizer class
+    WHEN load_tokenizer loads each THEN the first comes through the generic class directly (AutoTokenizer's lookup
+    costs ~3 s of every prompt onboarding), the second through AutoTokenizer, and a prompt counts the same tokens
+    as AutoTokenizer's tokenizer counts."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from registry.prompt_content import Message
+    from steps.onboarding.prompts import count_tokens, load_tokenizer
+
+    named = tmp_path / "named"
+    shutil.copytree(weights, named)
+    config = json.loads((named / "tokenizer_config.json").read_text())
+    assert config["tokenizer_class"] in ("PreTrainedTokenizerFast", "TokenizersBackend")  # what save_pretrained writes
+    (named / "tokenizer_config.json").write_text(json.dumps({**config, "tokenizer_class": "GPT2Tokenizer"}))
+    messages = [
+        Message(role="system", content="You answer questions about geography."),
+        Message(role="user", content="Hi"),
+    ]
+    expected = count_tokens(AutoTokenizer.from_pretrained(weights), messages)
+    direct, auto = load_tokenizer(weights), load_tokenizer(named)
+    assert type(direct).__name__ == "TokenizersBackend"
+    assert count_tokens(direct, messages) == count_tokens(auto, messages) == expected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -9,16 +10,45 @@ import pytest
 
 from registry.errors import PolicyError, RegistryError, SpecError
 from steps.core.artifacts import ROOT
-from steps.core.entry import DEBUG_ENV, POD_ROOT_ENV, StepParams, in_pod, run_step
+from steps.core.entry import DEBUG_ENV, POD_ROOT_ENV, PROFILE_ENV, StepParams, in_pod, process_age_s, run_step
 
 
 def _raise(error: Exception) -> None:
     raise error
 
 
-def test_run_step_returns_what_the_body_returns() -> None:
-    """GIVEN a body that succeeds WHEN run_step runs it THEN its value comes back and nothing is printed."""
+def test_run_step_returns_what_the_body_returns(capsys: pytest.CaptureFixture[str]) -> None:
+    """GIVEN a body that succeeds WHEN run_step runs it THEN its value comes back, stdout stays empty (it is the
+    step's result) and stderr has one timing line: the process's start-up before the body, and the body."""
     assert run_step("deploy", lambda: {"ok": 1}) == {"ok": 1}
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert re.fullmatch(r"deploy: timing: start-up \d+\.\d\ds, work \d+\.\d\ds\n", err), err
+    assert run_step("deploy", lambda: 2, timed=False) == 2 and capsys.readouterr().err == ""
+
+
+def test_profile_prints_the_slowest_calls_of_the_body(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GIVEN LLMRELEASE_PROFILE=1 WHEN a step's body runs THEN its cProfile, naming the body's own calls, is on
+    stderr before the timing line; without it there is none."""
+
+    def slow_part() -> int:
+        return sum(range(200_000))
+
+    monkeypatch.setenv(PROFILE_ENV, "1")
+    assert run_step("gate", slow_part) == sum(range(200_000))
+    err = capsys.readouterr().err
+    assert err.startswith("gate: profile:") and "slow_part" in err and "gate: timing:" in err
+    monkeypatch.delenv(PROFILE_ENV)
+    run_step("gate", slow_part)
+    assert "profile" not in capsys.readouterr().err
+
+
+def test_process_age_is_the_time_since_this_process_started() -> None:
+    """/proc gives the process's start: at least the time this test process has run, and not more than a day."""
+    age = process_age_s()
+    assert age is not None and 0.0 < age < 86_400
 
 
 @pytest.mark.parametrize(

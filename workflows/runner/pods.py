@@ -18,6 +18,7 @@ import posixpath
 import re
 import shutil
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -250,12 +251,13 @@ def run_container(spec: PodSpec, node: Node, later: list[Prepared] | None = None
     With `later`, its outputs are not read: its files are kept (appended to `later`) for `collect_outputs`.
     """
     spec.node_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
     prepared = prepare(spec)
     if later is not None:
         later.append(prepared)
         return _launch(spec, node, prepared, collect=False)
     try:
-        return _launch(spec, node, prepared)
+        return _launch(spec, node, prepared, inputs_s=time.monotonic() - started)
     finally:
         prepared.cleanup()
 
@@ -322,11 +324,15 @@ def _prepare_isolated(spec: PodSpec, sandbox: Sandbox) -> Prepared:
     )
 
 
-def _launch(spec: PodSpec, node: Node, prepared: Prepared, *, collect: bool = True) -> tuple[str, str]:
+def _launch(
+    spec: PodSpec, node: Node, prepared: Prepared, *, collect: bool = True, inputs_s: float | None = None
+) -> tuple[str, str]:
     """Start the container in its own process group, wait for it, settle its files, read its result and outputs.
 
     At its deadline, or when `spec.stopped` says the workflow is being stopped or terminated, the whole group is
-    killed (SIGTERM, then SIGKILL after a grace period, as the kubelet does), bubblewrap's pod included.
+    killed (SIGTERM, then SIGKILL after a grace period, as the kubelet does), bubblewrap's pod included. Given
+    `inputs_s` (how long staging its inputs took), a pod that ran writes `<node dir>/timings`: inputs, process
+    and outputs seconds on one line (where a slow pod spends its time).
     """
     if prepared.missing:
         return "Error", f"cannot start {prepared.missing}: No such file or directory"
@@ -334,7 +340,9 @@ def _launch(spec: PodSpec, node: Node, prepared: Prepared, *, collect: bool = Tr
         proc = process.start(prepared.argv, prepared.env, spec.node_dir)
     except OSError as e:
         return "Error", f"cannot start {prepared.argv[0]}: {e.strerror}"
+    started = time.monotonic()
     killed = process.wait(proc, spec.deadline_s, spec.stopped, spec.readiness)
+    ran_s = time.monotonic() - started
     prepared.settle()
     if killed:
         return "Failed", killed
@@ -346,4 +354,8 @@ def _launch(spec: PodSpec, node: Node, prepared: Prepared, *, collect: bool = Tr
         tail = (spec.node_dir / "stderr").read_text(errors="replace").strip().splitlines()
         return "Failed", f"exit code {node.exit_code}" + (f": {tail[-1][:300]}" if tail else "")
     problem = _collect_outputs(spec, node, prepared.locate) if collect else ""
+    if inputs_s is not None:
+        outputs_s = time.monotonic() - started - ran_s
+        line = f"inputs {inputs_s:.2f}s process {ran_s:.2f}s outputs {outputs_s:.2f}s\n"
+        (spec.node_dir / "timings").write_text(line)
     return ("Error", problem) if problem else ("Succeeded", "")

@@ -242,6 +242,9 @@ def _run(plane: LocalServing, op: str, state: PlaneState, args: dict[str, Any]) 
 class _Handler(BaseHTTPRequestHandler):
     server: _PlaneHTTPServer
     protocol_version = "HTTP/1.1"
+    # Headers and body leave in two writes: with Nagle's algorithm on a kept-alive connection, the body waits for
+    # the client's delayed ACK, 40 ms on Linux, on every call (seen as 44 ms per guard renewal; ~1 ms without).
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         """Quiet: errors go back to the caller, not to the service log."""
