@@ -83,7 +83,7 @@ def test_bad_capacity_values_and_bad_policy_defaults_are_refused_naming_the_fiel
 def test_the_step_takes_its_load_from_the_release_and_refuses_a_load_parameter(tmp_path: Path) -> None:
     """GIVEN releases/demo.yaml in dev (no load in the spec: the dev policy default)
     WHEN the latency step's inputs are made, then again with the parameter rate=3
-    THEN the load is the policy's (rate 8 for 3 s, the golden-qa prompts in turn) with a capacity search of 8 s;
+    THEN the load is the policy's (rate 8 for 3 s, the golden-qa prompts in turn) with a capacity search of 5 s;
     the parameter is refused in one line naming it and gates.latency.load.
     """
     base = {"base_url": "http://127.0.0.1:1/v1", "model": "m", "work_dir": tmp_path, "release": "releases/demo.yaml"}
@@ -91,7 +91,7 @@ def test_the_step_takes_its_load_from_the_release_and_refuses_a_load_parameter(t
     policy = load_policy().environment("dev").latency
     assert (inputs.load.mode, inputs.load.rate, inputs.load.duration_s) == ("constant", policy.load.rate, 3.0)
     assert inputs.load.requests is None and len(inputs.load.prompts) > 10
-    assert inputs.capacity is not None and inputs.capacity.enabled and inputs.capacity.max_time_s == 8
+    assert inputs.capacity is not None and inputs.capacity.enabled and inputs.capacity.max_time_s == 5
     with pytest.raises(SpecError) as info:
         inputs_from_params(LatencyParams.model_validate({**base, "environment": "dev", "rate": 3}))
     assert str(info.value).startswith("parameter rate=3.0: the release spec decides the load")

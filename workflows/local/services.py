@@ -247,6 +247,11 @@ def _ray_nodes(
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": credentials["ray_token"], "RAY_USAGE_STATS_ENABLED": "0"}
     env.update(store_env)  # the workers fetch the weights from the store themselves
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # `down` stops the whole cluster: nothing to drain for
+    # Ray Client's proxier forks a session server per client, and a fork while another session's gRPC threads run
+    # sometimes kills the new server at once (ray-project/ray#63202, open); the proxier still waits for its channel
+    # (30 s by default) before the client hears "Initialization failure" and retries (steps/evals/ray_connect.py).
+    # Seen in make demo when batch-eval and safety join together: 45 s instead of 5 s. 10 s is ample for a live one.
+    env["RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S"] = "10"
     common = ["start", "--block", f"--node-ip-address={HOST}", f"--object-store-memory={_OBJECT_STORE_BYTES}"]
     common += ["--disable-usage-stats"]
     head = [_tool("ray"), *common, "--head", f"--port={gcs_port}", f"--num-cpus={head_cpus}"]
