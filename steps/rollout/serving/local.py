@@ -142,7 +142,7 @@ class LocalServing:
         starting: list[tuple[ServerState, subprocess.Popen[bytes], Path]] = []
         for version, location in wanted.items():
             current = state.servers.get(version)
-            if current is not None and self.is_ready(state, current):
+            if current is not None and self._still_answers(state, current):
                 current.hot_until = None
                 ready[version] = current
                 continue
@@ -184,6 +184,21 @@ class LocalServing:
     def is_ready(self, state: PlaneState, server: ServerState) -> bool:
         """Whether the server's process runs and it answers a real completion now."""
         return alive(server.pid, server.pid_created) and ready_check(server.base_url, state.model) is None
+
+    def _still_answers(self, state: PlaneState, server: ServerState, tries: int = 3) -> bool:
+        """Whether a running server answers a real completion within `tries` checks, a second apart.
+
+        One slow answer on a busy machine is no reason to restart a server that may carry users' traffic (CI once
+        restarted a hot champion that way); a process that is gone is not waited for.
+        """
+        for attempt in range(tries):
+            if not alive(server.pid, server.pid_created):
+                return False
+            if ready_check(server.base_url, state.model) is None:
+                return True
+            if attempt + 1 < tries:
+                time.sleep(1.0)
+        return False
 
     def _spawn(
         self, model: str, version: str, served_dir: Path, model_dir: Path, prompt: str | None
