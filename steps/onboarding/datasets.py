@@ -90,7 +90,8 @@ def check_datasets(evals: Evals, root: Path, passed: PassedChecks | None = None)
     suites = [(f"evals.suites[{i}].path", s) for i, s in enumerate(evals.suites)] + [
         ("evals.safety.path", evals.safety)
     ]
-    return [_check_suite(context, field, suite, root, passed) for field, suite in suites]
+    key = checks_key() if passed is not None else ""
+    return [_check_suite(context, field, suite, root, passed, key) for field, suite in suites]
 
 
 def checks_key() -> str:
@@ -104,11 +105,11 @@ def checks_key() -> str:
 
 
 def _check_suite(
-    context: Callable[[], Any], field: str, suite: Suite, root: Path, passed: PassedChecks | None
+    context: Callable[[], Any], field: str, suite: Suite, root: Path, passed: PassedChecks | None, key: str
 ) -> DatasetRecord:
     path = resolve_under_root(suite.path, root, field)
     digest, _ = sha256_file(path)
-    name = f"{digest}-{checks_key()}.json"
+    name = f"{digest}-{key}.json"
     known = _passed_before(passed, name)
     if known is not None:
         rows, tasks = known

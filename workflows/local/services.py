@@ -37,6 +37,7 @@ from registry.errors import WorkflowError
 __all__ = [
     "BUCKET",
     "HOST",
+    "RAY_CLIENT_CHANNEL_WAIT",
     "REGION",
     "SERVICES",
     "Layout",
@@ -52,6 +53,8 @@ BUCKET = "llmrelease-local"
 REGION = "us-east-1"
 SERVICES = ("s3", "mlflow", "pushgateway", "prometheus", "serving", "ray-head", "ray-worker")
 _RAY_READY = "Ray runtime started."
+RAY_CLIENT_CHANNEL_WAIT = {"RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "10"}
+"""The Ray head's wait for a Ray Client session server (default 30 s): see `_ray_nodes` for why 10 s."""
 _SOCKET_ROOM = 44  # Ray's socket paths (<temp>/session_<40 chars>/sockets/plasma_store) must fit in 107 bytes
 _OBJECT_STORE_BYTES = 256 * 1024 * 1024  # per node: two nodes share a small machine
 _REPO = Path(__file__).resolve().parents[2]  # the serving service runs the steps' code from this checkout
@@ -251,7 +254,7 @@ def _ray_nodes(
     # sometimes kills the new server at once (ray-project/ray#63202, open); the proxier still waits for its channel
     # (30 s by default) before the client hears "Initialization failure" and retries (steps/evals/ray_connect.py).
     # Seen in make demo when batch-eval and safety join together: 45 s instead of 5 s. 10 s is ample for a live one.
-    env["RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S"] = "10"
+    env.update(RAY_CLIENT_CHANNEL_WAIT)
     common = ["start", "--block", f"--node-ip-address={HOST}", f"--object-store-memory={_OBJECT_STORE_BYTES}"]
     common += ["--disable-usage-stats"]
     head = [_tool("ray"), *common, "--head", f"--port={gcs_port}", f"--num-cpus={head_cpus}"]

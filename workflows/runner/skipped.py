@@ -9,16 +9,15 @@ for want of a value); any other use of it (inside other text, in a `when`) fails
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping, Set
 from typing import Any
 
 from registry.errors import WorkflowError
+from workflows.argo.expressions import TAG
 
 __all__ = ["NOT_RUN", "declared_outputs", "refuse_absent", "unsupplied"]
 
 NOT_RUN = frozenset({"Skipped", "Omitted"})
-_TAG = re.compile(r"\{\{\s*([^{}=\s][^{}]*?)\s*\}\}")  # a simple tag (not an `{{=expression}}`)
 
 
 def declared_outputs(tmpl: Mapping[str, Any], base: str) -> tuple[dict[str, str], set[str]]:
@@ -36,7 +35,7 @@ def declared_outputs(tmpl: Mapping[str, Any], base: str) -> tuple[dict[str, str]
 
 def unsupplied(value: str, absent: Set[str], local: Mapping[str, str]) -> bool:
     """Whether an argument's `value` is a single reference to an absent output (the argument is left out)."""
-    pure = _TAG.fullmatch(value.strip())
+    pure = TAG.fullmatch(value.strip())
     return pure is not None and pure.group(1) in absent and pure.group(1) not in local
 
 
@@ -46,7 +45,7 @@ def refuse_absent(text: str, absent: Set[str], local: Mapping[str, str], where: 
     Raises:
         WorkflowError: `text` refers to an absent output.
     """
-    for match in _TAG.finditer(text):
+    for match in TAG.finditer(text):
         if match.group(1) in absent and match.group(1) not in local:
             raise WorkflowError(
                 f"{where}: '{{{{{match.group(1)}}}}}' is the output of a skipped or omitted node with no default; "

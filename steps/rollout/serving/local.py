@@ -183,7 +183,7 @@ class LocalServing:
 
     def is_ready(self, state: PlaneState, server: ServerState) -> bool:
         """Whether the server's process runs and it answers a real completion now."""
-        return alive(server.pid, server.pid_created) and ready_check(server.base_url, state.model) is None
+        return self._still_answers(state, server, tries=1)
 
     def _still_answers(self, state: PlaneState, server: ServerState, tries: int = 3) -> bool:
         """Whether a running server answers a real completion within `tries` checks, a second apart.
