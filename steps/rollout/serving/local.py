@@ -43,10 +43,13 @@ from steps.core.proc import alive, started, terminate
 from steps.rollout.routing.haproxy import HAProxyRouter
 from steps.rollout.serving.base import PlaneState, Served, ServerState, ServingError, server_name
 from steps.rollout.serving.guard import FileCanaryGuard
+from steps.rollout.serving.launcher import Forked, ServerLauncher, server_env
 
 __all__ = ["LocalServing", "ready_check"]
 
 _READY_PROMPT = [{"role": "user", "content": "ping"}]
+Started = subprocess.Popen[bytes] | Forked
+"""A model server being started: a plain process, or one forked by the plane service's launcher."""
 
 
 def ready_check(base_url: str, model: str, *, timeout: float = 10.0) -> str | None:
@@ -72,17 +75,33 @@ def ready_check(base_url: str, model: str, *, timeout: float = 10.0) -> str | No
 class LocalServing:
     """Start, find, route and stop the model servers of this machine: a `ServingPlane` (see the module docstring)."""
 
-    def __init__(self, home: Path, *, start_timeout: float = 180.0, clock: Any = time.time) -> None:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        start_timeout: float = 180.0,
+        clock: Any = time.time,
+        launcher: ServerLauncher | None = None,
+    ) -> None:
         """Keep state under `home/serving/`.
 
         Args:
             home: LLMRELEASE_HOME.
             start_timeout: seconds a new model server may take to answer its first completion.
             clock: epoch seconds (tests pass a fake one to expire hot windows).
+            launcher: Fork model servers from this warm process (the plane service's); None: plain processes.
         """
         self._root = home / "serving"
         self._start_timeout = start_timeout
         self._clock = clock
+        self._launcher = launcher
+
+    def start_launcher(self) -> ServerLauncher:
+        """Start a launcher (`steps.rollout.serving.launcher`) for this plane's servers and use it from now on."""
+        self._root.mkdir(parents=True, exist_ok=True)
+        env = server_env(os.environ, self._root / "hf-cache")
+        self._launcher = ServerLauncher(env, self._root / "launcher.log")
+        return self._launcher
 
     # --- state -------------------------------------------------------------------------------------------------
     def model_dir(self, model: str) -> Path:
@@ -139,7 +158,7 @@ class LocalServing:
         `Served`, those weights with a prompt (served from an overlay folder: `steps.rollout.serving.prompted`).
         """
         ready: dict[str, ServerState] = {}
-        starting: list[tuple[ServerState, subprocess.Popen[bytes], Path]] = []
+        starting: list[tuple[ServerState, Started, Path]] = []
         for version, location in wanted.items():
             current = state.servers.get(version)
             if current is not None and self._still_answers(state, current):
@@ -202,7 +221,7 @@ class LocalServing:
 
     def _spawn(
         self, model: str, version: str, served_dir: Path, model_dir: Path, prompt: str | None
-    ) -> tuple[ServerState, subprocess.Popen[bytes], Path]:
+    ) -> tuple[ServerState, Started, Path]:
         executable = shutil.which("transformers") or str(Path(sys.executable).parent / "transformers")
         if not Path(executable).exists():
             raise ServingError("`transformers` CLI not found: install the project with `pip install -e .[ml]`")
@@ -215,24 +234,23 @@ class LocalServing:
         port = _free_port()
         # One compute thread per server: on a small machine the servers share the cores with the eval workers,
         # and oversubscribed threads made both slower than running them one after the other.
-        env = {
-            **os.environ,
-            "HF_HUB_CACHE": str(folder / "hf-cache"),
-            "HF_HUB_OFFLINE": "1",
-            "OMP_NUM_THREADS": os.environ.get("LLMRELEASE_SERVER_THREADS", "1"),
-        }
+        env = server_env(os.environ, folder / "hf-cache")
         command = [executable, "serve", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port)]
         command += [*_batching(), model]
-        with (folder / "server.log").open("wb") as log:
-            process = subprocess.Popen(
-                command,
-                cwd=folder,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        process: Started | None = None
+        if self._launcher is not None:
+            process = self._launcher.spawn(["transformers", *command[1:]], folder, env, folder / "server.log")
+        if process is None:
+            with (folder / "server.log").open("wb") as log:
+                process = subprocess.Popen(
+                    command,
+                    cwd=folder,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
         server = ServerState(
             version=version,
             port=port,
@@ -244,14 +262,14 @@ class LocalServing:
         )
         return server, process, folder / "server.log"
 
-    def _wait_ready(self, server: ServerState, model: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    def _wait_ready(self, server: ServerState, model: str, process: Started, log: Path) -> None:
         deadline = time.monotonic() + self._start_timeout
         why: str | None = "not started"
         while time.monotonic() < deadline:
             if process.poll() is not None:
+                code = f" with code {process.returncode}" if process.returncode != -1 else ""
                 raise ServingError(
-                    f"model server for {model} version {server.version} exited with code {process.returncode}: "
-                    f"{_tail(log)} (see {log})"
+                    f"model server for {model} version {server.version} exited{code}: {_tail(log)} (see {log})"
                 )
             why = ready_check(server.base_url, model, timeout=30.0)
             if why is None:

@@ -23,6 +23,8 @@ it). JSON in and out, on 127.0.0.1:
 * `POST /v1/planes/<model>/shutdown`: stop the model's router and servers.
 
 An error answers `{"error": <one line>, "kind": <class name>}`; SIGTERM stops every model's router and servers.
+The model servers are forked from a launcher the service starts with it (`steps.rollout.serving.launcher`: the
+server's imports paid once, not per server); LLMRELEASE_SERVER_PRELOAD=0 starts each as a plain process.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from pydantic import ValidationError
 from registry.errors import ReleaseError
 from steps.rollout.serving.base import PlaneLocked, PlaneState, Served, ServerState, ServingError
 from steps.rollout.serving.guard import read_heartbeat
+from steps.rollout.serving.launcher import preload_enabled
 from steps.rollout.serving.local import LocalServing
 
 __all__ = ["OPS", "PlaneService", "make_server"]
@@ -339,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    service = PlaneService(LocalServing(args.home))
+    plane = LocalServing(args.home)
+    launcher = plane.start_launcher() if preload_enabled() else None  # imports while the service starts
+    service = PlaneService(plane)
     httpd = make_server(service, args.host, args.port)
     stop = threading.Event()
 
@@ -356,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         httpd.server_close()
         service.close()
+        if launcher is not None:
+            launcher.close()
         print("serving plane service stopped: every router and model server it owned is down", flush=True)
     return 0
 
