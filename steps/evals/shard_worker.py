@@ -71,6 +71,20 @@ class ShardWorker:
             _, hit = self._engine(engine)
             return {**self.ready(), "hit": hit}
 
+    def prepare(self) -> dict[str, Any]:
+        """Import the local engines' libraries (torch, transformers) and set this worker's threads; `ready()`.
+
+        What a warm-up (`python -m steps.evals.warm`) asks of a new worker, so the first step's `load` pays only
+        the model's load. A GPU worker imports the same: vLLM is imported when a vLLM engine is built.
+        """
+        with self._call():
+            import transformers  # noqa: F401
+
+            from steps.evals.engines.transformers_engine import set_torch_threads
+
+            set_torch_threads(self.num_threads)
+            return self.ready()
+
     def ready(self) -> dict[str, Any]:
         """Where and what: pid, Ray node, backend, device, engines built and held, threads (torch, OMP, MKL)."""
         import ray

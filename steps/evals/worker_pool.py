@@ -176,6 +176,47 @@ class WorkerPool:
             self.engine = engine
         return len(self.actors)
 
+    def prepare(self) -> int:
+        """Start the warm workers a CPU step of these options will get, each with its libraries imported; how many.
+
+        Nothing is loaded: a warm-up (`steps.evals.warm`) runs this when the cluster comes up, so the first eval
+        step finds its workers started instead of starting them.
+
+        Raises:
+            EvalError: The pool is not warm (its workers would end with it), Ray cannot be reached, or a worker
+                failed to start.
+        """
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        if not self.warm:
+            raise EvalError(
+                "eval workers: a warm-up needs warm workers: set RAY_ADDRESS to the cluster "
+                "(LLMRELEASE_EVAL_WARM unset)"
+            )
+        connect_ray(self.options.cores)
+        cores = self.options.cores or int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
+        size, threads, cpus = thread_budget(cores, self.options.workers)
+        self.shape = (threads, cpus, self.options.gpus_per_worker)
+        self._make_room(size * cpus)
+        self.actors = [self._actor(slot) for slot in range(size)]
+        self.starts += size
+        try:
+            self.where = [self._prepared(w) for w in range(size)]
+        except (RayActorError, RayTaskError) as e:
+            raise EvalError(f"eval workers failed to start: {cause_of(e)}") from None
+        return size
+
+    def _prepared(self, w: int) -> dict[str, Any]:
+        """Worker `w`'s `prepare()`; one whose creation lost a race to a step's is taken by name first."""
+        import ray
+
+        try:
+            return cast(dict[str, Any], ray.get(self.actors[w].prepare.remote()))
+        except ValueError:  # ActorAlreadyExistsError at first use: a step created it at the same moment
+            self.actors[w] = self._named(w)
+            return cast(dict[str, Any], ray.get(self.actors[w].prepare.remote()))
+
     def submit(
         self,
         w: int,

@@ -139,6 +139,41 @@ def _pids(run: dict[str, Any]) -> list[int]:
 
 
 @pytest.mark.slow
+def test_a_warm_up_starts_the_workers_the_first_step_gets(cluster: Head, job: dict[str, Any]) -> None:
+    """GIVEN a fresh cluster WHEN the warm-up (`python -m steps.evals.warm`, as `llmrelease local up` runs it)
+    joins through Ray Client for 2 shards on 2 cores, and then a step of that shape evaluates model b
+    THEN the warm-up started 2 workers with their thread share and no model, and the step's shards ran on exactly
+    those processes. (First in this module: no earlier test has started workers of that shape.)
+    """
+    env = {**os.environ, "RAY_ADDRESS": cluster.client, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "steps.evals.warm", "--shards", "2", "--cores", "2"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = done.stdout.strip().splitlines()[-1]
+    assert line.startswith("eval warm-up: 2 workers ready (1 thread(s) and 1 CPU(s) each"), line
+    warmed = sorted(int(p) for p in line.split("pids ")[1].split(")")[0].split(", "))
+    names = run_driver(cluster.gcs, {**job, "list": True})["names"]
+    assert len(names) == 2 and all("-t1-c1-g0-" in n for n in names), names
+
+    [run] = run_driver(cluster.gcs, {**job, "order": ["b"]})["runs"]
+    assert sorted(_pids(run)) == warmed
+    assert all(w["omp_threads"] == "1" and w["torch_threads"] == 1 for w in run["where"])
+
+
+def test_a_warm_up_without_a_cluster_address_is_one_line() -> None:
+    """GIVEN no RAY_ADDRESS WHEN the warm-up runs THEN it exits 1 with one line naming RAY_ADDRESS (its workers
+    would end with it), and starts no Ray."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "steps.evals.warm"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "eval warm-up: eval workers: a warm-up needs warm workers: set RAY_ADDRESS to the cluster "
+        "(LLMRELEASE_EVAL_WARM unset)"
+    ]
+
+
+@pytest.mark.slow
 def test_a_second_step_reuses_the_warm_workers_without_loading_again(cluster: Head, job: dict[str, Any]) -> None:
     """GIVEN a cluster reached by address, and a first driver process that evaluated model a on 2 warm workers
     WHEN a second, fresh driver process evaluates the same model

@@ -236,7 +236,8 @@ def test_a_service_that_fails_is_named_with_its_log_and_the_others_are_stopped(t
 @pytest.mark.slow
 def test_ray_two_nodes_reached_through_the_address(tmp_path: Path) -> None:
     """GIVEN `local up` with Ray  WHEN a driver joins RAY_ADDRESS with the llmrelease-ray Secret's token
-    THEN it sees two live nodes and runs tasks; `local down` leaves no Ray process."""
+    THEN it sees two live nodes and runs tasks, the eval warm-up started the workers of a 2-shard step (one per
+    node's CPU); `local down` leaves no Ray process."""
     started = time.monotonic()
     proc = local(tmp_path, "up", "--json")
     up_s = time.monotonic() - started
@@ -244,13 +245,19 @@ def test_ray_two_nodes_reached_through_the_address(tmp_path: Path) -> None:
     rows = {s["name"]: s for s in json.loads(proc.stdout)["services"]}
     try:
         env = {k: v for k, v in os.environ.items() if k not in _CLEAN} | config_env(tmp_path, "llmrelease-ray")
+        # the eval warm-up's workers hold both nodes' CPUs (idle warm workers keep theirs): tasks of no CPU
         driver = (
             "import os, ray; ray.init(address=os.environ['RAY_ADDRESS'], log_to_driver=False)\n"
-            "f = ray.remote(lambda: 1)\n"
+            "f = ray.remote(num_cpus=0)(lambda: 1)\n"
             "print(sum(n['Alive'] for n in ray.nodes()), sum(ray.get([f.remote() for _ in range(4)])))\n"
         )
         out = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=180)
         assert out.stdout.split() == ["2", "4"], out.stderr[-2000:]
+        warm_log = tmp_path / "local" / "logs" / "eval-warm.log"
+        deadline = time.monotonic() + 120
+        while "workers ready" not in warm_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "eval warm-up: 2 workers ready (1 thread(s) and 1 CPU(s) each" in warm_log.read_text()
     finally:
         started = time.monotonic()
         down = local(tmp_path, "down")

@@ -13,6 +13,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator, Mapping
@@ -24,6 +25,7 @@ from typing import Any
 from workflows.local.config import prometheus_config, write_cluster_config
 from workflows.local.services import (
     BUCKET,
+    HOST,
     REGION,
     SERVICES,
     Layout,
@@ -37,6 +39,11 @@ from workflows.local.state import ProfileState, ServiceRecord, is_running, locke
 
 __all__ = ["DownResult", "ServiceStatus", "UpResult", "down", "status", "up"]
 
+_REPO = Path(__file__).resolve().parents[2]  # the eval warm-up runs the steps' code from this checkout
+DEMO_SHARDS = 2
+"""The templates' default `eval-shards`: the warm-up starts the workers a step of that many gets."""
+WARM_UP = "eval-warm"
+"""The eval workers' warm-up `up` starts with a new Ray cluster (`_warm_evals`): not a service, stopped by `down`."""
 PORT_NAMES = ("s3", "mlflow", "pushgateway", "prometheus", "serving", "ray", "ray-client")
 
 
@@ -100,6 +107,9 @@ def up(home: Path, *, ray: bool = True, timeout: float = 180.0, ports: Mapping[s
             preflight(todo)
             _start(layout, state, todo, started_at + timeout, timeout)
             write_cluster_config(layout.cluster_config, state.ports, state.credentials, ray=ray)
+            if ray and any(s.name == "ray-head" for s in todo):
+                _warm_evals(layout, state)
+                state.save()
         return UpResult(
             [s.name for s in todo], kept, time.monotonic() - started_at, layout.cluster_config, status(home)
         )
@@ -114,9 +124,13 @@ def down(home: Path) -> DownResult:
         note = ""
         if _running(state, "s3"):
             note = _save_bucket(state.services["s3"].url, state.credentials, layout.root / "s3" / BUCKET)
+        if WARM_UP in state.services:
+            stop_group(state.services.pop(WARM_UP), grace=2.0)  # still warming up: the cluster goes anyway
         order = [state.services[n] for n in reversed(SERVICES) if n in state.services]
         with ThreadPoolExecutor(max_workers=len(order) or 1) as pool:
-            stopped = [r.name for r, did in zip(order, pool.map(stop_group, order), strict=True) if did]
+            stopped = [
+                r.name for r, did in zip(order, pool.map(stop_group, order), strict=True) if did and r.name != WARM_UP
+            ]
         state.services.clear()
         state.save()
         if not layout.ray_temp.is_relative_to(layout.root):
@@ -186,6 +200,32 @@ def _start(layout: Layout, state: ProfileState, todo: list[Service], deadline: f
             state.services.pop(record.name, None)
         state.save()
         raise
+
+
+def _warm_evals(layout: Layout, state: ProfileState) -> None:
+    """Start the eval workers of a new Ray cluster in the background (`steps.evals.warm`), as the steps would.
+
+    The first delivery's eval steps then find them started (or starting: the same named workers) instead of paying
+    ~6-10 s for their start; `local up` does not wait for it (`down` stops it if it still runs). Its output: the
+    `eval-warm` log. The workers hold their Ray CPUs while idle, as every warm worker does (until their idle timeout,
+    or until a step of another shape ends them).
+    """
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"RAY_ADDRESS": f"ray://{HOST}:{state.ports['ray-client']}", "RAY_AUTH_MODE": "token"}
+    env["RAY_AUTH_TOKEN"] = state.credentials["ray_token"]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
+    log = layout.log(WARM_UP)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own command line; it exits by itself
+            [sys.executable, "-m", "steps.evals.warm", "--shards", str(DEMO_SHARDS)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=layout.root,
+            env=env,
+        )
+    state.services[WARM_UP] = ServiceRecord(WARM_UP, proc.pid, process_start(proc.pid), "", str(log))
 
 
 def _launch(layout: Layout, state: ProfileState, service: Service) -> ServiceRecord:
