@@ -253,11 +253,8 @@ def test_ray_two_nodes_reached_through_the_address(tmp_path: Path) -> None:
         )
         out = subprocess.run([sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=180)
         assert out.stdout.split() == ["2", "4"], out.stderr[-2000:]
-        warm_log = tmp_path / "local" / "logs" / "eval-warm.log"
-        deadline = time.monotonic() + 120
-        while "workers ready" not in warm_log.read_text() and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert "eval warm-up: 2 workers ready (1 thread(s) and 1 CPU(s) each" in warm_log.read_text()
+        warm_up = json.loads(proc.stdout)["warm_up"]
+        assert warm_up.startswith("eval warm-up: 2 workers ready (1 thread(s) and 1 CPU(s) each"), warm_up
     finally:
         started = time.monotonic()
         down = local(tmp_path, "down")

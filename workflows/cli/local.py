@@ -79,6 +79,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
         if service.running:
             verb = "started" if service.name in result.started else "kept"
             print(f"{_line(service)} [{verb}]")
+    if result.warm_up:
+        print(result.warm_up)
     print(f"cluster config: {result.cluster_config} (llmrelease run --cluster-config {result.cluster_config})")
     print(f"up in {result.seconds:.1f}s")
     return 0

@@ -67,6 +67,8 @@ class UpResult:
     seconds: float
     cluster_config: Path
     services: list[ServiceStatus]
+    warm_up: str = ""
+    """The eval warm-up's last line (a new Ray cluster only; `_warm_evals`); empty when none ran."""
 
 
 @dataclass(frozen=True)
@@ -103,16 +105,15 @@ def up(home: Path, *, ray: bool = True, timeout: float = 180.0, ports: Mapping[s
             stop_group(state.services.pop("ray-worker"))  # a new head needs a new second node
             todo.append(next(s for s in services if s.name == "ray-worker"))
         kept = [s.name for s in services if s not in todo]
+        warm_up = ""
         if todo:
             preflight(todo)
             _start(layout, state, todo, started_at + timeout, timeout)
             write_cluster_config(layout.cluster_config, state.ports, state.credentials, ray=ray)
             if ray and any(s.name == "ray-head" for s in todo):
-                _warm_evals(layout, state)
-                state.save()
-        return UpResult(
-            [s.name for s in todo], kept, time.monotonic() - started_at, layout.cluster_config, status(home)
-        )
+                warm_up = _warm_evals(layout, state, started_at + timeout)
+        took = time.monotonic() - started_at
+        return UpResult([s.name for s in todo], kept, took, layout.cluster_config, status(home), warm_up)
 
 
 def down(home: Path) -> DownResult:
@@ -202,30 +203,27 @@ def _start(layout: Layout, state: ProfileState, todo: list[Service], deadline: f
         raise
 
 
-def _warm_evals(layout: Layout, state: ProfileState) -> None:
-    """Start the eval workers of a new Ray cluster in the background (`steps.evals.warm`), as the steps would.
+def _warm_evals(layout: Layout, state: ProfileState, deadline: float) -> str:
+    """Start the eval workers of a new Ray cluster (`steps.evals.warm`) as a 2-shard step gets them; its last line.
 
-    The first delivery's eval steps then find them started (or starting: the same named workers) instead of paying
-    ~6-10 s for their start; `local up` does not wait for it (`down` stops it if it still runs). Its output: the
-    `eval-warm` log. The workers hold their Ray CPUs while idle, as every warm worker does (until their idle timeout,
-    or until a step of another shape ends them).
+    The first delivery's eval steps then find them started instead of paying ~6-10 s for their start, and nothing
+    of that start competes with its first steps. An optimisation, not a service: a warm-up that fails or is not done
+    by the deadline is said in its line (the steps start the workers themselves), and `down` stops one still
+    running. The workers hold their Ray CPUs while idle, as every warm worker does (until their idle timeout, or
+    until a step of another shape ends them). Its output: the `eval-warm` log.
     """
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"RAY_ADDRESS": f"ray://{HOST}:{state.ports['ray-client']}", "RAY_AUTH_MODE": "token"}
+    env = {"RAY_ADDRESS": f"ray://{HOST}:{state.ports['ray-client']}", "RAY_AUTH_MODE": "token"}
     env["RAY_AUTH_TOKEN"] = state.credentials["ray_token"]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
-    log = layout.log(WARM_UP)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(  # noqa: S603 - our own command line; it exits by itself
-            [sys.executable, "-m", "steps.evals.warm", "--shards", str(DEMO_SHARDS)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=layout.root,
-            env=env,
-        )
-    state.services[WARM_UP] = ServiceRecord(WARM_UP, proc.pid, process_start(proc.pid), "", str(log))
+    command = [sys.executable, "-m", "steps.evals.warm", "--shards", str(DEMO_SHARDS)]
+    record = _launch(layout, state, Service(WARM_UP, command, "", lambda: True, env=env))
+    while is_running(record) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    lines = Path(record.log).read_text(errors="replace").strip().splitlines()
+    said = next((ln for ln in reversed(lines) if ln.startswith("eval warm-up:")), "")
+    if is_running(record):
+        return f"eval warm-up: not done in time, left running (see {record.log})"
+    return said or f"eval warm-up: ended without a word (see {record.log})"
 
 
 def _launch(layout: Layout, state: ProfileState, service: Service) -> ServiceRecord:
