@@ -91,11 +91,12 @@ def start_profile(home: Path, demo_models: Path, repo: Path, *up_args: str) -> P
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory: pytest.TempPathFactory, demo_models: Path) -> Iterator[Profile]:
-    """One profile with Ray for the module; `local down` afterwards."""
+    """One profile with Ray (without the eval warm-up) for the module; `local down` afterwards."""
     root = tmp_path_factory.mktemp("ray-client")
     home = root / "home"
     try:
-        yield start_profile(home, demo_models, root / "releases-repo")
+        # no warm-up: the eval pods must create the workers themselves, which is what this module proves
+        yield start_profile(home, demo_models, root / "releases-repo", "--no-warm-evals")
     finally:
         down = cli(home, "local", "down")
         assert down.returncode == 0, down.stderr

@@ -22,6 +22,11 @@ def add_commands(sub: Any) -> None:
     local_sub = local.add_subparsers(dest="local_command", required=True)
     start = local_sub.add_parser("up", help="start the services (those not running) and write the cluster config")
     start.add_argument("--no-ray", action="store_true", help="no Ray cluster: steps start Ray in their own process")
+    start.add_argument(
+        "--no-warm-evals",
+        action="store_true",
+        help="do not start the eval workers with a new Ray cluster: the first eval step starts them",
+    )
     start.add_argument("--timeout", type=float, default=180.0, help="seconds each service has to be ready")
     start.add_argument(
         "--port",
@@ -68,7 +73,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from registry.settings import llmrelease_home
     from workflows.local import up
 
-    result = up(llmrelease_home(), ray=not args.no_ray, timeout=args.timeout, ports=_ports(args.port))
+    home = llmrelease_home()
+    result = up(
+        home, ray=not args.no_ray, timeout=args.timeout, ports=_ports(args.port), warm_evals=not args.no_warm_evals
+    )
     if args.json:
         body = dataclasses.asdict(result) | {"cluster_config": str(result.cluster_config)}
         print(json.dumps(body, indent=2))

@@ -80,12 +80,20 @@ class DownResult:
     note: str = ""
 
 
-def up(home: Path, *, ray: bool = True, timeout: float = 180.0, ports: Mapping[str, int] | None = None) -> UpResult:
+def up(
+    home: Path,
+    *,
+    ray: bool = True,
+    timeout: float = 180.0,
+    ports: Mapping[str, int] | None = None,
+    warm_evals: bool = True,
+) -> UpResult:
     """Start every service of the local profile that is not running, then write the cluster config.
 
     Args:
         home: LLMRELEASE_HOME.
         ray: Start the two-node Ray cluster too (without it, RAY_ADDRESS stays out of the config).
+        warm_evals: Start the eval workers of a new Ray cluster and wait for them (`_warm_evals`).
         timeout: Seconds every service has to become ready, counted from the start.
         ports: Ports to use instead of those recorded (or free ones): keys s3, mlflow, pushgateway, prometheus,
             serving, ray (the GCS), ray-client (Ray Client, what the pods join).
@@ -110,7 +118,7 @@ def up(home: Path, *, ray: bool = True, timeout: float = 180.0, ports: Mapping[s
             preflight(todo)
             _start(layout, state, todo, started_at + timeout, timeout)
             write_cluster_config(layout.cluster_config, state.ports, state.credentials, ray=ray)
-            if ray and any(s.name == "ray-head" for s in todo):
+            if ray and warm_evals and any(s.name == "ray-head" for s in todo):
                 warm_up = _warm_evals(layout, state, started_at + timeout)
         took = time.monotonic() - started_at
         return UpResult([s.name for s in todo], kept, took, layout.cluster_config, status(home), warm_up)
