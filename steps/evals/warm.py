@@ -3,8 +3,9 @@
 The first eval step after a Ray cluster starts pays for its workers' start (a process per worker, torch and
 transformers imported: ~6-10 s on 2 cores); every later step finds them warm (`steps.evals.worker_pool`). This
 starts them ahead, with the shape a CPU step of `--shards` workers gets on this cluster (the same names), and
-exits; they stay until their idle timeout (LLMRELEASE_EVAL_IDLE_S). `llmrelease local up` runs it in the
-background once its Ray cluster is up; on a cluster, run it as a Job after the RayCluster is ready, or not at all.
+exits; they stay until their idle timeout (LLMRELEASE_EVAL_IDLE_S). `llmrelease local up` runs it and waits for it
+once its Ray cluster is up (`--no-warm-evals`: not); on a cluster, run it as a Job after the RayCluster is ready, or
+not at all.
 Joins the cluster at RAY_ADDRESS; any failure is one line and exit 1.
 """
 

@@ -158,12 +158,9 @@ class WorkerPool:
             EvalError: Ray cannot be reached, the workers failed to start or to load the engine, or they chose
                 different engines.
         """
-        import ray
-
         connect_ray(self.options.cores)
         remote = engine.kind == "http"
-        cores = self.options.cores or int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-        size, threads, cpus = thread_budget(cores, self.options.workers, remote)
+        size, threads, cpus = thread_budget(self._cores(), self.options.workers, remote)
         missing = min(size, max(1, wanted)) - len(self.actors)
         if missing > 0 or engine != self.engine:
             if not self.actors:
@@ -186,7 +183,6 @@ class WorkerPool:
             EvalError: The pool is not warm (its workers would end with it), Ray cannot be reached, or a worker
                 failed to start.
         """
-        import ray
         from ray.exceptions import RayActorError, RayTaskError
 
         if not self.warm:
@@ -195,8 +191,7 @@ class WorkerPool:
                 "(LLMRELEASE_EVAL_WARM unset)"
             )
         connect_ray(self.options.cores)
-        cores = self.options.cores or int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-        size, threads, cpus = thread_budget(cores, self.options.workers)
+        size, threads, cpus = thread_budget(self._cores(), self.options.workers)
         self.shape = (threads, cpus, self.options.gpus_per_worker)
         self._make_room(size * cpus)
         self.actors = [self._actor(slot) for slot in range(size)]
@@ -206,6 +201,12 @@ class WorkerPool:
         except (RayActorError, RayTaskError) as e:
             raise EvalError(f"eval workers failed to start: {cause_of(e)}") from None
         return size
+
+    def _cores(self) -> int:
+        """The cores the pool shares: `ShardOptions.cores`, else the Ray cluster's CPUs (call after `connect_ray`)."""
+        import ray
+
+        return self.options.cores or int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
 
     def _prepared(self, w: int) -> dict[str, Any]:
         """Worker `w`'s `prepare()`; one whose creation lost a race to a step's is taken by name first."""

@@ -29,6 +29,11 @@ RAY_SECRET = "llmrelease-ray"
 _DEFAULT_REPOSITORY = "workflows.argoproj.io/default-artifact-repository"
 
 
+def ray_secret_data(credentials: Mapping[str, str]) -> dict[str, str]:
+    """The `llmrelease-ray` Secret's data: Ray's token authentication, what a pod needs to join the cluster."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": credentials["ray_token"]}
+
+
 def config_data(ports: Mapping[str, int], *, ray: bool) -> dict[str, str]:
     """The `llmrelease-config` ConfigMap's data (RAY_ADDRESS only when the Ray cluster runs).
 
@@ -97,8 +102,7 @@ def write_cluster_config(
         )
     ]
     if ray:
-        token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": credentials["ray_token"]}
-        secrets.append(_object("Secret", RAY_SECRET, {"type": "Opaque", "stringData": token}))
+        secrets.append(_object("Secret", RAY_SECRET, {"type": "Opaque", "stringData": ray_secret_data(credentials)}))
     files = {
         folder / "config.yaml": [_object("ConfigMap", CONFIG_MAP, {"data": config_data(ports, ray=ray)})],
         folder / "secrets.yaml": secrets,

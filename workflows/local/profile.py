@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workflows.local.config import prometheus_config, write_cluster_config
+from workflows.local.config import config_data, prometheus_config, ray_secret_data, write_cluster_config
 from workflows.local.services import (
     BUCKET,
-    HOST,
     REGION,
     SERVICES,
     Layout,
@@ -34,12 +33,12 @@ from workflows.local.services import (
     free_port,
     plan,
     preflight,
+    steps_pythonpath,
 )
 from workflows.local.state import ProfileState, ServiceRecord, is_running, locked, process_start, stop_group
 
 __all__ = ["DownResult", "ServiceStatus", "UpResult", "down", "status", "up"]
 
-_REPO = Path(__file__).resolve().parents[2]  # the eval warm-up runs the steps' code from this checkout
 DEMO_SHARDS = 2
 """The templates' default `eval-shards`: the warm-up starts the workers a step of that many gets."""
 WARM_UP = "eval-warm"
@@ -93,10 +92,10 @@ def up(
     Args:
         home: LLMRELEASE_HOME.
         ray: Start the two-node Ray cluster too (without it, RAY_ADDRESS stays out of the config).
-        warm_evals: Start the eval workers of a new Ray cluster and wait for them (`_warm_evals`).
         timeout: Seconds every service has to become ready, counted from the start.
         ports: Ports to use instead of those recorded (or free ones): keys s3, mlflow, pushgateway, prometheus,
             serving, ray (the GCS), ray-client (Ray Client, what the pods join).
+        warm_evals: Start the eval workers of a new Ray cluster and wait for them (`_warm_evals`).
 
     Raises:
         LocalProfileError: A program is missing, a port is taken, or a service failed or was not ready in time;
@@ -137,9 +136,7 @@ def down(home: Path) -> DownResult:
             stop_group(state.services.pop(WARM_UP), grace=2.0)  # still warming up: the cluster goes anyway
         order = [state.services[n] for n in reversed(SERVICES) if n in state.services]
         with ThreadPoolExecutor(max_workers=len(order) or 1) as pool:
-            stopped = [
-                r.name for r, did in zip(order, pool.map(stop_group, order), strict=True) if did and r.name != WARM_UP
-            ]
+            stopped = [r.name for r, did in zip(order, pool.map(stop_group, order), strict=True) if did]
         state.services.clear()
         state.save()
         if not layout.ray_temp.is_relative_to(layout.root):
@@ -220,9 +217,9 @@ def _warm_evals(layout: Layout, state: ProfileState, deadline: float) -> str:
     running. The workers hold their Ray CPUs while idle, as every warm worker does (until their idle timeout, or
     until a step of another shape ends them). Its output: the `eval-warm` log.
     """
-    env = {"RAY_ADDRESS": f"ray://{HOST}:{state.ports['ray-client']}", "RAY_AUTH_MODE": "token"}
-    env["RAY_AUTH_TOKEN"] = state.credentials["ray_token"]
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
+    # what a pod gets: the ConfigMap's RAY_ADDRESS (the head's Ray Client server) and the llmrelease-ray Secret
+    env = {"RAY_ADDRESS": config_data(state.ports, ray=True)["RAY_ADDRESS"], **ray_secret_data(state.credentials)}
+    env["PYTHONPATH"] = steps_pythonpath()
     command = [sys.executable, "-m", "steps.evals.warm", "--shards", str(DEMO_SHARDS)]
     record = _launch(layout, state, Service(WARM_UP, command, "", lambda: True, env=env))
     while is_running(record) and time.monotonic() < deadline:

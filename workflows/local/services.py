@@ -46,6 +46,7 @@ __all__ = [
     "free_port",
     "plan",
     "preflight",
+    "steps_pythonpath",
 ]
 
 HOST = "127.0.0.1"
@@ -219,12 +220,17 @@ def _mlflow(layout: Layout, port: int, s3_env: Mapping[str, str]) -> Service:
     return Service("mlflow", command, url, http_ready(f"{url}/health"), port, s3_env, "pip install mlflow")
 
 
+def steps_pythonpath() -> str:
+    """PYTHONPATH for a process of this machine that runs the steps' code from this checkout (and the caller's)."""
+    return os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+
 def _serving(layout: Layout, port: int, mlflow_port: int, store_env: Mapping[str, str]) -> Service:
     """The serving plane's service; its canary watchdogs release a dead canary's lease through MLflow."""
     url = f"http://{HOST}:{port}"
     command = [sys.executable, "-m", "steps.rollout.serving.service", "--home", str(layout.home), "--port", str(port)]
     env = {"MLFLOW_TRACKING_URI": f"http://{HOST}:{mlflow_port}", "LLMRELEASE_HOME": str(layout.home), **store_env}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
+    env["PYTHONPATH"] = steps_pythonpath()
     return Service("serving", command, url, http_ready(f"{url}/healthz"), port, env, "pip install -e .[ml]")
 
 

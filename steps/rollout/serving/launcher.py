@@ -1,10 +1,11 @@
 """Model servers forked from a warm process: torch, transformers and the server's web stack imported once.
 
-Of the ~10 s a `transformers serve` takes on 2 cores to answer its first completion, ~4-5 s are its imports
-(torch, transformers, fastapi, uvicorn), the same in every server. The plane service (`steps.rollout.serving.
-service`) therefore keeps one `ServerLauncher`: a child process (`python -m steps.rollout.serving.launcher`) that
-imports them once and then forks one server per request, each in a session of its own with its own folder, log
-and environment, so a server starts in ~5 s (the model's load and first completion). This is the "preload, then
+Of the ~10 s a `transformers serve` takes on 2 cores to answer its first completion, ~9 s are imports (torch,
+transformers, its web stack, its handlers and what they pull in: cProfile of one server), the same in every server.
+The plane service (`steps.rollout.serving.service`) therefore keeps one `ServerLauncher`: a child process
+(`python -m steps.rollout.serving.launcher`) that imports them once (`_SERVER_MODULES`) and then forks one server
+per request, each in a session of its own with its own folder, log and environment, so a server answers in
+~0.6-0.8 s (the model's load and first completion; docs/performance.md). This is the "preload, then
 fork" pattern of gunicorn's `preload_app` and of multiprocessing's forkserver; multiprocessing's forkserver itself
 is not used because its children are the parent's managed workers (joined or terminated when the parent exits),
 while a model server must outlive the process that started it, as a Deployment outlives the pod that applied it.
