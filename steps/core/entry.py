@@ -22,6 +22,7 @@ step reads `in_pod(params.<artifact>)`: under Argo the two are the same path.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -84,6 +85,9 @@ def run_step(step: str, body: Callable[[], T], *, timed: bool = True) -> T:
         timed: Print `<step>: timing: start-up Xs, work Ys` on stderr when it succeeds (the process's start-up,
             imports included, and the body): False for a helper call of an entry that times its main call.
 
+    In a pod's process (Hera's runner is `__main__`) the objects alive before and after the body are frozen
+    (`gc.freeze`): no collection walks the imported modules again, the interpreter's exit included.
+
     Returns:
         What `body` returns.
 
@@ -93,6 +97,9 @@ def run_step(step: str, body: Callable[[], T], *, timed: bool = True) -> T:
             instead when LLMRELEASE_DEBUG=1.
     """
     started = time.monotonic()
+    pod = _is_pod_process()
+    if pod:
+        gc.freeze()  # what the imports made lives as long as the process: no collection in the work walks it again
     try:
         result = _profiled(step, body) if timed and os.environ.get(PROFILE_ENV, "") == "1" else body()
     except ReleaseError as e:
@@ -101,9 +108,20 @@ def run_step(step: str, body: Callable[[], T], *, timed: bool = True) -> T:
         if _debug():
             raise
         fail(step, f"unexpected {type(e).__name__}: {e}; report this bug", 1)
+    finally:
+        if pod:
+            # Nor the interpreter's exit: with torch, transformers and mlflow imported its last collections took
+            # 0.5-1.4 s of every pod; frozen, 0.05-0.23 s (atexit handlers, threads and flushing run as before).
+            gc.freeze()
     if timed:
         _timing(step, started)
     return result
+
+
+def _is_pod_process() -> bool:
+    """True in a pod's process (Hera's runner is `__main__`), which ends with its step; False in a test or a CLI."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "hera.workflows.runner"
 
 
 def _profiled(step: str, body: Callable[[], T]) -> T:

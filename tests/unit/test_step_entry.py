@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import ClassVar
 
@@ -139,3 +144,44 @@ def test_in_pod_maps_container_paths_under_the_pod_root(monkeypatch: pytest.Monk
     monkeypatch.setenv(POD_ROOT_ENV, str(tmp_path))
     assert in_pod(artifact) == tmp_path / "inputs" / "quality-report.json"
     assert in_pod("/etc/hosts") == Path("/etc/hosts")
+
+
+_FREEZE_PROBE = """
+import gc
+import sys
+
+from steps.core.entry import run_step
+
+
+def probe(fail: str = "") -> None:
+    frozen_before = gc.get_freeze_count()
+    try:
+        run_step("probe", lambda: sys.exit(3) if fail else None, timed=False)
+    finally:
+        print(frozen_before, gc.get_freeze_count())
+"""
+
+
+@pytest.mark.parametrize("fail", ["", "yes"])
+def test_a_pod_process_freezes_its_objects_around_the_step_and_a_test_does_not(tmp_path: Path, fail: str) -> None:
+    """GIVEN a step entry run as a pod runs it (`python -m hera.workflows.runner`) WHEN it ends, by success or by an
+    exit THEN the objects alive then are frozen (`gc.freeze`, so the interpreter's exit does not collect the
+    imported modules again) and the exit code is the step's; called in this (test) process nothing is frozen."""
+    (tmp_path / "freeze_probe.py").write_text(_FREEZE_PROBE)
+    args = tmp_path / "args.json"
+    args.write_text(json.dumps([{"name": "fail", "value": fail}]))
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}:{Path(__file__).parents[2]}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "hera.workflows.runner", "-e", "freeze_probe:probe", str(args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == (3 if fail else 0), done.stderr
+    before, after = (int(x) for x in done.stdout.split()[:2])
+    assert before == 0 and after > 10_000, done.stdout
+
+    frozen = gc.get_freeze_count()
+    assert run_step("probe", lambda: 1, timed=False) == 1
+    assert gc.get_freeze_count() == frozen
