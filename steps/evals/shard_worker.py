@@ -72,16 +72,16 @@ class ShardWorker:
             return {**self.ready(), "hit": hit}
 
     def prepare(self) -> dict[str, Any]:
-        """Import the local engines' libraries (torch, transformers) and set this worker's threads; `ready()`.
+        """Import the local engines' libraries (torch, transformers' models) and set the threads; `ready()`.
 
         What a warm-up (`python -m steps.evals.warm`) asks of a new worker, so the first step's `load` pays only
-        the model's load. A GPU worker imports the same: vLLM is imported when a vLLM engine is built.
+        the model's load (`transformers_engine.preload`). A GPU worker imports the same: vLLM is imported when a
+        vLLM engine is built.
         """
         with self._call():
-            import transformers  # noqa: F401
+            from steps.evals.engines.transformers_engine import preload, set_torch_threads
 
-            from steps.evals.engines.transformers_engine import set_torch_threads
-
+            preload()
             set_torch_threads(self.num_threads)
             return self.ready()
 

@@ -93,3 +93,31 @@ def test_a_plain_process_engine_sets_every_core_explicitly(tmp_path: Path) -> No
         intra, interop, batch, rule = json.loads(done.stdout.strip().splitlines()[-1])
         assert (intra, interop) == (want, 1)
         assert batch == rule
+
+
+def test_preload_imports_what_an_engine_build_needs_but_the_models_own_module(tmp_path: Path) -> None:
+    """GIVEN a fresh process (as an eval worker is) that ran `preload()` (the warm-up's `ShardWorker.prepare`)
+    WHEN it builds a TransformersEngine on a tiny Llama THEN the only transformers modules the build imports are
+    the model family's own (transformers.models.llama...): the rest, ~3 s of a worker's first load, was paid."""
+    from tests.tiny_models import build_tiny_llama
+
+    path = build_tiny_llama(tmp_path / "llama", ["hello there"] * 8)
+    script = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(REPO)!r})\n"
+        "from steps.evals.engines.transformers_engine import TransformersEngine, preload\n"
+        "if sys.argv[1] == 'preload':\n"
+        "    preload()\n"
+        "before = set(sys.modules)\n"
+        f"TransformersEngine({str(path)!r}, num_threads=1)\n"
+        "print(json.dumps(sorted(m for m in set(sys.modules) - before if m.startswith('transformers'))))\n"
+    )
+    imported = {}
+    for arg in ("preload", "none"):
+        done = subprocess.run(
+            [sys.executable, "-c", script, arg], capture_output=True, text=True, timeout=300, check=False
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        imported[arg] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert imported["preload"] and all(m.startswith("transformers.models.llama") for m in imported["preload"])
+    assert any(not m.startswith("transformers.models.") for m in imported["none"]), imported["none"]
