@@ -22,6 +22,7 @@ settings) they both evaluate; LLMRELEASE_EVAL_CLAIM_TTL_S (default 30) is how lo
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
@@ -343,12 +344,21 @@ def _log_run(client: Any, report: EvalReport, path: Path, model: ModelUnderTest,
         EVAL_KIND_TAG: kind,
     }
     name = f"eval-{kind}-{model.name}-v{model.version}"
+    from mlflow.entities import Metric
+
     run = client.create_run(experiment_id(client, EVAL_EXPERIMENT, home), tags=tags, run_name=name)
     run_id = run.info.run_id
-    for side, results in (("candidate", report.candidate), ("champion", report.champion or [])):
+    sides = (("candidate", report.candidate), ("champion", report.champion or []))
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric(f"{side}.{result.suite}.{metric}", value, now, 0)
+        for side, results in sides
+        for result in results
+        for metric, value in result.metrics().items()
+    ]
+    client.log_batch(run_id, metrics=metrics)  # one request, not one per metric (~20 ms each on the local server)
+    for side, results in sides:
         for result in results:
-            for metric, value in result.metrics().items():
-                client.log_metric(run_id, f"{side}.{result.suite}.{metric}", value)
             table = {
                 "id": [e.id for e in result.examples],
                 "output": [e.output for e in result.examples],

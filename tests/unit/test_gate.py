@@ -262,7 +262,8 @@ def test_gate_step_through_hera_runner_exits_zero_on_a_failing_decision(tmp_path
     safety
     WHEN the gate step runs through Hera's runner (no release spec: default gates)
     THEN the first exits 0, writes decision=fail, the decision path and the failed reasons as output parameters,
-    the decision JSON and PASS/FAIL lines, logs a gate run to MLflow and tags the version llmrelease.gate=fail.
+    the decision JSON and PASS/FAIL lines, logs a gate run to MLflow (a 0/1 metric per check) and tags the version
+    llmrelease.gate=fail.
     """
     client = mlflow_client({"LLMRELEASE_HOME": str(tmp_path / "home")})
     client.create_registered_model("c")
@@ -274,6 +275,9 @@ def test_gate_step_through_hera_runner_exits_zero_on_a_failing_decision(tmp_path
     assert client.get_model_version("c", "1").tags["llmrelease.gate"] == "fail"
     gate_runs = client.search_runs([client.get_experiment_by_name("llmrelease-gates").experiment_id])
     assert gate_runs[0].data.tags["llmrelease.gate"] == "fail"
+    checks = gate_runs[0].data.metrics  # one metric per check, logged in one batch
+    assert len(checks) == 6 and checks["safety.attack_success_rate.passed"] == 0.0, checks
+    assert checks["golden-qa.accuracy.passed"] == 1.0, checks
     params = outputs / "parameters"
     assert (params / "decision").read_text() == "fail"
     decision_path = Path((params / "decision-path").read_text())
