@@ -25,7 +25,7 @@ import pytest
 from steps.evals.engines.base import EvalError
 from steps.evals.results import EvalReport
 from tests.integration.test_batch_eval import Env, build_model, record_for, write_spec, write_suite
-from workflows.local.services import RAY_CLIENT_CHANNEL_WAIT
+from workflows.local.services import RAY_HEAD_CLIENT_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).parent / "ray")
@@ -67,7 +67,7 @@ def start_node(name: str, root: Path, temp_dir: Path, extra: list[str]) -> Node:
     env = {**os.environ, "LLMRELEASE_HOME": str(home), "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0"}
     # Token authentication off: this process (the driver) read its Ray config when it first imported ray.
     env.update({"HF_HUB_OFFLINE": "1", "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})
-    env.update(RAY_CLIENT_CHANNEL_WAIT)  # as `llmrelease local up` sets it (ray#63202)
+    env.update(RAY_HEAD_CLIENT_ENV)  # as `llmrelease local up` sets it (ray#63202)
     for key in ("RAY_ADDRESS", "LLMRELEASE_WORKER_CACHE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(key, None)
     command = [RAY, "start", "--block", "--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]

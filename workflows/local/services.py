@@ -37,7 +37,7 @@ from registry.errors import WorkflowError
 __all__ = [
     "BUCKET",
     "HOST",
-    "RAY_CLIENT_CHANNEL_WAIT",
+    "RAY_HEAD_CLIENT_ENV",
     "REGION",
     "SERVICES",
     "Layout",
@@ -54,8 +54,8 @@ BUCKET = "llmrelease-local"
 REGION = "us-east-1"
 SERVICES = ("s3", "mlflow", "pushgateway", "prometheus", "serving", "ray-head", "ray-worker")
 _RAY_READY = "Ray runtime started."
-RAY_CLIENT_CHANNEL_WAIT = {"RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "10"}
-"""The Ray head's wait for a Ray Client session server (default 30 s): see `_ray_nodes` for why 10 s."""
+RAY_HEAD_CLIENT_ENV = {"GRPC_ENABLE_FORK_SUPPORT": "false", "RAY_CLIENT_SERVER_CHECK_CHANNEL_TIMEOUT_S": "10"}
+"""The Ray head's Ray Client settings: no gRPC fork handlers, a 10 s wait for a session server (`_ray_nodes`)."""
 _SOCKET_ROOM = 44  # Ray's socket paths (<temp>/session_<40 chars>/sockets/plasma_store) must fit in 107 bytes
 _OBJECT_STORE_BYTES = 256 * 1024 * 1024  # per node: two nodes share a small machine
 _REPO = Path(__file__).resolve().parents[2]  # the serving service runs the steps' code from this checkout
@@ -256,11 +256,15 @@ def _ray_nodes(
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": credentials["ray_token"], "RAY_USAGE_STATS_ENABLED": "0"}
     env.update(store_env)  # the workers fetch the weights from the store themselves
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # `down` stops the whole cluster: nothing to drain for
-    # Ray Client's proxier forks a session server per client, and a fork while another session's gRPC threads run
-    # sometimes kills the new server at once (ray-project/ray#63202, open); the proxier still waits for its channel
-    # (30 s by default) before the client hears "Initialization failure" and retries (steps/evals/ray_connect.py).
-    # Seen in make demo when batch-eval and safety join together: 45 s instead of 5 s. 10 s is ample for a live one.
-    env.update(RAY_CLIENT_CHANNEL_WAIT)
+    # Ray Client's proxier starts a session server per client (fork, then exec). With gRPC's fork handlers on, a
+    # fork while another session's gRPC threads run skips them ("Other threads are currently calling into gRPC")
+    # and the child dies at once ("epoll_wait error: Bad file descriptor"; ray-project/ray#63202, open); the
+    # client hears "Initialization failure" only 20-40 s later and retries (steps/evals/ray_connect.py). Seen in
+    # make demo when batch-eval and safety join together, and when one joins while the other evaluates. The
+    # proxier's children exec at once, so they need no gRPC state from it: GRPC_ENABLE_FORK_SUPPORT=false (2 of
+    # 12 joins beside a busy session failed with the handlers on, 0 of 12 without; docs/performance.md). The
+    # channel wait stays at 10 s (default 30) should a session server still fail: a live one is ready in seconds.
+    env.update(RAY_HEAD_CLIENT_ENV)
     common = ["start", "--block", f"--node-ip-address={HOST}", f"--object-store-memory={_OBJECT_STORE_BYTES}"]
     common += ["--disable-usage-stats"]
     head = [_tool("ray"), *common, "--head", f"--port={gcs_port}", f"--num-cpus={head_cpus}"]
