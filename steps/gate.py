@@ -20,7 +20,6 @@ gates outside [0, 1], candidate and champion on different items) is one line on 
 No `from __future__ import annotations` here: Hera's runner inspects the entry's annotations as classes.
 """
 
-import time
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -158,9 +157,7 @@ class GateResult(Output):
 
 def _log_decision(report: EvalReport, out: Outputs, client: Any, registry: Any | None) -> str:
     """Log the decision to MLflow (a run with the decision file and one metric per check) and tag the version."""
-    from mlflow.entities import Metric
-
-    from steps.core.tracking import experiment_id, llmrelease_home
+    from steps.core.tracking import experiment_id, llmrelease_home, log_metrics
 
     name, version = report.candidate[0].model_name, report.candidate[0].model_version
     verdict = "pass" if out.decision.passed else "fail"
@@ -168,9 +165,9 @@ def _log_decision(report: EvalReport, out: Outputs, client: Any, registry: Any |
     run = client.create_run(
         experiment_id(client, GATE_EXPERIMENT, llmrelease_home()), tags=tags, run_name=f"gate-{name}-v{version}"
     )
-    now = int(time.time() * 1000)
-    checks = [Metric(f"{r.suite}.{r.metric}.passed", float(r.passed), now, 0) for r in out.decision.reasons]
-    client.log_batch(run.info.run_id, metrics=checks)  # one request for every check
+    log_metrics(
+        client, run.info.run_id, {f"{r.suite}.{r.metric}.passed": float(r.passed) for r in out.decision.reasons}
+    )
     client.log_artifact(run.info.run_id, str(out.decision_path), "gate")
     client.set_terminated(run.info.run_id, "FINISHED")
     if registry is not None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from registry.settings import llmrelease_home, tracking_uri
 
-__all__ = ["llmrelease_home", "tracking_uri", "mlflow_client", "experiment_id"]
+__all__ = ["llmrelease_home", "tracking_uri", "mlflow_client", "experiment_id", "log_metrics"]
 
 
 def mlflow_client(environ: Mapping[str, str] | None = None) -> Any:
@@ -34,3 +35,14 @@ def experiment_id(client: Any, name: str, home: Path) -> str:
         if experiment is None:
             raise
         return str(experiment.experiment_id)
+
+
+def log_metrics(client: Any, run_id: str, metrics: Mapping[str, float]) -> None:
+    """Log `metrics` (key: value, step 0, now) to run `run_id` in one `log_batch` request, not one per metric.
+
+    A request costs the local tracking server ~20 ms of CPU (it loads the registered model's versions and tags).
+    """
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(key, value, now, 0) for key, value in metrics.items()])

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from workflows.local.services import BUCKET, HOST, REGION
+from workflows.local.services import BUCKET, HOST, REGION, ray_auth_env
 
 __all__ = ["CONFIG_MAP", "config_data", "prometheus_config", "write_cluster_config"]
 
@@ -27,11 +27,6 @@ CONFIG_MAP = "llmrelease-config"
 S3_SECRET = "llmrelease-s3"
 RAY_SECRET = "llmrelease-ray"
 _DEFAULT_REPOSITORY = "workflows.argoproj.io/default-artifact-repository"
-
-
-def ray_secret_data(credentials: Mapping[str, str]) -> dict[str, str]:
-    """The `llmrelease-ray` Secret's data: Ray's token authentication, what a pod needs to join the cluster."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": credentials["ray_token"]}
 
 
 def config_data(ports: Mapping[str, int], *, ray: bool) -> dict[str, str]:
@@ -102,7 +97,7 @@ def write_cluster_config(
         )
     ]
     if ray:
-        secrets.append(_object("Secret", RAY_SECRET, {"type": "Opaque", "stringData": ray_secret_data(credentials)}))
+        secrets.append(_object("Secret", RAY_SECRET, {"type": "Opaque", "stringData": ray_auth_env(credentials)}))
     files = {
         folder / "config.yaml": [_object("ConfigMap", CONFIG_MAP, {"data": config_data(ports, ray=ray)})],
         folder / "secrets.yaml": secrets,

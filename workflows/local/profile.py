@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workflows.local.config import config_data, prometheus_config, ray_secret_data, write_cluster_config
+from workflows.local.config import config_data, prometheus_config, write_cluster_config
 from workflows.local.services import (
     BUCKET,
     REGION,
@@ -33,6 +33,7 @@ from workflows.local.services import (
     free_port,
     plan,
     preflight,
+    ray_auth_env,
     steps_pythonpath,
 )
 from workflows.local.state import ProfileState, ServiceRecord, is_running, locked, process_start, stop_group
@@ -218,7 +219,7 @@ def _warm_evals(layout: Layout, state: ProfileState, deadline: float) -> str:
     until a step of another shape ends them). Its output: the `eval-warm` log.
     """
     # what a pod gets: the ConfigMap's RAY_ADDRESS (the head's Ray Client server) and the llmrelease-ray Secret
-    env = {"RAY_ADDRESS": config_data(state.ports, ray=True)["RAY_ADDRESS"], **ray_secret_data(state.credentials)}
+    env = {"RAY_ADDRESS": config_data(state.ports, ray=True)["RAY_ADDRESS"], **ray_auth_env(state.credentials)}
     env["PYTHONPATH"] = steps_pythonpath()
     command = [sys.executable, "-m", "steps.evals.warm", "--shards", str(DEMO_SHARDS)]
     record = _launch(layout, state, Service(WARM_UP, command, "", lambda: True, env=env))

@@ -46,6 +46,7 @@ __all__ = [
     "free_port",
     "plan",
     "preflight",
+    "ray_auth_env",
     "steps_pythonpath",
 ]
 
@@ -220,6 +221,11 @@ def _mlflow(layout: Layout, port: int, s3_env: Mapping[str, str]) -> Service:
     return Service("mlflow", command, url, http_ready(f"{url}/health"), port, s3_env, "pip install mlflow")
 
 
+def ray_auth_env(credentials: Mapping[str, str]) -> dict[str, str]:
+    """Ray's token authentication: what the nodes run with and the `llmrelease-ray` Secret gives a pod."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": credentials["ray_token"]}
+
+
 def steps_pythonpath() -> str:
     """PYTHONPATH for a process of this machine that runs the steps' code from this checkout (and the caller's)."""
     return os.pathsep.join(p for p in (str(_REPO), os.environ.get("PYTHONPATH", "")) if p)
@@ -253,7 +259,7 @@ def _ray_nodes(
     cpus = os.cpu_count() or 2
     head_cpus = max(1, cpus // 2)
     address = f"{HOST}:{gcs_port}"
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": credentials["ray_token"], "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**ray_auth_env(credentials), "RAY_USAGE_STATS_ENABLED": "0"}
     env.update(store_env)  # the workers fetch the weights from the store themselves
     env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "0"  # `down` stops the whole cluster: nothing to drain for
     # Ray Client's proxier starts a session server per client (fork, then exec). With gRPC's fork handlers on, a

@@ -72,15 +72,23 @@ def preload() -> None:
     demo's models; its own modeling module ~0.1 s): an eval worker's warm-up (`ShardWorker.prepare`) pays them
     instead of the first step.
     """
-    import transformers.generation.utils
-    import transformers.modeling_layers
-    import transformers.modeling_utils
-    import transformers.processing_utils
-    import transformers.tokenization_utils_fast
+    import importlib
+
+    for name in _ENGINE_MODULES:
+        importlib.import_module(name)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     del AutoModelForCausalLM, AutoTokenizer  # resolved, so imported: the lazy module loads them on first access
-    del transformers
+
+
+_ENGINE_MODULES = (
+    "transformers.generation.utils",
+    "transformers.modeling_layers",
+    "transformers.modeling_utils",
+    "transformers.processing_utils",
+    "transformers.tokenization_utils_fast",
+)
+"""What any model's first `from_pretrained` imports besides the Auto classes (tests/unit/test_eval_threads.py)."""
 
 
 def choose_batch_size(config: Any, device: str, threads: int, free_bytes: int | None = None) -> int:
