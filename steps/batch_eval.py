@@ -34,6 +34,7 @@ from steps.core.entry import StepParams, run_step
 from steps.core.images import STEPS_IMAGE
 from steps.core.tracking import mlflow_client
 from steps.evals.batch import DEFAULT_MAX_NEW_TOKENS, Inputs, Outputs, RegistryReader, run, summarize
+from steps.evals.ray_connect import join_early
 from steps.evals.weights import VersionReader
 from steps.release.source import SPEC_IN
 
@@ -93,9 +94,15 @@ def batch_eval_step(params: BatchEvalParams) -> BatchEvalResult:
         work_dir=str(params.work_dir),
         shards=params.shards,
     )
-    outputs = run_step("batch-eval", lambda: run(inputs, *_clients(os.environ)))
+    outputs = run_step("batch-eval", lambda: _run_here(inputs))
     print(describe(outputs))
     return BatchEvalResult(report_path=outputs.report_path, summary=outputs.summary)
+
+
+def _run_here(inputs: Inputs) -> Outputs:
+    """`run` with this environment's clients; the Ray join starts first, while MLflow is imported and read."""
+    join_early()
+    return run(inputs, *_clients(os.environ))
 
 
 def _clients(environ: Mapping[str, str]) -> tuple[RegistryReader, VersionReader]:

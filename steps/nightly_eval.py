@@ -404,7 +404,13 @@ class NightlyEvalResult(Output):
 
 
 def _run_here(inputs: Inputs) -> Outputs:
-    """`run` with this environment's registry, MLflow client, LLMRELEASE_HOME and `release-repo` checkout."""
+    """`run` with this environment's registry, MLflow client, LLMRELEASE_HOME and `release-repo` checkout.
+
+    The Ray join starts first (`join_early`), while MLflow is imported and read.
+    """
+    from steps.evals.ray_connect import join_early
+
+    join_early()
     from registry import ModelRegistry
     from steps.core.tracking import llmrelease_home, mlflow_client
 

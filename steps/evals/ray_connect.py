@@ -12,21 +12,51 @@
 
 Joining is bounded: the head's port must answer within `timeout_s`, and any failure to join is one line
 naming RAY_ADDRESS and the fix.
+
+A Ray Client join takes ~3 s, nearly all of it on the head: its proxier starts a session server process for the
+client (Python, Ray's imports, a driver's join) and reaches it through gRPC's reconnect backoff (1 s, then 1.6 s).
+`join_early` starts that join on a thread at the step's start, so the step imports MLflow and reads the registry
+meanwhile; `connect_ray` then waits for it, and raises its error, only when workers are needed.
 """
 
 from __future__ import annotations
 
+import importlib
+import logging
 import os
+import signal
 import socket
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from steps.evals.engines.base import EvalError
 
-__all__ = ["connect_ray", "ray_address"]
+__all__ = ["connect_ray", "join_early", "ray_address"]
 
 _DEFAULT_TIMEOUT_S = 60.0
 _JOIN_ATTEMPTS = 3  # Ray Client: a session server that failed to start is retried after 2 s, then 4 s
+# What a Ray Client join imports on first use that the step's own imports (MLflow: pandas and pyarrow, fastapi)
+# share, imported by `join_early` before its thread starts: two threads never import one package at once (a
+# package whose __init__ imports its own submodules can then hand a thread a half-initialised module).
+_JOIN_IMPORTS = (
+    "numpy",
+    "pyarrow.ipc",
+    "pyarrow.json",
+    "pydantic.v1",
+    "anyio.to_thread",
+    "starlette.concurrency",
+    "starlette.datastructures",
+    "grpc.experimental",
+    "cloudpickle",
+    "ray.util.client.worker",
+    "ray._common.usage.usage_lib",
+    "ray._common.pydantic_compat",
+    "ray._private.arrow_serialization",
+    "ray._private.grpc_utils",
+)
+_joining: Future[None] | None = None
 
 
 def ray_address() -> str | None:
@@ -46,6 +76,11 @@ def connect_ray(num_cpus: int | None = None, *, timeout_s: float = _DEFAULT_TIME
     """
     import ray
 
+    global _joining
+    if _joining is not None:  # join_early's: wait for it, with its error
+        joining, _joining = _joining, None
+        joining.result()
+        return
     if ray.is_initialized():
         return
     address = ray_address()
@@ -61,6 +96,49 @@ def connect_ray(num_cpus: int | None = None, *, timeout_s: float = _DEFAULT_TIME
         ignore_reinit_error=True,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
+
+
+def join_early() -> None:
+    """Start joining a Ray Client RAY_ADDRESS on a thread now; `connect_ray` waits for it when workers are needed.
+
+    Only for a `ray://` address whose head answers at once (else `connect_ray` waits and reports as before). The
+    join's shared imports are done here, on the caller's thread (`_JOIN_IMPORTS`), and so is what `ray.init` does
+    only on the main thread: SIGTERM exits through SystemExit, so the step's cleanup and Ray's disconnect run. A
+    step that needs no worker (every result cached) still waits for the join when it exits (Python joins the
+    thread), and then leaves the cluster as any driver does.
+    """
+    global _joining
+    address = ray_address()
+    if _joining is not None or not address or not address.startswith("ray://") or not _answers(address):
+        return
+    for name in _JOIN_IMPORTS:
+        importlib.import_module(name)
+    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(signum))
+    logging.getLogger("ray._private.worker").addFilter(_NO_THREAD_WARNING)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-join")
+    _joining = executor.submit(_join, address, _DEFAULT_TIMEOUT_S)
+    executor.shutdown(wait=False)
+
+
+class _NoThreadWarning(logging.Filter):
+    """Drops ray.init's warning that it set no SIGTERM handler off the main thread: `join_early` set it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("SIGTERM handler is not set")
+
+
+_NO_THREAD_WARNING = _NoThreadWarning()
+
+
+def _answers(address: str) -> bool:
+    """Whether the head's host:port accepts a TCP connection within 0.5 s."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _usable_cores() -> int:

@@ -39,9 +39,18 @@ def drive(job: dict[str, Any]) -> dict[str, Any]:
     """Run `job["order"]` (model names) through one WorkerPool on the cluster at RAY_ADDRESS; what happened."""
     import ray
 
+    from steps.evals import ray_connect
     from steps.evals.sharding import FaultInjection, ShardOptions, WorkerPool, connect_ray, run_suite
     from steps.evals.worker_pool import WARM_NAMESPACE
 
+    early = {}
+    if job.get("early"):  # as the batch-eval step: the join first, then MLflow's import meanwhile
+        ray_connect.join_early()
+        early["early"] = ray_connect._joining is not None
+        import mlflow  # noqa: F401
+
+        if job.get("cached"):  # every result cached: no worker needed, the process just ends
+            return early
     connect_ray()
     if job.get("list"):
         names = ray.util.list_named_actors(all_namespaces=True)
@@ -58,7 +67,7 @@ def drive(job: dict[str, Any]) -> dict[str, Any]:
             rows = [[r.id, r.output, r.score] for r in results]
             runs.append({"model": name, "rows": rows, "where": pool.where, "retried": stats.retried})
         counts = {"starts": pool.starts, "loads": pool.loads, "hits": pool.hits}
-    return {"runs": runs, **counts}
+    return {"runs": runs, **counts, **early}
 
 
 def run_driver(cluster: str, job: dict[str, Any], idle_s: float = 600, wait: bool = True) -> Any:
@@ -199,6 +208,23 @@ def test_a_step_through_ray_client_reuses_the_warm_workers(cluster: Head, job: d
     by_gcs = run_driver(cluster.gcs, {**job, "order": ["a"]})
     by_client = run_driver(cluster.client, {**job, "order": ["a"]})
     [one], [two] = by_gcs["runs"], by_client["runs"]
+    assert sorted(_pids(two)) == sorted(_pids(one)) and all(w["hit"] for w in two["where"])
+    assert two["rows"] == one["rows"]
+
+
+@pytest.mark.slow
+def test_a_step_joins_ray_client_early_while_it_imports_mlflow(cluster: Head, job: dict[str, Any]) -> None:
+    """GIVEN warm workers holding model a
+    WHEN a step starts its Ray Client join on a thread (join_early) and imports MLflow meanwhile, as batch-eval
+    does, then runs its shards; and a step that does the same but then needs no worker (every result cached)
+    THEN the first joined early and its shards ran on the same warm workers, every load a hit, with the results of
+    a plain join; the second exits 0 (its exit waits for the join, then leaves the cluster).
+    """
+    plain = run_driver(cluster.client, {**job, "order": ["a"]})
+    early = run_driver(cluster.client, {**job, "order": ["a"], "early": True})
+    cached = run_driver(cluster.client, {**job, "order": [], "early": True, "cached": True})
+    [one], [two] = plain["runs"], early["runs"]
+    assert early["early"] is True and cached == {"early": True}
     assert sorted(_pids(two)) == sorted(_pids(one)) and all(w["hit"] for w in two["where"])
     assert two["rows"] == one["rows"]
 
