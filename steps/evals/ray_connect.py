@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -112,8 +113,12 @@ def join_early() -> None:
     if _joining is not None or not address or not address.startswith("ray://") or not _answers(address):
         return
     for name in _JOIN_IMPORTS:
-        importlib.import_module(name)
-    if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # not installed here: nothing the two threads could share
+            continue
+    on_main = threading.current_thread() is threading.main_thread()  # where Python lets a handler be set
+    if on_main and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(signum))
     logging.getLogger("ray._private.worker").addFilter(_NO_THREAD_WARNING)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ray-join")

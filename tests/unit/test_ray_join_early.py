@@ -144,3 +144,29 @@ def test_ray_inits_thread_warning_is_dropped(head: str, monkeypatch: pytest.Monk
     warning = make(logger.name, logging.WARNING, __file__, 1, "SIGTERM handler is not set because ...", (), None)
     other = make(logger.name, logging.INFO, __file__, 1, "Connected to Ray cluster.", (), None)
     assert not logger.filter(warning) and logger.filter(other)
+
+
+def test_a_shared_import_not_installed_is_skipped_and_a_thread_caller_sets_no_handler(
+    head: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GIVEN a shared import that is not installed, and join_early called off the main thread (where Python
+    refuses a signal handler) WHEN the join is awaited THEN it started all the same, and no handler was set."""
+    monkeypatch.setenv("RAY_ADDRESS", head)
+    monkeypatch.setattr(ray_connect, "_JOIN_IMPORTS", ("llmrelease_no_such_module", "json"))
+    fake = FakeJoin()
+    monkeypatch.setattr(ray_connect, "_join", fake)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            ray_connect.join_early()
+        except BaseException as e:  # the assertion below shows it
+            errors.append(e)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    caller.join()
+    ray_connect.connect_ray()
+    assert errors == [] and len(fake.calls) == 1
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
