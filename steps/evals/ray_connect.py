@@ -137,13 +137,21 @@ _NO_THREAD_WARNING = _NoThreadWarning()
 
 
 def _answers(address: str) -> bool:
-    """Whether the head's host:port accepts a TCP connection within 0.5 s."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=0.5):
-            return True
-    except (OSError, ValueError):
+    """Whether the head's host:port accepts a TCP connection within 0.5 s (no port: False)."""
+    head = _head(address)
+    if head is None:
         return False
+    try:
+        with socket.create_connection(head, timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _head(address: str) -> tuple[str, int] | None:
+    """The (host, port) of a head address, `ray://` or not; None for `auto` and addresses without a port."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    return (host, int(port)) if host and port.isdigit() else None
 
 
 def _usable_cores() -> int:
@@ -190,13 +198,13 @@ def _server_failed_to_start(error: BaseException) -> bool:
 
 def _await_port(address: str, timeout_s: float) -> None:
     """Wait until the head's host:port accepts a TCP connection (`auto` and addresses without a port: skipped)."""
-    host, _, port = address.removeprefix("ray://").rpartition(":")
-    if not host or not port.isdigit():
+    head = _head(address)
+    if head is None:
         return
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with socket.create_connection((host, int(port)), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
+            with socket.create_connection(head, timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
                 return
         except OSError as e:
             if time.monotonic() >= deadline:
